@@ -1,0 +1,51 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+  name: "swift-userfaultfd",
+  platforms: [.macOS(.v15)],  // Linux-only in practice; the platform line keeps Synchronization available.
+  products: [
+    .library(name: "Userfaultfd", targets: ["Userfaultfd"]),
+    .executable(name: "uffd", targets: ["uffd"]),
+  ],
+  dependencies: [
+    .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+  ],
+  targets: [
+    // The kernel ABI (a private copy of the current uapi) and the calls Swift cannot make itself.
+    .target(
+      name: "CUserfaultfd",
+      cSettings: [.define("_GNU_SOURCE")]
+    ),
+    .target(
+      name: "Userfaultfd",
+      dependencies: [
+        "CUserfaultfd",
+        .product(name: "SystemPackage", package: "swift-system"),
+      ]
+    ),
+    .executableTarget(
+      name: "uffd",
+      dependencies: [
+        "Userfaultfd",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ]
+    ),
+    // Process-level helpers only tests need (fork a child that holds pages, touch memory in a child).
+    .target(
+      name: "CUserfaultfdTestSupport",
+      path: "Tests/CUserfaultfdTestSupport",
+      cSettings: [.define("_GNU_SOURCE")]
+    ),
+    .testTarget(
+      name: "UserfaultfdTests",
+      dependencies: [
+        "Userfaultfd",
+        "CUserfaultfdTestSupport",
+        .product(name: "SystemPackage", package: "swift-system"),
+      ]
+    ),
+  ],
+  swiftLanguageModes: [.v6]
+)

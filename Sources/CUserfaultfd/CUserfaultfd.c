@@ -1,0 +1,8 @@
+// Most wrappers are static inline in the header; this file holds the ones that need _GNU_SOURCE
+// declarations, and makes the header's _Static_assert checks run on every build.
+#include "CUserfaultfd.h"
+
+void *cuffd_mremap(void *old_address, size_t old_length, size_t new_length, int flags,
+                   void *new_address) {
+  return mremap(old_address, old_length, new_length, flags, new_address);
+}

@@ -1,0 +1,194 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import SystemPackage
+
+/// Every failure this package reports. Each case says what happened in plain words
+/// (`description`) and carries what a caller needs to recover: the errno, the range, and the
+/// bytes already done.
+public enum UserfaultfdError: Error, Sendable, Equatable, CustomStringConvertible {
+  /// An argument was rejected before any system call; nothing was changed.
+  case invalidArgument(Operation, String)
+  /// The kernel refused a userfaultfd ioctl. The failure may carry partial progress.
+  case operationFailed(OperationFailure)
+  /// No way of opening a userfaultfd worked; each attempt and its errno are listed.
+  case openFailed([OpenAttempt])
+  /// Features were requested that this kernel does not offer.
+  case featuresUnsupported(requested: Features, missing: Features)
+  /// The handle was closed before the operation.
+  case closed(Operation)
+  /// A supporting system call (mmap, madvise, read, ...) failed.
+  case systemCallFailed(String, Errno)
+
+  /// The errno behind this error, if the kernel produced one.
+  public var errno: Errno? {
+    switch self {
+    case .operationFailed(let failure): return failure.errno
+    case .systemCallFailed(_, let error): return error
+    case .openFailed(let attempts): return attempts.last?.errno
+    case .invalidArgument, .featuresUnsupported, .closed: return nil
+    }
+  }
+
+  /// Bytes the failed operation completed before it stopped (0 when none or not applicable).
+  public var bytesDone: Int {
+    if case .operationFailed(let failure) = self { return failure.bytesDone }
+    return 0
+  }
+
+  public var description: String {
+    switch self {
+    case .invalidArgument(let operation, let reason):
+      return "\(operation.rawValue): invalid argument: \(reason)"
+    case .operationFailed(let failure):
+      return failure.description
+    case .openFailed(let attempts):
+      return OpenAttempt.explain(attempts)
+    case .featuresUnsupported(let requested, let missing):
+      return "userfaultfd features not supported by this kernel: \(missing.names.joined(separator: ", "))"
+        + " (requested: \(requested.names.joined(separator: ", ")));"
+        + " probe Userfaultfd.supportedFeatures() and ask only for those"
+    case .closed(let operation):
+      return "\(operation.rawValue): the userfaultfd handle is already closed"
+    case .systemCallFailed(let call, let error):
+      return "\(call) failed: \(ErrnoName.of(error)) (\(error))"
+    }
+  }
+}
+
+/// A userfaultfd ioctl the kernel refused, with the range it was given and how far it got.
+public struct OperationFailure: Sendable, Equatable, CustomStringConvertible {
+  /// The ioctl that failed.
+  public let operation: Operation
+  /// The errno that stopped it. `EAGAIN` with `bytesDone > 0` means "stopped early": resume at
+  /// `bytesDone` to learn the real reason.
+  public let errno: Errno
+  /// Destination (or only) range start.
+  public let destination: UInt
+  /// Source range start, for copy and move.
+  public let source: UInt?
+  /// Length of the requested range in bytes.
+  public let length: Int
+  /// Bytes completed before the failure; never negative.
+  public let bytesDone: Int
+
+  /// Creates a failure record.
+  public init(
+    operation: Operation, errno: Errno, destination: UInt, source: UInt? = nil, length: Int,
+    bytesDone: Int = 0
+  ) {
+    self.operation = operation
+    self.errno = errno
+    self.destination = destination
+    self.source = source
+    self.length = length
+    self.bytesDone = max(0, bytesDone)
+  }
+
+  /// True when part of the range was done: resume at `bytesDone`.
+  public var isPartial: Bool { bytesDone > 0 }
+
+  /// What the errno means for this operation, in plain words, with what to do.
+  public var explanation: String {
+    Explanation.of(operation, errno, partial: isPartial, bytesDone: bytesDone)
+  }
+
+  public var description: String {
+    var range = "\(length) bytes at \(hex(destination))"
+    if let source { range = "\(length) bytes from \(hex(source)) to \(hex(destination))" }
+    return "\(operation.rawValue) of \(range) failed after \(bytesDone) bytes: "
+      + "\(ErrnoName.of(errno)): \(explanation)"
+  }
+}
+
+/// Plain-words meaning of an errno for each operation (from the kernel's fs/userfaultfd.c and
+/// mm/userfaultfd.c, and the man pages).
+enum Explanation {
+  static func of(_ operation: Operation, _ errno: Errno, partial: Bool, bytesDone: Int) -> String {
+    switch (operation, errno) {
+    case (_, .resourceTemporarilyUnavailable) where partial:
+      return "stopped after \(bytesDone) bytes; resume at that offset to finish or learn why"
+    case (.copy, .resourceTemporarilyUnavailable), (.zeroPage, .resourceTemporarilyUnavailable),
+      (.move, .resourceTemporarilyUnavailable), (.continue, .resourceTemporarilyUnavailable),
+      (.poison, .resourceTemporarilyUnavailable):
+      return "the mappings are changing: a non-cooperative event (remove, unmap, remap) is pending;"
+        + " read the pending events, then retry"
+    case (.move, .resourceBusy):
+      return "source page not exclusively mapped: shared with a forked child, merged by KSM, or"
+        + " pinned; apply MADV_DONTFORK or MADV_WIPEONFORK to the source before forking, or copy it"
+    case (.register, .resourceBusy):
+      return "the range is already registered with another userfaultfd"
+    case (.move, .fileExists), (.copy, .fileExists), (.zeroPage, .fileExists),
+      (.continue, .fileExists), (.poison, .fileExists):
+      return "destination already populated (another thread may have resolved this page: wake"
+        + " and carry on)"
+    case (.move, .noSuchFileOrDirectory):
+      return "source page is a hole (never touched, or already moved); pass .allowSourceHoles to"
+        + " count holes as moved"
+    case (.continue, .noSuchFileOrDirectory):
+      return "no page in the page cache behind the destination: populate it through another"
+        + " mapping first"
+    case (.move, .invalidArgument):
+      return "both ranges must be page-aligned, each inside one VMA, private anonymous with the"
+        + " same protections, not overlapping, the destination registered with this userfaultfd,"
+        + " and the caller in the process that created it"
+    case (.register, .invalidArgument):
+      return "the range must be page-aligned and mapped, and its memory must support the mode"
+        + " (MINOR needs shmem or hugetlbfs; WP needs a kernel with anonymous WP)"
+    case (.unregister, .invalidArgument), (.wake, .invalidArgument):
+      return "the range must be page-aligned and inside mapped memory"
+    case (.writeProtect, .invalidArgument):
+      return "the range must be registered with this userfaultfd in write-protect mode"
+    case (.continue, .invalidArgument):
+      return "the destination must be shmem or hugetlbfs memory registered in MINOR mode"
+    case (_, .invalidArgument):
+      return "the destination must be page-aligned and registered with this userfaultfd, the"
+        + " caller in the process that created it, and the mode valid"
+    case (_, .noSuchProcess):
+      return "the process whose memory this userfaultfd serves has exited"
+    case (_, .noMemory):
+      return "out of memory, or the target address space is being torn down"
+    case (_, .badAddress):
+      return "an address the kernel had to read is not mapped readable"
+    case (_, .interrupted):
+      return "interrupted by a fatal signal"
+    case (_, .operationNotPermitted), (_, .permissionDenied):
+      return "not permitted for this process"
+    default:
+      return errno.description
+    }
+  }
+}
+
+/// The C names of the errnos userfaultfd produces, for messages a user can search.
+enum ErrnoName {
+  static func of(_ errno: Errno) -> String {
+    switch errno {
+    case .notPermitted: return "EPERM"
+    case .noSuchFileOrDirectory: return "ENOENT"
+    case .noSuchProcess: return "ESRCH"
+    case .interrupted: return "EINTR"
+    case .noMemory: return "ENOMEM"
+    case .permissionDenied: return "EACCES"
+    case .badAddress: return "EFAULT"
+    case .resourceBusy: return "EBUSY"
+    case .fileExists: return "EEXIST"
+    case .invalidArgument: return "EINVAL"
+    case .resourceTemporarilyUnavailable: return "EAGAIN"
+    case .badFileDescriptor: return "EBADF"
+    case .inappropriateIOCTLForDevice: return "ENOTTY"
+    case .noSpace: return "ENOSPC"
+    case .noFunction: return "ENOSYS"
+    default: return "errno \(errno.rawValue)"
+    }
+  }
+}
+
+extension Errno {
+  /// ENOSYS, which swift-system does not name.
+  static var noFunction: Errno { Errno(rawValue: Glibc.ENOSYS) }
+  /// EPERM.
+  static var operationNotPermitted: Errno { .notPermitted }
+}

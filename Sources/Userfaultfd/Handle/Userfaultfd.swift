@@ -1,0 +1,175 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CUserfaultfd
+import Synchronization
+import SystemPackage
+
+/// An open userfaultfd: the handle every operation goes through.
+///
+/// Safe to share between threads: a compaction thread can move pages while a handler thread reads
+/// events from the same handle. The descriptor is closed exactly once, by `close()` or when the last
+/// reference goes away.
+///
+/// ```swift
+/// let uffd = try Userfaultfd()
+/// let memory = try AnonymousMemory(length: 4 * PageSize.base)
+/// try uffd.register(memory.baseAddress, length: memory.length, mode: .missing)
+/// ```
+public final class Userfaultfd: Sendable {
+  /// The descriptor, or -1 once closed. Atomic so `close()` races with nothing but itself.
+  private let descriptor: Atomic<Int32>
+
+  /// How the descriptor was obtained.
+  public let openMethod: OpenMethod
+  /// The features enabled on this handle (those requested, as the kernel confirmed them).
+  public let features: Features
+  /// Every feature the running kernel offers, probed at run time.
+  public let supportedFeatures: Features
+  /// The ioctls the kernel allows on this handle (`uffdio_api.ioctls`).
+  public let ioctls: Ioctls
+  /// Whether `read` returns at once when no event is pending (`O_NONBLOCK`).
+  public let isNonBlocking: Bool
+
+  /// Opening options.
+  public struct Options: OptionSet, Sendable, Hashable {
+    public let rawValue: Int32
+    /// Creates options from raw bits.
+    public init(rawValue: Int32) { self.rawValue = rawValue }
+    /// `O_NONBLOCK`: reading events never blocks; an empty read returns no events.
+    public static let nonBlocking = Options(rawValue: 1 << 0)
+    /// `UFFD_USER_MODE_ONLY`: handle only faults from user mode (what unprivileged users get).
+    public static let userModeOnly = Options(rawValue: 1 << 1)
+  }
+
+  /// Opens a userfaultfd with `features` enabled.
+  ///
+  /// Tries the `userfaultfd` system call; on EPERM again with `UFFD_USER_MODE_ONLY`; then
+  /// `/dev/userfaultfd`. Supported features are probed on a throwaway descriptor first, so asking
+  /// for one the kernel lacks throws ``UserfaultfdError/featuresUnsupported(requested:missing:)``
+  /// naming it, and nothing is silently dropped.
+  public init(features: Features = [], options: Options = []) throws(UserfaultfdError) {
+    let probe = try Self.handshake(features: [], options: options)
+    _ = Glibc.close(probe.fd)
+    let missing = features.subtracting(probe.features)
+    guard missing.isEmpty else {
+      throw .featuresUnsupported(requested: features, missing: missing)
+    }
+    let opened = try Self.handshake(features: features, options: options)
+    self.descriptor = Atomic(opened.fd)
+    self.openMethod = opened.method
+    self.features = features
+    self.supportedFeatures = probe.features
+    self.ioctls = opened.ioctls
+    self.isNonBlocking = options.contains(.nonBlocking)
+  }
+
+  /// Adopts a descriptor the kernel handed over in a fork event; it inherits `parent`'s features.
+  init(forkedDescriptor fd: Int32, parent: Userfaultfd) {
+    self.descriptor = Atomic(fd)
+    self.openMethod = .forkEvent
+    self.features = parent.features
+    self.supportedFeatures = parent.supportedFeatures
+    self.ioctls = parent.ioctls
+    // The kernel creates fork descriptors with the parent's O_NONBLOCK / O_CLOEXEC flags.
+    self.isNonBlocking = parent.isNonBlocking
+  }
+
+  deinit {
+    let fd = descriptor.exchange(-1, ordering: .acquiringAndReleasing)
+    if fd >= 0 { _ = Glibc.close(fd) }
+  }
+
+  /// The features this kernel offers, probed on a throwaway descriptor (which is closed again).
+  public static func probeSupportedFeatures() throws(UserfaultfdError) -> (features: Features, method: OpenMethod) {
+    let probe = try handshake(features: [], options: [])
+    _ = Glibc.close(probe.fd)
+    return (probe.features, probe.method)
+  }
+
+  /// Closes the descriptor now. Later operations throw ``UserfaultfdError/closed(_:)``; closing
+  /// twice is harmless. Close only when no other thread is still inside an operation on this
+  /// handle: the number could otherwise be reused by a new file before that operation runs.
+  public func close() {
+    let fd = descriptor.exchange(-1, ordering: .acquiringAndReleasing)
+    if fd >= 0 { _ = Glibc.close(fd) }
+  }
+
+  /// Whether `close()` has run.
+  public var isClosed: Bool { descriptor.load(ordering: .acquiring) < 0 }
+
+  /// The descriptor, for poll/epoll; -1 once closed. Do not close it yourself.
+  public var fileDescriptor: FileDescriptor {
+    FileDescriptor(rawValue: descriptor.load(ordering: .acquiring))
+  }
+
+  /// The open descriptor for `operation`, or `closed`.
+  @inline(__always)
+  func fd(for operation: Operation) throws(UserfaultfdError) -> Int32 {
+    let fd = descriptor.load(ordering: .acquiring)
+    guard fd >= 0 else { throw .closed(operation) }
+    return fd
+  }
+
+  // MARK: Opening
+
+  private struct Opened {
+    var fd: Int32
+    var method: OpenMethod
+    var features: Features
+    var ioctls: Ioctls
+  }
+
+  /// Opens a descriptor and performs UFFDIO_API with `features`. Closes it again on failure.
+  private static func handshake(features: Features, options: Options) throws(UserfaultfdError) -> Opened {
+    let (fd, method) = try openDescriptor(options: options)
+    var api = cuffd_api(api: CUFFD_API, features: features.rawValue, ioctls: 0)
+    let result = valueOrErrno(retryOnInterrupt: true) { cuffd_ioctl_api(fd, &api) }
+    if case .failure(let error) = result {
+      _ = Glibc.close(fd)
+      if error == .invalidArgument && !features.isEmpty {
+        throw .featuresUnsupported(requested: features, missing: features)
+      }
+      throw .operationFailed(OperationFailure(operation: .api, errno: error, destination: 0, length: 0))
+    }
+    return Opened(fd: fd, method: method, features: Features(rawValue: api.features),
+                  ioctls: Ioctls(rawValue: api.ioctls))
+  }
+
+  /// Tries each way of getting a descriptor in turn, recording why each failed.
+  private static func openDescriptor(options: Options) throws(UserfaultfdError) -> (Int32, OpenMethod) {
+    var flags = O_CLOEXEC
+    if options.contains(.nonBlocking) { flags |= O_NONBLOCK }
+    var attempts: [OpenAttempt] = []
+    let userModeOnly = options.contains(.userModeOnly)
+
+    let first = userModeOnly ? flags | CUFFD_USER_MODE_ONLY : flags
+    switch valueOrErrno(retryOnInterrupt: true, { cuffd_userfaultfd(first) }) {
+    case .success(let fd): return (fd, userModeOnly ? .syscallUserModeOnly : .syscall)
+    case .failure(let error):
+      attempts.append(OpenAttempt(method: userModeOnly ? .syscallUserModeOnly : .syscall, errno: error))
+      if error == .notPermitted && !userModeOnly {
+        switch valueOrErrno(retryOnInterrupt: true, { cuffd_userfaultfd(flags | CUFFD_USER_MODE_ONLY) }) {
+        case .success(let fd): return (fd, .syscallUserModeOnly)
+        case .failure(let error): attempts.append(OpenAttempt(method: .syscallUserModeOnly, errno: error))
+        }
+      }
+    }
+
+    switch valueOrErrno(retryOnInterrupt: true, { Glibc.open("/dev/userfaultfd", O_RDWR | O_CLOEXEC) }) {
+    case .failure(let error):
+      attempts.append(OpenAttempt(method: .devUserfaultfd, errno: error))
+    case .success(let device):
+      defer { _ = Glibc.close(device) }
+      // The device refuses kernel-mode fault handling to the unprivileged only via its permissions.
+      let deviceFlags = userModeOnly ? flags | CUFFD_USER_MODE_ONLY : flags
+      switch valueOrErrno(retryOnInterrupt: true, { cuffd_dev_new(device, deviceFlags) }) {
+      case .success(let fd): return (fd, .devUserfaultfd)
+      case .failure(let error): attempts.append(OpenAttempt(method: .devUserfaultfd, errno: error))
+      }
+    }
+    throw .openFailed(attempts)
+  }
+}

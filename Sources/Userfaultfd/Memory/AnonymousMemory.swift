@@ -1,0 +1,155 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CUserfaultfd
+import SystemPackage
+
+/// An owned anonymous memory mapping (`mmap(MAP_ANONYMOUS)`), unmapped when the last reference
+/// goes away. Page-size aware, optionally aligned (2 MiB for huge pages), with the madvise and
+/// mprotect calls userfaultfd work needs, so neither users nor tests call raw mmap.
+///
+/// The mapping is shared freely between threads: it is plain memory, and synchronising access to
+/// its bytes is the caller's business.
+public final class AnonymousMemory: @unchecked Sendable {
+  /// The first byte of the mapping, aligned as requested.
+  public let baseAddress: UnsafeMutableRawPointer
+  /// The mapping's length in bytes: a multiple of the page size.
+  public let length: Int
+  /// Whether the mapping is private (copy-on-write across fork) or shared (shmem).
+  public let sharing: Sharing
+
+  /// Private or shared anonymous memory.
+  public enum Sharing: Sendable, Hashable {
+    /// `MAP_PRIVATE`: ordinary anonymous memory; what UFFDIO_MOVE works on.
+    case `private`
+    /// `MAP_SHARED`: shmem-backed; supports MINOR mode and UFFDIO_CONTINUE, not UFFDIO_MOVE.
+    case shared
+  }
+
+  /// Page protections (`PROT_*`).
+  public struct Protection: OptionSet, Sendable, Hashable {
+    public let rawValue: Int32
+    /// Creates protections from `PROT_*` bits.
+    public init(rawValue: Int32) { self.rawValue = rawValue }
+    /// `PROT_READ`.
+    public static let read = Protection(rawValue: PROT_READ)
+    /// `PROT_WRITE`.
+    public static let write = Protection(rawValue: PROT_WRITE)
+    /// `PROT_EXEC`.
+    public static let execute = Protection(rawValue: PROT_EXEC)
+    /// `PROT_NONE`: no access.
+    public static let none: Protection = []
+    /// Read and write, the default.
+    public static let readWrite: Protection = [.read, .write]
+  }
+
+  /// madvise(2) advice this package uses.
+  public enum Advice: Int32, Sendable, Hashable, CaseIterable {
+    /// `MADV_DONTNEED`: drop the pages; private memory then reads zero (or faults if registered).
+    case dontNeed = 4
+    /// `MADV_DONTFORK`: a forked child does not inherit the range, so its pages stay exclusively
+    /// mapped and UFFDIO_MOVE keeps working after fork.
+    case dontFork = 10
+    /// `MADV_DOFORK`: undo `dontFork`.
+    case doFork = 11
+    /// `MADV_HUGEPAGE`: back the range with transparent huge pages where possible.
+    case hugePage = 14
+    /// `MADV_NOHUGEPAGE`: never use transparent huge pages here.
+    case noHugePage = 15
+    /// `MADV_WIPEONFORK`: a forked child sees the range zero-filled (private memory only).
+    case wipeOnFork = 18
+    /// `MADV_KEEPONFORK`: undo `wipeOnFork`.
+    case keepOnFork = 19
+    /// `MADV_POPULATE_READ` (Linux 5.14+): fault the pages in readable.
+    case populateRead = 22
+    /// `MADV_POPULATE_WRITE` (Linux 5.14+): fault the pages in writable, allocating them.
+    case populateWrite = 23
+  }
+
+  /// Maps `length` bytes (rounded up to whole pages) of anonymous memory.
+  ///
+  /// - Parameters:
+  ///   - alignment: a power of two, at least the page size; use ``PageSize/huge`` for memory that
+  ///     should move as whole 2 MiB pages.
+  ///   - populate: allocate every page now (`MADV_POPULATE_WRITE`) instead of on first touch.
+  public init(
+    length: Int, alignment: Int = PageSize.base, protection: Protection = .readWrite,
+    sharing: Sharing = .private, populate: Bool = false
+  ) throws(UserfaultfdError) {
+    let page = PageSize.base
+    guard length > 0 else {
+      throw .invalidArgument(.memory, "length must be positive, got \(length)")
+    }
+    guard alignment >= page, alignment & (alignment - 1) == 0 else {
+      throw .invalidArgument(
+        .memory, "alignment \(alignment) must be a power of two and at least the page size (\(page))")
+    }
+    let (rounded, overflow) = length.addingReportingOverflow(page - 1)
+    let mapped = rounded & ~(page - 1)
+    let (reservation, overflow2) = mapped.addingReportingOverflow(alignment - page)
+    guard !overflow, !overflow2 else {
+      throw .invalidArgument(.memory, "length \(length) is too large")
+    }
+    let flags = MAP_ANONYMOUS | (sharing == .private ? MAP_PRIVATE : MAP_SHARED) | MAP_NORESERVE
+    // Reserve `alignment - page` extra bytes, then trim both ends to the aligned window.
+    guard let raw = mmap(nil, reservation, protection.rawValue, flags, -1, 0),
+          raw != cuffd_map_failed()
+    else { throw .systemCallFailed("mmap(\(reservation) bytes)", .current) }
+    let start = UInt(bitPattern: raw)
+    let aligned = (start + UInt(alignment - 1)) & ~UInt(alignment - 1)
+    let head = Int(aligned - start)
+    let tail = reservation - head - mapped
+    if head > 0 { _ = munmap(raw, head) }
+    if tail > 0 { _ = munmap(raw + head + mapped, tail) }
+    self.baseAddress = raw + head
+    self.length = mapped
+    self.sharing = sharing
+    if populate { try advise(.populateWrite) }
+  }
+
+  deinit {
+    _ = munmap(baseAddress, length)
+  }
+
+  /// The page-aligned subrange `offset..<offset+length` (all of it by default), checked.
+  private func subrange(
+    _ offset: Int, _ length: Int?, _ call: String
+  ) throws(UserfaultfdError) -> (UnsafeMutableRawPointer, Int) {
+    let length = length ?? (self.length - offset)
+    guard offset >= 0, offset % PageSize.base == 0 else {
+      throw .invalidArgument(.memory, "\(call): offset \(offset) is not a page-aligned offset")
+    }
+    guard length > 0, offset <= self.length, length <= self.length - offset else {
+      throw .invalidArgument(
+        .memory, "\(call): range \(offset)+\(length) is outside the \(self.length)-byte mapping")
+    }
+    return (baseAddress + offset, length)
+  }
+
+  /// Applies `advice` to `length` bytes at `offset` (the whole mapping by default).
+  public func advise(_ advice: Advice, offset: Int = 0, length: Int? = nil) throws(UserfaultfdError) {
+    let (start, count) = try subrange(offset, length, "madvise")
+    try nothingOrErrno(retryOnInterrupt: true) { madvise(start, count, advice.rawValue) }
+      .get(systemCall: "madvise(\(advice))")
+  }
+
+  /// Changes the protection of `length` bytes at `offset` (the whole mapping by default).
+  public func protect(_ protection: Protection, offset: Int = 0, length: Int? = nil) throws(UserfaultfdError) {
+    let (start, count) = try subrange(offset, length, "mprotect")
+    try nothingOrErrno(retryOnInterrupt: true) { mprotect(start, count, protection.rawValue) }
+      .get(systemCall: "mprotect")
+  }
+
+  /// The mapping as raw bytes.
+  public var bytes: UnsafeMutableRawBufferPointer {
+    UnsafeMutableRawBufferPointer(start: baseAddress, count: length)
+  }
+
+  /// The address of the page at `index`, or nil past the end.
+  public func page(_ index: Int) -> UnsafeMutableRawPointer? {
+    guard index >= 0, index < length / PageSize.base else { return nil }
+    return baseAddress + index * PageSize.base
+  }
+}

@@ -1,0 +1,38 @@
+import CUserfaultfd
+import SystemPackage
+
+extension Userfaultfd {
+  /// Options for ``Userfaultfd/copy(from:to:length:options:)`` (`UFFDIO_COPY_MODE_*`).
+  public struct CopyOptions: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt64
+    /// Creates options from the kernel's bit mask.
+    public init(rawValue: UInt64) { self.rawValue = rawValue }
+    /// `UFFDIO_COPY_MODE_DONTWAKE`: leave faulting threads asleep.
+    public static let dontWake = CopyOptions(rawValue: 1 << 0)
+    /// `UFFDIO_COPY_MODE_WP`: map the new pages write-protected (range registered in WP mode).
+    public static let writeProtect = CopyOptions(rawValue: 1 << 1)
+  }
+
+  /// Fills `length` bytes of missing pages at `destination` with a copy of `source`
+  /// (`UFFDIO_COPY`). `source` may be any readable memory, registered or not.
+  ///
+  /// - Throws: `operationFailed` with `bytesDone` the bytes copied before the failure; EEXIST
+  ///   when a destination page is already present.
+  public func copy(
+    from source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, length: Int,
+    options: CopyOptions = []
+  ) throws(UserfaultfdError) {
+    let target = try PageRange(destination, length: length, role: "destination", operation: .copy)
+    let origin = try PageRange(source, length: length, role: "source", operation: .copy)
+    guard !target.overlaps(origin) else {
+      throw .invalidArgument(.copy, "source overlaps destination")
+    }
+    let fd = try fd(for: .copy)
+    var arg = cuffd_copy(
+      dst: UInt64(target.start), src: UInt64(origin.start), len: UInt64(length),
+      mode: options.rawValue, copy: 0)
+    let result = cuffd_ioctl_copy(fd, &arg)
+    try checkProgress(result, errno: Errno.current, reported: arg.copy, operation: .copy,
+                      range: target, source: origin.start)
+  }
+}

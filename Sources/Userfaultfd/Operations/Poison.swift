@@ -1,0 +1,29 @@
+import CUserfaultfd
+import SystemPackage
+
+extension Userfaultfd {
+  /// Options for ``Userfaultfd/poison(_:length:options:)`` (`UFFDIO_POISON_MODE_*`).
+  public struct PoisonOptions: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt64
+    /// Creates options from the kernel's bit mask.
+    public init(rawValue: UInt64) { self.rawValue = rawValue }
+    /// `UFFDIO_POISON_MODE_DONTWAKE`: leave faulting threads asleep.
+    public static let dontWake = PoisonOptions(rawValue: 1 << 0)
+  }
+
+  /// Marks `length` bytes of missing pages at `start` as poisoned (`UFFDIO_POISON`, Linux 6.6+):
+  /// any access raises SIGBUS, as for a hardware memory error. Used to forward poison when
+  /// migrating memory.
+  public func poison(
+    _ start: UnsafeMutableRawPointer, length: Int, options: PoisonOptions = []
+  ) throws(UserfaultfdError) {
+    let range = try PageRange(start, length: length, role: "range", operation: .poison)
+    let fd = try fd(for: .poison)
+    var arg = cuffd_poison(
+      range: cuffd_range(start: UInt64(range.start), len: UInt64(length)),
+      mode: options.rawValue, updated: 0)
+    let result = cuffd_ioctl_poison(fd, &arg)
+    try checkProgress(result, errno: Errno.current, reported: arg.updated, operation: .poison,
+                      range: range)
+  }
+}

@@ -1,0 +1,28 @@
+import CUserfaultfd
+import SystemPackage
+
+extension Userfaultfd {
+  /// Options for ``Userfaultfd/zeroPage(_:length:options:)`` (`UFFDIO_ZEROPAGE_MODE_*`).
+  public struct ZeroPageOptions: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt64
+    /// Creates options from the kernel's bit mask.
+    public init(rawValue: UInt64) { self.rawValue = rawValue }
+    /// `UFFDIO_ZEROPAGE_MODE_DONTWAKE`: leave faulting threads asleep.
+    public static let dontWake = ZeroPageOptions(rawValue: 1 << 0)
+  }
+
+  /// Maps the shared zero page at `length` bytes of missing pages at `start` (`UFFDIO_ZEROPAGE`).
+  /// A later write faults again (into an ordinary anonymous page, not back to this userfaultfd).
+  public func zeroPage(
+    _ start: UnsafeMutableRawPointer, length: Int, options: ZeroPageOptions = []
+  ) throws(UserfaultfdError) {
+    let range = try PageRange(start, length: length, role: "range", operation: .zeroPage)
+    let fd = try fd(for: .zeroPage)
+    var arg = cuffd_zeropage(
+      range: cuffd_range(start: UInt64(range.start), len: UInt64(length)),
+      mode: options.rawValue, zeropage: 0)
+    let result = cuffd_ioctl_zeropage(fd, &arg)
+    try checkProgress(result, errno: Errno.current, reported: arg.zeropage, operation: .zeroPage,
+                      range: range)
+  }
+}

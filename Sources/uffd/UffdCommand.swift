@@ -1,0 +1,18 @@
+import ArgumentParser
+
+/// The `uffd` tool: probe the kernel, benchmark, compact, stress.
+@main
+struct UffdCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "uffd",
+    abstract: "userfaultfd from Swift: probe the kernel's UFFDIO_MOVE support and more.",
+    subcommands: [ProbeCommand.self],
+    defaultSubcommand: ProbeCommand.self
+  )
+}
+
+/// Options every subcommand that prints results shares.
+struct OutputOptions: ParsableArguments {
+  @Flag(name: .long, help: "Print one JSON object instead of a table.")
+  var json = false
+}
