@@ -2,17 +2,33 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-pid_t cuffd_test_fork_holder(int release_fd) {
+static int wait_for(pid_t pid, int *status) {
+  while (waitpid(pid, status, 0) < 0) {
+    if (errno != EINTR) return -1;
+  }
+  return 0;
+}
+
+pid_t cuffd_test_fork_holder(void) {
+  pid_t parent = getpid();
   pid_t pid = fork();
   if (pid == 0) {
-    char byte;
-    while (read(release_fd, &byte, 1) < 0 && errno == EINTR) {}
-    _exit(0);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(0);
+    for (;;) pause();
   }
   return pid;
+}
+
+int cuffd_test_kill_and_wait(pid_t pid) {
+  if (kill(pid, SIGKILL) < 0) return -1;
+  int status = 0;
+  return wait_for(pid, &status);
 }
 
 int cuffd_test_child_touch(const volatile unsigned char *address) {
@@ -27,17 +43,9 @@ int cuffd_test_child_touch(const volatile unsigned char *address) {
     _exit(0);
   }
   int status = 0;
-  while (waitpid(pid, &status, 0) < 0) {
-    if (errno != EINTR) return -1;
-  }
+  if (wait_for(pid, &status) < 0) return -1;
   if (WIFSIGNALED(status)) return WTERMSIG(status);
   return 0;
 }
 
-int cuffd_test_wait(pid_t pid) {
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0) {
-    if (errno != EINTR) return -1;
-  }
-  return status;
-}
+int cuffd_test_gettid(void) { return (int)syscall(SYS_gettid); }

@@ -1,0 +1,107 @@
+import Foundation
+import Synchronization
+import Testing
+import Userfaultfd
+
+/// Whether this machine lets the tests open a userfaultfd at all. When it does not (no kernel
+/// support, no permission), the tests that need one are skipped with the reason printed.
+enum Kernel {
+  static let openError: String? = {
+    do {
+      _ = try Userfaultfd()
+      return nil
+    } catch {
+      let reason = "userfaultfd unavailable: \(error)"
+      print("SKIP: \(reason)")
+      return reason
+    }
+  }()
+
+  static var hasUserfaultfd: Bool { openError == nil }
+
+  static var hasMove: Bool {
+    (try? Userfaultfd.probeSupportedFeatures().features.contains(.move)) ?? false
+  }
+}
+
+/// Every test that needs the kernel's userfaultfd, nested here so they run one at a time: a test
+/// that forks shares every private page of the process with its child for a moment, and any
+/// UFFDIO_MOVE running in parallel would then fail with EBUSY.
+@Suite("Kernel", .serialized, .enabled(if: Kernel.hasUserfaultfd, "userfaultfd is unavailable here"))
+struct KernelTests {}
+
+/// A pointer that may cross into a test thread. Tests own the memory behind it.
+struct Address: @unchecked Sendable {
+  let pointer: UnsafeMutableRawPointer
+  init(_ pointer: UnsafeMutableRawPointer) { self.pointer = pointer }
+  var value: UInt { UInt(bitPattern: pointer) }
+}
+
+/// A plain OS thread (never Swift's cooperative pool: it may block in a page fault).
+final class TestThread: Sendable {
+  private final class State: Sendable {
+    let finished = Atomic<Bool>(false)
+    let done = DispatchSemaphore(value: 0)
+  }
+  private let state = State()
+
+  init(_ body: @escaping @Sendable () -> Void) {
+    let state = self.state
+    let thread = Thread {
+      body()
+      state.finished.store(true, ordering: .releasing)
+      state.done.signal()
+    }
+    thread.start()
+  }
+
+  /// Whether the body has returned.
+  var isFinished: Bool { state.finished.load(ordering: .acquiring) }
+
+  /// Waits up to `seconds` for the body to return; true if it did.
+  func join(seconds: Double = 10) -> Bool {
+    if isFinished { return true }
+    guard state.done.wait(timeout: .now() + seconds) == .success else { return false }
+    state.done.signal()  // let later joins return at once
+    return true
+  }
+}
+
+/// Fills a page with a recognisable pattern derived from `seed`.
+func fill(_ page: UnsafeMutableRawPointer, seed: UInt64, length: Int = PageSize.base) {
+  let words = page.bindMemory(to: UInt64.self, capacity: length / 8)
+  for index in 0..<(length / 8) { words[index] = seed &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(index) }
+}
+
+/// Whether a page holds the pattern `fill(_:seed:)` wrote.
+func holds(_ page: UnsafeRawPointer, seed: UInt64, length: Int = PageSize.base) -> Bool {
+  let words = page.assumingMemoryBound(to: UInt64.self)
+  for index in 0..<(length / 8) where words[index] != seed &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(index) {
+    return false
+  }
+  return true
+}
+
+/// Whether every byte of a range is zero.
+func isZero(_ start: UnsafeRawPointer, length: Int = PageSize.base) -> Bool {
+  UnsafeRawBufferPointer(start: start, count: length).allSatisfy { $0 == 0 }
+}
+
+/// The failure inside an `operationFailed` error, or nil.
+func failure(_ error: UserfaultfdError) -> OperationFailure? {
+  if case .operationFailed(let failure) = error { return failure }
+  return nil
+}
+
+/// Runs `body`, expecting it to throw a UserfaultfdError, and returns that error.
+func expectError(
+  _ body: () throws(UserfaultfdError) -> Void, sourceLocation: SourceLocation = #_sourceLocation
+) -> UserfaultfdError? {
+  do {
+    try body()
+    Issue.record("expected an error, got success", sourceLocation: sourceLocation)
+    return nil
+  } catch {
+    return error
+  }
+}
