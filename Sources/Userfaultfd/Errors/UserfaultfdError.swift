@@ -127,9 +127,10 @@ enum Explanation {
     case (.move, .noSuchFileOrDirectory):
       return "source page is a hole (never touched, or already moved); pass .allowSourceHoles to"
         + " count holes as moved"
-    case (.continue, .noSuchFileOrDirectory):
-      return "no page in the page cache behind the destination: populate it through another"
-        + " mapping first"
+    case (.writeProtect, .noSuchFileOrDirectory):
+      return "the range is not registered with this userfaultfd in write-protect mode"
+    case (_, .noSuchFileOrDirectory):
+      return "the destination is not registered with this userfaultfd (or no longer mapped)"
     case (.move, .invalidArgument):
       return "both ranges must be page-aligned, each inside one VMA, private anonymous with the"
         + " same protections, not overlapping, the destination registered with this userfaultfd,"
