@@ -6,3 +6,9 @@ void *cuffd_mremap(void *old_address, size_t old_length, size_t new_length, int 
                    void *new_address) {
   return mremap(old_address, old_length, new_length, flags, new_address);
 }
+
+_Static_assert(CUFFD_MREMAP_MAYMOVE == MREMAP_MAYMOVE, "MREMAP_MAYMOVE");
+_Static_assert(CUFFD_MREMAP_FIXED == MREMAP_FIXED, "MREMAP_FIXED");
+#ifdef MREMAP_DONTUNMAP
+_Static_assert(CUFFD_MREMAP_DONTUNMAP == MREMAP_DONTUNMAP, "MREMAP_DONTUNMAP");
+#endif

@@ -205,9 +205,10 @@ _Static_assert(CUFFD_IOC_POISON == UFFDIO_POISON, "UFFDIO_POISON matches the sys
 #endif
 #endif
 
-#ifndef MREMAP_DONTUNMAP
-#define MREMAP_DONTUNMAP 4
-#endif
+// mremap flags (glibc declares them only under _GNU_SOURCE, which Swift's importer lacks).
+#define CUFFD_MREMAP_MAYMOVE   1
+#define CUFFD_MREMAP_FIXED     2
+#define CUFFD_MREMAP_DONTUNMAP 4  /* Linux 5.7+ */
 
 // MARK: - Calls Swift cannot make directly (variadic in libc)
 

@@ -21,21 +21,30 @@ public enum UserfaultfdError: Error, Sendable, Equatable, CustomStringConvertibl
   case closed(Operation)
   /// A supporting system call (mmap, madvise, read, ...) failed.
   case systemCallFailed(String, Errno)
+  /// The running kernel lacks what the operation needs (decided at run time).
+  case notSupported(Operation, String)
+  /// A logical move (``PageMover``) stopped before the end. The report says exactly which pages
+  /// moved, were copied or skipped; every other page is still in the source.
+  case moveStopped(MoveReport)
 
   /// The errno behind this error, if the kernel produced one.
   public var errno: Errno? {
     switch self {
     case .operationFailed(let failure): return failure.errno
+    case .moveStopped(let report): return report.stop?.failure?.errno
     case .systemCallFailed(_, let error): return error
     case .openFailed(let attempts): return attempts.last?.errno
-    case .invalidArgument, .featuresUnsupported, .closed: return nil
+    case .invalidArgument, .featuresUnsupported, .closed, .notSupported: return nil
     }
   }
 
   /// Bytes the failed operation completed before it stopped (0 when none or not applicable).
   public var bytesDone: Int {
-    if case .operationFailed(let failure) = self { return failure.bytesDone }
-    return 0
+    switch self {
+    case .operationFailed(let failure): return failure.bytesDone
+    case .moveStopped(let report): return report.bytesDone
+    default: return 0
+    }
   }
 
   public var description: String {
@@ -54,6 +63,10 @@ public enum UserfaultfdError: Error, Sendable, Equatable, CustomStringConvertibl
       return "\(operation.rawValue): the userfaultfd handle is already closed"
     case .systemCallFailed(let call, let error):
       return "\(call) failed: \(ErrnoName.of(error)) (\(error))"
+    case .notSupported(let operation, let reason):
+      return "\(operation.rawValue): \(reason)"
+    case .moveStopped(let report):
+      return "logical move stopped: \(report)"
     }
   }
 }

@@ -20,4 +20,10 @@ int cuffd_test_child_touch(const volatile unsigned char *address);
 /// The calling thread's kernel thread id.
 int cuffd_test_gettid(void);
 
+/// Atomically adds 1 to `*word` (one locked instruction: a page fault restarts it whole, so the
+/// increment lands in exactly one physical page even while the page is being moved).
+static inline void cuffd_test_atomic_increment(unsigned long long *word) {
+  __atomic_fetch_add(word, 1, __ATOMIC_RELAXED);
+}
+
 #endif

@@ -1,0 +1,101 @@
+/// What happened to one page of a logical move.
+public enum PageOutcome: String, Sendable, Hashable, CaseIterable {
+  /// Moved zero-copy by UFFDIO_MOVE.
+  case moved
+  /// Copied by the atomic fallback and removed from the source.
+  case copied
+  /// A source hole, skipped: the destination page stays missing.
+  case hole
+  /// Refused with EBUSY and not copied (strict policy): still in the source.
+  case busy
+  /// The destination was already populated: the page is still in the source.
+  case alreadyPresent
+  /// Not reached because the move stopped earlier: still in the source.
+  case notAttempted
+}
+
+/// A run of consecutive pages with the same outcome.
+public struct PageRun: Sendable, Hashable {
+  /// The outcome.
+  public let outcome: PageOutcome
+  /// Index of the first page, counted from the start of the move.
+  public let firstPage: Int
+  /// Number of pages.
+  public let count: Int
+}
+
+/// A run of source pages the kernel refused with EBUSY, and why.
+public struct BusyRun: Sendable, Hashable {
+  /// Byte offset of the first page from the start of the move.
+  public let offset: Int
+  /// Number of pages.
+  public let pages: Int
+  /// Why they were busy.
+  public let reason: BusyReason
+}
+
+/// Where and why a logical move stopped before the end.
+public struct MoveStop: Sendable, Equatable {
+  /// Byte offset of the page it stopped at.
+  public let offset: Int
+  /// The outcome of that page (``PageOutcome/busy``, ``PageOutcome/hole`` is reported as
+  /// `notAttempted` with the ENOENT failure, ...).
+  public let outcome: PageOutcome
+  /// The kernel's refusal.
+  public let failure: OperationFailure?
+  /// Why the page was busy, for EBUSY.
+  public let busyReason: BusyReason?
+  /// A plain-words account.
+  public let message: String
+}
+
+/// The account of a logical move: how each byte got to the destination.
+public struct MoveReport: Sendable, Equatable, CustomStringConvertible {
+  /// Bytes requested.
+  public let length: Int
+  /// Bytes moved zero-copy.
+  public internal(set) var bytesMoved = 0
+  /// Bytes copied by the fallback (EBUSY pages, or every page when MOVE is unavailable).
+  public internal(set) var bytesCopied = 0
+  /// Bytes of source holes skipped.
+  public internal(set) var holeBytes = 0
+  /// 2 MiB steps in which a whole transparent huge page moved as one PMD (counted when the source
+  /// could be seen to be a THP: /proc/kpageflags needs CAP_SYS_ADMIN).
+  public internal(set) var hugePageMoves = 0
+  /// UFFDIO_MOVE ioctls issued, including refused ones.
+  public internal(set) var moveIoctls = 0
+  /// UFFDIO_COPY ioctls issued by the fallback.
+  public internal(set) var copyIoctls = 0
+  /// Busy pages seen, and why (one entry per contiguous run).
+  public internal(set) var busy: [BusyRun] = []
+  /// Per-page outcomes, run-length encoded, when the policy asked for them.
+  public internal(set) var runs: [PageRun] = []
+  /// Set when the move stopped early.
+  public internal(set) var stop: MoveStop?
+
+  init(length: Int) { self.length = length }
+
+  /// All ioctls issued.
+  public var ioctls: Int { moveIoctls + copyIoctls }
+  /// Whether every page was moved, copied or skipped as a hole.
+  public var isComplete: Bool { stop == nil }
+  /// Bytes handled (moved, copied or skipped).
+  public var bytesDone: Int { bytesMoved + bytesCopied + holeBytes }
+
+  /// Appends `pages` pages of `outcome` to the run-length list.
+  mutating func record(_ outcome: PageOutcome, firstPage: Int, pages: Int, keep: Bool) {
+    guard keep, pages > 0 else { return }
+    if let last = runs.last, last.outcome == outcome, last.firstPage + last.count == firstPage {
+      runs[runs.count - 1] = PageRun(outcome: outcome, firstPage: last.firstPage, count: last.count + pages)
+    } else {
+      runs.append(PageRun(outcome: outcome, firstPage: firstPage, count: pages))
+    }
+  }
+
+  public var description: String {
+    var text = "moved \(bytesMoved) bytes zero-copy, copied \(bytesCopied), skipped \(holeBytes) in holes"
+      + " of \(length) (\(moveIoctls) MOVE + \(copyIoctls) COPY ioctls, \(hugePageMoves) huge-page moves)"
+    if let stop { text += "; stopped at offset \(stop.offset): \(stop.message)" }
+    return text
+  }
+}
