@@ -25,10 +25,17 @@ let package = Package(
         .product(name: "SystemPackage", package: "swift-system"),
       ]
     ),
+    // C reference loops the benchmarks run beside the Swift library, for Swift/C ratios.
+    .target(
+      name: "CUserfaultfdReference",
+      dependencies: ["CUserfaultfd"],
+      cSettings: [.define("_GNU_SOURCE")]
+    ),
     .executableTarget(
       name: "uffd",
       dependencies: [
         "Userfaultfd",
+        "CUserfaultfdReference",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),

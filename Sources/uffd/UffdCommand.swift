@@ -6,7 +6,7 @@ struct UffdCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "uffd",
     abstract: "userfaultfd from Swift: probe the kernel's UFFDIO_MOVE support and more.",
-    subcommands: [ProbeCommand.self],
+    subcommands: [ProbeCommand.self, BenchCommand.self],
     defaultSubcommand: ProbeCommand.self
   )
 }

@@ -34,23 +34,26 @@ struct PageMap: ~Copyable {
   deinit { _ = close(fd) }
 
   /// The entries for `count` pages starting at `address` (page-aligned), or nil on a read error.
+  /// Read straight into the array's storage: this runs once per logical move, over every page.
   func entries(at address: UInt, count: Int) -> [Entry]? {
     guard count > 0 else { return [] }
     let offset = off_t(address / UInt(PageSize.base)) * 8
-    var raw = [UInt64](repeating: 0, count: count)
-    let wanted = count * 8
-    let got = raw.withUnsafeMutableBytes { buffer -> Int in
+    let wanted = count * MemoryLayout<Entry>.stride
+    var complete = false
+    let entries = [Entry](unsafeUninitializedCapacity: count) { buffer, initialized in
+      let raw = UnsafeMutableRawBufferPointer(buffer)
       var done = 0
-      while done < wanted {
-        let n = pread(fd, buffer.baseAddress! + done, wanted - done, offset + off_t(done))
+      while done < wanted, let base = raw.baseAddress {
+        let n = pread(fd, base + done, wanted - done, offset + off_t(done))
         if n < 0 && errno == EINTR { continue }
         if n <= 0 { break }
         done += n
       }
-      return done
+      complete = done == wanted
+      if !complete { raw.initializeMemory(as: UInt8.self, repeating: 0) }
+      initialized = count
     }
-    guard got == wanted else { return nil }
-    return raw.map(Entry.init(raw:))
+    return complete ? entries : nil
   }
 
   /// Whether the page frame `frame` is part of a transparent huge page (`/proc/kpageflags` bit 22,

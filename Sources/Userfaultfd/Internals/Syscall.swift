@@ -36,12 +36,13 @@ func nothingOrErrno<I: FixedWidthInteger>(
 }
 
 extension Result where Failure == Errno {
-  /// Unwraps, turning the errno into the package's error for `call`.
+  /// Unwraps, turning the errno into the package's error for `call` (formatted only on failure:
+  /// building the text on every call cost more than the system call itself).
   @inline(__always)
-  func get(systemCall call: String) throws(UserfaultfdError) -> Success {
+  func get(systemCall call: @autoclosure () -> String) throws(UserfaultfdError) -> Success {
     switch self {
     case .success(let value): return value
-    case .failure(let error): throw .systemCallFailed(call, error)
+    case .failure(let error): throw .systemCallFailed(call(), error)
     }
   }
 }

@@ -1,0 +1,32 @@
+// C reference loops for `uffd bench`: the same system calls the Swift library issues, written
+// the way a careful C programmer would, so the benchmark can print Swift/C ratios measured side by
+// side in one run. Each returns elapsed nanoseconds (CLOCK_MONOTONIC), or -errno on failure.
+#ifndef CUSERFAULTFD_REFERENCE_H
+#define CUSERFAULTFD_REFERENCE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock both sides use.
+int64_t cuffd_ref_now_ns(void);
+
+/// UFFDIO_MOVE of `length` bytes in `batch`-byte ioctls.
+int64_t cuffd_ref_move(int uffd, char *src, char *dst, size_t length, size_t batch);
+
+/// UFFDIO_COPY of each `batch` then MADV_DONTNEED of that part of the source.
+int64_t cuffd_ref_copy_dontneed(int uffd, char *src, char *dst, size_t length, size_t batch);
+
+/// What the library's logical move does on its fast path: one pagemap read checking that the
+/// destination is empty, then MOVE in `batch`-byte ioctls cut at 2 MiB source boundaries.
+int64_t cuffd_ref_logical(int uffd, char *src, char *dst, size_t length, size_t batch);
+
+/// Per page: fill a reused buffer, then UFFDIO_COPY it into a fresh destination page.
+int64_t cuffd_ref_fill_copy(int uffd, char *buffer, char *dst, size_t length);
+
+/// Per page: fill a fresh source page (the write allocates it), then UFFDIO_MOVE it.
+int64_t cuffd_ref_fill_move(int uffd, char *src, char *dst, size_t length);
+
+/// The page-filling routine both fresh-page rows use (one 64-bit store per 8 bytes).
+void cuffd_ref_fill_page(char *page, uint64_t seed, size_t page_size);
+
+#endif

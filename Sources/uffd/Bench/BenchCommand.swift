@@ -1,0 +1,30 @@
+import ArgumentParser
+
+/// `uffd bench`: every benchmark, or one by name.
+struct BenchCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "bench",
+    abstract: "Benchmark userfaultfd operations on this machine, Swift library beside C reference loops.",
+    discussion: "Run in release mode: swift run -c release uffd bench. With no subcommand, runs all.",
+    subcommands: [MovesBenchCommand.self])
+
+  @OptionGroup var options: BenchOptions
+  @OptionGroup var output: OutputOptions
+
+  func run() throws {
+    try MovesBenchCommand.run(options: options, output: output)
+  }
+}
+
+/// Options every benchmark shares.
+struct BenchOptions: ParsableArguments {
+  @Option(help: "Repetitions per row; the median is reported (at least 5).")
+  var reps = 7
+
+  @Option(help: "Run only the rows whose name contains this text (e.g. move/ or thp).")
+  var rows: String?
+
+  func validate() throws {
+    guard reps >= 5 else { throw ValidationError("--reps must be at least 5 (medians of fewer are noise)") }
+  }
+}

@@ -1,0 +1,42 @@
+import ArgumentParser
+import Foundation
+import Userfaultfd
+
+/// `uffd bench moves`.
+struct MovesBenchCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "moves",
+    abstract: "Per-page cost of MOVE, COPY+MADV_DONTNEED and the logical move, Swift beside C.")
+
+  @OptionGroup var options: BenchOptions
+  @OptionGroup var output: OutputOptions
+
+  func run() throws {
+    try Self.run(options: options, output: output)
+  }
+
+  static func run(options: BenchOptions, output: OutputOptions) throws {
+    let uffd = try Userfaultfd()
+    guard uffd.supportedFeatures.contains(.move) else {
+      throw BenchError("UFFDIO_MOVE is not supported by this kernel (Linux 6.8 or later): nothing to compare")
+    }
+    let benchmark = MovesBenchmark(uffd: uffd, reps: options.reps)
+    let rows = try benchmark.run(filter: options.rows) { message in
+      FileHandle.standardError.write(Data("bench moves \(message)\n".utf8))
+    }
+    if output.json {
+      struct Report: Encodable { var rows: [MovesBenchmark.Row] }
+      let encoder = JSONEncoder()
+      encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+      print(String(decoding: try encoder.encode(Report(rows: rows)), as: UTF8.self))
+    } else {
+      print("UFFDIO_MOVE vs COPY+MADV_DONTNEED, ns per 4 KiB page, median of \(options.reps) (Swift library vs C reference)")
+      print(formatTable(
+        ["row", "pages/ioctl", "swift ns/page", "c ns/page", "swift/c"],
+        rows.map {
+          [$0.name, "\($0.pages_per_ioctl)", String(format: "%.1f", $0.swift_ns_per_page),
+           String(format: "%.1f", $0.c_ns_per_page), String(format: "%.3f", $0.ratio)]
+        }))
+    }
+  }
+}

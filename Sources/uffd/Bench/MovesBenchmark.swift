@@ -1,0 +1,164 @@
+import CUserfaultfdReference
+import Foundation
+import Userfaultfd
+
+/// `uffd bench moves`: the per-page cost of moving N pages, each row measured by the Swift library
+/// and by a C reference loop issuing the same system calls, interleaved in one run.
+struct MovesBenchmark {
+  /// One benchmark row.
+  struct Row: Encodable {
+    var name: String
+    var pages_per_ioctl: Int
+    var swift_ns_per_page: Double
+    var c_ns_per_page: Double
+    var ratio: Double
+  }
+
+  /// What a row does.
+  enum Kind {
+    case move, copyDontNeed, logical, fillCopy, fillMove
+  }
+
+  struct Spec {
+    var name: String
+    var kind: Kind
+    var pagesPerIoctl: Int
+    var hugePages: Bool
+  }
+
+  let uffd: Userfaultfd
+  let reps: Int
+  let page = PageSize.base
+  /// Bytes per repetition: 16 MiB of 4 KiB pages, 128 MiB for huge pages.
+  let smallBytes = 16 << 20
+  let hugeBytes = 128 << 20
+
+  static var specs: [Spec] {
+    var specs: [Spec] = []
+    for batch in [1, 16, 64, 512] {
+      specs.append(Spec(name: "move/\(batch)", kind: .move, pagesPerIoctl: batch, hugePages: false))
+      specs.append(Spec(name: "copy+dontneed/\(batch)", kind: .copyDontNeed, pagesPerIoctl: batch, hugePages: false))
+      specs.append(Spec(name: "logical/\(batch)", kind: .logical, pagesPerIoctl: batch, hugePages: false))
+    }
+    let huge = PageSize.huge / PageSize.base
+    specs.append(Spec(name: "move/2MiB-thp", kind: .move, pagesPerIoctl: huge, hugePages: true))
+    specs.append(Spec(name: "copy+dontneed/2MiB-thp", kind: .copyDontNeed, pagesPerIoctl: huge, hugePages: true))
+    specs.append(Spec(name: "logical/2MiB-thp", kind: .logical, pagesPerIoctl: huge, hugePages: true))
+    // The kernel commit's case where COPY wins: the data's pages must be allocated first. COPY fills
+    // a reused buffer and the kernel allocates the destination; MOVE must first fault in a fresh
+    // source page to fill.
+    specs.append(Spec(name: "copy-fresh/copy-1", kind: .fillCopy, pagesPerIoctl: 1, hugePages: false))
+    specs.append(Spec(name: "copy-fresh/move-1", kind: .fillMove, pagesPerIoctl: 1, hugePages: false))
+    return specs
+  }
+
+  /// Runs every row whose name contains `filter` (all when nil); `progress` hears about each.
+  func run(filter: String? = nil, progress: (String) -> Void) throws -> [Row] {
+    let specs = Self.specs.filter { filter == nil || $0.name.contains(filter ?? "") }
+    var rows: [Row] = []
+    for (index, spec) in specs.enumerated() {
+      progress("[\(index + 1)/\(specs.count)] \(spec.name)")
+      var swift: [Double] = []
+      var c: [Double] = []
+      for rep in 0..<reps {
+        // Alternate which side goes first, so drift on a shared machine hits both alike.
+        if rep % 2 == 0 {
+          swift.append(try measure(spec, inC: false))
+          c.append(try measure(spec, inC: true))
+        } else {
+          c.append(try measure(spec, inC: true))
+          swift.append(try measure(spec, inC: false))
+        }
+      }
+      let swiftMedian = median(swift), cMedian = median(c)
+      rows.append(Row(name: spec.name, pages_per_ioctl: spec.pagesPerIoctl,
+                      swift_ns_per_page: swiftMedian, c_ns_per_page: cMedian,
+                      ratio: cMedian > 0 ? swiftMedian / cMedian : 0))
+    }
+    return rows
+  }
+
+  /// One repetition: fresh memory, then the timed loop. Returns ns per page.
+  func measure(_ spec: Spec, inC: Bool) throws -> Double {
+    let bytes = spec.hugePages ? hugeBytes : smallBytes
+    let source = try AnonymousMemory(length: bytes, alignment: PageSize.huge)
+    let destination = try AnonymousMemory(length: bytes, alignment: PageSize.huge)
+    try source.advise(spec.hugePages ? .hugePage : .noHugePage)
+    try destination.advise(spec.hugePages ? .hugePage : .noHugePage)
+    if spec.kind != .fillMove && spec.kind != .fillCopy { try source.advise(.populateWrite) }
+    let buffer = try AnonymousMemory(length: page, populate: true)
+    try uffd.register(destination.baseAddress, length: bytes, mode: .missing)
+    defer { try? uffd.unregister(destination.baseAddress, length: bytes) }
+    let batch = spec.pagesPerIoctl * page
+    let fd = uffd.fileDescriptor.rawValue
+    let src = source.baseAddress.assumingMemoryBound(to: CChar.self)
+    let dst = destination.baseAddress.assumingMemoryBound(to: CChar.self)
+
+    let nanoseconds: Int64
+    if inC {
+      switch spec.kind {
+      case .move: nanoseconds = cuffd_ref_move(fd, src, dst, bytes, batch)
+      case .copyDontNeed: nanoseconds = cuffd_ref_copy_dontneed(fd, src, dst, bytes, batch)
+      case .logical: nanoseconds = cuffd_ref_logical(fd, src, dst, bytes, batch)
+      case .fillCopy:
+        nanoseconds = cuffd_ref_fill_copy(fd, buffer.baseAddress.assumingMemoryBound(to: CChar.self), dst, bytes)
+      case .fillMove: nanoseconds = cuffd_ref_fill_move(fd, src, dst, bytes)
+      }
+      if nanoseconds < 0 {
+        throw BenchError("C reference for \(spec.name) failed: errno \(-nanoseconds)")
+      }
+    } else {
+      let start = cuffd_ref_now_ns()
+      switch spec.kind {
+      case .move:
+        var offset = 0
+        while offset < bytes {
+          let n = min(batch, bytes - offset)
+          try uffd.move(from: source.baseAddress + offset, to: destination.baseAddress + offset, length: n)
+          offset += n
+        }
+      case .copyDontNeed:
+        var offset = 0
+        while offset < bytes {
+          let n = min(batch, bytes - offset)
+          try uffd.copy(from: source.baseAddress + offset, to: destination.baseAddress + offset, length: n)
+          try source.advise(.dontNeed, offset: offset, length: n)
+          offset += n
+        }
+      case .logical:
+        let policy = MovePolicy(maxPagesPerIoctl: spec.pagesPerIoctl)
+        _ = try PageMover(uffd).move(from: source.baseAddress, to: destination.baseAddress, length: bytes,
+                                     policy: policy)
+      case .fillCopy:
+        var offset = 0
+        while offset < bytes {
+          fillPage(buffer.baseAddress, seed: UInt64(offset))
+          try uffd.copy(from: buffer.baseAddress, to: destination.baseAddress + offset, length: page)
+          offset += page
+        }
+      case .fillMove:
+        var offset = 0
+        while offset < bytes {
+          fillPage(source.baseAddress + offset, seed: UInt64(offset))
+          try uffd.move(from: source.baseAddress + offset, to: destination.baseAddress + offset, length: page)
+          offset += page
+        }
+      }
+      nanoseconds = cuffd_ref_now_ns() - start
+    }
+    return Double(nanoseconds) / Double(bytes / page)
+  }
+
+  /// The same page fill the C reference uses: one 64-bit store per word.
+  @inline(__always)
+  func fillPage(_ page: UnsafeMutableRawPointer, seed: UInt64) {
+    let words = page.assumingMemoryBound(to: UInt64.self)
+    for index in 0..<(self.page / 8) { words[index] = seed &+ UInt64(index) }
+  }
+}
+
+/// A benchmark that could not run, with the reason.
+struct BenchError: Error, CustomStringConvertible {
+  let description: String
+  init(_ description: String) { self.description = description }
+}
