@@ -49,6 +49,7 @@ let package = Package(
       name: "UserfaultfdTests",
       dependencies: [
         "Userfaultfd",
+        "uffd",
         "CUserfaultfdTestSupport",
         .product(name: "SystemPackage", package: "swift-system"),
       ]

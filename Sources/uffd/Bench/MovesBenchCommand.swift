@@ -18,7 +18,7 @@ struct MovesBenchCommand: ParsableCommand {
   static func run(options: BenchOptions, output: OutputOptions) throws {
     let uffd = try Userfaultfd()
     guard uffd.supportedFeatures.contains(.move) else {
-      throw BenchError("UFFDIO_MOVE is not supported by this kernel (Linux 6.8 or later): nothing to compare")
+      throw ToolError("UFFDIO_MOVE is not supported by this kernel (Linux 6.8 or later): nothing to compare")
     }
     let benchmark = MovesBenchmark(uffd: uffd, reps: options.reps)
     let rows = try benchmark.run(filter: options.rows) { message in

@@ -105,7 +105,7 @@ struct MovesBenchmark {
       case .fillMove: nanoseconds = cuffd_ref_fill_move(fd, src, dst, bytes)
       }
       if nanoseconds < 0 {
-        throw BenchError("C reference for \(spec.name) failed: errno \(-nanoseconds)")
+        throw ToolError("C reference for \(spec.name) failed: errno \(-nanoseconds)")
       }
     } else {
       let start = cuffd_ref_now_ns()
@@ -155,10 +155,4 @@ struct MovesBenchmark {
     let words = page.assumingMemoryBound(to: UInt64.self)
     for index in 0..<(self.page / 8) { words[index] = seed &+ UInt64(index) }
   }
-}
-
-/// A benchmark that could not run, with the reason.
-struct BenchError: Error, CustomStringConvertible {
-  let description: String
-  init(_ description: String) { self.description = description }
 }

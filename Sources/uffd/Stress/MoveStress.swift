@@ -1,0 +1,352 @@
+import Foundation
+import Synchronization
+import Userfaultfd
+
+/// `uffd stress`: UFFDIO_MOVE's guarantees under load. The kernel's own uffd-stress checks COPY
+/// only; this checks MOVE.
+///
+/// Logical page `i` lives at `A[i]` or `B[i]`, two areas registered (MISSING) with one
+/// userfaultfd. Writer threads atomically increment their own counter in page `i` wherever they
+/// believe it is; a mover thread moves pages back and forth between the areas, singly and in
+/// 8-page runs; a handler thread resolves a fault at `X[i]` by moving the page in from the other
+/// area. Each increment is one locked instruction, so it lands in exactly one physical page, which
+/// always exists in exactly one area. At the end every page must be in exactly one place, carry
+/// its id and checksum, and hold exactly the increments its writers made.
+final class MoveStress: @unchecked Sendable {
+  /// How the mover thread relocates pages.
+  enum Mover: String, CaseIterable, Sendable {
+    /// UFFDIO_MOVE: atomic, zero-copy.
+    case move
+    /// The library's logical move with MOVE forced off: every page goes through the atomic copy
+    /// fallback (mremap take + UFFDIO_COPY).
+    case logicalCopy = "logical-copy"
+    /// The naive fallback, UFFDIO_COPY then MADV_DONTNEED: loses writes that land in between. A
+    /// control showing the check detects loss; expected to fail.
+    case naiveCopy = "naive-copy"
+  }
+
+  struct Configuration {
+    var seconds: Double = 10
+    var writers: Int = 2
+    var pages: Int = 256
+    var mover: Mover = .move
+  }
+
+  /// What a run found.
+  struct Result: Encodable {
+    var mover: String
+    var seconds: Double
+    var threads: Int
+    var pages: Int
+    var writes: UInt64
+    var moves: UInt64
+    var faults: UInt64
+    var lost_updates: UInt64
+    var lost_pages: Int
+    var duplicated_pages: Int
+    var corrupted_pages: Int
+    var errors: [String]
+    var verified: Bool
+  }
+
+  let configuration: Configuration
+  let uffd: Userfaultfd
+  let areaA: AnonymousMemory
+  let areaB: AnonymousMemory
+  let page = PageSize.base
+  /// Where each page is believed to be: 0 = A, 1 = B. A hint: a stale one costs a fault.
+  let location: UnsafeMutablePointer<Atomic<UInt8>>
+  let stopping = Atomic<Bool>(false)
+  /// Set once every writer has returned.
+  let writersOut = Atomic<Bool>(false)
+  let moves = Atomic<UInt64>(0)
+  let faults = Atomic<UInt64>(0)
+  let errors = Mutex<[String]>([])
+
+  /// Word 0: id (i + 1); word 1: checksum; word 2 + w: writer w's counter.
+  static let checksumSeed: UInt64 = 0x5EED_0F_DA7A_C0DE
+  static let maxWriters = 64
+
+  init(_ configuration: Configuration) throws {
+    guard configuration.writers >= 1, configuration.writers <= Self.maxWriters else {
+      throw ToolError("--threads must be between 1 and \(Self.maxWriters)")
+    }
+    guard configuration.pages >= 8 else { throw ToolError("at least 8 pages are needed") }
+    guard configuration.seconds > 0 else { throw ToolError("--seconds must be positive") }
+    self.configuration = configuration
+    uffd = try Userfaultfd(options: .nonBlocking)
+    guard uffd.supportedFeatures.contains(.move) else {
+      throw ToolError("UFFDIO_MOVE is not supported by this kernel (Linux 6.8 or later)")
+    }
+    let bytes = configuration.pages * PageSize.base
+    areaA = try AnonymousMemory(length: bytes)
+    areaB = try AnonymousMemory(length: bytes)
+    for area in [areaA, areaB] {
+      try area.advise(.noHugePage)
+      try area.advise(.dontFork)
+    }
+    location = .allocate(capacity: configuration.pages)
+    for index in 0..<configuration.pages {
+      (location + index).initialize(to: Atomic<UInt8>(0))
+      let words = (areaA.baseAddress + index * PageSize.base).assumingMemoryBound(to: UInt64.self)
+      words[0] = UInt64(index + 1)
+      words[1] = UInt64(index + 1) ^ Self.checksumSeed
+    }
+    try uffd.register(areaA.baseAddress, length: bytes, mode: .missing)
+    try uffd.register(areaB.baseAddress, length: bytes, mode: .missing)
+  }
+
+  deinit {
+    location.deinitialize(count: configuration.pages)
+    location.deallocate()
+  }
+
+  func area(_ index: UInt8) -> AnonymousMemory { index == 0 ? areaA : areaB }
+
+  func fail(_ message: String) {
+    errors.withLock { if $0.count < 20 { $0.append(message) } }
+  }
+
+  /// Runs for the configured time, reporting progress about once a second.
+  func run(progress: (String) -> Void) -> Result {
+    let pages = configuration.pages
+    let writerCounts = Mutex<[[UInt64]]>(Array(repeating: [], count: configuration.writers))
+    let writersDone = DispatchGroup()
+    let moverDone = DispatchSemaphore(value: 0)
+    let handlerDone = DispatchSemaphore(value: 0)
+    var threads: [Thread] = []
+    threads.append(Thread { [self] in
+      handleFaults()
+      handlerDone.signal()
+    })
+    for writer in 0..<configuration.writers {
+      writersDone.enter()
+      threads.append(Thread { [self] in
+        let counts = write(slot: writer)
+        writerCounts.withLock { $0[writer] = counts }
+        writersDone.leave()
+      })
+    }
+    threads.append(Thread { [self] in
+      moveAround()
+      moverDone.signal()
+    })
+    threads.forEach { $0.start() }
+
+    let start = Date()
+    while Date().timeIntervalSince(start) < configuration.seconds {
+      Thread.sleep(forTimeInterval: min(1, max(0, configuration.seconds - Date().timeIntervalSince(start))))
+      progress(String(format: "%.0fs: moves %llu, faults %llu", Date().timeIntervalSince(start),
+                      moves.load(ordering: .relaxed), faults.load(ordering: .relaxed)))
+    }
+    stopping.store(true, ordering: .releasing)
+    // Writers first: the handler keeps resolving their faults until every one is out.
+    writersDone.wait()
+    writersOut.store(true, ordering: .releasing)
+    moverDone.wait()
+    handlerDone.wait()
+    return verify(pages: pages, writerCounts: writerCounts.withLock { $0 })
+  }
+
+  /// A writer: increments its slot in random pages; returns how often it hit each page.
+  func write(slot: Int) -> [UInt64] {
+    var counts = [UInt64](repeating: 0, count: configuration.pages)
+    var state = UInt64(slot + 1) &* 0x9E37_79B9_7F4A_7C15
+    let pages = UInt64(configuration.pages)
+    while !stopping.load(ordering: .relaxed) {
+      for _ in 0..<64 {
+        state ^= state << 13
+        state ^= state >> 7
+        state ^= state << 17
+        let index = Int(state % pages)
+        let here = location[index].load(ordering: .relaxed)
+        let word = (area(here).baseAddress + index * page + 8 * (2 + slot))
+          .assumingMemoryBound(to: Atomic<UInt64>.self)
+        // One locked instruction: if the page is not here it faults, the handler brings it here,
+        // and the instruction runs again whole.
+        word.pointee.wrappingAdd(1, ordering: .relaxed)
+        counts[index] += 1
+      }
+    }
+    return counts
+  }
+
+  /// The mover: sweeps the pages, moving each to the other area, every fourth step an 8-page run.
+  func moveAround() {
+    let pages = configuration.pages
+    var index = 0
+    var step = 0
+    while !stopping.load(ordering: .relaxed) {
+      step += 1
+      let run = (configuration.mover == .move && step % 4 == 0 && index + 8 <= pages) ? 8 : 1
+      let from = location[index].load(ordering: .acquiring)
+      let sameRun = (index..<(index + run)).allSatisfy { location[$0].load(ordering: .relaxed) == from }
+      let count = sameRun ? run : 1
+      let to: UInt8 = from == 0 ? 1 : 0
+      var done = 0
+      while done < count {
+        let offset = (index + done) * page
+        do {
+          try relocate(from: area(from).baseAddress + offset, to: area(to).baseAddress + offset,
+                       length: (count - done) * page)
+          for moved in (index + done)..<(index + count) { location[moved].store(to, ordering: .releasing) }
+          moves.wrappingAdd(UInt64(count - done), ordering: .relaxed)
+          done = count
+        } catch {
+          let movedBytes = error.bytesDone
+          if movedBytes > 0 {
+            let movedPages = movedBytes / page
+            for moved in (index + done)..<(index + done + movedPages) {
+              location[moved].store(to, ordering: .releasing)
+            }
+            moves.wrappingAdd(UInt64(movedPages), ordering: .relaxed)
+            done += movedPages
+            continue
+          }
+          switch error.errno {
+          case .noSuchFileOrDirectory?, .fileExists?:
+            // The handler already moved this page to `to`: someone else did it.
+            location[index + done].store(to, ordering: .releasing)
+            done += 1
+          case .resourceTemporarilyUnavailable?:
+            continue
+          default:
+            fail("mover: \(error)")
+            done = count
+          }
+        }
+      }
+      index = (index + count) % pages
+    }
+  }
+
+  /// Moves `length` bytes the configured way.
+  func relocate(
+    from source: UnsafeMutableRawPointer, to destination: UnsafeMutableRawPointer, length: Int
+  ) throws(UserfaultfdError) {
+    switch configuration.mover {
+    case .move:
+      try uffd.move(from: source, to: destination, length: length)
+    case .logicalCopy:
+      do {
+        _ = try PageMover(uffd, usingMove: false).move(
+          from: source, to: destination, length: length, policy: .copyFallback)
+      } catch .moveStopped(let report) {
+        if let failure = report.stop?.failure { throw .operationFailed(failure) }
+        throw .moveStopped(report)
+      } catch .invalidArgument(let operation, let reason) where reason.contains("partly populated") {
+        // The handler got there first: the destination holds the page.
+        throw .operationFailed(OperationFailure(
+          operation: operation, errno: .fileExists, destination: UInt(bitPattern: destination),
+          length: length))
+      }
+      // A source that was a hole (page already elsewhere) is skipped as a hole: nothing to do.
+    case .naiveCopy:
+      try uffd.copy(from: source, to: destination, length: length)
+      // The window: a write landing here, after the copy, is lost by the next line.
+      let result = madvise(source, length, MADV_DONTNEED)
+      if result != 0 { throw .systemCallFailed("madvise", .init(rawValue: errno)) }
+    }
+  }
+
+  /// The handler: resolves each fault by moving the page in from the other area.
+  func handleFaults() {
+    var descriptor = pollfd(fd: uffd.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0)
+    var deferred: [UInt] = []
+    while true {
+      let ready = poll(&descriptor, 1, deferred.isEmpty ? 20 : 0)
+      var addresses = deferred
+      deferred.removeAll()
+      if ready > 0 {
+        do {
+          for event in try uffd.readEvents() {
+            if case .pageFault(let fault) = event { addresses.append(fault.pageAddress) }
+          }
+        } catch {
+          fail("handler: \(error)")
+        }
+      }
+      if addresses.isEmpty {
+        // Exit only once every writer has returned: none can still be waiting on a fault.
+        if writersOut.load(ordering: .acquiring) && ready == 0 { return }
+        continue
+      }
+      for address in addresses where !resolve(address) { deferred.append(address) }
+    }
+  }
+
+  /// Moves the page for a fault at `address` in from the other area. False: retry later.
+  func resolve(_ address: UInt) -> Bool {
+    let a = UInt(bitPattern: areaA.baseAddress), b = UInt(bitPattern: areaB.baseAddress)
+    let length = UInt(configuration.pages * page)
+    let here: UInt8 = (address >= a && address < a + length) ? 0 : 1
+    let base = here == 0 ? a : b
+    guard address >= base, address < base + length else {
+      fail("handler: fault outside the areas at 0x\(String(address, radix: 16))")
+      return true
+    }
+    let index = Int(address - base) / page
+    let other: UInt8 = here == 0 ? 1 : 0
+    guard let destination = UnsafeMutableRawPointer(bitPattern: address) else { return true }
+    do {
+      try uffd.move(from: area(other).baseAddress + index * page, to: destination, length: page)
+      location[index].store(here, ordering: .releasing)
+      faults.wrappingAdd(1, ordering: .relaxed)
+      return true
+    } catch {
+      switch error.errno {
+      case .fileExists?, .noSuchFileOrDirectory?:
+        // Already here, or in flight elsewhere: wake the writer; if the page is still missing it
+        // faults again and we try again.
+        try? uffd.wake(destination, length: page)
+        return true
+      case .resourceTemporarilyUnavailable?:
+        return false
+      default:
+        fail("handler: \(error)")
+        try? uffd.wake(destination, length: page)
+        return true
+      }
+    }
+  }
+
+  /// Checks every page after the threads stopped.
+  func verify(pages: Int, writerCounts: [[UInt64]]) -> Result {
+    let bytes = pages * page
+    // Unregistered, a hole reads zero instead of faulting.
+    do {
+      try uffd.unregister(areaA.baseAddress, length: bytes)
+      try uffd.unregister(areaB.baseAddress, length: bytes)
+    } catch {
+      fail("verify: \(error)")
+    }
+    var lostUpdates: UInt64 = 0
+    var lostPages = 0, duplicated = 0, corrupted = 0
+    var writes: UInt64 = 0
+    for counts in writerCounts { writes += counts.reduce(0, +) }
+    for index in 0..<pages {
+      let copies = [areaA, areaB].map { ($0.baseAddress + index * page).assumingMemoryBound(to: UInt64.self) }
+        .filter { $0[0] != 0 || $0[1] != 0 }
+      guard let words = copies.first else {
+        lostPages += 1
+        lostUpdates += writerCounts.reduce(0) { $0 + $1[index] }
+        continue
+      }
+      if copies.count > 1 { duplicated += 1 }
+      if words[0] != UInt64(index + 1) || words[1] != UInt64(index + 1) ^ Self.checksumSeed {
+        corrupted += 1
+      }
+      for (slot, counts) in writerCounts.enumerated() {
+        let expected = counts[index], found = words[2 + slot]
+        lostUpdates += expected > found ? expected - found : found - expected
+      }
+    }
+    let errorList = errors.withLock { $0 }
+    return Result(
+      mover: configuration.mover.rawValue, seconds: configuration.seconds, threads: configuration.writers, pages: pages, writes: writes,
+      moves: moves.load(ordering: .relaxed), faults: faults.load(ordering: .relaxed),
+      lost_updates: lostUpdates, lost_pages: lostPages, duplicated_pages: duplicated,
+      corrupted_pages: corrupted, errors: errorList,
+      verified: lostUpdates == 0 && lostPages == 0 && duplicated == 0 && corrupted == 0 && errorList.isEmpty)
+  }
+}

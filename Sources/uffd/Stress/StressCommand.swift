@@ -1,0 +1,58 @@
+import ArgumentParser
+import Foundation
+import Userfaultfd
+
+/// `uffd stress`.
+struct StressCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "stress",
+    abstract: "Check UFFDIO_MOVE's guarantees: writers, a mover and a fault handler on the same pages.",
+    discussion: "Exits non-zero if any update or page was lost, duplicated or corrupted.")
+
+  @Option(help: "How long to run.")
+  var seconds: Double = 10
+
+  @Option(help: "Writer threads (1-\(MoveStress.maxWriters)).")
+  var threads = 2
+
+  @Option(help: "Pages moved back and forth.")
+  var pages = 256
+
+  @Option(help: "How the mover relocates pages: move, logical-copy (the atomic copy fallback), or naive-copy (COPY then MADV_DONTNEED: a control that loses writes).")
+  var mover: String = MoveStress.Mover.move.rawValue
+
+  @OptionGroup var output: OutputOptions
+
+  func validate() throws {
+    guard MoveStress.Mover(rawValue: mover) != nil else {
+      throw ValidationError("unknown --mover '\(mover)': use \(MoveStress.Mover.allCases.map(\.rawValue).joined(separator: ", "))")
+    }
+  }
+
+  func run() throws {
+    let stress = try MoveStress(.init(
+      seconds: seconds, writers: threads, pages: pages, mover: MoveStress.Mover(rawValue: mover) ?? .move))
+    let result = stress.run { message in
+      FileHandle.standardError.write(Data("stress \(message)\n".utf8))
+    }
+    if output.json {
+      let encoder = JSONEncoder()
+      encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+      print(String(decoding: try encoder.encode(result), as: UTF8.self))
+    } else {
+      print("""
+        UFFDIO_MOVE stress (\(result.mover) mover): \(result.threads) writers, \(result.pages) pages, \(result.seconds) s
+        writes            \(result.writes)
+        moves             \(result.moves)
+        faults            \(result.faults)
+        lost_updates      \(result.lost_updates)
+        lost_pages        \(result.lost_pages)
+        duplicated_pages  \(result.duplicated_pages)
+        corrupted_pages   \(result.corrupted_pages)
+        verified          \(result.verified ? "yes" : "NO")
+        """)
+      for error in result.errors { print("error: \(error)") }
+    }
+    if !result.verified { throw ExitCode(1) }
+  }
+}

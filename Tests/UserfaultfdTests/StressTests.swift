@@ -1,0 +1,39 @@
+import Testing
+import Userfaultfd
+@testable import uffd
+
+/// Short runs of `uffd stress`: writers, a mover and a fault handler on the same pages.
+extension KernelTests {
+@Suite("uffd stress", .enabled(if: Kernel.hasMove, "needs UFFDIO_MOVE (Linux 6.8+)"))
+struct StressTests {
+  @Test func moveLosesNoUpdate() throws {
+    let result = try MoveStress(.init(seconds: 1, writers: 2, pages: 64, mover: .move)).run { _ in }
+    #expect(result.errors.isEmpty, "\(result.errors)")
+    #expect(result.verified)
+    #expect(result.lost_updates == 0)
+    #expect(result.writes > 0)
+    #expect(result.moves > 0)
+    #expect(result.faults > 0, "the handler resolved faults on moved-away pages")
+  }
+
+  @Test func atomicCopyFallbackLosesNoUpdate() throws {
+    let result = try MoveStress(.init(seconds: 1, writers: 2, pages: 64, mover: .logicalCopy)).run { _ in }
+    #expect(result.errors.isEmpty, "\(result.errors)")
+    #expect(result.verified)
+    #expect(result.moves > 0)
+  }
+
+  /// The control: COPY then MADV_DONTNEED loses writes, and the check sees it.
+  @Test func naiveCopyFallbackIsCaughtLosingUpdates() throws {
+    let result = try MoveStress(.init(seconds: 1, writers: 2, pages: 64, mover: .naiveCopy)).run { _ in }
+    #expect(!result.verified)
+    #expect(result.lost_updates > 0)
+  }
+
+  @Test func badConfigurationIsAClearError() {
+    #expect(throws: ToolError.self) { try MoveStress(.init(seconds: 1, writers: 0, pages: 64)) }
+    #expect(throws: ToolError.self) { try MoveStress(.init(seconds: 1, writers: 2, pages: 2)) }
+    #expect(throws: ToolError.self) { try MoveStress(.init(seconds: 0, writers: 2, pages: 64)) }
+  }
+}
+}
