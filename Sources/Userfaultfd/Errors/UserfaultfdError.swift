@@ -25,7 +25,7 @@ public enum UserfaultfdError: Error, Sendable, Equatable, CustomStringConvertibl
   case notSupported(Operation, String)
   /// A logical move (``PageMover``) stopped before the end. The report says exactly which pages
   /// moved, were copied or skipped; every other page is still in the source.
-  case moveStopped(MoveReport)
+  indirect case moveStopped(MoveReport)
 
   /// The errno behind this error, if the kernel produced one.
   public var errno: Errno? {

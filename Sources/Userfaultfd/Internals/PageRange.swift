@@ -7,30 +7,38 @@ struct PageRange: Sendable, Equatable {
 
   /// Checks `start`/`length` before any system call: page alignment, a positive length, and no
   /// wrap-around past the top of the address space.
+  @inline(__always)
   init(
-    _ start: UnsafeRawPointer, length: Int, role: String, operation: Operation
+    _ start: UnsafeRawPointer, length: Int, role: @autoclosure () -> String, operation: Operation
   ) throws(UserfaultfdError) {
     let address = UInt(bitPattern: start)
-    let page = PageSize.base
-    guard length > 0 else {
-      throw .invalidArgument(operation, "\(role) length must be positive, got \(length)")
-    }
-    guard length % page == 0 else {
-      throw .invalidArgument(
-        operation, "\(role) length \(length) is not a multiple of the page size (\(page) bytes)")
-    }
-    guard address % UInt(page) == 0 else {
-      throw .invalidArgument(
-        operation,
-        "\(role) address 0x\(String(address, radix: 16)) is not aligned to the page size (\(page) bytes)")
-    }
-    guard !address.addingReportingOverflow(UInt(length)).overflow else {
-      throw .invalidArgument(
-        operation,
-        "\(role) range 0x\(String(address, radix: 16)) + \(length) bytes wraps past the end of the address space")
-    }
+    // One combined test on the hot path (the page size is a power of two); the slow path only
+    // works out what to say.
+    guard length > 0, (address | UInt(length)) & PageSize.mask == 0,
+          !address.addingReportingOverflow(UInt(length)).overflow
+    else { throw Self.explain(address, length, role(), operation) }
     self.start = address
     self.length = length
+  }
+
+  @inline(never)
+  private static func explain(
+    _ address: UInt, _ length: Int, _ role: String, _ operation: Operation
+  ) -> UserfaultfdError {
+    let page = PageSize.base
+    if length <= 0 {
+      return .invalidArgument(operation, "\(role) length must be positive, got \(length)")
+    }
+    if length % page != 0 {
+      return .invalidArgument(
+        operation, "\(role) length \(length) is not a multiple of the page size (\(page) bytes)")
+    }
+    if address % UInt(page) != 0 {
+      return .invalidArgument(
+        operation, "\(role) address \(hex(address)) is not aligned to the page size (\(page) bytes)")
+    }
+    return .invalidArgument(
+      operation, "\(role) range \(hex(address)) + \(length) bytes wraps past the end of the address space")
   }
 
   func overlaps(_ other: PageRange) -> Bool {

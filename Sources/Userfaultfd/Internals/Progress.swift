@@ -9,10 +9,11 @@ import SystemPackage
 /// (bytecodealliance/userfaultfd-rs#91 read one as bytes and a VMM died of it).
 @inline(__always)
 func checkProgress(
-  _ result: Int32, errno: Errno, reported: Int64, operation: Operation, range: PageRange,
-  source: UInt? = nil
+  _ result: Int32, errno: @autoclosure () -> Errno, reported: Int64, operation: Operation,
+  range: PageRange, source: UInt? = nil
 ) throws(UserfaultfdError) {
   if result == 0 { return }
+  let errno = errno()
   let done = reported > 0 ? Int(min(reported, Int64(range.length))) : 0
   throw .operationFailed(
     OperationFailure(

@@ -90,7 +90,10 @@ extension PageMover.Run {
        (try? mover.uffd.move(from: scratch, to: source, length: bytes, options: .allowSourceHoles)) != nil {
       return
     }
-    _ = cuffd_mremap(scratch, bytes, bytes, CUFFD_MREMAP_MAYMOVE | CUFFD_MREMAP_FIXED, source)
+    // DONTUNMAP keeps the scratch range mapped, so no other mapping can land in it before the
+    // scratch memory is released. The source range becomes an unregistered copy of its mapping.
+    _ = cuffd_mremap(
+      scratch, bytes, bytes, CUFFD_MREMAP_MAYMOVE | CUFFD_MREMAP_FIXED | CUFFD_MREMAP_DONTUNMAP, source)
   }
 
   /// A scratch range of at least `bytes`, reused across fallbacks within one logical move.

@@ -38,8 +38,8 @@ public struct BusyRun: Sendable, Hashable {
 public struct MoveStop: Sendable, Equatable {
   /// Byte offset of the page it stopped at.
   public let offset: Int
-  /// The outcome of that page (``PageOutcome/busy``, ``PageOutcome/hole`` is reported as
-  /// `notAttempted` with the ENOENT failure, ...).
+  /// The outcome of that page: ``PageOutcome/busy``, ``PageOutcome/hole`` (strict policy),
+  /// ``PageOutcome/alreadyPresent``, or ``PageOutcome/notAttempted`` for other refusals.
   public let outcome: PageOutcome
   /// The kernel's refusal.
   public let failure: OperationFailure?

@@ -10,6 +10,9 @@ public enum PageSize {
   /// userfaultfd operation is a multiple of it and aligned to it.
   public static let base: Int = Int(sysconf(Int32(_SC_PAGESIZE)))
 
+  /// `base - 1`: the offset bits within a page.
+  static let mask: UInt = UInt(base - 1)
+
   /// The transparent-huge-page (PMD) size: 2 MiB on x86_64 and on arm64 with 4 KiB pages. Ranges
   /// aligned to it can move as whole huge pages.
   public static let huge: Int = 2 << 20

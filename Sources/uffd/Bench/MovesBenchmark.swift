@@ -70,6 +70,9 @@ struct MovesBenchmark {
           swift.append(try measure(spec, inC: false))
         }
       }
+      if ProcessInfo.processInfo.environment["UFFD_BENCH_DEBUG"] != nil {
+        progress("  swift \(swift.map { Int($0 * 10) })\n  c     \(c.map { Int($0 * 10) })")
+      }
       let swiftMedian = median(swift), cMedian = median(c)
       rows.append(Row(name: spec.name, pages_per_ioctl: spec.pagesPerIoctl,
                       swift_ns_per_page: swiftMedian, c_ns_per_page: cMedian,
@@ -78,75 +81,109 @@ struct MovesBenchmark {
     return rows
   }
 
-  /// One repetition: fresh memory, then the timed loop. Returns ns per page.
+  /// Passes per repetition, so each timed repetition lasts tens of milliseconds: a huge-page pass
+  /// over 128 MiB takes well under a millisecond, too short to time on a shared machine.
+  func passes(_ spec: Spec) -> Int {
+    switch spec.kind {
+    case .fillCopy, .fillMove: return 1  // Each needs fresh memory.
+    case .move, .logical: return spec.hugePages ? 32 : 4
+    case .copyDontNeed: return 2
+    }
+  }
+
+  /// One repetition: fresh memory, then the timed passes, alternating direction between the two
+  /// registered areas. Returns ns per page.
   func measure(_ spec: Spec, inC: Bool) throws -> Double {
     let bytes = spec.hugePages ? hugeBytes : smallBytes
-    let source = try AnonymousMemory(length: bytes, alignment: PageSize.huge)
-    let destination = try AnonymousMemory(length: bytes, alignment: PageSize.huge)
-    try source.advise(spec.hugePages ? .hugePage : .noHugePage)
-    try destination.advise(spec.hugePages ? .hugePage : .noHugePage)
-    if spec.kind != .fillMove && spec.kind != .fillCopy { try source.advise(.populateWrite) }
+    let first = try AnonymousMemory(length: bytes, alignment: PageSize.huge)
+    let second = try AnonymousMemory(length: bytes, alignment: PageSize.huge)
+    for area in [first, second] { try area.advise(spec.hugePages ? .hugePage : .noHugePage) }
+    if spec.kind != .fillMove && spec.kind != .fillCopy { try first.advise(.populateWrite) }
     let buffer = try AnonymousMemory(length: page, populate: true)
-    try uffd.register(destination.baseAddress, length: bytes, mode: .missing)
-    defer { try? uffd.unregister(destination.baseAddress, length: bytes) }
-    let batch = spec.pagesPerIoctl * page
+    let count = passes(spec)
+    // Register the first area only when a pass moves data back into it: the fresh-page rows write
+    // to it, and a write to a registered missing page would wait for a handler forever.
+    let registered = count > 1 ? [first, second] : [second]
+    for area in registered { try uffd.register(area.baseAddress, length: bytes, mode: .missing) }
+    defer { for area in registered { try? uffd.unregister(area.baseAddress, length: bytes) } }
+
+    var nanoseconds: Int64 = 0
+    for pass in 0..<count {
+      let (source, destination) = pass % 2 == 0 ? (first, second) : (second, first)
+      nanoseconds += try inC
+        ? runC(spec, source: source, destination: destination, buffer: buffer, bytes: bytes)
+        : runSwift(spec, source: source, destination: destination, buffer: buffer, bytes: bytes)
+    }
+    return Double(nanoseconds) / Double(count * bytes / page)
+  }
+
+  /// One pass by the C reference loop.
+  func runC(
+    _ spec: Spec, source: AnonymousMemory, destination: AnonymousMemory, buffer: AnonymousMemory,
+    bytes: Int
+  ) throws -> Int64 {
     let fd = uffd.fileDescriptor.rawValue
+    let batch = spec.pagesPerIoctl * page
     let src = source.baseAddress.assumingMemoryBound(to: CChar.self)
     let dst = destination.baseAddress.assumingMemoryBound(to: CChar.self)
-
     let nanoseconds: Int64
-    if inC {
-      switch spec.kind {
-      case .move: nanoseconds = cuffd_ref_move(fd, src, dst, bytes, batch)
-      case .copyDontNeed: nanoseconds = cuffd_ref_copy_dontneed(fd, src, dst, bytes, batch)
-      case .logical: nanoseconds = cuffd_ref_logical(fd, src, dst, bytes, batch)
-      case .fillCopy:
-        nanoseconds = cuffd_ref_fill_copy(fd, buffer.baseAddress.assumingMemoryBound(to: CChar.self), dst, bytes)
-      case .fillMove: nanoseconds = cuffd_ref_fill_move(fd, src, dst, bytes)
-      }
-      if nanoseconds < 0 {
-        throw ToolError("C reference for \(spec.name) failed: errno \(-nanoseconds)")
-      }
-    } else {
-      let start = cuffd_ref_now_ns()
-      switch spec.kind {
-      case .move:
-        var offset = 0
-        while offset < bytes {
-          let n = min(batch, bytes - offset)
-          try uffd.move(from: source.baseAddress + offset, to: destination.baseAddress + offset, length: n)
-          offset += n
-        }
-      case .copyDontNeed:
-        var offset = 0
-        while offset < bytes {
-          let n = min(batch, bytes - offset)
-          try uffd.copy(from: source.baseAddress + offset, to: destination.baseAddress + offset, length: n)
-          try source.advise(.dontNeed, offset: offset, length: n)
-          offset += n
-        }
-      case .logical:
-        let policy = MovePolicy(maxPagesPerIoctl: spec.pagesPerIoctl)
-        _ = try PageMover(uffd).move(from: source.baseAddress, to: destination.baseAddress, length: bytes,
-                                     policy: policy)
-      case .fillCopy:
-        var offset = 0
-        while offset < bytes {
-          fillPage(buffer.baseAddress, seed: UInt64(offset))
-          try uffd.copy(from: buffer.baseAddress, to: destination.baseAddress + offset, length: page)
-          offset += page
-        }
-      case .fillMove:
-        var offset = 0
-        while offset < bytes {
-          fillPage(source.baseAddress + offset, seed: UInt64(offset))
-          try uffd.move(from: source.baseAddress + offset, to: destination.baseAddress + offset, length: page)
-          offset += page
-        }
-      }
-      nanoseconds = cuffd_ref_now_ns() - start
+    switch spec.kind {
+    case .move: nanoseconds = cuffd_ref_move(fd, src, dst, bytes, batch)
+    case .copyDontNeed: nanoseconds = cuffd_ref_copy_dontneed(fd, src, dst, bytes, batch)
+    case .logical: nanoseconds = cuffd_ref_logical(fd, src, dst, bytes, batch)
+    case .fillCopy:
+      nanoseconds = cuffd_ref_fill_copy(fd, buffer.baseAddress.assumingMemoryBound(to: CChar.self), dst, bytes)
+    case .fillMove: nanoseconds = cuffd_ref_fill_move(fd, src, dst, bytes)
     }
-    return Double(nanoseconds) / Double(bytes / page)
+    guard nanoseconds >= 0 else {
+      throw ToolError("C reference for \(spec.name) failed: errno \(-nanoseconds)")
+    }
+    return nanoseconds
+  }
+
+  /// One pass by the Swift library, timed with the same clock.
+  func runSwift(
+    _ spec: Spec, source: AnonymousMemory, destination: AnonymousMemory, buffer: AnonymousMemory,
+    bytes: Int
+  ) throws -> Int64 {
+    let batch = spec.pagesPerIoctl * page
+    let start = cuffd_ref_now_ns()
+    switch spec.kind {
+    case .move:
+      var offset = 0
+      while offset < bytes {
+        let n = min(batch, bytes - offset)
+        try uffd.move(from: source.baseAddress + offset, to: destination.baseAddress + offset, length: n)
+        offset += n
+      }
+    case .copyDontNeed:
+      var offset = 0
+      while offset < bytes {
+        let n = min(batch, bytes - offset)
+        try uffd.copy(from: source.baseAddress + offset, to: destination.baseAddress + offset, length: n)
+        try source.advise(.dontNeed, offset: offset, length: n)
+        offset += n
+      }
+    case .logical:
+      let policy = MovePolicy(maxPagesPerIoctl: spec.pagesPerIoctl)
+      _ = try PageMover(uffd).move(from: source.baseAddress, to: destination.baseAddress, length: bytes,
+                                   policy: policy)
+    case .fillCopy:
+      var offset = 0
+      while offset < bytes {
+        fillPage(buffer.baseAddress, seed: UInt64(offset))
+        try uffd.copy(from: buffer.baseAddress, to: destination.baseAddress + offset, length: page)
+        offset += page
+      }
+    case .fillMove:
+      var offset = 0
+      while offset < bytes {
+        fillPage(source.baseAddress + offset, seed: UInt64(offset))
+        try uffd.move(from: source.baseAddress + offset, to: destination.baseAddress + offset, length: page)
+        offset += page
+      }
+    }
+    return cuffd_ref_now_ns() - start
   }
 
   /// The same page fill the C reference uses: one 64-bit store per word.
