@@ -42,6 +42,7 @@ let package = Package(
     // Process-level helpers only tests need (fork a child that holds pages, touch memory in a child).
     .target(
       name: "CUserfaultfdTestSupport",
+      dependencies: ["CUserfaultfd"],
       path: "Tests/CUserfaultfdTestSupport",
       cSettings: [.define("_GNU_SOURCE")]
     ),
@@ -50,6 +51,7 @@ let package = Package(
       dependencies: [
         "Userfaultfd",
         "uffd",
+        "CUserfaultfd",
         "CUserfaultfdTestSupport",
         .product(name: "SystemPackage", package: "swift-system"),
       ]

@@ -1,4 +1,8 @@
 #include "CUserfaultfdTestSupport.h"
+#include "CUserfaultfd.h"
+
+#include <string.h>
+#include <sys/mman.h>
 
 #include <errno.h>
 #include <signal.h>
@@ -49,3 +53,35 @@ int cuffd_test_child_touch(const volatile unsigned char *address) {
 }
 
 int cuffd_test_gettid(void) { return (int)syscall(SYS_gettid); }
+
+static void exit_42(int signo) {
+  (void)signo;
+  _exit(42);
+}
+
+int cuffd_test_sigbus_chain_in_child(void) {
+  pid_t pid = fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    // Start from a clean slate: the parent may have installed the package handler already.
+    if (cuffd_sigbus_uninstall() < 0) _exit(3);
+    struct sigaction earlier;
+    memset(&earlier, 0, sizeof earlier);
+    earlier.sa_handler = exit_42;
+    sigemptyset(&earlier.sa_mask);
+    if (sigaction(SIGBUS, &earlier, NULL) < 0) _exit(4);
+    if (cuffd_sigbus_install() < 0) _exit(5);
+    int fd = memfd_create("sigbus", MFD_CLOEXEC);
+    if (fd < 0) _exit(6);
+    volatile unsigned char *page = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0);
+    if (page == MAP_FAILED) _exit(7);
+    volatile unsigned char value = page[0];  // Past EOF: SIGBUS (BUS_ADRERR), outside any region.
+    (void)value;
+    _exit(0);
+  }
+  int status = 0;
+  if (wait_for(pid, &status) < 0) return -1;
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}

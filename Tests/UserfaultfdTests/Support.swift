@@ -105,3 +105,14 @@ func expectError(
     return error
   }
 }
+
+/// Waits up to `seconds` for `condition` (the kernel releases a waiting thread as soon as an event
+/// is read, a moment before the reader has handled it).
+func eventually(seconds: Double = 5, _ condition: () -> Bool) -> Bool {
+  let deadline = Date().addingTimeInterval(seconds)
+  while !condition() {
+    if Date() > deadline { return false }
+    usleep(1000)
+  }
+  return true
+}

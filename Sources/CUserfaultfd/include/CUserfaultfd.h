@@ -247,4 +247,6 @@ void *cuffd_mremap(void *old_address, size_t old_length, size_t new_length, int 
 /// MAP_FAILED as a value Swift can compare against.
 static inline void *cuffd_map_failed(void) { return MAP_FAILED; }
 
+#include "CUserfaultfdSigbus.h"
+
 #endif /* CUSERFAULTFD_H */

@@ -18,27 +18,33 @@ extension Userfaultfd {
     guard maxCount > 0 else {
       throw .invalidArgument(.readEvents, "maxCount must be positive, got \(maxCount)")
     }
-    let fd = try fd(for: .readEvents)
-    let capacity = maxCount * Self.eventSize
-    return try withUnsafeTemporaryAllocation(byteCount: capacity, alignment: 8) {
+    return try withUnsafeTemporaryAllocation(byteCount: maxCount * Self.eventSize, alignment: 8) {
       (buffer) throws(UserfaultfdError) -> [Event] in
-      let result = valueOrErrno(retryOnInterrupt: true) {
-        Glibc.read(fd, buffer.baseAddress, capacity)
-      }
-      let count: Int
-      switch result {
-      case .success(let bytes): count = bytes / Self.eventSize
-      case .failure(.resourceTemporarilyUnavailable): return []
-      case .failure(let error): throw .systemCallFailed("read(userfaultfd)", error)
-      }
+      let count = try readRecords(into: buffer)
       var events: [Event] = []
       events.reserveCapacity(count)
-      for index in 0..<count {
-        let record = UnsafeRawBufferPointer(rebasing: buffer[(index * Self.eventSize)...].prefix(Self.eventSize))
-        events.append(decodeEvent(record))
-      }
+      for index in 0..<count { events.append(decodeEvent(record(index, in: UnsafeRawBufferPointer(buffer)))) }
       return events
     }
+  }
+
+  /// Reads as many whole records as fit into `buffer` with one read(2), without allocating (a
+  /// fault server must not touch malloc: a thread inside fork() holds glibc's malloc locks until
+  /// the fork event is read). Returns how many were read; 0 when none is pending on a
+  /// non-blocking handle.
+  func readRecords(into buffer: UnsafeMutableRawBufferPointer) throws(UserfaultfdError) -> Int {
+    let fd = try fd(for: .readEvents)
+    let capacity = buffer.count - buffer.count % Self.eventSize
+    switch valueOrErrno(retryOnInterrupt: true, { Glibc.read(fd, buffer.baseAddress, capacity) }) {
+    case .success(let bytes): return bytes / Self.eventSize
+    case .failure(.resourceTemporarilyUnavailable): return 0
+    case .failure(let error): throw .systemCallFailed("read(userfaultfd)", error)
+    }
+  }
+
+  /// The `index`th 32-byte record in `buffer`.
+  func record(_ index: Int, in buffer: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
+    UnsafeRawBufferPointer(rebasing: buffer[(index * Self.eventSize)..<((index + 1) * Self.eventSize)])
   }
 
   /// Decodes one 32-byte `uffd_msg`: event code at 0, the union at 8.

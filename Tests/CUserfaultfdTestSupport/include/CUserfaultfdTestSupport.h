@@ -20,6 +20,12 @@ int cuffd_test_child_touch(const volatile unsigned char *address);
 /// The calling thread's kernel thread id.
 int cuffd_test_gettid(void);
 
+/// In a forked child: installs a SIGBUS handler that exits 42, then the package's SIGBUS handler
+/// on top of it, then raises a genuine SIGBUS (a read past the end of an empty memfd mapping).
+/// Returns the child's exit code (42 when the signal was passed on to the earlier handler), 128 +
+/// the signal that killed it, or -1.
+int cuffd_test_sigbus_chain_in_child(void);
+
 /// Atomically adds 1 to `*word` (one locked instruction: a page fault restarts it whole, so the
 /// increment lands in exactly one physical page even while the page is being moved).
 static inline void cuffd_test_atomic_increment(unsigned long long *word) {
