@@ -232,6 +232,9 @@ final class MoveStress: @unchecked Sendable {
         _ = try PageMover(uffd, usingMove: false).move(
           from: source, to: destination, length: length, policy: .copyFallback)
       } catch .moveStopped(let report) {
+        if ProcessInfo.processInfo.environment["UFFD_STRESS_DEBUG"] != nil {
+          FileHandle.standardError.write(Data("stop: \(report)\n".utf8))
+        }
         if let failure = report.stop?.failure { throw .operationFailed(failure) }
         throw .moveStopped(report)
       } catch .invalidArgument(let operation, let reason) where reason.contains("partly populated") {
@@ -325,8 +328,12 @@ final class MoveStress: @unchecked Sendable {
     var writes: UInt64 = 0
     for counts in writerCounts { writes += counts.reduce(0, +) }
     for index in 0..<pages {
-      let copies = [areaA, areaB].map { ($0.baseAddress + index * page).assumingMemoryBound(to: UInt64.self) }
-        .filter { $0[0] != 0 || $0[1] != 0 }
+      let slots = [areaA, areaB].map { ($0.baseAddress + index * page).assumingMemoryBound(to: UInt64.self) }
+      // A page with counters but no id is a second physical page for this logical page: corrupt.
+      for words in slots where words[0] == 0 && words[1] == 0 {
+        if (0..<writerCounts.count).contains(where: { words[2 + $0] != 0 }) { corrupted += 1 }
+      }
+      let copies = slots.filter { $0[0] != 0 || $0[1] != 0 }
       guard let words = copies.first else {
         lostPages += 1
         lostUpdates += writerCounts.reduce(0) { $0 + $1[index] }
