@@ -11,6 +11,7 @@ let package = Package(
   dependencies: [
     .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
   ],
   targets: [
     // The kernel ABI (a private copy of the current uapi) and the calls Swift cannot make itself.
@@ -37,6 +38,7 @@ let package = Package(
         "Userfaultfd",
         "CUserfaultfdReference",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "Histogram", package: "hdrhistogram-swift"),
       ]
     ),
     // Process-level helpers only tests need (fork a child that holds pages, touch memory in a child).

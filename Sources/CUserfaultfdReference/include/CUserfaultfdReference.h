@@ -29,4 +29,18 @@ int64_t cuffd_ref_fill_move(int uffd, char *src, char *dst, size_t length);
 /// The page-filling routine both fresh-page rows use (one 64-bit store per 8 bytes).
 void cuffd_ref_fill_page(char *page, uint64_t seed, size_t page_size);
 
+/// Fault-latency modes for `cuffd_ref_fault_latency`.
+enum cuffd_ref_fault_mode {
+  CUFFD_REF_THREAD = 0,     ///< handler thread sleeping in poll(2)
+  CUFFD_REF_BUSY_POLL = 1,  ///< handler thread spinning on a non-blocking read
+  CUFFD_REF_SIGBUS = 2,     ///< resolved in the faulting thread's SIGBUS handler
+};
+
+/// Touches each of `pages` pages of `region` (registered MISSING with `uffd`; for SIGBUS mode the
+/// uffd has UFFD_FEATURE_SIGBUS, otherwise it is non-blocking) once, in order, from the calling
+/// thread, and stores each access's round trip in `latencies_ns`. Faults are resolved by COPY (or
+/// MOVE when `use_move`) from the matching page of `source`. Returns 0 or -errno.
+int cuffd_ref_fault_latency(int mode, int use_move, int uffd, char *region, char *source,
+                            size_t pages, int64_t *latencies_ns);
+
 #endif

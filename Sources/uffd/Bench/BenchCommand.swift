@@ -6,13 +6,25 @@ struct BenchCommand: ParsableCommand {
     commandName: "bench",
     abstract: "Benchmark userfaultfd operations on this machine, Swift library beside C reference loops.",
     discussion: "Run in release mode: swift run -c release uffd bench. With no subcommand, runs all.",
-    subcommands: [MovesBenchCommand.self])
+    subcommands: [MovesBenchCommand.self, FaultsBenchCommand.self])
 
   @OptionGroup var options: BenchOptions
   @OptionGroup var output: OutputOptions
 
   func run() throws {
-    try MovesBenchCommand.run(options: options, output: output)
+    let moves = try MovesBenchCommand.measure(options: options)
+    let faults = try FaultsBenchCommand.measure(options: options)
+    if output.json {
+      struct Report: Encodable {
+        var moves: [String: [MovesBenchmark.Row]]
+        var faults: [String: [FaultsBenchmark.Row]]
+      }
+      try printJSON(Report(moves: ["rows": moves], faults: ["rows": faults]))
+    } else {
+      MovesBenchCommand.printTable(moves, reps: options.reps)
+      print()
+      FaultsBenchCommand.printTable(faults, reps: options.reps)
+    }
   }
 }
 

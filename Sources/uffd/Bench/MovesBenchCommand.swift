@@ -12,10 +12,15 @@ struct MovesBenchCommand: ParsableCommand {
   @OptionGroup var output: OutputOptions
 
   func run() throws {
-    try Self.run(options: options, output: output)
+    let rows = try Self.measure(options: options)
+    if output.json {
+      try printJSON(["rows": rows])
+    } else {
+      Self.printTable(rows, reps: options.reps)
+    }
   }
 
-  static func run(options: BenchOptions, output: OutputOptions) throws {
+  static func measure(options: BenchOptions) throws -> [MovesBenchmark.Row] {
     let uffd = try Userfaultfd()
     guard uffd.supportedFeatures.contains(.move) else {
       throw ToolError("UFFDIO_MOVE is not supported by this kernel (Linux 6.8 or later): nothing to compare")
@@ -24,19 +29,16 @@ struct MovesBenchCommand: ParsableCommand {
     let rows = try benchmark.run(filter: options.rows) { message in
       FileHandle.standardError.write(Data("bench moves \(message)\n".utf8))
     }
-    if output.json {
-      struct Report: Encodable { var rows: [MovesBenchmark.Row] }
-      let encoder = JSONEncoder()
-      encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-      print(String(decoding: try encoder.encode(Report(rows: rows)), as: UTF8.self))
-    } else {
-      print("UFFDIO_MOVE vs COPY+MADV_DONTNEED, ns per 4 KiB page, median of \(options.reps) (Swift library vs C reference)")
-      print(formatTable(
-        ["row", "pages/ioctl", "swift ns/page", "c ns/page", "swift/c"],
-        rows.map {
-          [$0.name, "\($0.pages_per_ioctl)", String(format: "%.1f", $0.swift_ns_per_page),
-           String(format: "%.1f", $0.c_ns_per_page), String(format: "%.3f", $0.ratio)]
-        }))
-    }
+    return rows
+  }
+
+  static func printTable(_ rows: [MovesBenchmark.Row], reps: Int) {
+    print("UFFDIO_MOVE vs COPY+MADV_DONTNEED, ns per 4 KiB page, median of \(reps) (Swift library vs C reference)")
+    print(formatTable(
+      ["row", "pages/ioctl", "swift ns/page", "c ns/page", "swift/c"],
+      rows.map {
+        [$0.name, "\($0.pages_per_ioctl)", String(format: "%.1f", $0.swift_ns_per_page),
+         String(format: "%.1f", $0.c_ns_per_page), String(format: "%.3f", $0.ratio)]
+      }))
   }
 }
