@@ -41,6 +41,15 @@ let package = Package(
         .product(name: "Histogram", package: "hdrhistogram-swift"),
       ]
     ),
+    // Lazy loading from a file on first touch: how VM snapshot restore and CRIU use userfaultfd.
+    .executableTarget(
+      name: "LazyFileExample",
+      dependencies: [
+        "Userfaultfd",
+        .product(name: "SystemPackage", package: "swift-system"),
+      ],
+      path: "Examples/LazyFile"
+    ),
     // Process-level helpers only tests need (fork a child that holds pages, touch memory in a child).
     .target(
       name: "CUserfaultfdTestSupport",
