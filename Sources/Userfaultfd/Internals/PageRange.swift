@@ -44,6 +44,21 @@ struct PageRange: Sendable, Equatable {
   func overlaps(_ other: PageRange) -> Bool {
     start < other.end && other.start < end
   }
+
+  /// Validates a source/destination pair of `length` bytes: each range as above, and no overlap.
+  @inline(__always)
+  static func pair(
+    source: UnsafeRawPointer, destination: UnsafeRawPointer, length: Int, operation: Operation
+  ) throws(UserfaultfdError) -> (source: PageRange, destination: PageRange) {
+    let target = try PageRange(destination, length: length, role: "destination", operation: operation)
+    let origin = try PageRange(source, length: length, role: "source", operation: operation)
+    guard !target.overlaps(origin) else {
+      throw .invalidArgument(
+        operation, "source \(hex(origin.start))..<\(hex(origin.end)) overlaps destination"
+          + " \(hex(target.start))..<\(hex(target.end)); nothing was changed")
+    }
+    return (origin, target)
+  }
 }
 
 /// Formats an address the way /proc/self/maps and the kernel do.

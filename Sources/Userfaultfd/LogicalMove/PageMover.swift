@@ -67,13 +67,8 @@ public struct PageMover: Sendable {
     from source: UnsafeMutableRawPointer, to destination: UnsafeMutableRawPointer, length: Int,
     policy: MovePolicy = .strict
   ) throws(UserfaultfdError) -> MoveReport {
-    let target = try PageRange(destination, length: length, role: "destination", operation: .move)
-    let origin = try PageRange(source, length: length, role: "source", operation: .move)
-    guard !target.overlaps(origin) else {
-      throw .invalidArgument(
-        .move, "source \(hex(origin.start))..<\(hex(origin.end)) overlaps destination"
-          + " \(hex(target.start))..<\(hex(target.end)); nothing was moved")
-    }
+    let (origin, target) = try PageRange.pair(
+      source: source, destination: destination, length: length, operation: .move)
     guard policy.maxPagesPerIoctl > 0 else {
       throw .invalidArgument(.move, "maxPagesPerIoctl must be positive, got \(policy.maxPagesPerIoctl)")
     }

@@ -22,11 +22,8 @@ extension Userfaultfd {
     from source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, length: Int,
     options: CopyOptions = []
   ) throws(UserfaultfdError) {
-    let target = try PageRange(destination, length: length, role: "destination", operation: .copy)
-    let origin = try PageRange(source, length: length, role: "source", operation: .copy)
-    guard !target.overlaps(origin) else {
-      throw .invalidArgument(.copy, "source overlaps destination")
-    }
+    let (origin, target) = try PageRange.pair(
+      source: source, destination: destination, length: length, operation: .copy)
     let fd = try fd(for: .copy)
     var arg = cuffd_copy(
       dst: UInt64(target.start), src: UInt64(origin.start), len: UInt64(length),

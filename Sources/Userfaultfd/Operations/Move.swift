@@ -32,13 +32,8 @@ extension Userfaultfd {
     from source: UnsafeMutableRawPointer, to destination: UnsafeMutableRawPointer, length: Int,
     options: MoveOptions = []
   ) throws(UserfaultfdError) {
-    let target = try PageRange(destination, length: length, role: "destination", operation: .move)
-    let origin = try PageRange(source, length: length, role: "source", operation: .move)
-    guard !target.overlaps(origin) else {
-      throw .invalidArgument(
-        .move, "source \(hex(origin.start))..<\(hex(origin.end)) overlaps destination"
-          + " \(hex(target.start))..<\(hex(target.end))")
-    }
+    let (origin, target) = try PageRange.pair(
+      source: source, destination: destination, length: length, operation: .move)
     let fd = try fd(for: .move)
     var arg = cuffd_move(
       dst: UInt64(target.start), src: UInt64(origin.start), len: UInt64(length),
