@@ -238,6 +238,31 @@ struct PageMoverTests {
     for index in 0..<4 { #expect(holds(s.destination.baseAddress + index * huge, seed: UInt64(index), length: huge)) }
   }
 
+  /// While a remove event is pending (MADV_DONTNEED on a registered range, event not yet read),
+  /// MOVE fails with EAGAIN and no progress; the mover backs off and retries until a reader has
+  /// drained the event, then completes.
+  @Test func retriesWhileARemoveEventIsPending() throws {
+    let uffd = try Userfaultfd(features: [.eventRemove])
+    let source = try AnonymousMemory(length: 8 * page)
+    let destination = try AnonymousMemory(length: 16 * page)
+    try uffd.register(destination.baseAddress, length: destination.length, mode: .missing)
+    for index in 0..<8 { fill(source.baseAddress + index * page, seed: UInt64(70 + index)) }
+    // A madvise on the destination's second half raises a remove event and waits until it is read.
+    let madviser = TestThread { try? destination.advise(.dontNeed, offset: 8 * PageSize.base, length: 8 * PageSize.base) }
+    try #require(eventually { hasPendingEvent(uffd) }, "the remove event is pending")
+    let reader = TestThread {
+      usleep(50_000)  // Let the mover meet EAGAIN first.
+      _ = try? uffd.readEvents()
+    }
+    let report = try PageMover(uffd).move(from: source.baseAddress, to: destination.baseAddress, length: 8 * page)
+    #expect(reader.join())
+    #expect(madviser.join())
+    #expect(report.isComplete)
+    #expect(report.bytesMoved == 8 * page)
+    #expect(report.moveIoctls > 1, "at least one EAGAIN before the move went through")
+    for index in 0..<8 { #expect(holds(destination.baseAddress + index * page, seed: UInt64(70 + index))) }
+  }
+
   @Test func badInputIsATypedErrorAndTheSourceIsIntact() throws {
     let s = try setup(pages: 4)
     for index in 0..<4 { fill(s.source.baseAddress + index * page, seed: UInt64(50 + index)) }

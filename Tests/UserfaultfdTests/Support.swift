@@ -116,3 +116,9 @@ func eventually(seconds: Double = 5, _ condition: () -> Bool) -> Bool {
   }
   return true
 }
+
+/// Whether an event is waiting to be read on `uffd` (poll(2) with no wait).
+func hasPendingEvent(_ uffd: Userfaultfd) -> Bool {
+  var descriptor = pollfd(fd: uffd.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0)
+  return poll(&descriptor, 1, 0) == 1
+}
