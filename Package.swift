@@ -6,6 +6,7 @@ let package = Package(
   platforms: [.macOS(.v15)],  // Linux-only in practice; the platform line keeps Synchronization available.
   products: [
     .library(name: "Userfaultfd", targets: ["Userfaultfd"]),
+    .library(name: "CompactingHeap", targets: ["CompactingHeap"]),
     .executable(name: "uffd", targets: ["uffd"]),
   ],
   dependencies: [
@@ -25,6 +26,11 @@ let package = Package(
         "CUserfaultfd",
         .product(name: "SystemPackage", package: "swift-system"),
       ]
+    ),
+    // A concurrent compacting heap: the seed thread's use case.
+    .target(
+      name: "CompactingHeap",
+      dependencies: ["Userfaultfd"]
     ),
     // C reference loops the benchmarks run beside the Swift library, for Swift/C ratios.
     .target(
@@ -56,6 +62,10 @@ let package = Package(
       dependencies: ["CUserfaultfd"],
       path: "Tests/CUserfaultfdTestSupport",
       cSettings: [.define("_GNU_SOURCE")]
+    ),
+    .testTarget(
+      name: "CompactingHeapTests",
+      dependencies: ["CompactingHeap", "Userfaultfd"]
     ),
     .testTarget(
       name: "UserfaultfdTests",

@@ -1,0 +1,100 @@
+import Userfaultfd
+
+/// A private anonymous heap range holding self-describing objects (``ObjectLayout``), with bump
+/// allocation and explicit per-mutator roots. 2 MiB-aligned (so the compaction pause's mremap moves
+/// whole page tables) and `MADV_DONTFORK` (a fork elsewhere in the process must not make its pages
+/// busy for UFFDIO_MOVE).
+public final class Heap: @unchecked Sendable {
+  /// The mapping.
+  public let memory: AnonymousMemory
+  /// First byte of the heap.
+  public var start: UInt { UInt(bitPattern: memory.baseAddress) }
+  /// Capacity in bytes.
+  public var capacity: Int { memory.length }
+  /// The allocation frontier: bytes in use from `start`.
+  public internal(set) var top: Int = 0
+  /// Per-mutator roots: addresses of objects (0 = empty slot).
+  public var roots: [[UInt]]
+  /// Next id to hand out.
+  var nextID: UInt64 = 1
+
+  /// Maps a heap of `capacity` bytes (rounded up to 2 MiB) with `mutators` empty root sets.
+  public init(capacity: Int, mutators: Int) throws(HeapError) {
+    guard capacity > 0 else { throw .invalidConfiguration("heap capacity must be positive") }
+    guard mutators >= 0 else { throw .invalidConfiguration("mutator count must not be negative") }
+    let rounded = (capacity + PageSize.huge - 1) / PageSize.huge * PageSize.huge
+    do {
+      memory = try AnonymousMemory(length: rounded, alignment: PageSize.huge)
+      try memory.advise(.dontFork)
+    } catch {
+      throw .system(error)
+    }
+    roots = Array(repeating: [], count: mutators)
+  }
+
+  /// The heap's words.
+  @inline(__always)
+  var words: UnsafeMutablePointer<UInt64> {
+    memory.baseAddress.assumingMemoryBound(to: UInt64.self)
+  }
+
+  /// The object at `address` (inside the heap).
+  @inline(__always)
+  func object(at address: UInt) -> ObjectView {
+    ObjectView(words: words + Int(address - start) / ObjectLayout.wordSize)
+  }
+
+  /// Allocates an object of `words` words with `references` null reference fields and the payload
+  /// filled from `payloadSeed`. Returns its address, or nil when the heap is full.
+  func allocate(words count: Int, references: Int, payloadSeed: UInt64) -> UInt? {
+    guard count >= ObjectLayout.headerWords + references, references <= ObjectLayout.maxReferences,
+          top + count * ObjectLayout.wordSize <= capacity
+    else { return nil }
+    let address = start + UInt(top)
+    let object = self.object(at: address)
+    object.words[0] = ObjectLayout.header(words: count, references: references)
+    object.words[1] = nextID
+    nextID += 1
+    for index in 0..<references { object.setReference(index, to: 0) }
+    var state = payloadSeed
+    for index in object.payloadStart..<count {
+      state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+      object.words[index] = state
+    }
+    top += count * ObjectLayout.wordSize
+    return address
+  }
+
+  /// Calls `body` with each object's address, in address order, from `start` to `top`.
+  func forEachObject(_ body: (UInt) -> Void) {
+    var offset = 0
+    while offset < top {
+      let address = start + UInt(offset)
+      body(address)
+      offset += object(at: address).sizeInWords * ObjectLayout.wordSize
+    }
+  }
+
+  /// Whether `address` is inside the used part of the heap.
+  func contains(_ address: UInt) -> Bool {
+    address >= start && address < start + UInt(top)
+  }
+}
+
+/// What can go wrong with a heap or a compaction, in plain words.
+public enum HeapError: Error, CustomStringConvertible, Sendable {
+  /// The requested configuration cannot work; the text says why and what to change.
+  case invalidConfiguration(String)
+  /// A system call failed.
+  case system(UserfaultfdError)
+  /// Verification failed; the text says what differed.
+  case verificationFailed(String)
+
+  public var description: String {
+    switch self {
+    case .invalidConfiguration(let reason): return "invalid heap configuration: \(reason)"
+    case .system(let error): return "heap: \(error)"
+    case .verificationFailed(let reason): return "heap verification failed: \(reason)"
+    }
+  }
+}

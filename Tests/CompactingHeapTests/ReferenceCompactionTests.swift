@@ -1,0 +1,56 @@
+import Testing
+@testable import CompactingHeap
+import Userfaultfd
+
+/// The heap model, the workload, marking, post-compaction addresses and the stop-the-world
+/// reference compaction that the concurrent one is checked against.
+@Suite("Compacting heap: model and reference compaction")
+struct ReferenceCompactionTests {
+  @Test(arguments: [1, 2, 3, 42] as [UInt64])
+  func referenceCompactionPreservesTheGraph(seed: UInt64) throws {
+    let heap = try Heap(capacity: 4 << 20, mutators: 2)
+    try Workload(seed: seed, garbageFraction: 0.6).populate(heap)
+    let before = heap.top
+    let map = LiveMap(marking: heap)
+    let expected = Verification.hash(heap, map: map)
+    let garbage = 1 - Double(map.liveBytes) / Double(before)
+    #expect(garbage > 0.4 && garbage < 0.8, "garbage fraction \(garbage)")
+    #expect(expected.objects == map.liveObjects)
+    _ = ReferenceCompaction.compactInPlace(heap)
+    #expect(heap.top == map.liveBytes)
+    let after = try Verification.check(heap, expected: expected)
+    #expect(after == expected)
+  }
+
+  @Test func newAddressesIncreaseAndAreDense() throws {
+    let heap = try Heap(capacity: 2 << 20, mutators: 1)
+    try Workload(seed: 7).populate(heap)
+    let map = LiveMap(marking: heap)
+    var next = heap.start
+    heap.forEachObject { address in
+      guard map.isLive(address) else { return }
+      #expect(map.newAddress(address) == next)
+      next += UInt(heap.object(at: address).sizeInWords * ObjectLayout.wordSize)
+    }
+    #expect(next == heap.start + UInt(map.liveBytes))
+  }
+
+  @Test func sameSeedSameHeap() throws {
+    let first = try Heap(capacity: 2 << 20, mutators: 2)
+    let second = try Heap(capacity: 2 << 20, mutators: 2)
+    try Workload(seed: 9).populate(first)
+    try Workload(seed: 9).populate(second)
+    #expect(first.top == second.top)
+    #expect(Verification.hash(first, map: LiveMap(marking: first)) == Verification.hash(second, map: LiveMap(marking: second)))
+  }
+
+  @Test func badConfigurationIsAClearError() throws {
+    #expect(throws: HeapError.self) { try Heap(capacity: 0, mutators: 1) }
+    let tiny = try Heap(capacity: 1, mutators: 64)  // One 2 MiB unit, but 64 owners.
+    #expect(throws: HeapError.self) { try Workload(seed: 1, garbageFraction: 0.6, fill: 0.001).populate(tiny) }
+    let heap = try Heap(capacity: 1 << 20, mutators: 1)
+    #expect(throws: HeapError.self) { try Workload(garbageFraction: 1.5).populate(heap) }
+    let noMutators = try Heap(capacity: 1 << 20, mutators: 0)
+    #expect(throws: HeapError.self) { try Workload().populate(noMutators) }
+  }
+}
