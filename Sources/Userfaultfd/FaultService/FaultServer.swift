@@ -64,7 +64,7 @@ public final class FaultServer: @unchecked Sendable {
   private let wakeRead: FileDescriptor
   private let wakeWrite: FileDescriptor
   private let ranges = Mutex<[(start: UInt, length: Int)]>([])
-  private let thread = Mutex<ServiceThread?>(nil)
+  private let thread = Mutex<DedicatedThread?>(nil)
   private let counters = Counters()
   // Touched only by the server thread (allocated once, so its loop never calls malloc).
   private let records: UnsafeMutableRawBufferPointer
@@ -141,7 +141,7 @@ public final class FaultServer: @unchecked Sendable {
     self.pollDescriptors = .allocate(capacity: 2)
     pollDescriptors[0] = pollfd(fd: uffd.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0)
     pollDescriptors[1] = pollfd(fd: pipe.readEnd.rawValue, events: Int16(POLLIN), revents: 0)
-    let started = try ServiceThread { [self] in serve() }
+    let started = try DedicatedThread { [self] in serve() }
     thread.withLock { $0 = started }
     // Wait until the server has run its read path once: first use instantiates Swift runtime
     // metadata, which allocates, and must not happen while a forking thread holds malloc's locks.

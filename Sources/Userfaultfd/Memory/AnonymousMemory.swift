@@ -142,6 +142,22 @@ public final class AnonymousMemory: @unchecked Sendable {
       .get(systemCall: "mprotect")
   }
 
+  /// Moves every page of this mapping to `destination` (same length) in one step, leaving this
+  /// mapping in place and empty: `mremap(MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP)`. If
+  /// this range is registered with a userfaultfd it stays registered, so every access faults; the
+  /// pause of a concurrent compaction. Both 2 MiB-aligned, whole page tables move.
+  public func movePages(to destination: AnonymousMemory) throws(UserfaultfdError) {
+    guard destination.length == length else {
+      throw .invalidArgument(
+        .memory, "movePages needs a destination of the same length (\(length) bytes, got \(destination.length))")
+    }
+    guard destination !== self else { throw .invalidArgument(.memory, "movePages to itself") }
+    let result = cuffd_mremap(
+      baseAddress, length, length, CUFFD_MREMAP_MAYMOVE | CUFFD_MREMAP_FIXED | CUFFD_MREMAP_DONTUNMAP,
+      destination.baseAddress)
+    if result == cuffd_map_failed() { throw .systemCallFailed("mremap(MREMAP_DONTUNMAP)", .current) }
+  }
+
   /// The mapping as raw bytes.
   public var bytes: UnsafeMutableRawBufferPointer {
     UnsafeMutableRawBufferPointer(start: baseAddress, count: length)

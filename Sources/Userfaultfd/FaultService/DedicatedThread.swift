@@ -1,0 +1,34 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// A dedicated OS thread, for work that may block in a page fault: never a Swift concurrency pool
+/// thread, since a pool thread that faults while the pool is busy can wait on the very thread that
+/// should resolve its fault.
+public final class DedicatedThread: @unchecked Sendable {
+  private var thread = pthread_t()
+  private let body: () -> Void
+
+  /// Starts `body` on a new thread.
+  public init(_ body: @escaping () -> Void) throws(UserfaultfdError) {
+    self.body = body
+    let context = Unmanaged.passRetained(self).toOpaque()
+    let result = pthread_create(&thread, nil, { context in
+      guard let context else { return nil }
+      let me = Unmanaged<DedicatedThread>.fromOpaque(context).takeRetainedValue()
+      me.body()
+      return nil
+    }, context)
+    if result != 0 {
+      Unmanaged<DedicatedThread>.fromOpaque(context).release()
+      throw .systemCallFailed("pthread_create", .init(rawValue: result))
+    }
+  }
+
+  /// Waits for the body to return. Call once.
+  public func join() {
+    _ = pthread_join(thread, nil)
+  }
+}
