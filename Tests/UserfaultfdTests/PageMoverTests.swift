@@ -250,13 +250,20 @@ struct PageMoverTests {
     // A madvise on the destination's second half raises a remove event and waits until it is read.
     let madviser = TestThread { try? destination.advise(.dontNeed, offset: 8 * PageSize.base, length: 8 * PageSize.base) }
     try #require(eventually { hasPendingEvent(uffd) }, "the remove event is pending")
-    let reader = TestThread {
-      usleep(50_000)  // Let the mover meet EAGAIN first.
-      _ = try? uffd.readEvents()
+    // While the event is unread the move cannot complete: every attempt gets EAGAIN.
+    let result = Mutex<MoveReport?>(nil)
+    let sourceAddress = Address(source.baseAddress), destinationAddress = Address(destination.baseAddress)
+    let mover = TestThread {
+      let report = try? PageMover(uffd).move(
+        from: sourceAddress.pointer, to: destinationAddress.pointer, length: 8 * PageSize.base)
+      result.withLock { $0 = report }
     }
-    let report = try PageMover(uffd).move(from: source.baseAddress, to: destination.baseAddress, length: 8 * page)
-    #expect(reader.join())
+    usleep(100_000)
+    #expect(!mover.isFinished, "no progress while the remove event is pending")
+    _ = try uffd.readEvents()
+    #expect(mover.join())
     #expect(madviser.join())
+    let report = try #require(result.withLock { $0 })
     #expect(report.isComplete)
     #expect(report.bytesMoved == 8 * page)
     #expect(report.moveIoctls > 1, "at least one EAGAIN before the move went through")
