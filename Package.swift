@@ -42,6 +42,7 @@ let package = Package(
       name: "uffd",
       dependencies: [
         "Userfaultfd",
+        "CompactingHeap",
         "CUserfaultfdReference",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Histogram", package: "hdrhistogram-swift"),

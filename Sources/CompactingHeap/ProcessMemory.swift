@@ -28,7 +28,8 @@ enum ProcessMemory {
     guard count > 0 else { return 0 }
     let text = String(decoding: bytes[0..<count], as: UTF8.self)
     for line in text.split(separator: "\n") where line.hasPrefix(name) {
-      let number = line.dropFirst(name.count).split(separator: " ").first.flatMap { Int($0) } ?? 0
+      let number = line.dropFirst(name.count).split(whereSeparator: { $0 == " " || $0 == "\t" }).first
+        .flatMap { Int($0) } ?? 0
       return number * 1024
     }
     return 0
