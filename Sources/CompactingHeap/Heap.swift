@@ -74,11 +74,6 @@ public final class Heap: @unchecked Sendable {
       offset += object(at: address).sizeInWords * ObjectLayout.wordSize
     }
   }
-
-  /// Whether `address` is inside the used part of the heap.
-  func contains(_ address: UInt) -> Bool {
-    address >= start && address < start + UInt(top)
-  }
 }
 
 /// What can go wrong with a heap or a compaction, in plain words.

@@ -168,7 +168,7 @@ enum Explanation {
       return "an address the kernel had to read is not mapped readable"
     case (_, .interrupted):
       return "interrupted by a fatal signal"
-    case (_, .operationNotPermitted), (_, .permissionDenied):
+    case (_, .notPermitted), (_, .permissionDenied):
       return "not permitted for this process"
     default:
       return errno.description
@@ -203,6 +203,4 @@ enum ErrnoName {
 extension Errno {
   /// ENOSYS, which swift-system does not name.
   static var noFunction: Errno { Errno(rawValue: Glibc.ENOSYS) }
-  /// EPERM.
-  static var operationNotPermitted: Errno { .notPermitted }
 }

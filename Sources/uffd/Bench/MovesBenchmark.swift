@@ -70,9 +70,6 @@ struct MovesBenchmark {
           swift.append(try measure(spec, inC: false))
         }
       }
-      if ProcessInfo.processInfo.environment["UFFD_BENCH_DEBUG"] != nil {
-        progress("  swift \(swift.map { Int($0 * 10) })\n  c     \(c.map { Int($0 * 10) })")
-      }
       let swiftMedian = median(swift), cMedian = median(c)
       rows.append(Row(name: spec.name, pages_per_ioctl: spec.pagesPerIoctl,
                       swift_ns_per_page: swiftMedian, c_ns_per_page: cMedian,

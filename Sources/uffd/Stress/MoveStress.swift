@@ -232,9 +232,6 @@ final class MoveStress: @unchecked Sendable {
         _ = try PageMover(uffd, usingMove: false).move(
           from: source, to: destination, length: length, policy: .copyFallback)
       } catch .moveStopped(let report) {
-        if ProcessInfo.processInfo.environment["UFFD_STRESS_DEBUG"] != nil {
-          FileHandle.standardError.write(Data("stop: \(report)\n".utf8))
-        }
         if let failure = report.stop?.failure { throw .operationFailed(failure) }
         throw .moveStopped(report)
       } catch .invalidArgument(let operation, let reason) where reason.contains("partly populated") {
