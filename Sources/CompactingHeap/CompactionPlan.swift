@@ -1,80 +1,138 @@
 import Userfaultfd
 
-/// Where each to-space page's content comes from, computed before the pause from the live map.
-struct CompactionPlan: Sendable {
-  let start: UInt
-  let map: LiveMap
-  /// Pages of compacted (to-space) data.
-  let pageCount: Int
-  /// Old address of the first live object overlapping each to-space page.
-  let firstObject: [UInt]
-  /// Highest from-space page index any object overlapping each to-space page occupies: the
-  /// from-space pages above it are no longer needed once the pages up to it are done.
-  let lastSource: [Int]
+/// Where each to-space page's content comes from, computed before the pause from the live map,
+/// and kept in raw memory so the page-compaction routine can run inside a signal handler.
+final class CompactionPlan: @unchecked Sendable {
+  /// The view the page-compaction routine reads.
+  let layout: PageLayout
+  private let storage: UnsafeMutableRawPointer
 
   init(heap: Heap, map: LiveMap) {
     let page = PageSize.base
-    start = heap.start
-    self.map = map
-    pageCount = (map.liveBytes + page - 1) / page
-    var first = [UInt](repeating: 0, count: pageCount)
-    var last = [Int](repeating: -1, count: pageCount)
+    let pageCount = (map.liveBytes + page - 1) / page
+    let chunks = map.bitmap.count
+    // One allocation: bitmap, chunk prefix sums, first object and last source page per to-space page.
+    let bytes = (chunks + (chunks + 1) + 2 * max(pageCount, 1)) * 8
+    storage = .allocate(byteCount: bytes, alignment: 64)
+    let bitmap = storage.bindMemory(to: UInt64.self, capacity: chunks)
+    let prefix = (storage + chunks * 8).bindMemory(to: Int.self, capacity: chunks + 1)
+    let firstWord = (storage + (2 * chunks + 1) * 8).bindMemory(to: Int.self, capacity: max(pageCount, 1))
+    let lastSource = (storage + (2 * chunks + 1 + max(pageCount, 1)) * 8)
+      .bindMemory(to: Int.self, capacity: max(pageCount, 1))
+    map.bitmap.withUnsafeBufferPointer { if let source = $0.baseAddress { bitmap.initialize(from: source, count: chunks) } }
+    map.prefix.withUnsafeBufferPointer { if let source = $0.baseAddress { prefix.initialize(from: source, count: chunks + 1) } }
+    firstWord.initialize(repeating: -1, count: max(pageCount, 1))
+    lastSource.initialize(repeating: -1, count: max(pageCount, 1))
     heap.forEachObject { address in
       guard map.isLive(address) else { return }
       let bytes = heap.object(at: address).sizeInWords * ObjectLayout.wordSize
+      let oldOffset = Int(address - heap.start)
       let newOffset = Int(map.newAddress(address) - heap.start)
-      let sourceEnd = (Int(address - heap.start) + bytes - 1) / page
+      let sourceEnd = (oldOffset + bytes - 1) / page
       for target in (newOffset / page)...((newOffset + bytes - 1) / page) {
-        if first[target] == 0 { first[target] = address }
-        last[target] = max(last[target], sourceEnd)
+        if firstWord[target] < 0 { firstWord[target] = oldOffset / ObjectLayout.wordSize }
+        lastSource[target] = max(lastSource[target], sourceEnd)
       }
     }
-    firstObject = first
-    lastSource = last
+    layout = PageLayout(
+      start: heap.start, pageSize: page, pageCount: pageCount,
+      fromPages: (heap.top + page - 1) / page, bitmap: bitmap, prefix: prefix, chunkCount: chunks,
+      firstWord: firstWord, lastSource: lastSource)
   }
 
-  /// The next live object's old address after the object ending at `end` (old address), found
-  /// in the bitmap, never by reading from-space (whose dead pages may have been recycled).
-  func nextLive(after end: UInt) -> UInt? {
-    var word = Int(end - start) / ObjectLayout.wordSize
-    let chunks = map.bitmap.count
-    while word / LiveMap.chunkWords < chunks {
-      let chunk = word / LiveMap.chunkWords
-      let bits = map.bitmap[chunk] >> UInt64(word % LiveMap.chunkWords)
-      if bits != 0 {
-        return start + UInt((word + bits.trailingZeroBitCount) * ObjectLayout.wordSize)
-      }
-      word = (chunk + 1) * LiveMap.chunkWords
+  deinit { storage.deallocate() }
+}
+
+/// The compaction plan as raw pointers and integers: trivially copyable, no reference counting,
+/// so ``compactPage(_:fromSpace:into:)`` is safe to call from a SIGBUS handler.
+struct PageLayout: @unchecked Sendable {
+  /// The heap's first byte: to-space addresses are `start + offset`, from-space offsets match.
+  let start: UInt
+  /// Bytes per page.
+  let pageSize: Int
+  /// To-space pages holding compacted data.
+  let pageCount: Int
+  /// From-space pages holding old objects (live or dead).
+  let fromPages: Int
+  /// Live-words bitmap, one UInt64 per 512-byte chunk.
+  let bitmap: UnsafePointer<UInt64>
+  /// Live words before each chunk.
+  let prefix: UnsafePointer<Int>
+  let chunkCount: Int
+  /// Per to-space page: old word index of the first live object overlapping it.
+  let firstWord: UnsafePointer<Int>
+  /// Per to-space page: the highest from-space page an object overlapping it occupies. The
+  /// from-space pages above `lastSource[i]` are dead once every page above `i` is done.
+  let lastSource: UnsafePointer<Int>
+
+  var wordsPerPage: Int { pageSize / ObjectLayout.wordSize }
+
+  /// Post-compaction byte offset of the live word at old word index `word`.
+  @inline(__always)
+  func newOffset(ofWord word: Int) -> Int {
+    let chunk = word &>> 6, bit = UInt64(word & 63)
+    let before = (bitmap[chunk] & ((1 &<< bit) &- 1)).nonzeroBitCount
+    return (prefix[chunk] &+ before) &* ObjectLayout.wordSize
+  }
+
+  /// Post-compaction address of a reference (an old address of a live object).
+  @inline(__always)
+  func forward(_ reference: UInt64) -> UInt64 {
+    UInt64(start) &+ UInt64(newOffset(ofWord: Int(UInt(reference) &- start) &>> 3))
+  }
+
+  /// The first live word at or after old word index `word`, from the bitmap alone (never from
+  /// from-space, whose dead pages may be recycled already), or -1.
+  @inline(__always)
+  func nextLiveWord(from word: Int) -> Int {
+    var chunk = word &>> 6
+    guard chunk < chunkCount else { return -1 }
+    var bits = bitmap[chunk] &>> UInt64(word & 63)
+    if bits != 0 { return word &+ bits.trailingZeroBitCount }
+    chunk &+= 1
+    while chunk < chunkCount {
+      bits = bitmap[chunk]
+      if bits != 0 { return chunk &* 64 &+ bits.trailingZeroBitCount }
+      chunk &+= 1
     }
-    return nil
+    return -1
   }
 
   /// Compacts to-space page `index` into `buffer` (one page): copies the parts of the live objects
-  /// that land there from from-space and rewrites their reference fields. Reads only from-space
-  /// (`fromSpace`, the old heap's pages, at the same offsets) and writes only `buffer`.
-  func compactPage(_ index: Int, fromSpace: UnsafeMutablePointer<UInt64>, into buffer: UnsafeMutablePointer<UInt64>) {
-    let page = PageSize.base
-    let wordsPerPage = page / ObjectLayout.wordSize
-    buffer.update(repeating: 0, count: wordsPerPage)
-    let pageStart = index * page, pageEnd = pageStart + page
-    var address = firstObject[index]
-    while true {
-      let object = ObjectView(words: fromSpace + Int(address - start) / ObjectLayout.wordSize)
-      let size = object.sizeInWords
-      let newOffset = Int(map.newAddress(address) - start)
-      guard newOffset < pageEnd else { return }
-      let references = ObjectLayout.headerWords..<(ObjectLayout.headerWords + object.referenceCount)
-      let from = max(newOffset, pageStart), to = min(newOffset + size * ObjectLayout.wordSize, pageEnd)
-      var offset = from
-      while offset < to {
-        let word = (offset - newOffset) / ObjectLayout.wordSize
-        var value = object.words[word]
-        if references.contains(word) && value != 0 { value = UInt64(map.newAddress(UInt(value))) }
-        buffer[(offset - pageStart) / ObjectLayout.wordSize] = value
-        offset += ObjectLayout.wordSize
+  /// that land there from from-space, rewrites their reference fields, zeroes what is left. Reads
+  /// only from-space and the plan; writes only `buffer`. Never touches to-space, so it cannot
+  /// fault on a registered page (no cascading userfaults).
+  func compactPage(_ index: Int, fromSpace: UnsafePointer<UInt64>, into buffer: UnsafeMutablePointer<UInt64>) {
+    let pageStart = index &* pageSize, pageEnd = pageStart &+ pageSize
+    var word = firstWord[index]
+    var newStart = newOffset(ofWord: word)
+    var filled = pageStart
+    while word >= 0 && newStart < pageEnd {
+      let object = fromSpace + word
+      let header = object[0]
+      let size = Int(truncatingIfNeeded: header & 0xFFFF_FFFF)
+      let references = Int(truncatingIfNeeded: (header &>> 32) & 0xFFFF)
+      let newEnd = newStart &+ size &* ObjectLayout.wordSize
+      let low = Swift.max(newStart, pageStart), high = Swift.min(newEnd, pageEnd)
+      let first = (low &- newStart) &>> 3, count = (high &- low) &>> 3
+      let target = buffer + ((low &- pageStart) &>> 3)
+      target.update(from: object + first, count: count)
+      // Reference fields are words 2 ..< 2 + references; rewrite those inside this page.
+      let referenceLow = Swift.max(ObjectLayout.headerWords, first)
+      let referenceHigh = Swift.min(ObjectLayout.headerWords &+ references, first &+ count)
+      var field = referenceLow
+      while field < referenceHigh {
+        let value = object[field]
+        if value != 0 { target[field &- first] = forward(value) }
+        field &+= 1
       }
-      guard let next = nextLive(after: address + UInt(size * ObjectLayout.wordSize)) else { return }
-      address = next
+      filled = high
+      guard newEnd < pageEnd else { break }
+      word = nextLiveWord(from: word &+ size)
+      newStart = newEnd  // Dense: the next live object follows at once.
+    }
+    if filled < pageEnd {
+      (buffer + ((filled &- pageStart) &>> 3)).update(repeating: 0, count: (pageEnd &- filled) &>> 3)
     }
   }
 }

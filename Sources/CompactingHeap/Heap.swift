@@ -84,12 +84,15 @@ public enum HeapError: Error, CustomStringConvertible, Sendable {
   case system(UserfaultfdError)
   /// Verification failed; the text says what differed.
   case verificationFailed(String)
+  /// Compaction could not map some pages (the kernel refused); the text lists the errnos.
+  case compactionFailed(String)
 
   public var description: String {
     switch self {
     case .invalidConfiguration(let reason): return "invalid heap configuration: \(reason)"
     case .system(let error): return "heap: \(error)"
     case .verificationFailed(let reason): return "heap verification failed: \(reason)"
+    case .compactionFailed(let reason): return "compaction failed: \(reason)"
     }
   }
 }

@@ -1,34 +1,90 @@
-import Userfaultfd
 import Synchronization
 
-/// What one mutator wrote during compaction: per word address, the value before its first write
-/// and its last write.
-struct MutatorLog: Sendable {
-  var words: [UInt: (original: UInt64, last: UInt64)] = [:]
-  var writes = 0
+/// What one mutator wrote during compaction: per word, the value before its first write and its
+/// last write. A fixed-capacity open-addressing table allocated and touched before the cycle, so
+/// logging neither allocates while pages fault nor counts against the cycle's peak RSS.
+final class WriteLog: @unchecked Sendable {
+  struct Entry {
+    var address: UInt  // 0: empty slot
+    var original: UInt64
+    var last: UInt64
+  }
+
+  /// Slots (a power of two); at most half are used.
+  let capacity: Int
+  private let entries: UnsafeMutablePointer<Entry>
+  /// Distinct words written.
+  private(set) var count = 0
+  /// Writes made.
+  private(set) var writes = 0
+
+  init(capacity: Int) {
+    var slots = 1
+    while slots < Swift.max(capacity, 2) { slots <<= 1 }
+    self.capacity = slots
+    entries = .allocate(capacity: slots)
+    entries.initialize(repeating: Entry(address: 0, original: 0, last: 0), count: slots)
+  }
+
+  deinit { entries.deallocate() }
+
+  /// Whether new words can still be logged.
+  var hasRoom: Bool { count * 2 < capacity }
+
+  private func slot(for address: UInt) -> Int {
+    var slot = Int(truncatingIfNeeded: (UInt64(address) &* 0x9E37_79B9_7F4A_7C15) &>> 20) & (capacity - 1)
+    while entries[slot].address != 0 && entries[slot].address != address { slot = (slot + 1) & (capacity - 1) }
+    return slot
+  }
+
+  /// Writes `value` to the heap word at `address` and logs it; when the table is full and the word
+  /// is new, writes to an already-logged word picked by `pick` instead, so every write is logged.
+  func write(_ value: UInt64, at address: UInt, pick: UInt64) {
+    var slot = slot(for: address)
+    if entries[slot].address == 0 {
+      if hasRoom {
+        let word = UnsafeMutablePointer<UInt64>(bitPattern: address)
+        entries[slot] = Entry(address: address, original: word?.pointee ?? 0, last: value)
+        count += 1
+      } else {
+        slot = Int(truncatingIfNeeded: pick) & (capacity - 1)
+        while entries[slot].address == 0 { slot = (slot + 1) & (capacity - 1) }
+      }
+    }
+    UnsafeMutablePointer<UInt64>(bitPattern: entries[slot].address)?.pointee = value
+    entries[slot].last = value
+    writes += 1
+  }
+
+  /// Calls `body` with every logged word.
+  func forEach(_ body: (Entry) throws(HeapError) -> Void) throws(HeapError) {
+    for slot in 0..<capacity where entries[slot].address != 0 { try body(entries[slot]) }
+  }
 }
 
-extension Compactor {
-  /// A mutator: walks its own objects from its roots, reading references and writing payload
-  /// words, until `done`. Touching a page not compacted yet faults into the compaction routine.
-  static func mutate(heap: Heap, roots: [UInt], seed: UInt64, until done: StopFlag) -> MutatorLog {
-    var log = MutatorLog()
+/// Tells the mutators the concurrent phase is over.
+final class StopFlag: Sendable {
+  private let flag = Atomic<Bool>(false)
+  func set() { flag.store(true, ordering: .releasing) }
+  var isSet: Bool { flag.load(ordering: .acquiring) }
+}
+
+/// A mutator: walks its own objects from its roots, reading references and writing payload words,
+/// until told to stop. Touching a page not compacted yet faults into the compaction routine.
+enum Mutator {
+  static func run(heap: Heap, roots: [UInt], seed: UInt64, log: WriteLog, until done: StopFlag) {
     let live = roots.filter { $0 != 0 }
-    guard !live.isEmpty else { return log }
+    guard !live.isEmpty else { return }
+    let words = heap.words, start = heap.start
     var random = SplitMix64(seed: seed)
     while !done.isSet {
       var address = live[Int(random.next() % UInt64(live.count))]
       for _ in 0..<16 {
-        let object = heap.object(at: address)
+        let object = ObjectView(words: words + Int(address - start) / ObjectLayout.wordSize)
         let size = object.sizeInWords, payload = object.payloadStart
         if payload < size {
           let word = payload + Int(random.next() % UInt64(size - payload))
-          let wordAddress = address + UInt(word * ObjectLayout.wordSize)
-          let value = random.next()
-          let original = log.words[wordAddress]?.original ?? object.words[word]
-          object.words[word] = value
-          log.words[wordAddress] = (original, value)
-          log.writes += 1
+          log.write(random.next(), at: address + UInt(word * ObjectLayout.wordSize), pick: random.next())
         }
         guard object.referenceCount > 0 else { break }
         let next = object.reference(Int(random.next() % UInt64(object.referenceCount)))
@@ -36,52 +92,5 @@ extension Compactor {
         address = next
       }
     }
-    return log
-  }
-
-  /// One hash per page of `words` (zero-padded to whole pages).
-  static func pageHashes(_ words: UnsafeBufferPointer<UInt64>, count: Int) -> [UInt64] {
-    let perPage = PageSize.base / ObjectLayout.wordSize
-    return (0..<count).map { page in
-      var hash: UInt64 = 0xCBF2_9CE4_8422_2325
-      for index in (page * perPage)..<((page + 1) * perPage) {
-        hash = (hash ^ (index < words.count ? words[index] : 0)) &* 0x0000_0100_0000_01B3
-        hash ^= hash >> 29
-      }
-      return hash
-    }
-  }
-
-  static func pageHashes(_ words: [UInt64], count: Int) -> [UInt64] {
-    words.withUnsafeBufferPointer { pageHashes($0, count: count) }
-  }
-
-  /// Every logged write present; with the originals put back, every page equal to the reference.
-  static func verify(heap: Heap, plan: CompactionPlan, referencePages: [UInt64], logs: [MutatorLog]) throws(HeapError) -> Int {
-    var writes = 0
-    for log in logs {
-      writes += log.writes
-      for (address, values) in log.words {
-        let word = heap.words + Int(address - heap.start) / ObjectLayout.wordSize
-        guard word.pointee == values.last else {
-          throw .verificationFailed(
-            "a mutator's write at 0x\(String(address, radix: 16)) was lost (found \(word.pointee), wrote \(values.last))")
-        }
-        word.pointee = values.original
-      }
-    }
-    let perPage = PageSize.base / ObjectLayout.wordSize
-    let found = pageHashes(UnsafeBufferPointer(start: heap.words, count: plan.pageCount * perPage), count: plan.pageCount)
-    if let page = zip(found, referencePages).enumerated().first(where: { $0.element.0 != $0.element.1 })?.offset {
-      throw .verificationFailed(
-        "page \(page) differs from the stop-the-world reference compaction (\(plan.pageCount) pages compacted)")
-    }
-    // Put the mutators' writes back: the heap is theirs.
-    for log in logs {
-      for (address, values) in log.words {
-        (heap.words + Int(address - heap.start) / ObjectLayout.wordSize).pointee = values.last
-      }
-    }
-    return writes
   }
 }

@@ -7,14 +7,16 @@
 /// the rest: payload
 /// ```
 /// References are absolute addresses: the heap's mapping never moves (compaction empties it in
-/// place with mremap and refills it), so they stay meaningful across the cycle.
+/// place with mremap and refills it), so they stay meaningful across the cycle. The constants are
+/// computed properties: the compaction routine reads them in SIGBUS handlers, where a lazily
+/// initialized global must not run.
 public enum ObjectLayout {
   /// Bytes per word.
-  public static let wordSize = 8
+  public static var wordSize: Int { 8 }
   /// Words in the header.
-  public static let headerWords = 2
+  public static var headerWords: Int { 2 }
   /// Largest number of reference fields.
-  public static let maxReferences = 0xFFFF
+  public static var maxReferences: Int { 0xFFFF }
 
   /// Packs the first header word.
   @inline(__always)

@@ -37,7 +37,7 @@ enum ProcessMemory {
 }
 
 /// Monotonic and per-thread CPU clocks in nanoseconds.
-enum Clock {
+enum CycleClock {
   static func now() -> Int64 { read(CLOCK_MONOTONIC) }
   static func threadCPU() -> Int64 { read(CLOCK_THREAD_CPUTIME_ID) }
   private static func read(_ clock: clockid_t) -> Int64 {

@@ -1,0 +1,55 @@
+/// What one verified cycle did and measured.
+public struct CompactionResult: Sendable {
+  /// The strategy used.
+  public var strategy: MappingStrategy
+  /// How mutator faults were served.
+  public var faultMode: FaultMode
+  /// Live bytes compacted.
+  public var liveBytes: Int
+  /// Live objects.
+  public var liveObjects: Int
+  /// Heap bytes in use before.
+  public var usedBytesBefore: Int
+  /// Stop-the-world marking and address computation.
+  public var markNanoseconds: Int64
+  /// The pause: roots, register, mremap.
+  public var pauseNanoseconds: Int64
+  /// The compaction (GC) thread's wall time over the concurrent phase.
+  public var compactionWallNanoseconds: Int64
+  /// The compaction thread's CPU time over the concurrent phase.
+  public var compactionCPUNanoseconds: Int64
+  /// Pages compacted by the GC thread.
+  public var pagesByGC: Int
+  /// Pages compacted by faulting mutators (or the fault-server thread for them).
+  public var pagesByMutators: Int
+  /// Mutator faults served.
+  public var mutatorFaults: Int
+  /// Dead from-space pages compacted into and moved (MOVE strategy).
+  public var recycledPages: Int
+  /// Pages the GC compacted into its buffer and copied (all of them under COPY; early ones under MOVE).
+  public var bufferPages: Int
+  /// UFFDIO_MOVE calls and the pages they moved.
+  public var moveIoctls: Int
+  public var pagesMoved: Int
+  /// UFFDIO_COPY calls and the pages they copied.
+  public var copyIoctls: Int
+  public var pagesCopied: Int
+  /// UFFDIO_ZEROPAGE calls (faults past the compacted data).
+  public var zeroPageIoctls: Int
+  /// Pages MOVE refused with EBUSY that were copied instead.
+  public var busyFallbacks: Int
+  /// Map ioctl failures by ioctl and errno, e.g. `"MOVE EAGAIN": 2` (all handled).
+  public var errnoCounts: [String: Int]
+  /// Mutator writes made during compaction, all verified present.
+  public var mutatorWrites: Int
+  /// This process's resident memory just before the pause, and its peak during the cycle.
+  public var residentBefore: Int
+  public var peakResident: Int
+  /// The cycle verified (a failure throws instead).
+  public var verified: Bool
+
+  /// Live bytes per nanosecond of the compaction thread's wall time (= GB/s).
+  public var compactionGBps: Double {
+    Double(liveBytes) / Swift.max(1, Double(compactionWallNanoseconds))
+  }
+}

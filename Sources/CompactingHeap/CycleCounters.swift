@@ -1,0 +1,90 @@
+import Synchronization
+
+/// What a cycle counts, in raw atomics: updated from the GC thread, the fault-server thread and
+/// SIGBUS handlers alike (no allocation, no locks).
+struct CycleCounters: @unchecked Sendable {
+  /// Named counters.
+  enum Name: Int, CaseIterable {
+    case pagesByGC, pagesByMutators, mutatorFaults, recycledPages, bufferPages
+    case busyFallbacks, eagainRetries, failures
+  }
+
+  /// The map ioctls, for the per-errno table.
+  enum Ioctl: Int, CaseIterable {
+    case move, copy, zeroPage
+    var name: String { ["MOVE", "COPY", "ZEROPAGE"][rawValue] }
+  }
+
+  /// Errnos counted per ioctl (Linux's are below 134).
+  /// (Computed, not stored: read in SIGBUS handlers, where neither `allCases` (an allocation)
+  /// nor a lazily initialized global may run.)
+  static var errnoSlots: Int { 256 }
+  /// Per ioctl: calls, pages mapped, then one slot per errno.
+  static var ioctlSlots: Int { 2 + errnoSlots }
+  static var nameCount: Int { 8 }
+  static var slotCount: Int { nameCount + 3 * ioctlSlots }
+
+  let slots: UnsafeMutablePointer<Atomic<Int>>
+
+  @inline(__always)
+  func add(_ name: Name, _ value: Int = 1) {
+    slots[name.rawValue].wrappingAdd(value, ordering: .relaxed)
+  }
+
+  @inline(__always)
+  func load(_ name: Name) -> Int { slots[name.rawValue].load(ordering: .relaxed) }
+
+  @inline(__always)
+  private func ioctlBase(_ ioctl: Ioctl) -> Int { Self.nameCount + ioctl.rawValue * Self.ioctlSlots }
+
+  /// One call of `ioctl` that mapped `pages` pages.
+  @inline(__always)
+  func called(_ ioctl: Ioctl, pages: Int) {
+    let base = ioctlBase(ioctl)
+    slots[base].wrappingAdd(1, ordering: .relaxed)
+    if pages > 0 { slots[base + 1].wrappingAdd(pages, ordering: .relaxed) }
+  }
+
+  /// `ioctl` failed with `errno`.
+  @inline(__always)
+  func failed(_ ioctl: Ioctl, errno: Int32) {
+    let slot = Int(errno) >= 0 && Int(errno) < Self.errnoSlots ? Int(errno) : 0
+    slots[ioctlBase(ioctl) + 2 + slot].wrappingAdd(1, ordering: .relaxed)
+  }
+
+  /// Calls of `ioctl`.
+  func calls(_ ioctl: Ioctl) -> Int { slots[ioctlBase(ioctl)].load(ordering: .relaxed) }
+  /// Pages `ioctl` mapped.
+  func pages(_ ioctl: Ioctl) -> Int { slots[ioctlBase(ioctl) + 1].load(ordering: .relaxed) }
+
+  /// Failures by ioctl and errno name, e.g. `"MOVE EBUSY": 3`.
+  func errnoCounts() -> [String: Int] {
+    var counts: [String: Int] = [:]
+    for ioctl in Ioctl.allCases {
+      for errno in 0..<Self.errnoSlots {
+        let count = slots[ioctlBase(ioctl) + 2 + errno].load(ordering: .relaxed)
+        if count > 0 { counts["\(ioctl.name) \(ErrnoText.name(Int32(errno)))"] = count }
+      }
+    }
+    return counts
+  }
+}
+
+/// Short errno names for reports.
+enum ErrnoText {
+  static func name(_ errno: Int32) -> String {
+    switch errno {
+    case 1: "EPERM"
+    case 2: "ENOENT"
+    case 3: "ESRCH"
+    case 4: "EINTR"
+    case 11: "EAGAIN"
+    case 12: "ENOMEM"
+    case 14: "EFAULT"
+    case 16: "EBUSY"
+    case 17: "EEXIST"
+    case 22: "EINVAL"
+    default: "errno \(errno)"
+    }
+  }
+}
