@@ -20,10 +20,14 @@ struct CompactionContext: @unchecked Sendable {
   /// The to-space page the GC thread is at: every page above it is mapped, so from-space pages
   /// above `lastSource[gcIndex]` are read by nobody any more.
   let gcIndex: UnsafeMutablePointer<Atomic<Int>>
-  /// Page-sized buffers for mutators (compact, then UFFDIO_COPY), each with a busy flag.
+  /// Buffers of `blockPages` pages for mutators (compact, then UFFDIO_COPY), each with a busy flag.
   let buffers: UnsafeMutablePointer<UInt64>
   let bufferBusy: UnsafeMutablePointer<Atomic<Bool>>
   let bufferCount: Int
+  /// A mutator's fault compacts the unprocessed pages around it within an aligned block of this
+  /// many pages, mapped with one ioctl: fewer faults (structures are allocated together) and
+  /// fewer, longer runs for the GC's MOVEs.
+  let blockPages: Int
   let counters: CycleCounters
   /// The userfaultfd's descriptor.
   let uffd: Int32
@@ -36,18 +40,19 @@ struct CompactionContext: @unchecked Sendable {
   @inline(__always)
   func toSpaceAddress(_ index: Int) -> UInt { layout.start &+ UInt(index &* layout.pageSize) }
 
-  /// Takes a dead from-space page to compact into, or returns -1 when none is free yet. A page is
-  /// dead when it lies above everything the unfinished to-space pages still read.
+  /// Reserves up to `count` contiguous dead from-space pages to compact into, with one
+  /// compare-exchange: returns the lowest and how many (0 when none is free yet). A page is dead
+  /// when it lies above everything the unfinished to-space pages still read.
   @inline(__always)
-  func takeRecycledPage() -> Int {
+  func reserveRecycledPages(upTo count: Int) -> (low: Int, count: Int) {
     while true {
-      let candidate = recycleCursor[0].load(ordering: .relaxed)
-      guard candidate >= 0 else { return -1 }
-      let index = gcIndex[0].load(ordering: .acquiring)
-      guard candidate > layout.lastSource[index] else { return -1 }
-      if recycleCursor[0].compareExchange(expected: candidate, desired: candidate &- 1, ordering: .acquiringAndReleasing).exchanged {
-        counters.add(.recycledPages)
-        return candidate
+      let top = recycleCursor[0].load(ordering: .relaxed)
+      let limit = layout.lastSource[gcIndex[0].load(ordering: .acquiring)]
+      guard top > limit else { return (0, 0) }
+      let taken = Swift.min(count, top &- limit)
+      if recycleCursor[0].compareExchange(expected: top, desired: top &- taken, ordering: .acquiringAndReleasing).exchanged {
+        counters.add(.recycledPages, taken)
+        return (top &- taken &+ 1, taken)
       }
     }
   }
@@ -67,7 +72,7 @@ struct CompactionContext: @unchecked Sendable {
   }
 
   @inline(__always)
-  func buffer(_ slot: Int) -> UnsafeMutablePointer<UInt64> { buffers + slot &* layout.wordsPerPage }
+  func buffer(_ slot: Int) -> UnsafeMutablePointer<UInt64> { buffers + slot &* blockPages &* layout.wordsPerPage }
 
   @inline(__always)
   func releaseBuffer(_ slot: Int) { bufferBusy[slot].store(false, ordering: .releasing) }
@@ -92,9 +97,15 @@ struct CompactionContext: @unchecked Sendable {
         guard states[index].compareExchange(
           expected: state, desired: PageState.mutatorProcessing, ordering: .acquiring).exchanged
         else { continue }
-        compactForMutator(index)
-        states[index].store(PageState.mapped, ordering: .releasing)
-        counters.add(.pagesByMutators)
+        // Take the unprocessed pages next to it in its block too.
+        let blockStart = index &- index % blockPages
+        let blockEnd = Swift.min(blockStart &+ blockPages, layout.pageCount)
+        var low = index, high = index &+ 1
+        while high < blockEnd && claimForMutator(high) { high &+= 1 }
+        while low > blockStart && claimForMutator(low &- 1) { low &-= 1 }
+        compactForMutator(low, count: high &- low)
+        for page in low..<high { states[page].store(PageState.mapped, ordering: .releasing) }
+        counters.add(.pagesByMutators, high &- low)
         return
       case PageState.processed:
         guard states[index].compareExchange(
@@ -111,20 +122,31 @@ struct CompactionContext: @unchecked Sendable {
     }
   }
 
-  /// A mutator's compaction of page `index`: into a recycled page and MOVE when one is free,
-  /// else into a buffer and COPY.
-  private func compactForMutator(_ index: Int) {
+  @inline(__always)
+  private func claimForMutator(_ index: Int) -> Bool {
+    states[index].compareExchange(
+      expected: PageState.unprocessed, desired: PageState.mutatorProcessing, ordering: .acquiring).exchanged
+  }
+
+  /// A mutator's compaction of pages `low ..< low + count`: into recycled pages and one MOVE as
+  /// far as dead pages are free, the rest into a buffer and one COPY.
+  private func compactForMutator(_ low: Int, count: Int) {
+    var done = 0
     if useMove {
-      let recycled = takeRecycledPage()
-      if recycled >= 0 {
-        layout.compactPage(index, fromSpace: from, into: fromPage(recycled))
-        mapPages(at: index, count: 1, from: fromPage(recycled), move: true)
-        return
+      let recycled = reserveRecycledPages(upTo: count)
+      for offset in 0..<recycled.count {
+        layout.compactPage(low &+ offset, fromSpace: from, into: fromPage(recycled.low &+ offset))
       }
+      if recycled.count > 0 { mapPages(at: low, count: recycled.count, from: fromPage(recycled.low), move: true) }
+      done = recycled.count
     }
+    guard done < count else { return }
     let slot = claimBuffer()
-    layout.compactPage(index, fromSpace: from, into: buffer(slot))
-    mapPages(at: index, count: 1, from: buffer(slot), move: false)
+    let pages = buffer(slot)
+    for offset in done..<count {
+      layout.compactPage(low &+ offset, fromSpace: from, into: pages + (offset &- done) &* layout.wordsPerPage)
+    }
+    mapPages(at: low &+ done, count: count &- done, from: pages, move: false)
     releaseBuffer(slot)
   }
 }
@@ -142,10 +164,10 @@ final class CompactionResources: @unchecked Sendable {
   private let bufferMemory: AnonymousMemory
 
   init(layout: PageLayout, fromSpace: AnonymousMemory, uffd: Int32, strategy: MappingStrategy,
-       buffers: Int) throws(UserfaultfdError) {
+       buffers: Int, blockPages: Int) throws(UserfaultfdError) {
     pageCount = Swift.max(layout.pageCount, 1)
     bufferCount = Swift.max(buffers, 1)
-    bufferMemory = try AnonymousMemory(length: bufferCount * layout.pageSize, populate: true)
+    bufferMemory = try AnonymousMemory(length: bufferCount * blockPages * layout.pageSize, populate: true)
     states = .allocate(capacity: pageCount)
     for index in 0..<pageCount { (states + index).initialize(to: Atomic(PageState.unprocessed)) }
     atomicCount = 2 + CycleCounters.slotCount
@@ -159,7 +181,7 @@ final class CompactionResources: @unchecked Sendable {
       layout: layout, from: fromSpace.baseAddress.assumingMemoryBound(to: UInt64.self),
       states: states, recycleCursor: atomics, gcIndex: atomics + 1,
       buffers: bufferMemory.baseAddress.assumingMemoryBound(to: UInt64.self), bufferBusy: busy,
-      bufferCount: bufferCount, counters: CycleCounters(slots: atomics + 2), uffd: uffd,
+      bufferCount: bufferCount, blockPages: blockPages, counters: CycleCounters(slots: atomics + 2), uffd: uffd,
       useMove: strategy == .move)
   }
 

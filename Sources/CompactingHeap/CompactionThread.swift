@@ -34,13 +34,18 @@ struct CompactionThread {
     let layout = context.layout
     let pageBytes = layout.pageSize
     var run = Run()
+    var reserved = (low: 0, count: 0)  // Dead from-space pages reserved, used from the top.
     var released = layout.fromPages  // COPY: from-space pages at and above this are released.
     for index in stride(from: layout.pageCount - 1, through: 0, by: -1) {
       context.gcIndex[0].store(index, ordering: .releasing)
       let state = context.states + index
       if state.pointee.compareExchange(expected: PageState.unprocessed, desired: PageState.processing, ordering: .acquiring).exchanged {
-        let staging = context.useMove ? context.takeRecycledPage() : -1
-        if staging >= 0 {
+        if context.useMove && reserved.count == 0 {
+          reserved = context.reserveRecycledPages(upTo: Self.maxPagesPerMove)
+        }
+        if reserved.count > 0 {
+          reserved.count -= 1
+          let staging = reserved.low + reserved.count
           layout.compactPage(index, fromSpace: context.from, into: context.fromPage(staging))
           state.pointee.store(PageState.processed(staging: staging), ordering: .releasing)
           if run.count > 0 && run.low == index + 1 && run.stagingLow == staging + 1 && run.count < Self.maxPagesPerMove {

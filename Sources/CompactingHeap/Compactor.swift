@@ -30,14 +30,23 @@ public struct CompactionConfiguration: Sendable {
   public var seed: UInt64
   /// Distinct words each mutator may log (its write log is allocated before the cycle).
   public var loggedWordsPerMutator: Int
+  /// A mutator's fault compacts the unprocessed pages around the faulting one within an aligned
+  /// block of this many pages (1 to 512), mapped with one ioctl.
+  public var mutatorBlockPages: Int
+  /// Mutator threads run but never touch the heap: the compaction thread's cost alone (with the
+  /// other CPUs busy in the same process, so TLB flushes still interrupt them). No faults.
+  public var idleMutators: Bool
 
   /// Creates a configuration.
   public init(strategy: MappingStrategy = .move, faultMode: FaultMode = .sigbus, seed: UInt64 = 1,
-              loggedWordsPerMutator: Int = 1 << 16) {
+              loggedWordsPerMutator: Int = 1 << 16, mutatorBlockPages: Int = 16,
+              idleMutators: Bool = false) {
     self.strategy = strategy
     self.faultMode = faultMode
     self.seed = seed
     self.loggedWordsPerMutator = loggedWordsPerMutator
+    self.mutatorBlockPages = mutatorBlockPages
+    self.idleMutators = idleMutators
   }
 }
 
@@ -58,6 +67,9 @@ public final class Compactor: @unchecked Sendable {
   public init(heap: Heap, configuration: CompactionConfiguration) throws(HeapError) {
     guard configuration.loggedWordsPerMutator > 0 else {
       throw .invalidConfiguration("loggedWordsPerMutator must be positive")
+    }
+    guard (1...512).contains(configuration.mutatorBlockPages) else {
+      throw .invalidConfiguration("mutatorBlockPages must be between 1 and 512, got \(configuration.mutatorBlockPages)")
     }
     let offered: Features
     do {
@@ -103,7 +115,8 @@ public final class Compactor: @unchecked Sendable {
       fromSpace = try AnonymousMemory(length: heap.capacity, alignment: PageSize.huge)
       resources = try CompactionResources(
         layout: plan.layout, fromSpace: fromSpace, uffd: uffd.fileDescriptor.rawValue,
-        strategy: configuration.strategy, buffers: heap.roots.count + 1)
+        strategy: configuration.strategy, buffers: heap.roots.count + 1,
+        blockPages: configuration.mutatorBlockPages)
       gcBuffer = try AnonymousMemory(length: page, populate: true)
     } catch {
       throw .system(error)
@@ -137,12 +150,13 @@ public final class Compactor: @unchecked Sendable {
     // 4. Mutators work while the GC thread compacts.
     let done = StopFlag()
     var threads: [DedicatedThread] = []
+    let idle = configuration.idleMutators
     for (mutator, log) in logs.enumerated() {
       let roots = heap.roots[mutator]
       let seed = configuration.seed &+ UInt64(mutator) &* 0x9E37_79B9
       do {
         threads.append(try DedicatedThread { [heap] in
-          Mutator.run(heap: heap, roots: roots, seed: seed, log: log, until: done)
+          Mutator.run(heap: heap, roots: roots, seed: seed, log: log, idle: idle, until: done)
         })
       } catch {
         // The GC still has to fill the heap before anyone can be released.

@@ -72,7 +72,12 @@ final class StopFlag: Sendable {
 /// A mutator: walks its own objects from its roots, reading references and writing payload words,
 /// until told to stop. Touching a page not compacted yet faults into the compaction routine.
 enum Mutator {
-  static func run(heap: Heap, roots: [UInt], seed: UInt64, log: WriteLog, until done: StopFlag) {
+  static func run(heap: Heap, roots: [UInt], seed: UInt64, log: WriteLog, idle: Bool, until done: StopFlag) {
+    if idle {
+      // Busy on another CPU without touching the heap: TLB flushes still interrupt it.
+      while !done.isSet {}
+      return
+    }
     let live = roots.filter { $0 != 0 }
     guard !live.isEmpty else { return }
     let words = heap.words, start = heap.start

@@ -2,31 +2,82 @@ import Testing
 @testable import CompactingHeap
 import Userfaultfd
 
-/// Whether userfaultfd with UFFDIO_MOVE can be used here (root or vm.unprivileged_userfaultfd=1).
-private let canCompact: Bool = (try? Userfaultfd.probeSupportedFeatures().features.contains(.move)) ?? false
+/// Whether userfaultfd with UFFDIO_MOVE and SIGBUS mode can be used here (root or
+/// vm.unprivileged_userfaultfd=1, Linux 6.8+).
+private let offered: Features? = try? Userfaultfd.probeSupportedFeatures().features
+private let canCompact = offered.map { $0.contains(.move) && $0.contains(.sigbus) } ?? false
 
 /// Full concurrent cycles on small heaps: mutators write throughout; the result must equal a
 /// stop-the-world reference compaction byte for byte, with every mutator write present.
 @Suite("Compacting heap: concurrent cycles", .serialized,
-       .enabled(if: canCompact, "needs userfaultfd with UFFDIO_MOVE (Linux 6.8+) and permission to use it"))
+       .enabled(if: canCompact, "needs userfaultfd with UFFDIO_MOVE and UFFD_FEATURE_SIGBUS (Linux 6.8+) and permission to use it"))
 struct ConcurrentCompactionTests {
-  @Test(arguments: [MappingStrategy.move, .copy], [UInt64(1), 2, 3])
-  func cycleVerifies(strategy: MappingStrategy, seed: UInt64) throws {
+  static let modes: [(MappingStrategy, FaultMode)] = [(.move, .sigbus), (.move, .thread), (.copy, .sigbus), (.copy, .thread)]
+
+  @Test(arguments: modes, [UInt64(1), 2, 3])
+  func cycleVerifies(mode: (MappingStrategy, FaultMode), seed: UInt64) throws {
+    let (strategy, faultMode) = mode
     let heap = try Heap(capacity: 8 << 20, mutators: 2)
     try Workload(seed: seed).populate(heap)
-    let result = try Compactor(heap: heap, configuration: .init(strategy: strategy, seed: seed)).run()
+    let result = try Compactor(
+      heap: heap, configuration: .init(strategy: strategy, faultMode: faultMode, seed: seed)).run()
     #expect(result.verified)
     #expect(result.liveBytes == heap.top)
-    #expect(result.pagesByGC + result.pagesByMutators == (result.liveBytes + PageSize.base - 1) / PageSize.base)
-    #expect(result.refusals.isEmpty, "\(result.refusals)")
-    if strategy == .move { #expect(result.moveIoctls > 0) } else { #expect(result.moveIoctls == 0) }
-    // The compacted heap is a normal heap again: a second stop-the-world check of its graph.
+    let pages = (result.liveBytes + PageSize.base - 1) / PageSize.base
+    #expect(result.pagesByGC + result.pagesByMutators == pages)
+    #expect(result.errnoCounts.isEmpty, "\(result.errnoCounts)")
+    #expect(result.mutatorWrites > 0, "the mutators wrote during compaction")
+    switch strategy {
+    case .move:
+      #expect(result.pagesMoved + result.pagesCopied == pages)
+      #expect(result.moveIoctls > 0)
+      #expect(result.recycledPages >= result.pagesMoved)
+    case .copy:
+      #expect(result.moveIoctls == 0)
+      #expect(result.pagesCopied == pages)
+    }
+    // The compacted heap is a normal heap again: nothing became garbage, the graph still checks.
     let map = LiveMap(marking: heap)
-    #expect(map.liveBytes == heap.top, "nothing became garbage")
+    #expect(map.liveBytes == heap.top)
   }
 
-  @Test func sigbusFaultModeIsAClearErrorForNow() throws {
+  /// One page per mutator fault (ART's choice) as well as blocks: the same result.
+  @Test(arguments: [MappingStrategy.move, .copy], [1, 64])
+  func mutatorBlockSizesVerify(strategy: MappingStrategy, blockPages: Int) throws {
+    let heap = try Heap(capacity: 8 << 20, mutators: 3)
+    try Workload(seed: 11).populate(heap)
+    let result = try Compactor(
+      heap: heap, configuration: .init(strategy: strategy, seed: 11, mutatorBlockPages: blockPages)).run()
+    #expect(result.verified)
+    #expect(result.mutatorFaults > 0 || result.pagesByMutators == 0)
+  }
+
+  /// With mutators not touching the heap the GC does every page, and MOVE maps runs of
+  /// contiguous recycled pages with far fewer ioctls than pages.
+  @Test func idleMutatorsLetTheGCBatchMoves() throws {
+    let heap = try Heap(capacity: 16 << 20, mutators: 2)
+    try Workload(seed: 5).populate(heap)
+    let result = try Compactor(heap: heap, configuration: .init(strategy: .move, idleMutators: true)).run()
+    let pages = (result.liveBytes + PageSize.base - 1) / PageSize.base
+    #expect(result.pagesByGC == pages)
+    #expect(result.mutatorFaults == 0)
+    #expect(result.pagesMoved + result.pagesCopied == pages)
+    #expect(result.moveIoctls * 8 < result.pagesMoved, "runs of contiguous pages share one UFFDIO_MOVE")
+  }
+
+  /// MOVE mode never doubles memory: compacted pages are recycled from-space pages.
+  @Test func moveModeRecyclesInsteadOfAllocating() throws {
+    let heap = try Heap(capacity: 16 << 20, mutators: 2)
+    try Workload(seed: 2).populate(heap)
+    let result = try Compactor(heap: heap, configuration: .init(strategy: .move)).run()
+    #expect(result.pagesCopied * 10 < result.pagesMoved, "most pages moved, few copied: \(result.pagesCopied) of \(result.pagesMoved + result.pagesCopied)")
+    #expect(Double(result.peakResident) <= 1.1 * Double(result.residentBefore))
+  }
+
+  @Test func badConfigurationIsAClearError() throws {
     let heap = try Heap(capacity: 2 << 20, mutators: 1)
-    #expect(throws: HeapError.self) { try Compactor(heap: heap, configuration: .init(faultMode: .sigbus)) }
+    #expect(throws: HeapError.self) { try Compactor(heap: heap, configuration: .init(mutatorBlockPages: 0)) }
+    #expect(throws: HeapError.self) { try Compactor(heap: heap, configuration: .init(mutatorBlockPages: 513)) }
+    #expect(throws: HeapError.self) { try Compactor(heap: heap, configuration: .init(loggedWordsPerMutator: 0)) }
   }
 }

@@ -25,6 +25,10 @@ struct CompactCommand: ParsableCommand {
   var seed: UInt64 = 1
   @Option(help: "How mutator faults are served: sigbus (in the faulting thread) or thread (a fault-server thread).")
   var faultMode = "sigbus"
+  @Option(help: "A mutator's fault compacts the unprocessed pages around it within an aligned block of this many pages (1-512), mapped with one ioctl.")
+  var mutatorBlockPages = 16
+  @Flag(help: "Mutators spin without touching the heap: the compaction thread's cost alone, no faults.")
+  var idleMutators = false
   @Option(help: "Cycles per strategy (strategies interleaved); the table shows medians.")
   var runs = 3
   @OptionGroup var output: OutputOptions
@@ -38,6 +42,7 @@ struct CompactCommand: ParsableCommand {
     guard FaultMode(rawValue: faultMode) != nil else {
       throw ValidationError("unknown --fault-mode '\(faultMode)': use sigbus or thread")
     }
+    guard (1...512).contains(mutatorBlockPages) else { throw ValidationError("--mutator-block-pages must be between 1 and 512") }
     guard runs >= 1 && runs <= 100 else { throw ValidationError("--runs must be between 1 and 100") }
   }
 
@@ -57,7 +62,8 @@ struct CompactCommand: ParsableCommand {
         let heap = try Heap(capacity: heapMib << 20, mutators: mutators)
         try Workload(seed: seed).populate(heap)
         let compactor = try Compactor(
-          heap: heap, configuration: .init(strategy: strategy, faultMode: faultMode, seed: seed))
+          heap: heap, configuration: .init(strategy: strategy, faultMode: faultMode, seed: seed, mutatorBlockPages: mutatorBlockPages,
+                                idleMutators: idleMutators))
         let result = try compactor.run { progress("\(label): \($0)") }
         progress(String(
           format: "%@: verified; compaction thread %.1f ms, pause %.2f ms", label,
@@ -66,7 +72,8 @@ struct CompactCommand: ParsableCommand {
       }
     }
     let report = CompactReport(
-      heapMib: heapMib, mutators: mutators, seed: seed, faultMode: faultMode, memcpyGBps: memcpy,
+      heapMib: heapMib, mutators: mutators, idleMutators: idleMutators, blockPages: mutatorBlockPages,
+      seed: seed, faultMode: faultMode, memcpyGBps: memcpy,
       results: results)
     if output.json {
       try printJSON(report)

@@ -32,6 +32,7 @@ struct CompactReport: Encodable {
     var busy_fallbacks: Int
     var errnos: [String: Int]
     var mutator_writes: Int
+    var mutator_writes_per_ms: Double
     var rss_before_mib: Double
     var peak_rss_mib: Double
     var peak_rss_ratio: Double
@@ -43,6 +44,8 @@ struct CompactReport: Encodable {
   var live_mib: Double
   var live_objects: Int
   var mutators: Int
+  var idle_mutators: Bool
+  var mutator_block_pages: Int
   var seed: UInt64
   var fault_mode: String
   var runs: Int
@@ -53,7 +56,7 @@ struct CompactReport: Encodable {
   var move_vs_copy_ratio: Double?
   var modes: [String: Mode]
 
-  init(heapMib: Int, mutators: Int, seed: UInt64, faultMode: FaultMode, memcpyGBps: Double,
+  init(heapMib: Int, mutators: Int, idleMutators: Bool, blockPages: Int, seed: UInt64, faultMode: FaultMode, memcpyGBps: Double,
        results: [MappingStrategy: [CompactionResult]]) {
     let mib = 1_048_576.0
     var modes: [String: Mode] = [:]
@@ -76,6 +79,7 @@ struct CompactReport: Encodable {
         copy_ioctls: typical.copyIoctls, pages_copied: typical.pagesCopied,
         zeropage_ioctls: typical.zeroPageIoctls, busy_fallbacks: typical.busyFallbacks,
         errnos: typical.errnoCounts, mutator_writes: typical.mutatorWrites,
+        mutator_writes_per_ms: Double(typical.mutatorWrites) / max(1e-9, Double(typical.compactionWallNanoseconds) / 1e6),
         rss_before_mib: before, peak_rss_mib: peak, peak_rss_ratio: before > 0 ? peak / before : 0,
         verified: runs.allSatisfy(\.verified),
         runs: runs.map {
@@ -90,6 +94,8 @@ struct CompactReport: Encodable {
     live_mib = Double(any?.liveBytes ?? 0) / mib
     live_objects = any?.liveObjects ?? 0
     self.mutators = mutators
+    idle_mutators = idleMutators
+    mutator_block_pages = blockPages
     self.seed = seed
     fault_mode = faultMode.rawValue
     runs = results.values.map(\.count).max() ?? 0
@@ -107,8 +113,9 @@ struct CompactReport: Encodable {
   var table: String {
     var lines: [String] = []
     lines.append(String(
-      format: "Concurrent compaction: %d MiB heap, %.1f MiB live (%d objects), %d mutators writing, fault mode %@, seed %llu",
-      heap_mib, live_mib, live_objects, mutators, fault_mode, seed))
+      format: "Concurrent compaction: %d MiB heap, %.1f MiB live (%d objects), %d mutators %@, fault mode %@, mutator blocks of %d pages, seed %llu",
+      heap_mib, live_mib, live_objects, mutators, idle_mutators ? "idle (not touching the heap)" : "writing",
+      fault_mode, mutator_block_pages, seed))
     lines.append("Medians of \(runs) runs per strategy (strategies interleaved); counts from the median run.")
     let names = ["move", "copy"].filter { modes[$0] != nil }
     lines.append(formatTable(
@@ -127,7 +134,7 @@ struct CompactReport: Encodable {
       guard let m = modes[name] else { continue }
       let errnos = m.errnos.isEmpty ? "none" : m.errnos.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
       lines.append("\(name): \(m.mutator_faults) mutator faults, \(m.recycled_pages) recycled pages, "
-        + "\(m.buffer_pages) GC buffer pages, \(m.busy_fallbacks) EBUSY fallbacks, \(m.mutator_writes) mutator writes verified; "
+        + "\(m.buffer_pages) GC buffer pages, \(m.busy_fallbacks) EBUSY fallbacks, \(m.mutator_writes) mutator writes verified (\(Int(m.mutator_writes_per_ms))/ms); "
         + "ioctl errnos (all handled): \(errnos)")
     }
     lines.append(String(format: "memcpy here: %.1f GB/s", memcpy_gbps))
