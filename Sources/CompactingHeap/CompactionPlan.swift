@@ -11,16 +11,17 @@ final class CompactionPlan: @unchecked Sendable {
     let page = PageSize.base
     let pageCount = (map.liveBytes + page - 1) / page
     let chunks = map.bitmap.count
-    // One allocation: bitmap, chunk prefix sums, first object and last source page per to-space page.
-    let bytes = (chunks + (chunks + 1) + 2 * max(pageCount, 1)) * 8
+    // One allocation: per chunk its bits and prefix side by side (one cache line for a reference's
+    // forwarding address), then first object and last source page per to-space page.
+    let bytes = (2 * chunks + 2 * max(pageCount, 1)) * 8
     storage = .allocate(byteCount: bytes, alignment: 64)
-    let bitmap = storage.bindMemory(to: UInt64.self, capacity: chunks)
-    let prefix = (storage + chunks * 8).bindMemory(to: Int.self, capacity: chunks + 1)
-    let firstWord = (storage + (2 * chunks + 1) * 8).bindMemory(to: Int.self, capacity: max(pageCount, 1))
-    let lastSource = (storage + (2 * chunks + 1 + max(pageCount, 1)) * 8)
+    let chunkInfo = storage.bindMemory(to: ChunkInfo.self, capacity: max(chunks, 1))
+    let firstWord = (storage + 2 * chunks * 8).bindMemory(to: Int.self, capacity: max(pageCount, 1))
+    let lastSource = (storage + (2 * chunks + max(pageCount, 1)) * 8)
       .bindMemory(to: Int.self, capacity: max(pageCount, 1))
-    map.bitmap.withUnsafeBufferPointer { if let source = $0.baseAddress { bitmap.initialize(from: source, count: chunks) } }
-    map.prefix.withUnsafeBufferPointer { if let source = $0.baseAddress { prefix.initialize(from: source, count: chunks + 1) } }
+    for chunk in 0..<chunks {
+      (chunkInfo + chunk).initialize(to: ChunkInfo(bits: map.bitmap[chunk], before: map.prefix[chunk]))
+    }
     firstWord.initialize(repeating: -1, count: max(pageCount, 1))
     lastSource.initialize(repeating: -1, count: max(pageCount, 1))
     heap.forEachObject { address in
@@ -36,7 +37,7 @@ final class CompactionPlan: @unchecked Sendable {
     }
     layout = PageLayout(
       start: heap.start, pageSize: page, pageCount: pageCount,
-      fromPages: (heap.top + page - 1) / page, bitmap: bitmap, prefix: prefix, chunkCount: chunks,
+      fromPages: (heap.top + page - 1) / page, chunks: chunkInfo, chunkCount: chunks,
       firstWord: firstWord, lastSource: lastSource)
   }
 
@@ -54,10 +55,8 @@ struct PageLayout: @unchecked Sendable {
   let pageCount: Int
   /// From-space pages holding old objects (live or dead).
   let fromPages: Int
-  /// Live-words bitmap, one UInt64 per 512-byte chunk.
-  let bitmap: UnsafePointer<UInt64>
-  /// Live words before each chunk.
-  let prefix: UnsafePointer<Int>
+  /// Per 512-byte chunk: its live-words bits and the live words before it.
+  let chunks: UnsafePointer<ChunkInfo>
   let chunkCount: Int
   /// Per to-space page: old word index of the first live object overlapping it.
   let firstWord: UnsafePointer<Int>
@@ -71,8 +70,9 @@ struct PageLayout: @unchecked Sendable {
   @inline(__always)
   func newOffset(ofWord word: Int) -> Int {
     let chunk = word &>> 6, bit = UInt64(word & 63)
-    let before = (bitmap[chunk] & ((1 &<< bit) &- 1)).nonzeroBitCount
-    return (prefix[chunk] &+ before) &* ObjectLayout.wordSize
+    let info = chunks[chunk]
+    let before = (info.bits & ((1 &<< bit) &- 1)).nonzeroBitCount
+    return (info.before &+ before) &* ObjectLayout.wordSize
   }
 
   /// Post-compaction address of a reference (an old address of a live object).
@@ -87,11 +87,11 @@ struct PageLayout: @unchecked Sendable {
   func nextLiveWord(from word: Int) -> Int {
     var chunk = word &>> 6
     guard chunk < chunkCount else { return -1 }
-    var bits = bitmap[chunk] &>> UInt64(word & 63)
+    var bits = chunks[chunk].bits &>> UInt64(word & 63)
     if bits != 0 { return word &+ bits.trailingZeroBitCount }
     chunk &+= 1
     while chunk < chunkCount {
-      bits = bitmap[chunk]
+      bits = chunks[chunk].bits
       if bits != 0 { return chunk &* 64 &+ bits.trailingZeroBitCount }
       chunk &+= 1
     }
@@ -135,4 +135,11 @@ struct PageLayout: @unchecked Sendable {
       (buffer + ((filled &- pageStart) &>> 3)).update(repeating: 0, count: (pageEnd &- filled) &>> 3)
     }
   }
+}
+
+/// One 512-byte chunk of the heap in the live map: which words are live, and how many live words
+/// come before it.
+struct ChunkInfo {
+  var bits: UInt64
+  var before: Int
 }

@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 import Synchronization
 import Userfaultfd
 
@@ -151,11 +156,13 @@ public final class Compactor: @unchecked Sendable {
     let done = StopFlag()
     var threads: [DedicatedThread] = []
     let idle = configuration.idleMutators
+    let running = Atomic<Int>(0)
     for (mutator, log) in logs.enumerated() {
       let roots = heap.roots[mutator]
       let seed = configuration.seed &+ UInt64(mutator) &* 0x9E37_79B9
       do {
         threads.append(try DedicatedThread { [heap] in
+          running.add(1, ordering: .releasing)
           Mutator.run(heap: heap, roots: roots, seed: seed, log: log, idle: idle, until: done)
         })
       } catch {
@@ -167,6 +174,8 @@ public final class Compactor: @unchecked Sendable {
         throw .system(error)
       }
     }
+    // Compaction starts with every mutator running, as it would in an application.
+    while running.load(ordering: .acquiring) < threads.count { sched_yield() }
     let wallStart = CycleClock.now()
     let cpuStart = CycleClock.threadCPU()
     CompactionThread(context: context, fromSpace: fromSpace, buffer: gcBuffer.baseAddress.assumingMemoryBound(to: UInt64.self)).run()

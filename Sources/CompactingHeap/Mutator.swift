@@ -82,7 +82,7 @@ enum Mutator {
     guard !live.isEmpty else { return }
     let words = heap.words, start = heap.start
     var random = SplitMix64(seed: seed)
-    while !done.isSet {
+    repeat {  // At least one walk, however short the cycle.
       var address = live[Int(random.next() % UInt64(live.count))]
       for _ in 0..<16 {
         let object = ObjectView(words: words + Int(address - start) / ObjectLayout.wordSize)
@@ -96,6 +96,6 @@ enum Mutator {
         guard next != 0 else { break }
         address = next
       }
-    }
+    } while !done.isSet
   }
 }

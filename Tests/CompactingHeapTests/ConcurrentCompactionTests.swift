@@ -49,7 +49,8 @@ struct ConcurrentCompactionTests {
     let result = try Compactor(
       heap: heap, configuration: .init(strategy: strategy, seed: 11, mutatorBlockPages: blockPages)).run()
     #expect(result.verified)
-    #expect(result.mutatorFaults > 0 || result.pagesByMutators == 0)
+    #expect(result.pagesByGC + result.pagesByMutators == (result.liveBytes + PageSize.base - 1) / PageSize.base)
+    #expect(result.mutatorWrites > 0)
   }
 
   /// With mutators not touching the heap the GC does every page, and MOVE maps runs of
@@ -65,13 +66,16 @@ struct ConcurrentCompactionTests {
     #expect(result.moveIoctls * 8 < result.pagesMoved, "runs of contiguous pages share one UFFDIO_MOVE")
   }
 
-  /// MOVE mode never doubles memory: compacted pages are recycled from-space pages.
+  /// MOVE mode recycles instead of allocating: only the pages compacted before the first dead
+  /// from-space page frees up are copied. (Mutator faults early in a cycle also copy, as many as
+  /// timing makes them, so this looks at the GC alone; peak RSS is `uffd compact`'s to measure.)
   @Test func moveModeRecyclesInsteadOfAllocating() throws {
-    let heap = try Heap(capacity: 16 << 20, mutators: 2)
+    let heap = try Heap(capacity: 16 << 20, mutators: 1)
     try Workload(seed: 2).populate(heap)
-    let result = try Compactor(heap: heap, configuration: .init(strategy: .move)).run()
-    #expect(result.pagesCopied * 10 < result.pagesMoved, "most pages moved, few copied: \(result.pagesCopied) of \(result.pagesMoved + result.pagesCopied)")
-    #expect(Double(result.peakResident) <= 1.1 * Double(result.residentBefore))
+    let result = try Compactor(heap: heap, configuration: .init(strategy: .move, idleMutators: true)).run()
+    #expect(result.pagesCopied == result.bufferPages)
+    #expect(result.pagesCopied * 20 < result.pagesMoved,
+            "most pages moved, few copied: \(result.pagesCopied) of \(result.pagesMoved + result.pagesCopied)")
   }
 
   @Test func badConfigurationIsAClearError() throws {

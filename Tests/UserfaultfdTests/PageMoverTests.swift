@@ -164,20 +164,24 @@ struct PageMoverTests {
     let words = pages * page / 8
     let source = Address(s.source.baseAddress)
     let running = Atomic<Bool>(true)
+    let warmedUp = Atomic<Int>(0)
     let counts = Mutex<[Int]>([])
     let writers = (0..<2).map { writer in
       TestThread {
         var made = 0
+        defer { counts.withLock { $0.append(made) } }
         var state = UInt64(writer + 1) &* 0x9E37_79B9_7F4A_7C15
         let base = source.pointer.assumingMemoryBound(to: UInt64.self)
         while running.load(ordering: .relaxed) || made < 10_000 {
           state ^= state << 13; state ^= state >> 7; state ^= state << 17
           cuffd_test_atomic_increment(UnsafeMutablePointer(mutating: base + Int(state % UInt64(words))))
           made += 1
+          if made == 1000 { warmedUp.add(1, ordering: .releasing) }
         }
-        counts.withLock { $0.append(made) }
       }
     }
+    // Both writers are writing before the pages are taken (no assumption about scheduling).
+    while warmedUp.load(ordering: .acquiring) < 2 { sched_yield() }
     var policy = MovePolicy.copyFallback
     policy.maxPagesPerIoctl = 4
     let report = try PageMover(s.uffd, usingMove: false).move(
