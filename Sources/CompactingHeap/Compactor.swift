@@ -57,8 +57,8 @@ public struct CompactionConfiguration: Sendable {
 
 /// Runs concurrent compaction cycles on a ``Heap`` (ART's concurrent mark-compact shape, see
 /// ../shared/docs/compaction.md): stop-the-world mark and address computation; a short pause that
-/// rewrites the roots, registers the heap and moves all its pages to a from-space with
-/// `mremap(MREMAP_DONTUNMAP)`; then a GC thread fills the heap page by page, top down, while
+/// rewrites the roots, moves all the heap's pages to a from-space with `mremap(MREMAP_DONTUNMAP)`
+/// and registers the emptied heap; then a GC thread fills the heap page by page, top down, while
 /// mutators run, and a mutator touching a page not yet there faults into the same page-compaction
 /// routine. Every cycle is verified before ``run()`` returns.
 public final class Compactor: @unchecked Sendable {
@@ -133,16 +133,20 @@ public final class Compactor: @unchecked Sendable {
     let residentBefore = ProcessMemory.resident
     ProcessMemory.resetPeak()
 
-    // 3. The pause: roots, register, move every page to from-space in one mremap.
+    // 3. The pause: roots, move every page to from-space in one mremap, register. The mremap
+    //    comes first: on a range registered without EVENT_REMAP the kernel moves page tables entry
+    //    by entry (it must clear uffd bits), so the pause would grow with the heap; unregistered and
+    //    2 MiB-aligned, whole page tables move. No mutator runs in between, so none can touch the
+    //    emptied heap before it is registered.
     let pauseStart = CycleClock.now()
     let originalRoots = heap.roots
     heap.roots = expected.roots
     do throws(UserfaultfdError) {
-      try delivery.register(heap.memory.baseAddress, length: heap.capacity)
+      try heap.memory.movePages(to: fromSpace)
       do {
-        try heap.memory.movePages(to: fromSpace)
+        try delivery.register(heap.memory.baseAddress, length: heap.capacity)
       } catch {
-        delivery.close()
+        try? fromSpace.movePages(to: heap.memory)  // Put every page back: nothing lost.
         throw error
       }
     } catch {
