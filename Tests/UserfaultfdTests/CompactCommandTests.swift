@@ -1,0 +1,44 @@
+import ArgumentParser
+import CompactingHeap
+import Foundation
+import Testing
+@testable import uffd
+
+/// `uffd compact`: bad options are clear errors before anything runs; the JSON report carries the
+/// keys the README documents, from a real (small) run.
+extension KernelTests {
+@Suite("uffd compact", .enabled(if: Kernel.hasMove, "needs UFFDIO_MOVE (Linux 6.8+)"))
+struct CompactCommandTests {
+  @Test(arguments: [
+    ["--mode", "sideways"], ["--fault-mode", "poll"], ["--heap-mib", "1"], ["--mutators", "0"],
+    ["--runs", "0"], ["--mutator-block-pages", "0"],
+  ])
+  func badOptionsAreRejected(arguments: [String]) {
+    #expect(throws: (any Error).self) { try CompactCommand.parse(arguments) }
+  }
+
+  @Test func reportHasTheDocumentedKeys() throws {
+    var results: [MappingStrategy: [CompactionResult]] = [:]
+    for strategy in MappingStrategy.allCases {
+      let heap = try Heap(capacity: 4 << 20, mutators: 2)
+      try Workload(seed: 3).populate(heap)
+      results[strategy] = [try Compactor(heap: heap, configuration: .init(strategy: strategy)).run()]
+    }
+    let report = CompactReport(
+      heapMib: 4, mutators: 2, idleMutators: false, blockPages: 16, seed: 3, faultMode: .sigbus,
+      memcpyGBps: 10, results: results)
+    let json = try #require(JSONSerialization.jsonObject(with: JSONEncoder().encode(report)) as? [String: Any])
+    for key in ["verified", "pause_ms", "peak_rss_mib", "live_mib", "memcpy_gbps", "move_vs_copy_ratio", "modes"] {
+      #expect(json[key] != nil, "missing \(key)")
+    }
+    #expect(json["verified"] as? Bool == true)
+    let modes = try #require(json["modes"] as? [String: [String: Any]])
+    for mode in ["move", "copy"] {
+      for key in ["compaction_thread_ms", "compaction_gbps", "pause_ms", "peak_rss_mib", "pages_by_gc", "pages_by_mutators"] {
+        #expect(modes[mode]?[key] != nil, "missing modes.\(mode).\(key)")
+      }
+    }
+    #expect(report.table.contains("MOVE/COPY compaction-thread time"))
+  }
+}
+}
