@@ -28,11 +28,13 @@ public struct CompactionResult: Sendable {
   public var recycledPages: Int
   /// Pages the GC compacted into its buffer and copied (all of them under COPY; early ones under MOVE).
   public var bufferPages: Int
-  /// UFFDIO_MOVE calls and the pages they moved.
+  /// UFFDIO_MOVE calls.
   public var moveIoctls: Int
+  /// Pages UFFDIO_MOVE moved.
   public var pagesMoved: Int
-  /// UFFDIO_COPY calls and the pages they copied.
+  /// UFFDIO_COPY calls.
   public var copyIoctls: Int
+  /// Pages UFFDIO_COPY copied.
   public var pagesCopied: Int
   /// UFFDIO_ZEROPAGE calls (faults past the compacted data).
   public var zeroPageIoctls: Int
@@ -42,8 +44,9 @@ public struct CompactionResult: Sendable {
   public var errnoCounts: [String: Int]
   /// Mutator writes made during compaction, all verified present.
   public var mutatorWrites: Int
-  /// This process's resident memory just before the pause, and its peak during the cycle.
+  /// This process's resident memory just before the pause, bytes.
   public var residentBefore: Int
+  /// This process's peak resident memory during the cycle (VmHWM, reset before the pause), bytes.
   public var peakResident: Int
   /// The cycle verified (a failure throws instead).
   public var verified: Bool
