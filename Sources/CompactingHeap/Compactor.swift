@@ -158,6 +158,8 @@ public final class Compactor: @unchecked Sendable {
 
     // 4. Mutators work while the GC thread compacts.
     let done = StopFlag()
+    let gc = CompactionThread(
+      context: context, fromSpace: fromSpace, buffer: gcBuffer.baseAddress.assumingMemoryBound(to: UInt64.self))
     var threads: [DedicatedThread] = []
     let idle = configuration.idleMutators
     let running = Atomic<Int>(0)
@@ -171,7 +173,7 @@ public final class Compactor: @unchecked Sendable {
         })
       } catch {
         // The GC still has to fill the heap before anyone can be released.
-        CompactionThread(context: context, fromSpace: fromSpace, buffer: gcBuffer.baseAddress.assumingMemoryBound(to: UInt64.self)).run()
+        gc.run()
         done.set()
         threads.forEach { $0.join() }
         delivery.close()
@@ -182,7 +184,7 @@ public final class Compactor: @unchecked Sendable {
     while running.load(ordering: .acquiring) < threads.count { sched_yield() }
     let wallStart = CycleClock.now()
     let cpuStart = CycleClock.threadCPU()
-    CompactionThread(context: context, fromSpace: fromSpace, buffer: gcBuffer.baseAddress.assumingMemoryBound(to: UInt64.self)).run()
+    gc.run()
     let compactionCPU = CycleClock.threadCPU() - cpuStart
     let compactionWall = CycleClock.now() - wallStart
     done.set()
