@@ -12,3 +12,5 @@ _Static_assert(CUFFD_MREMAP_FIXED == MREMAP_FIXED, "MREMAP_FIXED");
 #ifdef MREMAP_DONTUNMAP
 _Static_assert(CUFFD_MREMAP_DONTUNMAP == MREMAP_DONTUNMAP, "MREMAP_DONTUNMAP");
 #endif
+
+int cuffd_pipe_nonblocking(int fds[2]) { return pipe2(fds, O_CLOEXEC | O_NONBLOCK); }

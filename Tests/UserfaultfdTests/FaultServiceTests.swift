@@ -45,7 +45,7 @@ struct FaultServiceTests {
     server.stop()  // Joins the server thread, so its counters are final.
     let statistics = server.statistics
     #expect(statistics.resolved == UInt64(pages), "each page mapped exactly once")
-    #expect(statistics.errors == 0)
+    #expect(statistics.failed == 0)
     if useMove { #expect(isZero(source.baseAddress, length: pages * page)) }
   }
 

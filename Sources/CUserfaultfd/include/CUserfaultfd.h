@@ -244,9 +244,13 @@ static inline int cuffd_ioctl_poison(int fd, struct cuffd_poison *arg) { return 
 void *cuffd_mremap(void *old_address, size_t old_length, size_t new_length, int flags,
                    void *new_address);
 
+/// `pipe2(fds, O_CLOEXEC | O_NONBLOCK)` (declared by glibc only under _GNU_SOURCE).
+int cuffd_pipe_nonblocking(int fds[2]);
+
 /// MAP_FAILED as a value Swift can compare against.
 static inline void *cuffd_map_failed(void) { return MAP_FAILED; }
 
 #include "CUserfaultfdSigbus.h"
+#include "CUserfaultfdMaps.h"
 
 #endif /* CUSERFAULTFD_H */

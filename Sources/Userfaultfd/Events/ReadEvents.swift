@@ -10,20 +10,34 @@ extension Userfaultfd {
   /// The size of one event record (`sizeof(struct uffd_msg)`).
   public static let eventSize = Int(CUFFD_MSG_SIZE)
 
-  /// Reads up to `maxCount` events in one `read(2)`.
+  /// The most events one ``readEvents(maxCount:)`` call reads: its buffer lives on the stack.
+  public static let maxEventsPerRead = 32
+
+  /// Reads up to `maxCount` events (at most ``maxEventsPerRead``) in one `read(2)`.
   ///
   /// On a blocking handle this waits for at least one event. On a non-blocking handle it returns
   /// an empty array when none is pending: that is not an error. Interrupted reads are retried.
-  public func readEvents(maxCount: Int = 64) throws(UserfaultfdError) -> [Event] {
+  ///
+  /// Nothing is allocated before the read: the records land in a stack buffer, and the array is
+  /// built after `read(2)` returned. With ``Features/eventFork`` that matters: a thread inside
+  /// `fork()` holds glibc's malloc locks until its fork event is read, so a reader that called
+  /// malloc first would wait for it forever.
+  ///
+  /// - Parameter maxCount: 1 or more; values above ``maxEventsPerRead`` read that many.
+  public func readEvents(maxCount: Int = Userfaultfd.maxEventsPerRead) throws(UserfaultfdError) -> [Event] {
     guard maxCount > 0 else {
       throw .invalidArgument(.readEvents, "maxCount must be positive, got \(maxCount)")
     }
-    return try withUnsafeTemporaryAllocation(byteCount: maxCount * Self.eventSize, alignment: 8) {
+    let count = min(maxCount, Self.maxEventsPerRead)
+    // 32 records x 32 bytes = 1 KiB: within the size Swift places on the stack.
+    return try withUnsafeTemporaryAllocation(byteCount: Self.maxEventsPerRead * Self.eventSize, alignment: 8) {
       (buffer) throws(UserfaultfdError) -> [Event] in
-      let count = try readRecords(into: buffer)
+      let window = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<(count * Self.eventSize)])
+      let read = try readRecords(into: window)
+      guard read > 0 else { return [] }
       var events: [Event] = []
-      events.reserveCapacity(count)
-      for index in 0..<count { events.append(decodeEvent(record(index, in: UnsafeRawBufferPointer(buffer)))) }
+      events.reserveCapacity(read)
+      for index in 0..<read { events.append(decodeEvent(record(index, in: UnsafeRawBufferPointer(window)))) }
       return events
     }
   }

@@ -11,106 +11,118 @@ import SystemPackage
 ///
 /// - EEXIST (another thread already mapped the page): wake and carry on.
 /// - EAGAIN with nothing done (a remove, unmap or remap event is pending, and faults and such events
-///   can arrive out of order): read the pending events first, then retry the fault.
+///   can arrive out of order): read the pending events first, then retry the fault, a bounded
+///   number of times (``Configuration/maxAttempts``).
+/// - A resolution that cannot succeed (a MOVE from a hole, a COPY from unmapped memory, a source
+///   that is itself a missing page registered with this handle) *fails the fault* with
+///   ``Configuration/onUnresolvable``: the page is poisoned (the access raises SIGBUS) or
+///   zero-filled, and the failure is counted and reported to `onFailure`. The faulting thread is
+///   never left retrying forever.
+/// - `.move` where the kernel has no UFFDIO_MOVE (Linux < 6.8), or refuses it with EBUSY (the
+///   source is shared with a forked child), is done as COPY, then the source page is dropped.
 /// - Fork, remap, remove and unmap events go to the event handler and to ``events``.
 ///
-/// **Waiting.** By default the thread sleeps in `poll(2)` on the userfaultfd and a wake-up pipe:
-/// measured here a fault round trip costs 55-80 µs at the median. With ``Configuration/busyPoll``
-/// it spins on non-blocking reads instead (~15 µs here) at the cost of one core kept busy. For the
-/// lowest latency use ``SigbusRegion`` (the faulting thread resolves its own fault, ~5 µs).
+/// **Waiting.** By default the thread sleeps in `poll(2)` on the userfaultfd and a wake-up pipe.
+/// With ``Configuration/busyPoll`` it spins on non-blocking reads instead, at the cost of one core
+/// kept busy. For the lowest latency use ``SigbusRegion`` (the faulting thread resolves its own
+/// fault). The README has the measured round trips.
 ///
-/// **No allocation on the read path.** With ``Features/eventFork``, a thread calling fork() holds
-/// glibc's malloc locks until the server has read the fork event; a server that allocated before
-/// reading would deadlock with it. The server's own loop reads into preallocated buffers and
-/// queues faults in a fixed-capacity buffer. Resolvers and event handlers run on the server thread:
-/// when other threads fork, keep them allocation-free too.
+/// **No allocation on the serving thread.** With ``Features/eventFork``, a thread calling fork()
+/// holds glibc's malloc locks until the server has read the fork event; a server that allocated
+/// before reading would deadlock with it. The serving thread reads into preallocated buffers,
+/// queues faults in a fixed-capacity buffer, and hands what Swift code downstream needs (the
+/// ``events`` stream, fork events, failure reports) to a second, *delivery* thread through a
+/// fixed ring: that thread may wait on malloc's locks without stopping fault service. The resolver
+/// and the event handler (for remap, remove and unmap) run on the serving thread: when other
+/// threads fork, keep them allocation-free too. Fork events reach the event handler on the
+/// delivery thread.
 ///
-/// **Shutdown never strands a thread.** ``stop()`` wakes the server, lets it resolve what it has
-/// read, then unregisters every range registered through ``register(_:length:mode:)``: the
-/// kernel wakes all threads still waiting there, and they retry their access as an ordinary fault
-/// (anonymous memory then reads zero).
-public final class FaultServer: @unchecked Sendable {
+/// **Shutdown never strands a thread.** ``stop()`` (also run when the server is dropped) wakes the
+/// server, lets it resolve what it has read, then unregisters every range the handle registered
+/// (``Userfaultfd/unregisterAll()``), so the kernel wakes all threads still waiting, and they retry
+/// their access as an ordinary fault (anonymous memory then reads zero).
+public final class FaultServer: Sendable {
   /// Server settings.
   public struct Configuration: Sendable {
     /// Spin on non-blocking reads instead of sleeping in poll(2).
     public var busyPoll: Bool
-    /// Most events read per read(2).
+    /// Most events read per read(2): 1 to ``FaultServer/maxBatchSize``.
     public var batchSize: Int
+    /// What a fault gets that cannot be resolved (see ``UnresolvableFaultAction``).
+    public var onUnresolvable: UnresolvableFaultAction
+    /// How many times one fault is tried while the kernel answers EAGAIN (events pending) before
+    /// it is failed: 1 to 1,000,000. Each retry follows a read of the pending events.
+    public var maxAttempts: Int
     /// Creates a configuration.
-    public init(busyPoll: Bool = false, batchSize: Int = 64) {
+    public init(
+      busyPoll: Bool = false, batchSize: Int = 64, onUnresolvable: UnresolvableFaultAction = .poison,
+      maxAttempts: Int = 10_000
+    ) {
       self.busyPoll = busyPoll
       self.batchSize = batchSize
+      self.onUnresolvable = onUnresolvable
+      self.maxAttempts = maxAttempts
     }
   }
 
+  /// The largest ``Configuration/batchSize``.
+  public static let maxBatchSize = 4096
+
   /// Decides how to fill a faulting page. Runs on the server thread.
   public typealias Resolver = @Sendable (PageFault) -> Resolution
-  /// Hears every non-fault event (fork, remap, remove, unmap). Runs on the server thread.
+  /// Hears every non-fault event: remap, remove and unmap on the server thread, in order with the
+  /// faults; fork on the delivery thread.
   public typealias EventHandler = @Sendable (Event) -> Void
+  /// Hears every fault that could not be resolved (after it was poisoned or zero-filled). Runs on
+  /// the delivery thread, so it may allocate, log and block.
+  public typealias FailureHandler = @Sendable (UnresolvedFault) -> Void
 
   /// The userfaultfd served; opened with ``Userfaultfd/Options/nonBlocking``.
   public let uffd: Userfaultfd
   /// Every event the server read, faults included (after they were resolved), for code that wants
-  /// Swift concurrency. Fed by the server thread, buffering the newest 4096; finishes on stop.
+  /// Swift concurrency. Fed by the delivery thread, buffering the newest 4096; finishes on stop.
   public let events: AsyncStream<Event>
+  /// What an unresolvable fault gets on this kernel (``UnresolvableFaultAction/poison`` becomes
+  /// ``UnresolvableFaultAction/zeroPage`` where the kernel has no UFFDIO_POISON).
+  public let failureAction: UnresolvableFaultAction
 
-  private let configuration: Configuration
-  private let resolver: Resolver
-  private let onEvent: EventHandler?
-  private let continuation: AsyncStream<Event>.Continuation
-  private let stopping = Atomic<Bool>(false)
+  private let core: ServerCore
+  private let threads: Mutex<(server: DedicatedThread?, delivery: DedicatedThread?)>
   private let stopped = Atomic<Bool>(false)
-  private let ready = Atomic<Bool>(false)
-  private let wakeRead: FileDescriptor
-  private let wakeWrite: FileDescriptor
-  private let ranges = Mutex<[(start: UInt, length: Int)]>([])
-  private let thread = Mutex<DedicatedThread?>(nil)
-  private let counters = Counters()
-  // Touched only by the server thread (allocated once, so its loop never calls malloc).
-  private let records: UnsafeMutableRawBufferPointer
-  private let pending: UnsafeMutableBufferPointer<PageFault>
-  private let pollDescriptors: UnsafeMutablePointer<pollfd>
 
   /// Counts of what the server did.
   public struct Statistics: Sendable, Hashable {
     /// Faults resolved by copy, move, zero page or continue.
     public var resolved: UInt64
-    /// Faults found already resolved (EEXIST, or ENOENT for a move): woken instead.
+    /// Faults found already resolved (EEXIST): woken instead.
     public var alreadyResolved: UInt64
     /// Retries after EAGAIN or a `later` answer.
     public var retries: UInt64
     /// Non-fault events.
     public var otherEvents: UInt64
-    /// Operations that failed otherwise (the thread was woken to retry its access).
-    public var errors: UInt64
-  }
-
-  private final class Counters: Sendable {
-    let resolved = Atomic<UInt64>(0)
-    let alreadyResolved = Atomic<UInt64>(0)
-    let retries = Atomic<UInt64>(0)
-    let otherEvents = Atomic<UInt64>(0)
-    let errors = Atomic<UInt64>(0)
+    /// Faults that could not be resolved and were poisoned or zero-filled instead.
+    public var failed: UInt64
+    /// Faults of a process that has exited (ESRCH): nothing left to serve.
+    public var abandoned: UInt64
+    /// Events not delivered to ``FaultServer/events`` because the delivery ring was full.
+    public var droppedEvents: UInt64
   }
 
   /// What the server has done so far.
-  public var statistics: Statistics {
-    Statistics(
-      resolved: counters.resolved.load(ordering: .relaxed),
-      alreadyResolved: counters.alreadyResolved.load(ordering: .relaxed),
-      retries: counters.retries.load(ordering: .relaxed),
-      otherEvents: counters.otherEvents.load(ordering: .relaxed),
-      errors: counters.errors.load(ordering: .relaxed))
-  }
+  public var statistics: Statistics { core.counters.snapshot() }
+
+  /// The last fault that could not be resolved, if any.
+  public var lastFailure: UnresolvedFault? { core.counters.lastFailure(action: failureAction) }
 
   /// Starts serving `uffd` on a new thread.
   ///
   /// - Throws: ``UserfaultfdError/invalidArgument(_:_:)`` when `uffd` is blocking (the server
-  ///   must never sleep inside read(2), or stop could not wake it) or uses SIGBUS mode (no fault
-  ///   events are delivered then).
+  ///   must never sleep inside read(2), or stop could not wake it), uses SIGBUS mode (no fault
+  ///   events are delivered then), or the configuration is out of range;
+  ///   ``UserfaultfdError/closed(_:)`` when `uffd` is closed.
   public init(
     uffd: Userfaultfd, configuration: Configuration = Configuration(),
-    onEvent: EventHandler? = nil, resolver: @escaping Resolver
+    onEvent: EventHandler? = nil, onFailure: FailureHandler? = nil, resolver: @escaping Resolver
   ) throws(UserfaultfdError) {
     guard uffd.isNonBlocking else {
       throw .invalidArgument(.readEvents, "the fault server needs a userfaultfd opened with .nonBlocking")
@@ -119,170 +131,69 @@ public final class FaultServer: @unchecked Sendable {
       throw .invalidArgument(
         .readEvents, "this userfaultfd uses UFFD_FEATURE_SIGBUS: faults arrive as signals, use SigbusRegion")
     }
-    guard configuration.batchSize > 0 else {
-      throw .invalidArgument(.readEvents, "batchSize must be positive")
+    guard (1...Self.maxBatchSize).contains(configuration.batchSize) else {
+      throw .invalidArgument(
+        .readEvents, "batchSize must be 1 to \(Self.maxBatchSize), got \(configuration.batchSize)")
     }
-    let pipe: (readEnd: FileDescriptor, writeEnd: FileDescriptor)
-    do {
-      pipe = try FileDescriptor.pipe()
-    } catch {
-      throw .systemCallFailed("pipe", (error as? Errno) ?? .ioError)
+    guard (1...1_000_000).contains(configuration.maxAttempts) else {
+      throw .invalidArgument(
+        .readEvents, "maxAttempts must be 1 to 1000000, got \(configuration.maxAttempts)")
     }
-    self.uffd = uffd
-    self.configuration = configuration
-    self.resolver = resolver
-    self.onEvent = onEvent
-    (self.events, self.continuation) = AsyncStream.makeStream(
+    _ = try uffd.fd(for: .readEvents)
+    let action = configuration.onUnresolvable.effective(on: uffd)
+    let (stream, continuation) = AsyncStream.makeStream(
       of: Event.self, bufferingPolicy: .bufferingNewest(4096))
-    self.wakeRead = pipe.readEnd
-    self.wakeWrite = pipe.writeEnd
-    self.records = .allocate(byteCount: configuration.batchSize * Userfaultfd.eventSize, alignment: 8)
-    self.pending = .allocate(capacity: configuration.batchSize * 4)
-    self.pollDescriptors = .allocate(capacity: 2)
-    pollDescriptors[0] = pollfd(fd: uffd.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0)
-    pollDescriptors[1] = pollfd(fd: pipe.readEnd.rawValue, events: Int16(POLLIN), revents: 0)
-    let started = try DedicatedThread { [self] in serve() }
-    thread.withLock { $0 = started }
+    let core = try ServerCore(
+      uffd: uffd, configuration: configuration, action: action, resolver: resolver,
+      onEvent: onEvent, onFailure: onFailure, continuation: continuation)
+    self.uffd = uffd
+    self.events = stream
+    self.failureAction = action
+    self.core = core
+    let delivery = try DedicatedThread { core.deliver() }
+    let server: DedicatedThread
+    do {
+      server = try DedicatedThread { core.serve() }
+    } catch {
+      core.stopDelivery()
+      delivery.join()
+      throw error
+    }
+    self.threads = Mutex((server, delivery))
     // Wait until the server has run its read path once: first use instantiates Swift runtime
     // metadata, which allocates, and must not happen while a forking thread holds malloc's locks.
-    while !ready.load(ordering: .acquiring) { sched_yield() }
+    core.waitUntilReady()
   }
 
-  deinit {
-    try? wakeRead.close()
-    try? wakeWrite.close()
-    records.deallocate()
-    pending.deallocate()
-    pollDescriptors.deallocate()
-  }
+  deinit { stop() }
 
-  /// Registers a range with the served userfaultfd and remembers it, so ``stop()`` can release
-  /// the threads waiting there.
+  /// Registers a range with the served userfaultfd (see ``Userfaultfd/register(_:length:mode:)``).
+  ///
+  /// - Throws: ``UserfaultfdError/invalidArgument(_:_:)`` once the server is stopped: nobody
+  ///   would serve the range's faults, and a thread touching it would wait forever.
   @discardableResult
   public func register(
     _ start: UnsafeMutableRawPointer, length: Int, mode: RegisterMode = .missing
   ) throws(UserfaultfdError) -> Ioctls {
-    let ioctls = try uffd.register(start, length: length, mode: mode)
-    ranges.withLock { $0.append((UInt(bitPattern: start), length)) }
-    return ioctls
+    guard !stopped.load(ordering: .acquiring) else {
+      throw .invalidArgument(.register, "the fault server is stopped: start a new one to serve this range")
+    }
+    return try uffd.register(start, length: length, mode: mode)
   }
 
   /// Stops the server and releases every waiting thread (see the type's documentation). Safe to
   /// call more than once, from any thread but the server's own.
   public func stop() {
     guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
-    stopping.store(true, ordering: .releasing)
-    var byte: UInt8 = 1
-    _ = withUnsafeBytes(of: &byte) { try? wakeWrite.write($0) }
-    thread.withLock { $0 }?.join()
-    for range in ranges.withLock({ $0 }) {
-      if let start = UnsafeMutableRawPointer(bitPattern: range.start) {
-        try? uffd.unregister(start, length: range.length)
-      }
+    core.stopServing()
+    let (server, delivery) = threads.withLock { threads in
+      defer { threads = (nil, nil) }
+      return threads
     }
-    continuation.finish()
-  }
-
-  // MARK: The server thread
-
-  private func serve() {
-    var queued = readEvents(queued: 0)
-    queued = resolveQueued(queued)
-    ready.store(true, ordering: .releasing)
-    while !stopping.load(ordering: .acquiring) {
-      if !configuration.busyPoll {
-        pollDescriptors[0].revents = 0
-        pollDescriptors[1].revents = 0
-        // With faults waiting for a retry, only peek; otherwise sleep until something happens.
-        _ = poll(pollDescriptors, 2, queued == 0 ? -1 : 1)
-        if pollDescriptors[1].revents != 0 { break }
-      }
-      queued = readEvents(queued: queued)
-      if queued > 0 { queued = resolveQueued(queued) }
-    }
-    // Whatever was read before the stop is still resolved.
-    queued = readEvents(queued: queued)
-    _ = resolveQueued(queued)
-  }
-
-  /// Reads what is pending while the queue has room; faults are queued, other events handed on
-  /// at once. Returns the new queue length.
-  private func readEvents(queued: Int) -> Int {
-    var queued = queued
-    let room = min(configuration.batchSize, pending.count - queued)
-    guard room > 0 else { return queued }
-    let window = UnsafeMutableRawBufferPointer(rebasing: records[0..<(room * Userfaultfd.eventSize)])
-    guard let count = try? uffd.readRecords(into: window) else { return queued }
-    for index in 0..<count {
-      let event = uffd.decodeEvent(uffd.record(index, in: UnsafeRawBufferPointer(records)))
-      if case .pageFault(let fault) = event {
-        pending[queued] = fault
-        queued += 1
-      } else {
-        counters.otherEvents.wrappingAdd(1, ordering: .relaxed)
-        onEvent?(event)
-        continuation.yield(event)
-      }
-    }
-    return queued
-  }
-
-  /// Resolves the queued faults in place; returns how many remain queued for a retry.
-  private func resolveQueued(_ count: Int) -> Int {
-    var kept = 0
-    for index in 0..<count {
-      let fault = pending[index]
-      if apply(resolver(fault), to: fault) {
-        continuation.yield(.pageFault(fault))
-      } else {
-        counters.retries.wrappingAdd(1, ordering: .relaxed)
-        pending[kept] = fault
-        kept += 1
-      }
-    }
-    return kept
-  }
-
-  /// Performs one resolution. False: try again later.
-  private func apply(_ resolution: Resolution, to fault: PageFault) -> Bool {
-    let page = PageSize.base
-    guard let target = UnsafeMutableRawPointer(bitPattern: fault.pageAddress) else { return true }
-    do {
-      switch resolution {
-      case .copy(let source): try uffd.copy(from: source, to: target, length: page)
-      case .move(let source): try uffd.move(from: source, to: target, length: page)
-      case .zeroPage: try uffd.zeroPage(target, length: page)
-      case .continueMapping: try uffd.continue(target, length: page)
-      case .wake:
-        try uffd.wake(target, length: page)
-        counters.alreadyResolved.wrappingAdd(1, ordering: .relaxed)
-        return true
-      case .later: return false
-      }
-      counters.resolved.wrappingAdd(1, ordering: .relaxed)
-      return true
-    } catch {
-      let alreadyDone = error.errno == .fileExists
-        || (error.errno == .noSuchFileOrDirectory && isMove(resolution))
-      if alreadyDone {
-        // Already mapped, or (for a move) the source page already moved: wake and carry on.
-        counters.alreadyResolved.wrappingAdd(1, ordering: .relaxed)
-        try? uffd.wake(target, length: page)
-        return true
-      }
-      switch error.errno {
-      case .resourceTemporarilyUnavailable? where error.bytesDone == 0:
-        return false  // Events are pending: they are read before the retry.
-      default:
-        counters.errors.wrappingAdd(1, ordering: .relaxed)
-        try? uffd.wake(target, length: page)
-        return true
-      }
-    }
-  }
-
-  private func isMove(_ resolution: Resolution) -> Bool {
-    if case .move = resolution { return true }
-    return false
+    server?.join()
+    uffd.unregisterAll()
+    core.stopDelivery()
+    delivery?.join()
+    core.finish()
   }
 }

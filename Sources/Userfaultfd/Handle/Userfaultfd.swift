@@ -32,6 +32,8 @@ public final class Userfaultfd: Sendable {
   public let ioctls: Ioctls
   /// Whether `read` returns at once when no event is pending (`O_NONBLOCK`).
   public let isNonBlocking: Bool
+  /// What this handle registered and has not unregistered.
+  let registrations = Mutex(RegisteredRanges())
 
   /// Opening options.
   public struct Options: OptionSet, Sendable, Hashable {
@@ -75,6 +77,8 @@ public final class Userfaultfd: Sendable {
     self.ioctls = parent.ioctls
     // The kernel creates fork descriptors with the parent's O_NONBLOCK / O_CLOEXEC flags.
     self.isNonBlocking = parent.isNonBlocking
+    // The child's copy of every range the parent registered is registered with this descriptor.
+    self.registrations.withLock { $0 = parent.registrations.withLock { $0 } }
   }
 
   deinit {
@@ -95,6 +99,22 @@ public final class Userfaultfd: Sendable {
   public func close() {
     let fd = descriptor.exchange(-1, ordering: .acquiringAndReleasing)
     if fd >= 0 { _ = Glibc.close(fd) }
+  }
+
+  /// Unregisters every range this handle registered (through ``register(_:length:mode:)``) and
+  /// has not unregistered: the kernel wakes every thread waiting there, and their accesses become
+  /// ordinary faults. What a fault server does when it stops, so no thread is left waiting.
+  public func unregisterAll() {
+    let ranges = registrations.withLock { $0.ranges }
+    for range in ranges {
+      guard let start = UnsafeMutableRawPointer(bitPattern: range.start) else { continue }
+      try? unregister(start, length: Int(range.end - range.start))
+    }
+  }
+
+  /// Whether `address` lies in a range this handle registered.
+  func isRegistered(_ address: UInt) -> Bool {
+    registrations.withLock { $0.contains(address) }
   }
 
   /// Whether `close()` has run.

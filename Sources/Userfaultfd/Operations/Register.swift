@@ -24,6 +24,7 @@ extension Userfaultfd {
       mode: mode.rawValue, ioctls: 0)
     try check(valueOrErrno(retryOnInterrupt: true) { cuffd_ioctl_register(fd, &arg) },
               operation: .register, range: range)
+    registrations.withLock { $0.insert(range.start, range.end) }
     return Ioctls(rawValue: arg.ioctls)
   }
 
@@ -35,6 +36,7 @@ extension Userfaultfd {
     var arg = cuffd_range(start: UInt64(range.start), len: UInt64(range.length))
     try check(valueOrErrno(retryOnInterrupt: true) { cuffd_ioctl_unregister(fd, &arg) },
               operation: .unregister, range: range)
+    registrations.withLock { $0.remove(range.start, range.end) }
   }
 
   /// Wakes threads waiting on faults in `length` bytes at `start` (`UFFDIO_WAKE`): needed after

@@ -1,0 +1,435 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CUserfaultfd
+import Synchronization
+import SystemPackage
+
+/// Everything a ``FaultServer``'s two threads share. The threads hold this, never the public
+/// server object, so dropping the server stops them (its `deinit` runs `stop()`) and nothing is
+/// kept alive by a cycle.
+///
+/// @unchecked Sendable: the raw buffers (`records`, `pending`, `attempts`, `pollDescriptors`) are
+/// touched only by the serving thread; the delivery ring has one producer (the serving thread) and
+/// one consumer (the delivery thread), ordered by `ringHead` / `ringTail`; everything else is
+/// immutable or atomic.
+final class ServerCore: @unchecked Sendable {
+  let uffd: Userfaultfd
+  let configuration: FaultServer.Configuration
+  let action: UnresolvableFaultAction
+  let resolver: FaultServer.Resolver
+  let onEvent: FaultServer.EventHandler?
+  let onFailure: FaultServer.FailureHandler?
+  let continuation: AsyncStream<Event>.Continuation
+  let counters = ServerCounters()
+  let hasMove: Bool
+
+  private let stopping = Atomic<Bool>(false)
+  private let ready = Atomic<Bool>(false)
+  private let wakePipe: (read: Int32, write: Int32)
+  // Serving thread only (allocated once, so its loop never calls malloc).
+  private let records: UnsafeMutableRawBufferPointer
+  private let pending: UnsafeMutableBufferPointer<PageFault>
+  private let attempts: UnsafeMutableBufferPointer<Int>
+  private let pollDescriptors: UnsafeMutablePointer<pollfd>
+  private let pagemap: Int32
+  // The delivery ring: the serving thread produces, the delivery thread consumes.
+  private let ring: UnsafeMutableBufferPointer<DeliveryItem>
+  private let ringHead = Atomic<Int>(0)
+  private let ringTail = Atomic<Int>(0)
+  private let deliverySleeping = Atomic<Bool>(false)
+  private let deliveryStopping = Atomic<Bool>(false)
+  private let deliveryPipe: (read: Int32, write: Int32)
+
+  static let ringCapacity = 4096
+
+  init(
+    uffd: Userfaultfd, configuration: FaultServer.Configuration, action: UnresolvableFaultAction,
+    resolver: @escaping FaultServer.Resolver, onEvent: FaultServer.EventHandler?,
+    onFailure: FaultServer.FailureHandler?, continuation: AsyncStream<Event>.Continuation
+  ) throws(UserfaultfdError) {
+    let wake = try Self.makePipe()
+    let delivery: (read: Int32, write: Int32)
+    do {
+      delivery = try Self.makePipe()
+    } catch {
+      _ = close(wake.read)
+      _ = close(wake.write)
+      throw error
+    }
+    self.uffd = uffd
+    self.configuration = configuration
+    self.action = action
+    self.resolver = resolver
+    self.onEvent = onEvent
+    self.onFailure = onFailure
+    self.continuation = continuation
+    self.hasMove = uffd.supportedFeatures.contains(.move)
+    self.wakePipe = wake
+    self.deliveryPipe = delivery
+    self.records = .allocate(byteCount: configuration.batchSize * Userfaultfd.eventSize, alignment: 8)
+    self.pending = .allocate(capacity: configuration.batchSize * 4)
+    self.attempts = .allocate(capacity: configuration.batchSize * 4)
+    self.ring = .allocate(capacity: Self.ringCapacity)
+    self.pollDescriptors = .allocate(capacity: 2)
+    self.pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)
+    pollDescriptors[0] = pollfd(fd: uffd.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0)
+    pollDescriptors[1] = pollfd(fd: wake.read, events: Int16(POLLIN), revents: 0)
+  }
+
+  deinit {
+    for fd in [wakePipe.read, wakePipe.write, deliveryPipe.read, deliveryPipe.write, pagemap] where fd >= 0 {
+      _ = close(fd)
+    }
+    // Fork events never delivered still own their child descriptors.
+    var tail = ringTail.load(ordering: .acquiring)
+    while tail < ringHead.load(ordering: .acquiring) {
+      let item = ring[tail % Self.ringCapacity]
+      if item.kind == .event, item.eventCode == UInt8(CUFFD_EVENT_FORK) { _ = close(item.forkDescriptor) }
+      tail += 1
+    }
+    records.deallocate()
+    pending.deallocate()
+    attempts.deallocate()
+    ring.deallocate()
+    pollDescriptors.deallocate()
+  }
+
+  private static func makePipe() throws(UserfaultfdError) -> (read: Int32, write: Int32) {
+    var ends: [Int32] = [-1, -1]
+    guard cuffd_pipe_nonblocking(&ends) == 0 else { throw .systemCallFailed("pipe2", .current) }
+    return (ends[0], ends[1])
+  }
+
+  func waitUntilReady() {
+    while !ready.load(ordering: .acquiring) { sched_yield() }
+  }
+
+  func stopServing() {
+    stopping.store(true, ordering: .releasing)
+    var byte: UInt8 = 1
+    _ = write(wakePipe.write, &byte, 1)
+  }
+
+  func stopDelivery() {
+    deliveryStopping.store(true, ordering: .sequentiallyConsistent)
+    var byte: UInt8 = 1
+    _ = write(deliveryPipe.write, &byte, 1)
+  }
+
+  func finish() { continuation.finish() }
+
+  // MARK: The serving thread
+
+  func serve() {
+    var queued = readEvents(queued: 0)
+    queued = resolveQueued(queued)
+    ready.store(true, ordering: .releasing)
+    while !stopping.load(ordering: .acquiring) {
+      if !configuration.busyPoll {
+        pollDescriptors[0].revents = 0
+        pollDescriptors[1].revents = 0
+        // With faults waiting for a retry, only peek; otherwise sleep until something happens.
+        _ = poll(pollDescriptors, 2, queued == 0 ? -1 : 1)
+        if pollDescriptors[1].revents != 0 { break }
+      }
+      queued = readEvents(queued: queued)
+      if queued > 0 { queued = resolveQueued(queued) }
+    }
+    // Whatever was read before the stop is still resolved; the rest is released by unregistering.
+    queued = readEvents(queued: queued)
+    _ = resolveQueued(queued)
+  }
+
+  /// Reads what is pending while the queue has room; faults are queued, other events handed on
+  /// at once. Returns the new queue length.
+  private func readEvents(queued: Int) -> Int {
+    var queued = queued
+    let room = min(configuration.batchSize, pending.count - queued)
+    guard room > 0 else { return queued }
+    let window = UnsafeMutableRawBufferPointer(rebasing: records[0..<(room * Userfaultfd.eventSize)])
+    guard let count = try? uffd.readRecords(into: window) else { return queued }
+    for index in 0..<count {
+      let record = uffd.record(index, in: UnsafeRawBufferPointer(records))
+      let code = record.load(fromByteOffset: Int(CUFFD_MSG_OFFSET_EVENT), as: UInt8.self)
+      if Int32(code) == CUFFD_EVENT_FORK {
+        // Decoding a fork allocates the child's handle: the delivery thread does it.
+        counters.otherEvents.wrappingAdd(1, ordering: .relaxed)
+        if !push(.event(record)) {
+          _ = close(DeliveryItem.event(record).forkDescriptor)
+        }
+        continue
+      }
+      let event = uffd.decodeEvent(record)
+      if case .pageFault(let fault) = event {
+        pending[queued] = fault
+        attempts[queued] = 0
+        queued += 1
+      } else {
+        counters.otherEvents.wrappingAdd(1, ordering: .relaxed)
+        onEvent?(event)
+        _ = push(.event(record))
+      }
+    }
+    return queued
+  }
+
+  /// Resolves the queued faults in place; returns how many remain queued for a retry.
+  private func resolveQueued(_ count: Int) -> Int {
+    var kept = 0
+    for index in 0..<count {
+      let fault = pending[index]
+      var tries = attempts[index]
+      switch attempt(fault) {
+      case .done:
+        _ = push(.fault(fault, uffd: uffd))
+        continue
+      case .retryAfterEvents:
+        tries += 1
+        if tries >= configuration.maxAttempts {
+          fail(fault, errno: .resourceTemporarilyUnavailable)
+          continue
+        }
+      case .later:
+        break
+      }
+      counters.retries.wrappingAdd(1, ordering: .relaxed)
+      pending[kept] = fault
+      attempts[kept] = tries
+      kept += 1
+    }
+    return kept
+  }
+
+  private enum Attempt { case done, retryAfterEvents, later }
+
+  /// Performs one resolution and acts on the kernel's answer.
+  private func attempt(_ fault: PageFault) -> Attempt {
+    let page = PageSize.base
+    guard let target = UnsafeMutableRawPointer(bitPattern: fault.pageAddress) else { return .done }
+    let resolution = resolver(fault)
+    let answer: KernelAnswer
+    switch resolution {
+    case .copy(let source):
+      if isMissingRegisteredPage(UInt(bitPattern: source)) {
+        // The kernel would fault on the source inside this thread's own ioctl, and wait for
+        // this thread to resolve it.
+        fail(fault, errno: .deadlock)
+        return .done
+      }
+      answer = KernelAnswer { () throws(UserfaultfdError) in try uffd.copy(from: source, to: target, length: page) }
+    case .move(let source):
+      answer = move(from: source, to: target)
+    case .zeroPage:
+      answer = KernelAnswer { () throws(UserfaultfdError) in try uffd.zeroPage(target, length: page) }
+    case .continueMapping:
+      answer = KernelAnswer { () throws(UserfaultfdError) in try uffd.continue(target, length: page) }
+    case .wake:
+      try? uffd.wake(target, length: page)
+      counters.alreadyResolved.wrappingAdd(1, ordering: .relaxed)
+      return .done
+    case .later:
+      return .later
+    }
+    switch answer.outcome {
+    case .done:
+      counters.resolved.wrappingAdd(1, ordering: .relaxed)
+    case .alreadyPresent:
+      counters.alreadyResolved.wrappingAdd(1, ordering: .relaxed)
+      try? uffd.wake(target, length: page)
+    case .retryAfterEvents:
+      return .retryAfterEvents
+    case .processGone:
+      counters.abandoned.wrappingAdd(1, ordering: .relaxed)
+    case .failed(let errno):
+      fail(fault, errno: errno)
+    }
+    return .done
+  }
+
+  /// UFFDIO_MOVE of one page; as COPY then dropping the source where the kernel has no MOVE or
+  /// refuses it with EBUSY (the source page is shared with a forked child).
+  private func move(from source: UnsafeMutableRawPointer, to target: UnsafeMutableRawPointer) -> KernelAnswer {
+    let page = PageSize.base
+    if hasMove {
+      let moved = KernelAnswer { () throws(UserfaultfdError) in try uffd.move(from: source, to: target, length: page) }
+      guard case .failed(.resourceBusy) = moved.outcome else { return moved }
+    }
+    if isMissingRegisteredPage(UInt(bitPattern: source)) {
+      return KernelAnswer(failed: .deadlock)
+    }
+    let copied = KernelAnswer { () throws(UserfaultfdError) in try uffd.copy(from: source, to: target, length: page) }
+    if case .done = copied.outcome { _ = madvise(source, page, MADV_DONTNEED) }
+    return copied
+  }
+
+  /// Whether `address` is a missing page in a range registered with this handle: reading it would
+  /// raise a userfault that only this thread could resolve.
+  private func isMissingRegisteredPage(_ address: UInt) -> Bool {
+    guard uffd.isRegistered(address), pagemap >= 0 else { return false }
+    var entry: UInt64 = 0
+    let offset = off_t(address / UInt(PageSize.base)) * 8
+    guard pread(pagemap, &entry, 8, offset) == 8 else { return false }
+    return entry & (1 << 63 | 1 << 62) == 0
+  }
+
+  /// Fails a fault: poisons or zero-fills its page, counts it and reports it.
+  private func fail(_ fault: PageFault, errno: Errno) {
+    let page = PageSize.base
+    guard let target = UnsafeMutableRawPointer(bitPattern: fault.pageAddress) else { return }
+    var filled = action == .poison
+      ? KernelAnswer { () throws(UserfaultfdError) in try uffd.poison(target, length: page) }
+      : KernelAnswer { () throws(UserfaultfdError) in try uffd.zeroPage(target, length: page) }
+    if action == .poison, case .failed = filled.outcome {
+      filled = KernelAnswer { () throws(UserfaultfdError) in try uffd.zeroPage(target, length: page) }
+    }
+    switch filled.outcome {
+    case .alreadyPresent:
+      // Someone mapped the page meanwhile: the fault is resolved after all.
+      counters.alreadyResolved.wrappingAdd(1, ordering: .relaxed)
+      try? uffd.wake(target, length: page)
+      return
+    case .done:
+      break
+    default:
+      // Neither could be done (the range was unregistered meanwhile): wake the thread, whose
+      // access then retries as an ordinary fault.
+      try? uffd.wake(target, length: page)
+    }
+    counters.recordFailure(address: fault.pageAddress, errno: errno)
+    _ = push(.failure(address: fault.pageAddress, errno: errno))
+  }
+
+  /// Hands an item to the delivery thread. False when the ring is full (the item is dropped).
+  private func push(_ item: DeliveryItem) -> Bool {
+    let head = ringHead.load(ordering: .relaxed)
+    guard head - ringTail.load(ordering: .acquiring) < Self.ringCapacity else {
+      counters.droppedEvents.wrappingAdd(1, ordering: .relaxed)
+      return false
+    }
+    ring[head % Self.ringCapacity] = item
+    ringHead.store(head + 1, ordering: .sequentiallyConsistent)
+    if deliverySleeping.load(ordering: .sequentiallyConsistent),
+       deliverySleeping.exchange(false, ordering: .sequentiallyConsistent) {
+      var byte: UInt8 = 1
+      _ = write(deliveryPipe.write, &byte, 1)
+    }
+    return true
+  }
+
+  // MARK: The delivery thread
+
+  func deliver() {
+    var descriptor = pollfd(fd: deliveryPipe.read, events: Int16(POLLIN), revents: 0)
+    var drain = [UInt8](repeating: 0, count: 64)
+    while true {
+      var tail = ringTail.load(ordering: .relaxed)
+      while tail < ringHead.load(ordering: .acquiring) {
+        handle(ring[tail % Self.ringCapacity])
+        tail += 1
+        ringTail.store(tail, ordering: .releasing)
+      }
+      if deliveryStopping.load(ordering: .sequentiallyConsistent),
+         tail == ringHead.load(ordering: .sequentiallyConsistent) {
+        return
+      }
+      deliverySleeping.store(true, ordering: .sequentiallyConsistent)
+      if tail != ringHead.load(ordering: .sequentiallyConsistent)
+        || deliveryStopping.load(ordering: .sequentiallyConsistent) {
+        deliverySleeping.store(false, ordering: .sequentiallyConsistent)
+        continue
+      }
+      descriptor.revents = 0
+      _ = poll(&descriptor, 1, 100)
+      _ = drain.withUnsafeMutableBytes { read(deliveryPipe.read, $0.baseAddress, $0.count) }
+      deliverySleeping.store(false, ordering: .sequentiallyConsistent)
+    }
+  }
+
+  private func handle(_ item: DeliveryItem) {
+    switch item.kind {
+    case .event:
+      let event = withUnsafeBytes(of: item.record) { uffd.decodeEvent($0) }
+      if case .fork = event { onEvent?(event) }
+      continuation.yield(event)
+    case .failure:
+      let failure = UnresolvedFault(
+        pageAddress: UInt(item.record.0), errno: item.errno == 0 ? nil : item.errno, action: action)
+      onFailure?(failure)
+    }
+  }
+}
+
+/// One item for the delivery thread: a raw 32-byte event record, or a failure. Trivial, so the
+/// serving thread can write it into the preallocated ring without allocating.
+struct DeliveryItem {
+  enum Kind: UInt8 { case event, failure }
+  var kind: Kind
+  var record: (UInt64, UInt64, UInt64, UInt64)
+  var errno: Int32
+
+  static func event(_ record: UnsafeRawBufferPointer) -> DeliveryItem {
+    var item = DeliveryItem(kind: .event, record: (0, 0, 0, 0), errno: 0)
+    withUnsafeMutableBytes(of: &item.record) { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: record[0..<32])) }
+    return item
+  }
+
+  /// A resolved fault, re-encoded as the record it came from.
+  static func fault(_ fault: PageFault, uffd: Userfaultfd) -> DeliveryItem {
+    var item = DeliveryItem(kind: .event, record: (0, 0, 0, 0), errno: 0)
+    withUnsafeMutableBytes(of: &item.record) { bytes in
+      bytes.storeBytes(of: UInt8(CUFFD_EVENT_PAGEFAULT), toByteOffset: Int(CUFFD_MSG_OFFSET_EVENT), as: UInt8.self)
+      let arg = Int(CUFFD_MSG_OFFSET_ARG)
+      bytes.storeBytes(of: fault.flags.rawValue, toByteOffset: arg, as: UInt64.self)
+      bytes.storeBytes(of: UInt64(fault.address), toByteOffset: arg + 8, as: UInt64.self)
+      bytes.storeBytes(of: fault.threadID ?? 0, toByteOffset: arg + 16, as: Int32.self)
+    }
+    return item
+  }
+
+  static func failure(address: UInt, errno: Errno) -> DeliveryItem {
+    DeliveryItem(kind: .failure, record: (UInt64(address), 0, 0, 0), errno: errno.rawValue)
+  }
+
+  var eventCode: UInt8 { UInt8(truncatingIfNeeded: record.0) }
+  var forkDescriptor: Int32 { Int32(truncatingIfNeeded: record.1) }
+}
+
+/// The server's counters, shared by both threads.
+final class ServerCounters: Sendable {
+  let resolved = Atomic<UInt64>(0)
+  let alreadyResolved = Atomic<UInt64>(0)
+  let retries = Atomic<UInt64>(0)
+  let otherEvents = Atomic<UInt64>(0)
+  let failed = Atomic<UInt64>(0)
+  let abandoned = Atomic<UInt64>(0)
+  let droppedEvents = Atomic<UInt64>(0)
+  private let lastFailedAddress = Atomic<UInt>(0)
+  private let lastFailedErrno = Atomic<Int32>(0)
+
+  func recordFailure(address: UInt, errno: Errno) {
+    lastFailedAddress.store(address, ordering: .relaxed)
+    lastFailedErrno.store(errno.rawValue, ordering: .relaxed)
+    failed.wrappingAdd(1, ordering: .releasing)
+  }
+
+  func lastFailure(action: UnresolvableFaultAction) -> UnresolvedFault? {
+    guard failed.load(ordering: .acquiring) > 0 else { return nil }
+    let errno = lastFailedErrno.load(ordering: .relaxed)
+    return UnresolvedFault(
+      pageAddress: lastFailedAddress.load(ordering: .relaxed), errno: errno == 0 ? nil : errno, action: action)
+  }
+
+  func snapshot() -> FaultServer.Statistics {
+    FaultServer.Statistics(
+      resolved: resolved.load(ordering: .relaxed),
+      alreadyResolved: alreadyResolved.load(ordering: .relaxed),
+      retries: retries.load(ordering: .relaxed),
+      otherEvents: otherEvents.load(ordering: .relaxed),
+      failed: failed.load(ordering: .relaxed),
+      abandoned: abandoned.load(ordering: .relaxed),
+      droppedEvents: droppedEvents.load(ordering: .relaxed))
+  }
+}
