@@ -228,17 +228,16 @@ struct PageMoverTests {
     try s.source.advise(.hugePage)
     try s.source.advise(.populateWrite)
     for index in 0..<4 { fill(s.source.baseAddress + index * huge, seed: UInt64(index), length: huge) }
-    let before = try #require(MappingInfo.containing(UInt(bitPattern: s.source.baseAddress)))
-    try #require(before.anonHugePages >= 4 * huge,
-                 "transparent huge pages unavailable here (AnonHugePages \(before.anonHugePages))")
+    let before = try #require(anonHugePages(containing: UInt(bitPattern: s.source.baseAddress)))
+    try #require(before >= 4 * huge, "transparent huge pages unavailable here (AnonHugePages \(before))")
     var policy = MovePolicy.strict
     policy.inspectHugePages = true
     let report = try s.mover.move(from: s.source.baseAddress, to: s.destination.baseAddress,
                                   length: 4 * huge, policy: policy)
     #expect(report.moveIoctls == 4, "one ioctl per 2 MiB")
     #expect(report.hugePageMoves == 4, "each a whole PMD (kpageflags)")
-    let after = try #require(MappingInfo.containing(UInt(bitPattern: s.destination.baseAddress)))
-    #expect(after.anonHugePages == 4 * huge, "the destination is mapped by huge pages, not split")
+    let after = try #require(anonHugePages(containing: UInt(bitPattern: s.destination.baseAddress)))
+    #expect(after == 4 * huge, "the destination is mapped by huge pages, not split")
     for index in 0..<4 { #expect(holds(s.destination.baseAddress + index * huge, seed: UInt64(index), length: huge)) }
   }
 

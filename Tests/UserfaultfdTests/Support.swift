@@ -122,3 +122,23 @@ func hasPendingEvent(_ uffd: Userfaultfd) -> Bool {
   var descriptor = pollfd(fd: uffd.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0)
   return poll(&descriptor, 1, 0) == 1
 }
+
+/// Bytes of the mapping containing `address` backed by transparent huge pages (smaps'
+/// AnonHugePages), or nil when it cannot be read.
+func anonHugePages(containing address: UInt) -> Int? {
+  guard let data = FileHandle(forReadingAtPath: "/proc/self/smaps")?.readDataToEndOfFile(),
+        let text = String(data: data, encoding: .utf8)
+  else { return nil }
+  var inside = false
+  for line in text.split(separator: "\n") {
+    let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+    guard let first = fields.first else { continue }
+    if first.contains("-"), !first.hasSuffix(":") {
+      let bounds = first.split(separator: "-").compactMap { UInt($0, radix: 16) }
+      inside = bounds.count == 2 && bounds[0] <= address && address < bounds[1]
+    } else if inside, first == "AnonHugePages:", fields.count > 1, let kib = Int(fields[1]) {
+      return kib * 1024
+    }
+  }
+  return nil
+}

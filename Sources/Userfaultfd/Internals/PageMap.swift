@@ -33,6 +33,14 @@ struct PageMap: ~Copyable {
 
   deinit { _ = close(fd) }
 
+  /// The entry of the one page at `address`, read without allocating; nil on a read error.
+  func entry(at address: UInt) -> Entry? {
+    var raw: UInt64 = 0
+    let offset = off_t(address / UInt(PageSize.base)) * 8
+    guard pread(fd, &raw, 8, offset) == 8 else { return nil }
+    return Entry(raw: raw)
+  }
+
   /// The entries for `count` pages starting at `address` (page-aligned), or nil on a read error.
   /// Read straight into the array's storage: this runs once per logical move, over every page.
   func entries(at address: UInt, count: Int) -> [Entry]? {

@@ -10,35 +10,74 @@ extension PageMover.Run {
   /// Copies `pages` pages from `offset` to the destination and leaves the source empty, atomically
   /// with respect to writers (see ``PageMover``): holes are skipped or stop the move per policy,
   /// data runs are taken with mremap(DONTUNMAP) and copied with UFFDIO_COPY.
+  ///
+  /// Before anything is taken it checks what can fail: the handle is open, the source is mapped
+  /// private anonymous memory (a shared mapping keeps its data after the take, so the page would be
+  /// in two places), the destination is mapped, and the scratch range exists. Runs are cut at
+  /// mapping boundaries, since one mremap cannot span two.
   mutating func fallback(pages: Int) throws(UserfaultfdError) {
-    guard let map = PageMap(), let entries = map.entries(at: source + UInt(offset), count: pages)
-    else {
-      try copyTaken(pages: pages)
-      return
-    }
-    var index = 0
-    while index < pages {
-      let isHole = entries[index].isHole
-      let runEnd = entries[index...].firstIndex { $0.isHole != isHole } ?? pages
-      let count = runEnd - index
-      if isHole {
-        guard policy.holes == .skip else {
-          try stop(.hole, failure: nil, reason: nil,
-                   "source page is a hole (pass a policy that skips holes to count them)")
-        }
-        advance(.hole, bytes: count * page)
-      } else {
-        try copyTaken(pages: count)
+    let end = offset + pages * page
+    while offset < end {
+      let from = source + UInt(offset)
+      let to = destination + UInt(offset)
+      if mover.uffd.isClosed {
+        try stop(.notAttempted, failure: nil, reason: nil,
+                 "the userfaultfd handle was closed; every page from here is still in the source")
       }
-      index = runEnd
+      guard let origin = Mapping.containing(from) else {
+        try stop(.notAttempted, failure: nil, reason: nil,
+                 "source page at \(hex(from)) is not mapped: there is nothing to move there")
+      }
+      guard origin.isPrivateAnonymous else {
+        try stop(.notAttempted, failure: nil, reason: nil,
+                 "the source at \(hex(from)) is \(origin.isShared ? "shared" : "file-backed") memory: the"
+                   + " copy fallback, like UFFDIO_MOVE, needs private anonymous memory (taking a shared"
+                   + " page would leave its data in both places); nothing was taken")
+      }
+      guard let target = Mapping.containing(to) else {
+        try stop(.notAttempted, failure: nil, reason: nil,
+                 "destination page at \(hex(to)) is not mapped: map and register the destination first;"
+                   + " nothing was taken")
+      }
+      let step = min(end - offset, Int(origin.end - from), Int(target.end - to))
+      let count = step / page
+      guard let map = PageMap(), let entries = map.entries(at: from, count: count) else {
+        try copyTaken(pages: count)
+        continue
+      }
+      var index = 0
+      while index < count {
+        let isHole = entries[index].isHole
+        let runEnd = entries[index...].firstIndex { $0.isHole != isHole } ?? count
+        if isHole {
+          guard policy.holes == .skip else {
+            try stop(.hole, failure: nil, reason: nil,
+                     "source page at \(hex(source + UInt(offset))) is a hole (never touched, or already"
+                       + " moved); pass a policy that skips holes to count them")
+          }
+          advance(.hole, bytes: (runEnd - index) * page)
+        } else {
+          try copyTaken(pages: runEnd - index)
+        }
+        index = runEnd
+      }
     }
   }
 
   /// Takes `pages` pages at `offset` out of the source into scratch, copies the ones that were
-  /// really there to the destination, and drops the scratch pages.
+  /// really there to the destination, and drops the scratch pages. On a refusal the pages not
+  /// copied go back to the source page by page; a page that cannot go back safely is returned to
+  /// the caller in the report. No taken byte is dropped.
   private mutating func copyTaken(pages: Int) throws(UserfaultfdError) {
     let bytes = pages * page
-    let scratch = try scratchMemory(bytes: bytes)
+    let scratch: AnonymousMemory
+    do {
+      scratch = try scratchMemory(bytes: bytes)
+    } catch {
+      try stop(.notAttempted, failure: nil, reason: nil,
+               "copy fallback could not map \(bytes) bytes of scratch memory (\(error)); nothing was"
+                 + " taken: every page from here is still in the source")
+    }
     guard let src = UnsafeMutableRawPointer(bitPattern: source + UInt(offset)),
           let dst = UnsafeMutableRawPointer(bitPattern: destination + UInt(offset))
     else { throw .invalidArgument(.move, "null address") }
@@ -48,11 +87,10 @@ extension PageMover.Run {
       scratch.baseAddress)
     if taken == cuffd_map_failed() {
       let error = Errno.current
-      try stop(.busy, failure: nil, reason: nil,
+      try stop(.notAttempted, failure: nil, reason: nil,
                "copy fallback could not take the source pages: mremap(MREMAP_DONTUNMAP) failed with"
                  + " \(ErrnoName.of(error)) (\(error)); the source is untouched")
     }
-    defer { try? scratch.advise(.dontNeed, offset: 0, length: bytes) }
     // 2. What was taken: a page can leave the source between the caller's look and the take (a
     //    concurrent MOVE). Copying such a hole would plant a zero page, a second copy of data that
     //    lives elsewhere, so only pages present in scratch are copied; the rest count as holes.
@@ -66,72 +104,183 @@ extension PageMover.Run {
       if isHole {
         advance(.hole, bytes: (end - index) * page)
       } else {
-        try copyRun(scratch.baseAddress + index * page, to: dst + index * page,
-                    source: src + index * page, bytes: (end - index) * page)
+        try copyRun(scratch, at: index * page, to: dst + index * page,
+                    source: src + index * page, bytes: (end - index) * page, runPages: pages - index)
       }
       index = end
     }
+    try? scratch.advise(.dontNeed, offset: 0, length: bytes)
   }
 
-  /// Copies one run of taken pages into the destination; on a refusal puts the rest back.
+  /// Copies one run of taken pages (at `scratchOffset` in scratch) into the destination; on a
+  /// refusal puts the rest of the taken pages (`runPages` from here) back and stops.
   private mutating func copyRun(
-    _ scratch: UnsafeMutableRawPointer, to dst: UnsafeMutableRawPointer,
-    source src: UnsafeMutableRawPointer, bytes: Int
+    _ scratch: AnonymousMemory, at scratchOffset: Int, to dst: UnsafeMutableRawPointer,
+    source src: UnsafeMutableRawPointer, bytes: Int, runPages: Int
   ) throws(UserfaultfdError) {
     var done = 0
     var attempts = 0
     let options: Userfaultfd.CopyOptions = policy.wake ? [] : .dontWake
+    let from = scratch.baseAddress + scratchOffset
     while done < bytes {
-      do {
-        try mover.uffd.copy(from: scratch + done, to: dst + done, length: bytes - done, options: options)
-        report.copyIoctls += 1
-        done = bytes
-      } catch .operationFailed(let failure) {
-        report.copyIoctls += 1
-        if failure.bytesDone > 0 {
-          done += failure.bytesDone
-          continue
-        }
-        attempts += 1
-        if failure.errno == .resourceTemporarilyUnavailable && attempts <= PageMover.maxRetries {
-          sched_yield()
-          continue
-        }
-        // Put the pages not copied back where they came from, then report.
-        let restored = putBack(scratch + done, to: src + done, bytes: bytes - done)
-        advance(.copied, bytes: done)
-        try stop(failure.errno == .fileExists ? .alreadyPresent : .notAttempted, failure: failure,
-                 reason: nil, "copy fallback: \(failure.explanation); " + (restored
-                   ? "the uncopied pages are back in the source"
-                   : "the source was repopulated meanwhile, so the \(bytes - done) uncopied bytes could not be put back and were dropped"))
+      let answer = KernelAnswer { () throws(UserfaultfdError) in
+        try mover.uffd.copy(from: from + done, to: dst + done, length: bytes - done, options: options)
       }
+      report.copyIoctls += 1
+      done += answer.errno == nil ? bytes - done : answer.bytesDone
+      if answer.errno == nil || answer.bytesDone > 0 { continue }
+      attempts += 1
+      if answer.outcome == .retryAfterEvents && attempts <= PageMover.maxRetries {
+        sched_yield()
+        continue
+      }
+      advance(.copied, bytes: done)
+      // Everything taken and not copied, from here to the end of the taken range, goes back.
+      let remaining = runPages * page - done
+      let placed = putBack(scratch, at: scratchOffset + done, to: src + done, bytes: remaining)
+      let failure = OperationFailure(
+        operation: .copy, errno: answer.errno ?? .ioError, destination: UInt(bitPattern: dst + done),
+        source: UInt(bitPattern: from + done), length: bytes - done)
+      let first: PageOutcome = answer.outcome == .alreadyPresent ? .alreadyPresent : .notAttempted
+      var outcomes = placed.outcomes
+      if !outcomes.isEmpty, outcomes[0].0 == .notAttempted {
+        // The page the copy stopped at is back in the source: say why it stopped there.
+        outcomes[0].1 -= 1
+        outcomes.insert((first, 1), at: 0)
+      }
+      if !placed.returned.isEmpty {
+        report.returnedPages = ReturnedPages(
+          memory: scratch,
+          pages: placed.returned.map { (page: offset / page + ($0 - scratchOffset - done) / page, offset: $0) })
+        self.scratch = nil  // now the caller's: never reused or released by this move
+      }
+      let why = answer.errno == .badFileDescriptor
+        ? "the userfaultfd handle was closed during the copy fallback" : "copy fallback: \(failure.explanation)"
+      let whereabouts = placed.returned.isEmpty
+        ? "every taken page not copied is back in the source"
+        : "\(placed.returned.count) taken page(s) could not go back (the source was repopulated, or is"
+          + " registered with another userfaultfd) and are returned to you in report.returnedPages"
+      try stop(outcomes: outcomes.filter { $0.1 > 0 }, failure: failure, reason: nil, "\(why); \(whereabouts)")
     }
     advance(.copied, bytes: bytes)
   }
 
-  /// Returns taken pages to the source: by UFFDIO_MOVE when the source is registered with this
-  /// userfaultfd (it refuses to overwrite a page a writer created meanwhile), else by mremap while
-  /// the source is still a hole. False when neither was possible.
-  private func putBack(_ scratch: UnsafeMutableRawPointer, to source: UnsafeMutableRawPointer, bytes: Int) -> Bool {
-    if mover.usesMove || mover.uffd.supportedFeatures.contains(.move),
-       (try? mover.uffd.move(from: scratch, to: source, length: bytes, options: .allowSourceHoles)) != nil {
-      return true
+  /// Returns taken pages to the source, page by page, never overwriting a page a writer created
+  /// there meanwhile: by UFFDIO_MOVE or UFFDIO_COPY through a userfaultfd the source is registered
+  /// with (this mover's, or a private one registered just for this), which refuse a populated
+  /// page with EEXIST. A page that cannot go back is left in scratch and listed in `returned`
+  /// (scratch offsets). `outcomes` are runs from the first page: back in the source
+  /// (`notAttempted`) or `returnedToCaller`.
+  private func putBack(
+    _ scratch: AnonymousMemory, at scratchOffset: Int, to source: UnsafeMutableRawPointer, bytes: Int
+  ) -> (outcomes: [(PageOutcome, Int)], returned: [Int]) {
+    var outcomes: [(PageOutcome, Int)] = []
+    var returned: [Int] = []
+    func note(_ outcome: PageOutcome, _ scratchAt: Int) {
+      if outcome == .returnedToCaller { returned.append(scratchAt) }
+      if let last = outcomes.last, last.0 == outcome {
+        outcomes[outcomes.count - 1].1 += 1
+      } else {
+        outcomes.append((outcome, 1))
+      }
     }
-    guard let map = PageMap(), let entries = map.entries(at: UInt(bitPattern: source), count: bytes / page),
-          entries.allSatisfy(\.isHole)
-    else { return false }
-    // DONTUNMAP keeps the scratch range mapped, so no other mapping can land in it before the
-    // scratch memory is released.
-    return cuffd_mremap(
-      scratch, bytes, bytes, CUFFD_MREMAP_MAYMOVE | CUFFD_MREMAP_FIXED | CUFFD_MREMAP_DONTUNMAP, source)
-      != cuffd_map_failed()
+    let pages = bytes / page
+    // A scratch page that is a hole was never taken (the source was a hole there): nothing to do.
+    var taken: [PageMap.Entry]?
+    if let map = PageMap() {
+      taken = map.entries(at: UInt(bitPattern: scratch.baseAddress + scratchOffset), count: pages)
+    }
+    var placer = PutBackHandle(mover: mover, source: source, length: bytes)
+    for index in 0..<pages {
+      let from = scratch.baseAddress + scratchOffset + index * page
+      let to = source + index * page
+      if let taken, taken[index].isHole {
+        note(.notAttempted, scratchOffset + index * page)
+        continue
+      }
+      switch placer.place(from, to) {
+      case .placed: note(.notAttempted, scratchOffset + index * page)
+      case .occupied, .impossible: note(.returnedToCaller, scratchOffset + index * page)
+      }
+    }
+    placer.finish()
+    return (outcomes, returned)
   }
 
   /// A scratch range of at least `bytes`, reused across fallbacks within one logical move.
   private mutating func scratchMemory(bytes: Int) throws(UserfaultfdError) -> AnonymousMemory {
     if let scratch, scratch.length >= bytes { return scratch }
-    let memory = try AnonymousMemory(length: max(bytes, policy.maxPagesPerIoctl * page))
+    let memory = try AnonymousMemory(length: max(bytes, min(policy.maxPagesPerIoctl, 512) * page))
     scratch = memory
     return memory
+  }
+}
+
+/// Puts taken pages back into the source without ever overwriting a page created there since the
+/// take: through a userfaultfd the source is registered with, whose COPY and MOVE refuse a
+/// populated destination (EEXIST). First the mover's own handle; when the source is not
+/// registered with it (or it was closed), a private handle registered for the source range just
+/// for this, and unregistered afterwards. When the source is registered with some other handle
+/// neither works, and the page is handed back to the caller instead.
+struct PutBackHandle {
+  enum Placement { case placed, occupied, impossible }
+
+  let mover: PageMover
+  let source: UnsafeMutableRawPointer
+  let length: Int
+  private var useOwn = true
+  private var privateHandle: Userfaultfd?
+  private var privateTried = false
+
+  init(mover: PageMover, source: UnsafeMutableRawPointer, length: Int) {
+    self.mover = mover
+    self.source = source
+    self.length = length
+  }
+
+  mutating func place(_ from: UnsafeMutableRawPointer, _ to: UnsafeMutableRawPointer) -> Placement {
+    if useOwn {
+      switch Self.place(from, to, with: mover.uffd) {
+      case .placed: return .placed
+      case .occupied: return .occupied
+      case .impossible: useOwn = false
+      }
+    }
+    if !privateTried {
+      privateTried = true
+      if let handle = try? Userfaultfd(), (try? handle.register(source, length: length, mode: .missing)) != nil {
+        privateHandle = handle
+      }
+    }
+    guard let privateHandle else { return .impossible }
+    return Self.place(from, to, with: privateHandle)
+  }
+
+  mutating func finish() {
+    if let privateHandle { try? privateHandle.unregister(source, length: length) }
+    privateHandle = nil
+  }
+
+  private static func place(
+    _ from: UnsafeMutableRawPointer, _ to: UnsafeMutableRawPointer, with uffd: Userfaultfd
+  ) -> Placement {
+    let page = PageSize.base
+    var answer = KernelAnswer(failed: .invalidArgument)
+    for _ in 0..<PageMover.maxRetries {
+      answer = uffd.supportedFeatures.contains(.move)
+        ? KernelAnswer { () throws(UserfaultfdError) in try uffd.move(from: from, to: to, length: page) }
+        : KernelAnswer(failed: .resourceBusy)
+      if answer.outcome == .failed(.resourceBusy) {
+        // No MOVE here, or the taken page is shared with a forked child: a copy goes back instead.
+        answer = KernelAnswer { () throws(UserfaultfdError) in try uffd.copy(from: from, to: to, length: page) }
+      }
+      guard answer.outcome == .retryAfterEvents else { break }
+      sched_yield()
+    }
+    switch answer.outcome {
+    case .done: return .placed
+    case .alreadyPresent: return .occupied
+    default: return .impossible
+    }
   }
 }

@@ -41,15 +41,13 @@ public enum BusyReason: String, Sendable, Hashable, CustomStringConvertible {
 
   /// Examines the page at `address` to say why a move was refused.
   static func diagnose(_ address: UInt) -> BusyReason {
-    guard let map = PageMap(), let entry = map.entries(at: address, count: 1)?.first else {
-      return .unknown
-    }
+    // One 8-byte read and a streamed /proc/self/smaps: nothing allocated, since this runs after a
+    // refusal and possibly under memory pressure.
+    guard let map = PageMap(), let entry = map.entry(at: address) else { return .unknown }
     if entry.isSwapped { return .swappedOut }
     guard entry.isPresent else { return .unknown }
     if entry.isExclusive { return .likelyPinned }
-    if let mapping = MappingInfo.containing(address), mapping.vmFlags.contains("mg") {
-      return .mergedByKSM
-    }
+    if Mapping.isMergeable(address) == true { return .mergedByKSM }
     return .sharedWithForkedChild
   }
 }

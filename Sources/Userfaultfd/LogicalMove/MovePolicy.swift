@@ -27,9 +27,13 @@ public struct MovePolicy: Sendable, Hashable {
   public var wake: Bool
   /// Record per-page outcomes in ``MoveReport/runs`` (run-length encoded).
   public var recordPages: Bool
-  /// The most pages one ioctl moves. Ioctls are also cut at 2 MiB source boundaries, so aligned
-  /// transparent huge pages move as whole PMDs.
+  /// The most pages one ioctl moves: 1 to 262,144 (``validPagesPerIoctl``; 1 GiB of 4 KiB
+  /// pages). Ioctls are also cut at 2 MiB source boundaries, so aligned transparent huge pages
+  /// move as whole PMDs. The copy fallback's scratch range is this large.
   public var maxPagesPerIoctl: Int
+
+  /// The values ``maxPagesPerIoctl`` may take.
+  public static let validPagesPerIoctl = 1...262_144
   /// Check each aligned 2 MiB step against /proc/kpageflags to count whole-PMD huge-page moves in
   /// ``MoveReport/hugePageMoves`` (two extra reads per 2 MiB; needs CAP_SYS_ADMIN, else zero).
   public var inspectHugePages: Bool

@@ -10,8 +10,31 @@ public enum PageOutcome: String, Sendable, Hashable, CaseIterable {
   case busy
   /// The destination was already populated: the page is still in the source.
   case alreadyPresent
-  /// Not reached because the move stopped earlier: still in the source.
+  /// Not reached because the move stopped earlier (or taken and put back): still in the source.
   case notAttempted
+  /// Taken out of the source by the copy fallback, then neither copied nor put back (the source
+  /// page was repopulated meanwhile, or no handle could put it back safely): its bytes are in
+  /// ``MoveReport/returnedPages``, owned by the caller.
+  case returnedToCaller
+}
+
+/// Pages a logical move took out of the source and could place neither in the destination nor
+/// back in the source: their bytes, handed to the caller rather than dropped.
+public struct ReturnedPages: Sendable, Equatable {
+  /// The memory holding the bytes (the copy fallback's scratch range, now the caller's).
+  public let memory: AnonymousMemory
+  /// Each returned page: its index from the start of the move, and where its bytes are.
+  public let pages: [(page: Int, offset: Int)]
+
+  /// The bytes of the move's page `page`, or nil when it was not returned.
+  public func contents(ofPage page: Int) -> UnsafeRawBufferPointer? {
+    guard let entry = pages.first(where: { $0.page == page }) else { return nil }
+    return UnsafeRawBufferPointer(start: memory.baseAddress + entry.offset, count: PageSize.base)
+  }
+
+  public static func == (lhs: ReturnedPages, rhs: ReturnedPages) -> Bool {
+    lhs.memory === rhs.memory && lhs.pages.elementsEqual(rhs.pages) { $0 == $1 }
+  }
 }
 
 /// A run of consecutive pages with the same outcome.
@@ -72,8 +95,17 @@ public struct MoveReport: Sendable, Equatable, CustomStringConvertible {
   public internal(set) var runs: [PageRun] = []
   /// Set when the move stopped early.
   public internal(set) var stop: MoveStop?
+  /// Pages taken from the source that could be put neither in the destination nor back (see
+  /// ``PageOutcome/returnedToCaller``); nil when there are none, which is the usual case.
+  public internal(set) var returnedPages: ReturnedPages?
 
-  init(length: Int) { self.length = length }
+  init(length: Int) {
+    self.length = length
+    // Room for the usual handful of runs up front: a move stopping under memory pressure must
+    // still be able to say what it did.
+    busy.reserveCapacity(8)
+    runs.reserveCapacity(16)
+  }
 
   /// All ioctls issued.
   public var ioctls: Int { moveIoctls + copyIoctls }
@@ -96,6 +128,9 @@ public struct MoveReport: Sendable, Equatable, CustomStringConvertible {
     var text = "moved \(bytesMoved) bytes zero-copy, copied \(bytesCopied), skipped \(holeBytes) in holes"
       + " of \(length) (\(moveIoctls) MOVE + \(copyIoctls) COPY ioctls, \(hugePageMoves) huge-page moves)"
     if let stop { text += "; stopped at offset \(stop.offset): \(stop.message)" }
+    if let returnedPages {
+      text += "; \(returnedPages.pages.count) taken page(s) returned to the caller in returnedPages"
+    }
     return text
   }
 }

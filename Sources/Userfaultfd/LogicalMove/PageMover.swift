@@ -69,14 +69,18 @@ public struct PageMover: Sendable {
   ) throws(UserfaultfdError) -> MoveReport {
     let (origin, target) = try PageRange.pair(
       source: source, destination: destination, length: length, operation: .move)
-    guard policy.maxPagesPerIoctl > 0 else {
-      throw .invalidArgument(.move, "maxPagesPerIoctl must be positive, got \(policy.maxPagesPerIoctl)")
+    guard MovePolicy.validPagesPerIoctl.contains(policy.maxPagesPerIoctl) else {
+      throw .invalidArgument(
+        .move, "maxPagesPerIoctl must be \(MovePolicy.validPagesPerIoctl.lowerBound) to"
+          + " \(MovePolicy.validPagesPerIoctl.upperBound), got \(policy.maxPagesPerIoctl)")
     }
     if !usesMove && policy.busyPages != .copy {
       throw .notSupported(
         .move, "UFFDIO_MOVE is not supported by this kernel (Linux 6.8 or later); use the"
           + " copy-fallback policy to copy instead")
     }
+    // What can fail is checked before anything is taken.
+    _ = try uffd.fd(for: .move)
     if policy.checkDestinationEmpty { try Self.requireEmpty(target) }
     var run = Run(mover: self, source: origin.start, destination: target.start, policy: policy,
                   report: MoveReport(length: length))
@@ -109,6 +113,8 @@ extension PageMover {
     var offset = 0
     var retries = 0
     var scratch: AnonymousMemory?
+    /// A shorter step forced by a mapping boundary, for the next ioctl only.
+    var limit: Int?
 
     var page: Int { PageSize.base }
     var length: Int { report.length }
@@ -125,10 +131,12 @@ extension PageMover {
     }
 
     /// The next ioctl's length: at most `maxPagesPerIoctl`, never across a 2 MiB source boundary.
-    func chunkLength() -> Int {
+    mutating func chunkLength() -> Int {
       let address = source + UInt(offset)
       let toBoundary = PageSize.huge - Int(address % UInt(PageSize.huge))
-      return min(length - offset, policy.maxPagesPerIoctl * page, toBoundary)
+      let step = min(length - offset, policy.maxPagesPerIoctl * page, toBoundary, limit ?? Int.max)
+      limit = nil
+      return step
     }
 
     mutating func moveChunk(_ chunk: Int) throws(UserfaultfdError) {
@@ -143,7 +151,11 @@ extension PageMover {
           report.hugePageMoves += 1
         }
         advance(.moved, bytes: chunk)
-      } catch .operationFailed(let failure) {
+      } catch {
+        guard case .operationFailed(let failure) = error else {
+          // The handle was closed meanwhile: nothing of this step moved.
+          try stop(.notAttempted, failure: nil, reason: nil, "\(error); every page from here is still in the source")
+        }
         report.moveIoctls += 1
         if failure.bytesDone > 0 {
           advance(.moved, bytes: failure.bytesDone)
@@ -159,9 +171,11 @@ extension PageMover {
       case .resourceTemporarilyUnavailable:
         try backOff(failure)
       case .noSuchFileOrDirectory:
+        try checkMapped(failure)
         guard policy.holes == .skip else {
           try stop(.hole, failure: failure, reason: nil,
-                   "source page is a hole (pass a policy that skips holes to count them)")
+                   "source page at \(hex(source + UInt(offset))) is a hole (never touched, or already"
+                     + " moved); pass a policy that skips holes to count them")
         }
         let holes = leadingPages(chunk: chunk) { $0.isHole }
         if holes == 0 { try backOff(failure) } else { advance(.hole, bytes: holes * page) }
@@ -175,9 +189,56 @@ extension PageMover {
         try fallback(pages: pages)
       case .fileExists:
         try stop(.alreadyPresent, failure: failure, reason: nil, failure.explanation)
+      case .invalidArgument:
+        // A range that spans two mappings (after an madvise split one, say) is refused whole:
+        // cut the step at the first mapping boundary and go on.
+        if let shorter = boundedByMappings(chunk), shorter < chunk {
+          limit = shorter
+          return
+        }
+        try checkMapped(failure)
+        try stop(.notAttempted, failure: failure, reason: nil, Self.explainInvalid(source + UInt(offset),
+                 destination + UInt(offset), failure))
       default:
         try stop(.notAttempted, failure: failure, reason: nil, failure.explanation)
       }
+    }
+
+    /// `chunk` cut at the end of the source's and the destination's mapping; nil when either
+    /// address is unmapped.
+    func boundedByMappings(_ chunk: Int) -> Int? {
+      let from = source + UInt(offset)
+      let to = destination + UInt(offset)
+      guard let origin = Mapping.containing(from), let target = Mapping.containing(to) else { return nil }
+      return min(chunk, Int(origin.end - from), Int(target.end - to))
+    }
+
+    /// Stops with a precise message when the source or destination page is not mapped at all
+    /// (the kernel says ENOENT for a hole and for an unmapped range alike).
+    mutating func checkMapped(_ failure: OperationFailure?) throws(UserfaultfdError) {
+      let to = destination + UInt(offset)
+      let from = source + UInt(offset)
+      if Mapping.containing(to) == nil {
+        try stop(.notAttempted, failure: failure, reason: nil,
+                 "destination page at \(hex(to)) is not mapped: map and register the destination first;"
+                   + " the source is untouched from here on")
+      }
+      if Mapping.containing(from) == nil {
+        try stop(.notAttempted, failure: failure, reason: nil,
+                 "source page at \(hex(from)) is not mapped: there is nothing to move there")
+      }
+    }
+
+    static func explainInvalid(_ from: UInt, _ to: UInt, _ failure: OperationFailure) -> String {
+      if let origin = Mapping.containing(from), !origin.isPrivateAnonymous {
+        return "the source at \(hex(from)) is \(origin.isShared ? "shared" : "file-backed") memory:"
+          + " pages can be moved only out of private anonymous memory; nothing was taken"
+      }
+      if let origin = Mapping.containing(from), let target = Mapping.containing(to),
+         origin.isReadable != target.isReadable || origin.isWritable != target.isWritable {
+        return "source and destination have different protections; UFFDIO_MOVE needs them equal"
+      }
+      return failure.explanation
     }
 
     /// How many pages from `offset` (at most the chunk) satisfy `test`, per /proc/self/pagemap.
@@ -231,12 +292,23 @@ extension PageMover {
     mutating func stop(
       _ outcome: PageOutcome, failure: OperationFailure?, reason: BusyReason?, _ message: String
     ) throws(UserfaultfdError) -> Never {
-      let current = offset / page
-      report.record(outcome, firstPage: current, pages: 1, keep: policy.recordPages)
-      report.record(.notAttempted, firstPage: current + 1, pages: length / page - current - 1,
+      try stop(outcomes: [(outcome, 1)], failure: failure, reason: reason, message)
+    }
+
+    /// Ends the move: from `offset` on, the pages get `outcomes` (runs of outcome and count), the
+    /// rest `notAttempted`.
+    mutating func stop(
+      outcomes: [(PageOutcome, Int)], failure: OperationFailure?, reason: BusyReason?, _ message: String
+    ) throws(UserfaultfdError) -> Never {
+      var current = offset / page
+      for (outcome, count) in outcomes {
+        report.record(outcome, firstPage: current, pages: count, keep: policy.recordPages)
+        current += count
+      }
+      report.record(.notAttempted, firstPage: current, pages: length / page - current,
                     keep: policy.recordPages)
-      report.stop = MoveStop(offset: offset, outcome: outcome, failure: failure, busyReason: reason,
-                             message: message)
+      report.stop = MoveStop(offset: offset, outcome: outcomes.first?.0 ?? .notAttempted, failure: failure,
+                             busyReason: reason, message: message)
       throw .moveStopped(report)
     }
   }
