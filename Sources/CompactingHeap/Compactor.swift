@@ -33,8 +33,11 @@ public struct CompactionConfiguration: Sendable {
   public var faultMode: FaultMode
   /// Seed of the mutators' choices.
   public var seed: UInt64
-  /// Distinct words each mutator may log (its write log is allocated before the cycle).
+  /// Distinct words each mutator may log (its write log is allocated before the cycle): 1 to
+  /// ``maxLoggedWordsPerMutator``.
   public var loggedWordsPerMutator: Int
+  /// The largest ``loggedWordsPerMutator`` (16 Mi words: 256 MiB of log per mutator).
+  public static let maxLoggedWordsPerMutator = 1 << 24
   /// A mutator's fault compacts the unprocessed pages around the faulting one within an aligned
   /// block of this many pages (1 to 512), mapped with one ioctl.
   public var mutatorBlockPages: Int
@@ -56,7 +59,7 @@ public struct CompactionConfiguration: Sendable {
 }
 
 /// Runs concurrent compaction cycles on a ``Heap`` (ART's concurrent mark-compact shape, see
-/// ../shared/docs/compaction.md): stop-the-world mark and address computation; a short pause that
+/// the README): stop-the-world mark and address computation; a short pause that
 /// rewrites the roots, moves all the heap's pages to a from-space with `mremap(MREMAP_DONTUNMAP)`
 /// and registers the emptied heap; then a GC thread fills the heap page by page, top down, while
 /// mutators run, and a mutator touching a page not yet there faults into the same page-compaction
@@ -70,8 +73,10 @@ public final class Compactor: @unchecked Sendable {
   /// - Throws: ``HeapError/invalidConfiguration(_:)`` when the kernel lacks what the strategy or
   ///   fault mode needs (UFFDIO_MOVE, UFFD_FEATURE_SIGBUS) or the settings are out of range.
   public init(heap: Heap, configuration: CompactionConfiguration) throws(HeapError) {
-    guard configuration.loggedWordsPerMutator > 0 else {
-      throw .invalidConfiguration("loggedWordsPerMutator must be positive")
+    guard (1...CompactionConfiguration.maxLoggedWordsPerMutator).contains(configuration.loggedWordsPerMutator) else {
+      throw .invalidConfiguration(
+        "loggedWordsPerMutator must be 1 to \(CompactionConfiguration.maxLoggedWordsPerMutator),"
+          + " got \(configuration.loggedWordsPerMutator)")
     }
     guard (1...512).contains(configuration.mutatorBlockPages) else {
       throw .invalidConfiguration("mutatorBlockPages must be between 1 and 512, got \(configuration.mutatorBlockPages)")

@@ -1,6 +1,6 @@
 import Userfaultfd
 
-/// The checks after every concurrent cycle (issue's list, ../shared/docs/compaction.md): every
+/// The checks after every concurrent cycle (listed in the README): every
 /// logged mutator write present; with the original values put back, every page equal byte for
 /// byte to a stop-the-world reference compaction of the same heap, new addresses dense and
 /// increasing, every reference at a valid header, and the object-graph hash as before.

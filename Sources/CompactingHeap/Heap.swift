@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 import Userfaultfd
 
 /// A private anonymous heap range holding self-describing objects (``ObjectLayout``), with bump
@@ -13,15 +18,24 @@ public final class Heap: @unchecked Sendable {
   public var capacity: Int { memory.length }
   /// The allocation frontier: bytes in use from `start`.
   public internal(set) var top: Int = 0
-  /// Per-mutator roots: addresses of objects (0 = empty slot).
-  public var roots: [[UInt]]
+  /// Per-mutator roots: addresses of objects (0 = empty slot). Set by the workload and rewritten
+  /// by compaction; read-only outside the module, so no root can point outside the heap.
+  public internal(set) var roots: [[UInt]]
   /// Next id to hand out.
   var nextID: UInt64 = 1
 
   /// Maps a heap of `capacity` bytes (rounded up to 2 MiB) with `mutators` empty root sets.
   public init(capacity: Int, mutators: Int) throws(HeapError) {
     guard capacity > 0 else { throw .invalidConfiguration("heap capacity must be positive") }
-    guard mutators >= 0 else { throw .invalidConfiguration("mutator count must not be negative") }
+    let limit = Self.maxCapacity
+    guard capacity <= limit else {
+      throw .invalidConfiguration(
+        "heap capacity \(capacity) bytes is more than this machine can hold (at most \(limit >> 20) MiB:"
+          + " half of its physical memory)")
+    }
+    guard (0...Self.maxMutators).contains(mutators) else {
+      throw .invalidConfiguration("mutator count must be 0 to \(Self.maxMutators), got \(mutators)")
+    }
     let rounded = (capacity + PageSize.huge - 1) / PageSize.huge * PageSize.huge
     do {
       memory = try AnonymousMemory(length: rounded, alignment: PageSize.huge)
@@ -31,6 +45,19 @@ public final class Heap: @unchecked Sendable {
     }
     roots = Array(repeating: [], count: mutators)
   }
+
+  /// The largest heap: half of the machine's physical memory (compaction needs room for the
+  /// heap and its from-space side by side).
+  public static var maxCapacity: Int {
+    let pages = sysconf(Int32(_SC_PHYS_PAGES))
+    let size = sysconf(Int32(_SC_PAGESIZE))
+    guard pages > 0, size > 0 else { return 1 << 30 }
+    let (bytes, overflow) = pages.multipliedReportingOverflow(by: size)
+    return overflow ? Int.max / 4 : bytes / 2
+  }
+
+  /// The most mutators (threads with root sets) a heap can have.
+  public static let maxMutators = 1024
 
   /// The heap's words.
   @inline(__always)

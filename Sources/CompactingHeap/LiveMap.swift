@@ -1,4 +1,4 @@
-/// Marking and post-compaction addresses (ART's design in ../shared/docs/compaction.md): a
+/// Marking and post-compaction addresses (ART's design, summarised in the README): a
 /// live-words bitmap (one bit per 8-byte word; one UInt64 per 512-byte chunk) and, per chunk, the
 /// live words before it. An object's new address is `start + 8 × (chunk prefix + live words before
 /// it in its chunk)`: a pure slide toward the start, order preserved.

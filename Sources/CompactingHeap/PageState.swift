@@ -1,5 +1,5 @@
 /// One to-space page's state, one atomic word per page (ART's state machine,
-/// ../shared/docs/compaction.md). Claimed by compare-exchange (acquiring), published by a store
+/// the README). Claimed by compare-exchange (acquiring), published by a store
 /// (releasing). 0 is `unprocessed`, so zeroed memory is a valid start. Constants are computed
 /// properties, not lazily initialized globals: they are read in SIGBUS handlers.
 ///

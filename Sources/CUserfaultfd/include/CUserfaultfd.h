@@ -173,7 +173,7 @@ _Static_assert(offsetof(struct cuffd_move, move) == 32, "uffdio_move.move offset
 _Static_assert(offsetof(struct cuffd_copy, copy) == 32, "uffdio_copy.copy offset");
 
 #if defined(__x86_64__) || defined(__aarch64__)
-// The documented numbers for the common 64-bit encodings (../shared/docs/uffd-move.md).
+// The documented numbers for the common 64-bit encodings (the kernel uapi, include/uapi/linux/userfaultfd.h).
 _Static_assert(CUFFD_IOC_API == 0xC018AA3FUL, "UFFDIO_API number");
 _Static_assert(CUFFD_IOC_REGISTER == 0xC020AA00UL, "UFFDIO_REGISTER number");
 _Static_assert(CUFFD_IOC_UNREGISTER == 0x8010AA01UL, "UFFDIO_UNREGISTER number");

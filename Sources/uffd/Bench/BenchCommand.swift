@@ -30,7 +30,7 @@ struct BenchCommand: ParsableCommand {
 
 /// Options every benchmark shares.
 struct BenchOptions: ParsableArguments {
-  @Option(help: "Repetitions per row; the median is reported (at least 5).")
+  @Option(parsing: .unconditional, help: "Repetitions per row; the median is reported (at least 5).")
   var reps = 7
 
   @Option(help: "Run only the rows whose name contains this text (e.g. move/ or thp).")
@@ -38,5 +38,6 @@ struct BenchOptions: ParsableArguments {
 
   func validate() throws {
     guard reps >= 5 else { throw ValidationError("--reps must be at least 5 (medians of fewer are noise)") }
+    guard reps <= 1000 else { throw ValidationError("--reps must be at most 1000") }
   }
 }

@@ -11,31 +11,34 @@ struct CompactCommand: ParsableCommand {
     abstract: "Concurrent heap compaction with mutators writing, MOVE vs COPY, every cycle verified.",
     discussion: """
       Each run builds the same heap from the seed, once per strategy, and compacts it the way \
-      Android ART's collector does (../shared/docs/compaction.md). A failed verification is an \
+      Android ART's collector does (README: The compacting heap). A failed verification is an \
       error and a non-zero exit. Progress goes to standard error; the table or JSON to standard output.
       """)
 
-  @Option(help: "Heap size in MiB (the workload fills 90% of it, about 60% of that garbage).")
+  @Option(parsing: .unconditional, help: "Heap size in MiB (the workload fills 90% of it, about 60% of that garbage).")
   var heapMib = 256
-  @Option(help: "Mutator threads reading and writing their objects during compaction.")
+  @Option(parsing: .unconditional, help: "Mutator threads reading and writing their objects during compaction.")
   var mutators = 2
   @Option(help: "move, copy or both.")
   var mode = "both"
-  @Option(help: "Workload seed: the same seed builds the same heap.")
+  @Option(parsing: .unconditional, help: "Workload seed: the same seed builds the same heap.")
   var seed: UInt64 = 1
   @Option(help: "How mutator faults are served: sigbus (in the faulting thread) or thread (a fault-server thread).")
   var faultMode = "sigbus"
-  @Option(help: "A mutator's fault compacts the unprocessed pages around it within an aligned block of this many pages (1-512), mapped with one ioctl.")
+  @Option(parsing: .unconditional, help: "A mutator's fault compacts the unprocessed pages around it within an aligned block of this many pages (1-512), mapped with one ioctl.")
   var mutatorBlockPages = 16
   @Flag(help: "Mutators spin without touching the heap: the compaction thread's cost alone, no faults.")
   var idleMutators = false
-  @Option(help: "Cycles per strategy (strategies interleaved); the table shows medians.")
+  @Option(parsing: .unconditional, help: "Cycles per strategy (strategies interleaved); the table shows medians.")
   var runs = 3
   @OptionGroup var output: OutputOptions
 
   func validate() throws {
     guard heapMib >= 2 else { throw ValidationError("--heap-mib must be at least 2 (one 2 MiB huge-page unit)") }
-    guard heapMib <= 1 << 16 else { throw ValidationError("--heap-mib must be at most 65536") }
+    let largest = Heap.maxCapacity >> 20
+    guard heapMib <= largest else {
+      throw ValidationError("--heap-mib must be at most \(largest) on this machine (half of its memory), got \(heapMib)")
+    }
     guard mutators >= 1 else { throw ValidationError("--mutators must be at least 1") }
     guard mutators <= 64 else { throw ValidationError("--mutators must be at most 64") }
     guard strategies != nil else { throw ValidationError("unknown --mode '\(mode)': use move, copy or both") }

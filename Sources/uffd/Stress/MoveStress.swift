@@ -66,13 +66,22 @@ final class MoveStress: @unchecked Sendable {
   /// Word 0: id (i + 1); word 1: checksum; word 2 + w: writer w's counter.
   static let checksumSeed: UInt64 = 0x5EED_0F_DA7A_C0DE
   static let maxWriters = 64
+  /// Pages: at least one per mover batch; at most 1 GiB in each of the two areas.
+  static let minPages = 8
+  static let maxPages = 1 << 18
+  /// One day: a run is bounded in time.
+  static let maxSeconds = 86_400.0
 
   init(_ configuration: Configuration) throws {
     guard configuration.writers >= 1, configuration.writers <= Self.maxWriters else {
       throw ToolError("--threads must be between 1 and \(Self.maxWriters)")
     }
-    guard configuration.pages >= 8 else { throw ToolError("at least 8 pages are needed") }
-    guard configuration.seconds > 0 else { throw ToolError("--seconds must be positive") }
+    guard (Self.minPages...Self.maxPages).contains(configuration.pages) else {
+      throw ToolError("--pages must be \(Self.minPages) to \(Self.maxPages), got \(configuration.pages)")
+    }
+    guard configuration.seconds.isFinite, configuration.seconds > 0, configuration.seconds <= Self.maxSeconds else {
+      throw ToolError("--seconds must be more than 0 and at most \(Int(Self.maxSeconds)), got \(configuration.seconds)")
+    }
     self.configuration = configuration
     uffd = try Userfaultfd(options: .nonBlocking)
     guard uffd.supportedFeatures.contains(.move) else {

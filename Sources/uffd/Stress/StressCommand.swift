@@ -9,13 +9,13 @@ struct StressCommand: ParsableCommand {
     abstract: "Check UFFDIO_MOVE's guarantees: writers, a mover and a fault handler on the same pages.",
     discussion: "Exits non-zero if any update or page was lost, duplicated or corrupted.")
 
-  @Option(help: "How long to run.")
+  @Option(parsing: .unconditional, help: "How long to run, in seconds (at most one day).")
   var seconds: Double = 10
 
-  @Option(help: "Writer threads (1-\(MoveStress.maxWriters)).")
+  @Option(parsing: .unconditional, help: "Writer threads (1-\(MoveStress.maxWriters)).")
   var threads = 2
 
-  @Option(help: "Pages moved back and forth.")
+  @Option(parsing: .unconditional, help: "Pages moved back and forth (\(MoveStress.minPages)-\(MoveStress.maxPages)).")
   var pages = 256
 
   @Option(help: "How the mover relocates pages: move, logical-copy (the atomic copy fallback), or naive-copy (COPY then MADV_DONTNEED: a control that loses writes).")
@@ -24,6 +24,15 @@ struct StressCommand: ParsableCommand {
   @OptionGroup var output: OutputOptions
 
   func validate() throws {
+    guard (1...MoveStress.maxWriters).contains(threads) else {
+      throw ValidationError("--threads must be 1 to \(MoveStress.maxWriters), got \(threads)")
+    }
+    guard (MoveStress.minPages...MoveStress.maxPages).contains(pages) else {
+      throw ValidationError("--pages must be \(MoveStress.minPages) to \(MoveStress.maxPages), got \(pages)")
+    }
+    guard seconds.isFinite, seconds > 0, seconds <= MoveStress.maxSeconds else {
+      throw ValidationError("--seconds must be more than 0 and at most \(Int(MoveStress.maxSeconds)), got \(seconds)")
+    }
     guard MoveStress.Mover(rawValue: mover) != nil else {
       throw ValidationError("unknown --mover '\(mover)': use \(MoveStress.Mover.allCases.map(\.rawValue).joined(separator: ", "))")
     }
