@@ -6,7 +6,9 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <fcntl.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -85,3 +87,43 @@ int cuffd_test_sigbus_chain_in_child(void) {
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
   return -1;
 }
+
+int cuffd_test_fork_and_reap(void) {
+  pid_t pid = fork();
+  if (pid < 0) return -1;
+  if (pid == 0) _exit(0);
+  int status = 0;
+  if (wait_for(pid, &status) < 0) return -1;
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
+}
+
+int cuffd_test_count_open_descriptors(void) {
+  int count = 0;
+  for (int fd = 0; fd < 65536; fd++) {
+    if (fcntl(fd, F_GETFD) >= 0) count++;
+  }
+  return count;
+}
+
+int cuffd_test_limit_address_space(unsigned long long bytes) {
+  struct rlimit limit = {.rlim_cur = bytes, .rlim_max = RLIM_INFINITY};
+  struct rlimit old;
+  if (getrlimit(RLIMIT_AS, &old) < 0) return -1;
+  limit.rlim_max = old.rlim_max;
+  return setrlimit(RLIMIT_AS, &limit);
+}
+
+int cuffd_test_raise_sigbus(void) { return raise(SIGBUS); }
+
+static volatile sig_atomic_t noted_sigbus = 0;
+static void note_sigbus(int signo) { (void)signo; noted_sigbus++; }
+
+int cuffd_test_install_noting_sigbus_handler(void) {
+  struct sigaction action;
+  memset(&action, 0, sizeof action);
+  action.sa_handler = note_sigbus;
+  sigemptyset(&action.sa_mask);
+  return sigaction(SIGBUS, &action, NULL);
+}
+
+int cuffd_test_noted_sigbus_count(void) { return noted_sigbus; }

@@ -142,3 +142,15 @@ func anonHugePages(containing address: UInt) -> Int? {
   }
   return nil
 }
+
+/// Whether the page at `address` is populated (present or swapped), per /proc/self/pagemap: a
+/// check that never touches the page, so it is safe on a registered range nobody serves.
+func isPopulated(_ address: UnsafeRawPointer) -> Bool {
+  let fd = open("/proc/self/pagemap", O_RDONLY)
+  guard fd >= 0 else { return false }
+  defer { close(fd) }
+  var entry: UInt64 = 0
+  let offset = off_t(UInt(bitPattern: address) / UInt(PageSize.base)) * 8
+  guard pread(fd, &entry, 8, offset) == 8 else { return false }
+  return entry & (1 << 63 | 1 << 62) != 0
+}

@@ -26,6 +26,22 @@ int cuffd_test_gettid(void);
 /// the signal that killed it, or -1.
 int cuffd_test_sigbus_chain_in_child(void);
 
+/// Forks a child that exits at once, and reaps it. Returns 0, or -1.
+int cuffd_test_fork_and_reap(void);
+
+/// How many file descriptors this process has open.
+int cuffd_test_count_open_descriptors(void);
+
+/// Lowers this process's RLIMIT_AS soft limit to `bytes` (for memory-pressure tests, in a child).
+int cuffd_test_limit_address_space(unsigned long long bytes);
+
+/// `raise(SIGBUS)`: a signal sent by the process itself, not a fault.
+int cuffd_test_raise_sigbus(void);
+
+/// Installs a plain SIGBUS handler that only counts, and reads its count.
+int cuffd_test_install_noting_sigbus_handler(void);
+int cuffd_test_noted_sigbus_count(void);
+
 /// Atomically adds 1 to `*word` (one locked instruction: a page fault restarts it whole, so the
 /// increment lands in exactly one physical page even while the page is being moved).
 static inline void cuffd_test_atomic_increment(unsigned long long *word) {
