@@ -17,7 +17,7 @@ struct EventTests {
   }
 
   @Test func missingWriteFaultIsDecodedWithAddressFlagsAndThreadID() throws {
-    let uffd = try Userfaultfd(features: [.threadID])
+    let uffd = try Userfaultfd(features: [.threadID], options: .nonBlocking)
     let memory = try AnonymousMemory(length: 4 * page)
     try uffd.register(memory.baseAddress, length: memory.length, mode: .missing)
     let target = Address(memory.baseAddress + 2 * page + 24)  // inside the third page
@@ -30,7 +30,7 @@ struct EventTests {
       try? uffd.unregister(memory.baseAddress, length: memory.length)
       _ = writer.join()
     }
-    let events = try uffd.readEvents()
+    let events = try awaitEvents(uffd)
     try #require(events.count == 1)
     guard case .pageFault(let fault) = events[0] else {
       Issue.record("expected a page fault, got \(events)")
@@ -50,7 +50,7 @@ struct EventTests {
   }
 
   @Test func readFaultHasNoWriteFlagAndNoThreadIDUnlessNegotiated() throws {
-    let uffd = try Userfaultfd()
+    let uffd = try Userfaultfd(options: .nonBlocking)
     let memory = try AnonymousMemory(length: page)
     try uffd.register(memory.baseAddress, length: page, mode: .missing)
     let target = Address(memory.baseAddress)
@@ -59,7 +59,7 @@ struct EventTests {
       try? uffd.unregister(memory.baseAddress, length: page)
       _ = reader.join()
     }
-    let events = try uffd.readEvents()
+    let events = try awaitEvents(uffd)
     guard case .pageFault(let fault)? = events.first else {
       Issue.record("expected a page fault, got \(events)")
       return
@@ -71,10 +71,12 @@ struct EventTests {
   }
 
   @Test func forkEventHandsOverTheChildsUserfaultfd() throws {
-    let uffd = try Userfaultfd(features: [.eventFork])
+    let uffd = try Userfaultfd(features: [.eventFork], options: .nonBlocking)
     let memory = try AnonymousMemory(length: page)
     try uffd.register(memory.baseAddress, length: page, mode: .missing)
-    // With EVENT_FORK the forking thread waits until the event is read, so fork on a thread.
+    // With EVENT_FORK the forking thread waits until the event is read, so fork on a thread, and
+    // allocate nothing until the event is read: the forking thread holds malloc's locks.
+    let buffer = try EventBuffer(capacity: 4)
     let child = Atomic<Int32>(0)
     let forker = TestThread { child.store(cuffd_test_fork_holder(), ordering: .releasing) }
     defer {
@@ -82,9 +84,9 @@ struct EventTests {
       let pid = child.load(ordering: .acquiring)
       if pid > 0 { _ = cuffd_test_kill_and_wait(pid) }
     }
-    let events = try uffd.readEvents()
-    guard case .fork(let childHandle)? = events.first else {
-      Issue.record("expected a fork event, got \(events)")
+    let count = awaitEvents(uffd, into: buffer)
+    guard count > 0, case .fork(let childHandle) = buffer.event(at: 0, of: uffd) else {
+      Issue.record("expected a fork event")
       return
     }
     #expect(forker.join())
@@ -98,13 +100,13 @@ struct EventTests {
   }
 
   @Test func removeEventAfterDontNeed() throws {
-    let uffd = try Userfaultfd(features: [.eventRemove])
+    let uffd = try Userfaultfd(features: [.eventRemove], options: .nonBlocking)
     let memory = try AnonymousMemory(length: 2 * page)
     try uffd.register(memory.baseAddress, length: memory.length, mode: .missing)
     try uffd.zeroPage(memory.baseAddress, length: memory.length)
     let madviser = TestThread { try? memory.advise(.dontNeed) }
     defer { _ = madviser.join() }
-    let events = try uffd.readEvents()
+    let events = try awaitEvents(uffd)
     guard case .remove(let start, let end)? = events.first else {
       Issue.record("expected a remove event, got \(events)")
       return
@@ -115,18 +117,18 @@ struct EventTests {
   }
 
   @Test func unmapEventWhenRegisteredMemoryIsUnmapped() throws {
-    let uffd = try Userfaultfd(features: [.eventUnmap])
+    let uffd = try Userfaultfd(features: [.eventUnmap], options: .nonBlocking)
     final class Holder: @unchecked Sendable { var memory: AnonymousMemory? }
+    // The holder has the only reference, so the unmapper thread's release is the munmap: munmap
+    // waits until the unmap event is read, and this thread must never be the one doing it.
     let holder = Holder()
-    let memory = try AnonymousMemory(length: 2 * page)
-    let start = UInt(bitPattern: memory.baseAddress)
-    try uffd.register(memory.baseAddress, length: memory.length, mode: .missing)
-    holder.memory = memory
-    // munmap waits for the event to be read: drop the last reference on another thread.
+    holder.memory = try AnonymousMemory(length: 2 * page)
+    guard let base = holder.memory?.baseAddress else { return }
+    let start = UInt(bitPattern: base)
+    try uffd.register(base, length: 2 * page, mode: .missing)
     let unmapper = TestThread { holder.memory = nil }
     defer { _ = unmapper.join() }
-    _ = consume memory
-    let events = try uffd.readEvents()
+    let events = try awaitEvents(uffd)
     guard case .unmap(let from, let to)? = events.first else {
       Issue.record("expected an unmap event, got \(events)")
       return

@@ -18,7 +18,7 @@ struct MoveTests {
   }
 
   func areas(pages: Int, features: Features = [], sourceSharing: AnonymousMemory.Sharing = .private) throws -> Areas {
-    let uffd = try Userfaultfd(features: features)
+    let uffd = try Userfaultfd(features: features, options: .nonBlocking)
     let source = try AnonymousMemory(length: pages * page, sharing: sourceSharing)
     let destination = try AnonymousMemory(length: pages * page)
     try uffd.register(destination.baseAddress, length: destination.length, mode: .missing)
@@ -192,7 +192,7 @@ struct MoveTests {
       try? a.uffd.unregister(a.destination.baseAddress, length: page)
       _ = reader.join()
     }
-    let events = try a.uffd.readEvents()
+    let events = try awaitEvents(a.uffd)
     guard case .pageFault(let fault)? = events.first else {
       Issue.record("expected a page fault, got \(events)")
       return

@@ -102,7 +102,7 @@ struct OperationTests {
   }
 
   @Test func wakeReleasesAThreadLeftAsleepByCopyDontWake() throws {
-    let uffd = try Userfaultfd()
+    let uffd = try Userfaultfd(options: .nonBlocking)
     let source = try AnonymousMemory(length: page)
     let destination = try AnonymousMemory(length: page)
     try uffd.register(destination.baseAddress, length: page, mode: .missing)
@@ -113,7 +113,7 @@ struct OperationTests {
       try? uffd.unregister(destination.baseAddress, length: page)
       _ = reader.join()
     }
-    let events = try uffd.readEvents()
+    let events = try awaitEvents(uffd)
     #expect(events.count == 1)
     try uffd.copy(from: source.baseAddress, to: destination.baseAddress, length: page, options: .dontWake)
     #expect(!reader.join(seconds: 0.2), "DONTWAKE: still asleep")
@@ -123,7 +123,7 @@ struct OperationTests {
   }
 
   @Test func writeProtectBlocksWritersUntilRemoved() throws {
-    let uffd = try Userfaultfd(features: [.pageFaultFlagWP])
+    let uffd = try Userfaultfd(features: [.pageFaultFlagWP], options: .nonBlocking)
     let memory = try AnonymousMemory(length: page, populate: true)
     fill(memory.baseAddress, seed: 4)
     let ioctls = try uffd.register(memory.baseAddress, length: page, mode: .writeProtect)
@@ -135,7 +135,7 @@ struct OperationTests {
       try? uffd.unregister(memory.baseAddress, length: page)
       _ = writer.join()
     }
-    let events = try uffd.readEvents()
+    let events = try awaitEvents(uffd)
     guard case .pageFault(let fault)? = events.first else {
       Issue.record("expected a write-protect fault, got \(events)")
       return
@@ -179,7 +179,7 @@ struct OperationTests {
   }
 
   @Test func minorFaultIsReportedAndResolvedByContinue() throws {
-    let uffd = try Userfaultfd(features: [.minorShmem])
+    let uffd = try Userfaultfd(features: [.minorShmem], options: .nonBlocking)
     let memory = try AnonymousMemory(length: page, sharing: .shared)
     fill(memory.baseAddress, seed: 6)
     try memory.advise(.dontNeed)
@@ -190,7 +190,7 @@ struct OperationTests {
       try? uffd.unregister(memory.baseAddress, length: page)
       _ = reader.join()
     }
-    let events = try uffd.readEvents()
+    let events = try awaitEvents(uffd)
     guard case .pageFault(let fault)? = events.first else {
       Issue.record("expected a minor fault, got \(events)")
       return

@@ -246,7 +246,7 @@ struct PageMoverTests {
   /// has drained the event, then completes with every page in place. (Seen here: in rare runs the
   /// kernel let the MOVE through at once; the move must be complete and correct either way.)
   @Test func retriesWhileARemoveEventIsPending() throws {
-    let uffd = try Userfaultfd(features: [.eventRemove])
+    let uffd = try Userfaultfd(features: [.eventRemove], options: .nonBlocking)
     let source = try AnonymousMemory(length: 8 * page)
     let destination = try AnonymousMemory(length: 16 * page)
     try uffd.register(destination.baseAddress, length: destination.length, mode: .missing)
@@ -264,7 +264,7 @@ struct PageMoverTests {
     }
     usleep(100_000)
     let blocked = !mover.isFinished
-    _ = try uffd.readEvents()
+    _ = try awaitEvents(uffd)
     #expect(mover.join())
     #expect(madviser.join())
     let report = try #require(result.withLock { $0 })

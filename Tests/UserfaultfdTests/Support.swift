@@ -154,3 +154,30 @@ func isPopulated(_ address: UnsafeRawPointer) -> Bool {
   guard pread(fd, &entry, 8, offset) == 8 else { return false }
   return entry & (1 << 63 | 1 << 62) != 0
 }
+
+/// Waits up to `seconds` for events on a non-blocking `uffd` and reads them into `buffer`: a
+/// bounded wait that turns into a failure instead of hanging the run. Allocates nothing before
+/// the read (a thread inside fork() may hold malloc's locks until its fork event is read).
+func awaitEvents(
+  _ uffd: Userfaultfd, into buffer: EventBuffer, seconds: Int32 = 10,
+  sourceLocation: SourceLocation = #_sourceLocation
+) -> Int {
+  var waited: Int32 = 0
+  while waited < seconds * 1000 {
+    var descriptor = pollfd(fd: uffd.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0)
+    _ = poll(&descriptor, 1, 10)
+    waited += 10
+    if let count = try? uffd.readEvents(into: buffer), count > 0 { return count }
+  }
+  Issue.record("no event within \(seconds) s", sourceLocation: sourceLocation)
+  return 0
+}
+
+/// `awaitEvents`, decoded.
+func awaitEvents(
+  _ uffd: Userfaultfd, seconds: Int32 = 10, sourceLocation: SourceLocation = #_sourceLocation
+) throws -> [Event] {
+  let buffer = try EventBuffer(capacity: 16)
+  let count = awaitEvents(uffd, into: buffer, seconds: seconds, sourceLocation: sourceLocation)
+  return (0..<count).map { buffer.event(at: $0, of: uffd) }
+}
