@@ -22,6 +22,14 @@ enum Kernel {
   static var hasMove: Bool {
     (try? Userfaultfd.probeSupportedFeatures().features.contains(.move)) ?? false
   }
+
+  static var hasPoison: Bool {
+    (try? Userfaultfd.probeSupportedFeatures().features.contains(.poison)) ?? false
+  }
+
+  static var hasSigbus: Bool {
+    (try? Userfaultfd.probeSupportedFeatures().features.contains(.sigbus)) ?? false
+  }
 }
 
 /// Every test that needs the kernel's userfaultfd, nested here so they run one at a time: a test

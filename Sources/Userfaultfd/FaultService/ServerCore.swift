@@ -124,6 +124,7 @@ final class ServerCore: @unchecked Sendable {
   // MARK: The serving thread
 
   func serve() {
+    warmUp()
     var queued = readEvents(queued: 0)
     queued = resolveQueued(queued)
     ready.store(true, ordering: .releasing)
@@ -141,6 +142,39 @@ final class ServerCore: @unchecked Sendable {
     // Whatever was read before the stop is still resolved; the rest is released by unregistering.
     queued = readEvents(queued: queued)
     _ = resolveQueued(queued)
+  }
+
+  /// Runs every path the serving thread can take once, harmlessly, before the server is ready:
+  /// the first run of Swift code instantiates runtime metadata, which allocates, and must not
+  /// happen while a forking thread holds malloc's locks. The ioctls target address 0, which is
+  /// never registered, so each fails at once without touching anything.
+  private func warmUp() {
+    let page = PageSize.base
+    var sink = 0
+    for answer in [
+      uffd.copyCore(0, from: 0, length: page, mode: 0), uffd.moveCore(0, from: 0, length: page, mode: 0),
+      uffd.zeroPageCore(0, length: page, mode: 0), uffd.continueCore(0, length: page, mode: 0),
+      uffd.poisonCore(0, length: page, mode: 0), uffd.wakeCore(0, length: page),
+      KernelAnswer(failed: .fileExists), KernelAnswer(failed: .resourceTemporarilyUnavailable),
+      KernelAnswer(failed: .noSuchProcess), KernelAnswer(errno: nil, bytesDone: page),
+    ] {
+      switch answer.outcome {
+      case .done: sink += 1
+      case .alreadyPresent: sink += 2
+      case .retryAfterEvents: sink += 3
+      case .processGone: sink += 4
+      case .failed(let errno): sink += Int(errno.rawValue)
+      }
+    }
+    let fault = PageFault(address: 0, flags: [], threadID: nil)
+    for item in [DeliveryItem.fault(fault, uffd: uffd), .failure(address: 0, errno: .deadlock)] {
+      sink += Int(item.eventCode) + Int(item.forkDescriptor) + Int(item.errno)
+    }
+    sink += isMissingRegisteredPage(0) ? 1 : 0
+    pending[0] = fault
+    attempts[0] = sink
+    counters.recordFailure(address: 0, errno: .deadlock)
+    counters.reset()
   }
 
   /// Reads what is pending while the queue has room; faults are queued, other events handed on
@@ -208,7 +242,7 @@ final class ServerCore: @unchecked Sendable {
   /// Performs one resolution and acts on the kernel's answer.
   private func attempt(_ fault: PageFault) -> Attempt {
     let page = PageSize.base
-    guard let target = UnsafeMutableRawPointer(bitPattern: fault.pageAddress) else { return .done }
+    guard fault.pageAddress != 0 else { return .done }
     let resolution = resolver(fault)
     let answer: KernelAnswer
     switch resolution {
@@ -219,15 +253,15 @@ final class ServerCore: @unchecked Sendable {
         fail(fault, errno: .deadlock)
         return .done
       }
-      answer = KernelAnswer { () throws(UserfaultfdError) in try uffd.copy(from: source, to: target, length: page) }
+      answer = uffd.copyCore(fault.pageAddress, from: UInt(bitPattern: source), length: page, mode: 0)
     case .move(let source):
-      answer = move(from: source, to: target)
+      answer = move(from: UInt(bitPattern: source), to: fault.pageAddress)
     case .zeroPage:
-      answer = KernelAnswer { () throws(UserfaultfdError) in try uffd.zeroPage(target, length: page) }
+      answer = uffd.zeroPageCore(fault.pageAddress, length: page, mode: 0)
     case .continueMapping:
-      answer = KernelAnswer { () throws(UserfaultfdError) in try uffd.continue(target, length: page) }
+      answer = uffd.continueCore(fault.pageAddress, length: page, mode: 0)
     case .wake:
-      try? uffd.wake(target, length: page)
+      _ = uffd.wakeCore(fault.pageAddress, length: page)
       counters.alreadyResolved.wrappingAdd(1, ordering: .relaxed)
       return .done
     case .later:
@@ -238,7 +272,7 @@ final class ServerCore: @unchecked Sendable {
       counters.resolved.wrappingAdd(1, ordering: .relaxed)
     case .alreadyPresent:
       counters.alreadyResolved.wrappingAdd(1, ordering: .relaxed)
-      try? uffd.wake(target, length: page)
+      _ = uffd.wakeCore(fault.pageAddress, length: page)
     case .retryAfterEvents:
       return .retryAfterEvents
     case .processGone:
@@ -251,17 +285,19 @@ final class ServerCore: @unchecked Sendable {
 
   /// UFFDIO_MOVE of one page; as COPY then dropping the source where the kernel has no MOVE or
   /// refuses it with EBUSY (the source page is shared with a forked child).
-  private func move(from source: UnsafeMutableRawPointer, to target: UnsafeMutableRawPointer) -> KernelAnswer {
+  private func move(from source: UInt, to target: UInt) -> KernelAnswer {
     let page = PageSize.base
     if hasMove {
-      let moved = KernelAnswer { () throws(UserfaultfdError) in try uffd.move(from: source, to: target, length: page) }
-      guard case .failed(.resourceBusy) = moved.outcome else { return moved }
+      let moved = uffd.moveCore(target, from: source, length: page, mode: 0)
+      guard moved.errno == .resourceBusy else { return moved }
     }
-    if isMissingRegisteredPage(UInt(bitPattern: source)) {
+    if isMissingRegisteredPage(source) {
       return KernelAnswer(failed: .deadlock)
     }
-    let copied = KernelAnswer { () throws(UserfaultfdError) in try uffd.copy(from: source, to: target, length: page) }
-    if case .done = copied.outcome { _ = madvise(source, page, MADV_DONTNEED) }
+    let copied = uffd.copyCore(target, from: source, length: page, mode: 0)
+    if copied.errno == nil, let pointer = UnsafeMutableRawPointer(bitPattern: source) {
+      _ = madvise(pointer, page, MADV_DONTNEED)
+    }
     return copied
   }
 
@@ -278,28 +314,28 @@ final class ServerCore: @unchecked Sendable {
   /// Fails a fault: poisons or zero-fills its page, counts it and reports it.
   private func fail(_ fault: PageFault, errno: Errno) {
     let page = PageSize.base
-    guard let target = UnsafeMutableRawPointer(bitPattern: fault.pageAddress) else { return }
+    let target = fault.pageAddress
     var filled = action == .poison
-      ? KernelAnswer { () throws(UserfaultfdError) in try uffd.poison(target, length: page) }
-      : KernelAnswer { () throws(UserfaultfdError) in try uffd.zeroPage(target, length: page) }
-    if action == .poison, case .failed = filled.outcome {
-      filled = KernelAnswer { () throws(UserfaultfdError) in try uffd.zeroPage(target, length: page) }
+      ? uffd.poisonCore(target, length: page, mode: 0)
+      : uffd.zeroPageCore(target, length: page, mode: 0)
+    if action == .poison, let error = filled.errno, error != .fileExists {
+      filled = uffd.zeroPageCore(target, length: page, mode: 0)
     }
     switch filled.outcome {
     case .alreadyPresent:
       // Someone mapped the page meanwhile: the fault is resolved after all.
       counters.alreadyResolved.wrappingAdd(1, ordering: .relaxed)
-      try? uffd.wake(target, length: page)
+      _ = uffd.wakeCore(target, length: page)
       return
     case .done:
       break
     default:
       // Neither could be done (the range was unregistered meanwhile): wake the thread, whose
       // access then retries as an ordinary fault.
-      try? uffd.wake(target, length: page)
+      _ = uffd.wakeCore(target, length: page)
     }
-    counters.recordFailure(address: fault.pageAddress, errno: errno)
-    _ = push(.failure(address: fault.pageAddress, errno: errno))
+    counters.recordFailure(address: target, errno: errno)
+    _ = push(.failure(address: target, errno: errno))
   }
 
   /// Hands an item to the delivery thread. False when the ring is full (the item is dropped).
@@ -413,6 +449,19 @@ final class ServerCounters: Sendable {
     lastFailedAddress.store(address, ordering: .relaxed)
     lastFailedErrno.store(errno.rawValue, ordering: .relaxed)
     failed.wrappingAdd(1, ordering: .releasing)
+  }
+
+  /// Back to zero (after the warm-up).
+  func reset() {
+    resolved.store(0, ordering: .relaxed)
+    alreadyResolved.store(0, ordering: .relaxed)
+    retries.store(0, ordering: .relaxed)
+    otherEvents.store(0, ordering: .relaxed)
+    failed.store(0, ordering: .relaxed)
+    abandoned.store(0, ordering: .relaxed)
+    droppedEvents.store(0, ordering: .relaxed)
+    lastFailedAddress.store(0, ordering: .relaxed)
+    lastFailedErrno.store(0, ordering: .relaxed)
   }
 
   func lastFailure(action: UnresolvableFaultAction) -> UnresolvedFault? {

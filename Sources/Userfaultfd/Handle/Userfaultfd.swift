@@ -125,6 +125,10 @@ public final class Userfaultfd: Sendable {
     FileDescriptor(rawValue: descriptor.load(ordering: .acquiring))
   }
 
+  /// The descriptor, or a negative number once closed.
+  @inline(__always)
+  var descriptorOrNegative: Int32 { descriptor.load(ordering: .acquiring) }
+
   /// The open descriptor for `operation`, or `closed`.
   @inline(__always)
   func fd(for operation: Operation) throws(UserfaultfdError) -> Int32 {

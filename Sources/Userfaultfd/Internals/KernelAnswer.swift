@@ -1,7 +1,7 @@
 import SystemPackage
 
 /// What the kernel's answer to a range ioctl means: the one place the package decides it. The
-/// progress rule (a negative progress field is -errno, never a count) lives in `checkProgress`;
+/// progress rule (a negative progress field is -errno, never a count) lives in `IoctlCore.swift`;
 /// this turns the resulting errno into what a caller should do next.
 enum KernelOutcome: Equatable {
   /// Every byte was done.
@@ -48,6 +48,12 @@ struct KernelAnswer {
   init(failed errno: Errno) {
     self.errno = errno
     self.bytesDone = 0
+  }
+
+  /// The answer an ioctl gave.
+  init(errno: Errno?, bytesDone: Int) {
+    self.errno = errno
+    self.bytesDone = bytesDone
   }
 
   var outcome: KernelOutcome { Self.classify(errno, bytesDone: bytesDone) }

@@ -20,12 +20,7 @@ extension Userfaultfd {
     _ start: UnsafeMutableRawPointer, length: Int, options: ContinueOptions = []
   ) throws(UserfaultfdError) {
     let range = try PageRange(start, length: length, role: "range", operation: .continue)
-    let fd = try fd(for: .continue)
-    var arg = cuffd_continue(
-      range: cuffd_range(start: UInt64(range.start), len: UInt64(length)),
-      mode: options.rawValue, mapped: 0)
-    let result = cuffd_ioctl_continue(fd, &arg)
-    try checkProgress(result, errno: Errno.current, reported: arg.mapped, operation: .continue,
-                      range: range)
+    _ = try fd(for: .continue)
+    try continueCore(range.start, length: length, mode: options.rawValue).check(.continue, range: range)
   }
 }

@@ -24,12 +24,8 @@ extension Userfaultfd {
   ) throws(UserfaultfdError) {
     let (origin, target) = try PageRange.pair(
       source: source, destination: destination, length: length, operation: .copy)
-    let fd = try fd(for: .copy)
-    var arg = cuffd_copy(
-      dst: UInt64(target.start), src: UInt64(origin.start), len: UInt64(length),
-      mode: options.rawValue, copy: 0)
-    let result = cuffd_ioctl_copy(fd, &arg)
-    try checkProgress(result, errno: Errno.current, reported: arg.copy, operation: .copy,
-                      range: target, source: origin.start)
+    _ = try fd(for: .copy)
+    try copyCore(target.start, from: origin.start, length: length, mode: options.rawValue)
+      .check(.copy, range: target, source: origin.start)
   }
 }

@@ -34,12 +34,8 @@ extension Userfaultfd {
   ) throws(UserfaultfdError) {
     let (origin, target) = try PageRange.pair(
       source: source, destination: destination, length: length, operation: .move)
-    let fd = try fd(for: .move)
-    var arg = cuffd_move(
-      dst: UInt64(target.start), src: UInt64(origin.start), len: UInt64(length),
-      mode: options.rawValue, move: 0)
-    let result = cuffd_ioctl_move(fd, &arg)
-    try checkProgress(result, errno: Errno.current, reported: arg.move, operation: .move,
-                      range: target, source: origin.start)
+    _ = try fd(for: .move)
+    try moveCore(target.start, from: origin.start, length: length, mode: options.rawValue)
+      .check(.move, range: target, source: origin.start)
   }
 }

@@ -18,12 +18,7 @@ extension Userfaultfd {
     _ start: UnsafeMutableRawPointer, length: Int, options: PoisonOptions = []
   ) throws(UserfaultfdError) {
     let range = try PageRange(start, length: length, role: "range", operation: .poison)
-    let fd = try fd(for: .poison)
-    var arg = cuffd_poison(
-      range: cuffd_range(start: UInt64(range.start), len: UInt64(length)),
-      mode: options.rawValue, updated: 0)
-    let result = cuffd_ioctl_poison(fd, &arg)
-    try checkProgress(result, errno: Errno.current, reported: arg.updated, operation: .poison,
-                      range: range)
+    _ = try fd(for: .poison)
+    try poisonCore(range.start, length: length, mode: options.rawValue).check(.poison, range: range)
   }
 }

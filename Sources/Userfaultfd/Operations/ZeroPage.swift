@@ -17,12 +17,7 @@ extension Userfaultfd {
     _ start: UnsafeMutableRawPointer, length: Int, options: ZeroPageOptions = []
   ) throws(UserfaultfdError) {
     let range = try PageRange(start, length: length, role: "range", operation: .zeroPage)
-    let fd = try fd(for: .zeroPage)
-    var arg = cuffd_zeropage(
-      range: cuffd_range(start: UInt64(range.start), len: UInt64(length)),
-      mode: options.rawValue, zeropage: 0)
-    let result = cuffd_ioctl_zeropage(fd, &arg)
-    try checkProgress(result, errno: Errno.current, reported: arg.zeropage, operation: .zeroPage,
-                      range: range)
+    _ = try fd(for: .zeroPage)
+    try zeroPageCore(range.start, length: length, mode: options.rawValue).check(.zeroPage, range: range)
   }
 }

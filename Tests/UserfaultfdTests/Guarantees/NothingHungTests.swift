@@ -1,0 +1,246 @@
+import CUserfaultfdTestSupport
+import Foundation
+import Synchronization
+import SystemPackage
+import Testing
+@testable import Userfaultfd
+
+/// What a server's onFailure handler heard.
+final class FailureLog: Sendable {
+  private let entries = Mutex<[UnresolvedFault]>([])
+  func append(_ failure: UnresolvedFault) { entries.withLock { $0.append(failure) } }
+  var count: Int { entries.withLock { $0.count } }
+}
+
+/// The second promise: no thread is left waiting forever. A fault that cannot be resolved is
+/// failed (poisoned or zero-filled) and reported; stopping or dropping a server releases every
+/// waiter; forks under EVENT_FORK never deadlock with the reader; closing a SIGBUS region while
+/// threads fault in it kills nobody. Scenarios that end a process run in a child (exit tests).
+extension KernelTests {
+@Suite("Guarantees: nothing hung")
+struct NothingHungTests {
+  let page = PageSize.base
+
+  /// A server on a fresh non-blocking handle, its region registered, resolving with `resolver`.
+  func serve(
+    pages: Int = 4, action: UnresolvableFaultAction = .zeroPage, features: Features = [],
+    failures: FailureLog? = nil,
+    _ resolver: @escaping FaultServer.Resolver
+  ) throws -> (FaultServer, AnonymousMemory) {
+    let uffd = try Userfaultfd(features: features, options: .nonBlocking)
+    let area = try AnonymousMemory(length: pages * page)
+    let server = try FaultServer(
+      uffd: uffd, configuration: .init(onUnresolvable: action),
+      onFailure: { failure in failures?.append(failure) }, resolver: resolver)
+    try server.register(area.baseAddress, length: area.length)
+    return (server, area)
+  }
+
+  /// Touches the first page on another thread and expects the touch to return (with zeros: the
+  /// failed fault was zero-filled) and the server to report one failure with `errno`.
+  func expectFailedButReleased(
+    _ server: FaultServer, _ area: AnonymousMemory, failures: FailureLog, errno: Errno?,
+    sourceLocation: SourceLocation = #_sourceLocation
+  ) {
+    let target = Address(area.baseAddress)
+    let seen = Atomic<UInt64>(1)
+    let toucher = TestThread { seen.store(target.pointer.load(as: UInt64.self), ordering: .relaxed) }
+    #expect(toucher.join(), "the faulting thread came back", sourceLocation: sourceLocation)
+    #expect(seen.load(ordering: .relaxed) == 0, "it read the zero page", sourceLocation: sourceLocation)
+    // The thread wakes as the page is filled, a moment before the server counts the failure.
+    #expect(eventually { server.statistics.failed == 1 }, sourceLocation: sourceLocation)
+    #expect(server.lastFailure?.pageAddress == target.value, sourceLocation: sourceLocation)
+    if let errno { #expect(server.lastFailure?.errno == errno.rawValue, sourceLocation: sourceLocation) }
+    #expect(eventually { failures.count == 1 }, "onFailure heard it", sourceLocation: sourceLocation)
+    server.stop()
+  }
+
+  @Test(.enabled(if: Kernel.hasMove, "needs UFFDIO_MOVE (Linux 6.8)"))
+  func moveFromAHoleFailsTheFaultInsteadOfLooping() throws {
+    let hole = try AnonymousMemory(length: page)
+    let source = Address(hole.baseAddress)
+    let failures = FailureLog()
+    let (server, area) = try serve(failures: failures) { _ in .move(from: source.pointer) }
+    expectFailedButReleased(server, area, failures: failures, errno: .noSuchFileOrDirectory)
+  }
+
+  @Test func copyFromUnmappedMemoryFailsTheFault() throws {
+    let unmapped = Address(try unmappedRange(pages: 1))
+    let failures = FailureLog()
+    let (server, area) = try serve(failures: failures) { _ in .copy(from: unmapped.pointer) }
+    expectFailedButReleased(server, area, failures: failures, errno: .badAddress)
+  }
+
+  @Test(.enabled(if: Kernel.hasMove, "needs UFFDIO_MOVE (Linux 6.8)"))
+  func moveFromSharedMemoryFailsTheFault() throws {
+    let shared = try AnonymousMemory(length: page, sharing: .shared)
+    fill(shared.baseAddress, seed: 9)
+    let source = Address(shared.baseAddress)
+    let failures = FailureLog()
+    let (server, area) = try serve(failures: failures) { _ in .move(from: source.pointer) }
+    expectFailedButReleased(server, area, failures: failures, errno: .invalidArgument)
+  }
+
+  @Test func copyFromAMissingPageOfTheSameHandleFailsInsteadOfDeadlocking() throws {
+    let failures = FailureLog()
+    let (server, area) = try serve(pages: 2, failures: failures) { fault in
+      // The second page of the served area: registered, missing, and only this server fills it.
+      .copy(from: UnsafeRawPointer(bitPattern: fault.pageAddress + UInt(PageSize.base))!)
+    }
+    expectFailedButReleased(server, area, failures: failures, errno: .deadlock)
+  }
+
+  /// A MOVE refused with EBUSY (the source page is shared with a forked child) is done as a copy:
+  /// the faulting thread gets the data.
+  @Test(.enabled(if: Kernel.hasMove, "needs UFFDIO_MOVE (Linux 6.8)"))
+  func moveOfAPageSharedWithAChildIsCopiedInstead() throws {
+    let staging = try AnonymousMemory(length: page)
+    fill(staging.baseAddress, seed: 77)
+    let child = cuffd_test_fork_holder()
+    try #require(child > 0)
+    defer { _ = cuffd_test_kill_and_wait(child) }
+    let source = Address(staging.baseAddress)
+    let (server, area) = try serve { _ in .move(from: source.pointer) }
+    defer { server.stop() }
+    let target = Address(area.baseAddress)
+    let right = Atomic<Bool>(false)
+    let toucher = TestThread { right.store(holds(target.pointer, seed: 77), ordering: .relaxed) }
+    #expect(toucher.join())
+    let sawTheData = right.load(ordering: .relaxed)
+    #expect(sawTheData)
+    // The thread wakes as the page lands, a moment before the server counts it.
+    #expect(eventually { server.statistics.resolved == 1 })
+    #expect(server.statistics.failed == 0)
+  }
+
+  /// Default action: the page is poisoned and the access raises SIGBUS, ending the process (no
+  /// handler of its own): the truth about the page, not a hang.
+  @Test(.enabled(if: Kernel.hasMove && Kernel.hasPoison, "needs UFFDIO_MOVE (Linux 6.8) and UFFDIO_POISON (Linux 6.6)"))
+  func unresolvableFaultIsPoisonedByDefault() async throws {
+    await #expect(processExitsWith: .signal(SIGBUS)) {
+      let uffd = try Userfaultfd(options: .nonBlocking)
+      let hole = try AnonymousMemory(length: PageSize.base)
+      let area = try AnonymousMemory(length: PageSize.base)
+      let source = Address(hole.baseAddress)
+      let server = try FaultServer(uffd: uffd) { _ in .move(from: source.pointer) }
+      try server.register(area.baseAddress, length: area.length)
+      #expect(server.failureAction == .poison)
+      _ = area.baseAddress.load(as: UInt8.self)
+      exit(0)  // not reached: the load raises SIGBUS
+    }
+  }
+
+  @Test func registerAfterStopIsRefused() throws {
+    let (server, area) = try serve { _ in .zeroPage }
+    server.stop()
+    let error = expectError { () throws(UserfaultfdError) in
+      try server.register(area.baseAddress, length: area.length)
+    }
+    if case .invalidArgument(_, let text)? = error { #expect(text.contains("stopped")) } else {
+      Issue.record("expected invalidArgument, got \(String(describing: error))")
+    }
+  }
+
+  /// stop() releases threads waiting on ranges registered on the handle directly, too.
+  @Test func stopReleasesWaitersOnRangesRegisteredDirectly() throws {
+    let uffd = try Userfaultfd(options: .nonBlocking)
+    let area = try AnonymousMemory(length: page)
+    let server = try FaultServer(uffd: uffd) { _ in .later }
+    try uffd.register(area.baseAddress, length: area.length, mode: .missing)
+    let target = Address(area.baseAddress)
+    let toucher = TestThread { _ = target.pointer.load(as: UInt8.self) }
+    #expect(eventually { server.statistics.retries > 0 }, "the fault is pending")
+    server.stop()
+    #expect(toucher.join(), "stop released the waiter")
+  }
+
+  /// Dropping a server without stop() stops it too, and releases its waiters.
+  @Test func droppingAServerStopsIt() throws {
+    let uffd = try Userfaultfd(options: .nonBlocking)
+    let area = try AnonymousMemory(length: page)
+    let target = Address(area.baseAddress)
+    var server: FaultServer? = try FaultServer(uffd: uffd) { _ in .later }
+    try server?.register(area.baseAddress, length: area.length)
+    let toucher = TestThread { _ = target.pointer.load(as: UInt8.self) }
+    #expect(eventually { (server?.statistics.retries ?? 1) > 0 })
+    server = nil
+    #expect(toucher.join(), "the dropped server released the waiter")
+  }
+
+  /// A server whose handle is closed refuses to start.
+  @Test func serverOnAClosedHandleIsRefused() throws {
+    let uffd = try Userfaultfd(options: .nonBlocking)
+    uffd.close()
+    #expect(throws: UserfaultfdError.closed(.readEvents)) { try FaultServer(uffd: uffd) { _ in .zeroPage } }
+  }
+
+  /// Issue: with EVENT_FORK, a thread forking while the server handled faults deadlocked (the
+  /// server allocated between reads while the forking thread held malloc's locks).
+  @Test func forksUnderEventForkNeverDeadlockTheServer() throws {
+    let pages = 64
+    let (server, area) = try serve(pages: pages, features: [.eventFork]) { _ in .zeroPage }
+    defer { server.stop() }
+    let base = Address(area.baseAddress)
+    let stopTouching = Atomic<Bool>(false)
+    let toucher = TestThread {
+      while !stopTouching.load(ordering: .relaxed) {
+        for index in 0..<pages { _ = (base.pointer + index * PageSize.base).load(as: UInt8.self) }
+        _ = madvise(base.pointer, pages * PageSize.base, MADV_DONTNEED)
+      }
+    }
+    let forks = Atomic<Int>(0)
+    let forker = TestThread {
+      for _ in 0..<30 where cuffd_test_fork_and_reap() == 0 { forks.wrappingAdd(1, ordering: .relaxed) }
+    }
+    #expect(forker.join(seconds: 60), "30 forks finished (no deadlock with the server)")
+    stopTouching.store(true, ordering: .relaxed)
+    #expect(toucher.join())
+    #expect(forks.load(ordering: .relaxed) == 30)
+    #expect(eventually { server.statistics.otherEvents >= 30 }, "every fork event was read")
+  }
+
+  /// The public readEvents() reads into a stack buffer: a reader looping on it while another
+  /// thread forks 30 times never deadlocks. (The loop's own code runs once on a page fault
+  /// first: in an unoptimised build, the first run of any Swift code allocates runtime metadata,
+  /// which must not happen for the first time while a forking thread holds malloc's locks.)
+  @Test func readEventsLoopSurvivesForks() throws {
+    let uffd = try Userfaultfd(features: [.eventFork], options: .nonBlocking)
+    let area = try AnonymousMemory(length: page)
+    try uffd.register(area.baseAddress, length: area.length, mode: .missing)
+    let stopReading = Atomic<Bool>(false)
+    let forkEvents = Atomic<Int>(0)
+    let faults = Atomic<Int>(0)
+    let reader = TestThread {
+      var descriptor = pollfd(fd: uffd.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0)
+      while !stopReading.load(ordering: .relaxed) {
+        descriptor.revents = 0
+        _ = poll(&descriptor, 1, 10)
+        guard let events = try? uffd.readEvents(maxCount: 64) else { continue }
+        for event in events {
+          switch event {
+          case .fork(let child):
+            child.close()
+            forkEvents.wrappingAdd(1, ordering: .relaxed)
+          case .pageFault(let fault):
+            if let target = UnsafeMutableRawPointer(bitPattern: fault.pageAddress) {
+              try? uffd.zeroPage(target, length: PageSize.base)
+            }
+            faults.wrappingAdd(1, ordering: .relaxed)
+          default:
+            break
+          }
+        }
+      }
+    }
+    let target = Address(area.baseAddress)
+    let toucher = TestThread { _ = target.pointer.load(as: UInt8.self) }
+    #expect(toucher.join(), "the warm-up fault was served")
+    #expect(faults.load(ordering: .relaxed) == 1)
+    let forker = TestThread { for _ in 0..<30 { _ = cuffd_test_fork_and_reap() } }
+    #expect(forker.join(seconds: 60), "30 forks finished")
+    #expect(eventually { forkEvents.load(ordering: .relaxed) == 30 })
+    stopReading.store(true, ordering: .relaxed)
+    #expect(reader.join())
+  }
+}
+}
