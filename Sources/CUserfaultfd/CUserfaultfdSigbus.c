@@ -41,6 +41,9 @@ static _Atomic uint64_t forwarded = 0;
 #define MAX_BLIND_RETRIES (1 << 16)
 static __thread __attribute__((tls_model("initial-exec"))) uintptr_t retry_address;
 static __thread __attribute__((tls_model("initial-exec"))) unsigned retry_count;
+// The page this thread's last failed fault poisoned: its next SIGBUS there is the poison's (a
+// kernel without CONFIG_MEMORY_FAILURE reports it as BUS_ADRERR, like a userfault), and genuine.
+static __thread __attribute__((tls_model("initial-exec"))) uintptr_t poisoned_page = (uintptr_t)-1;
 
 static int note_retry(uintptr_t address) {
   if (retry_address != address) {
@@ -88,7 +91,10 @@ static void forward(int signo, siginfo_t *info, void *ucontext) {
 static int fail_page(const struct region *r, uintptr_t page) {
   if (r->failure_action == CUFFD_SIGBUS_FAIL_POISON) {
     struct cuffd_poison arg = {.range = {.start = page, .len = r->page_size}, .mode = 0, .updated = 0};
-    if (cuffd_ioctl_poison(r->uffd, &arg) == 0 || errno == EEXIST) return 0;
+    if (cuffd_ioctl_poison(r->uffd, &arg) == 0 || errno == EEXIST) {
+      poisoned_page = page;
+      return 0;
+    }
     if (errno != EINVAL && errno != ENOTTY) return -1;  // no POISON here: zeros instead
   }
   struct cuffd_zeropage arg = {.range = {.start = page, .len = r->page_size}, .mode = 0, .zeropage = 0};
@@ -112,8 +118,15 @@ static void handler(int signo, siginfo_t *info, void *ucontext) {
       int inside = address >= r->start && address - r->start < r->length;
       if (inside && state == ACTIVE) {
         uintptr_t page = address & ~(uintptr_t)(r->page_size - 1);
+        if (page == poisoned_page) {
+          // The retried access hit the poison this thread's failed fault left: a real error now.
+          poisoned_page = (uintptr_t)-1;
+          atomic_fetch_sub_explicit(&r->inflight, 1, memory_order_acq_rel);
+          break;
+        }
         int rc = r->resolver(r->context, page);
         if (rc == 0) {
+          poisoned_page = (uintptr_t)-1;
           atomic_fetch_add_explicit(&r->resolved, 1, memory_order_relaxed);
           atomic_fetch_add_explicit(&resolved_total, 1, memory_order_relaxed);
         } else {
