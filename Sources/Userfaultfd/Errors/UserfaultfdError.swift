@@ -138,12 +138,13 @@ enum Explanation {
       return "destination already populated (another thread may have resolved this page: wake"
         + " and carry on)"
     case (.move, .noSuchFileOrDirectory):
-      return "source page is a hole (never touched, or already moved); pass .allowSourceHoles to"
-        + " count holes as moved"
+      return "source page is a hole (never touched, or already moved), or the source or destination"
+        + " is not mapped; for holes, pass .allowSourceHoles to count them as moved"
     case (.writeProtect, .noSuchFileOrDirectory):
       return "the range is not registered with this userfaultfd in write-protect mode"
     case (_, .noSuchFileOrDirectory):
-      return "the destination is not registered with this userfaultfd (or no longer mapped)"
+      return "the destination is not registered with a userfaultfd of this process (or is no longer"
+        + " mapped)"
     case (.move, .invalidArgument):
       return "both ranges must be page-aligned, each inside one VMA, private anonymous with the"
         + " same protections, not overlapping, the destination registered with this userfaultfd,"
@@ -151,7 +152,10 @@ enum Explanation {
     case (.register, .invalidArgument):
       return "the range must be page-aligned and mapped, and its memory must support the mode"
         + " (MINOR needs shmem or hugetlbfs; WP needs a kernel with anonymous WP)"
-    case (.unregister, .invalidArgument), (.wake, .invalidArgument):
+    case (.unregister, .invalidArgument):
+      return "the range must be page-aligned and inside mapped memory, and no part of it may be"
+        + " registered with another userfaultfd (unregister it through that handle)"
+    case (.wake, .invalidArgument):
       return "the range must be page-aligned and inside mapped memory"
     case (.writeProtect, .invalidArgument):
       return "the range must be registered with this userfaultfd in write-protect mode"
@@ -179,25 +183,31 @@ enum Explanation {
 /// The C names of the errnos userfaultfd produces, for messages a user can search.
 enum ErrnoName {
   static func of(_ errno: Errno) -> String {
-    switch errno {
-    case .notPermitted: return "EPERM"
-    case .noSuchFileOrDirectory: return "ENOENT"
-    case .noSuchProcess: return "ESRCH"
-    case .interrupted: return "EINTR"
-    case .noMemory: return "ENOMEM"
-    case .permissionDenied: return "EACCES"
-    case .badAddress: return "EFAULT"
-    case .resourceBusy: return "EBUSY"
-    case .fileExists: return "EEXIST"
-    case .invalidArgument: return "EINVAL"
-    case .resourceTemporarilyUnavailable: return "EAGAIN"
-    case .badFileDescriptor: return "EBADF"
-    case .inappropriateIOCTLForDevice: return "ENOTTY"
-    case .noSpace: return "ENOSPC"
-    case .noFunction: return "ENOSYS"
-    default: return "errno \(errno.rawValue)"
-    }
+    let code = errno.rawValue
+    guard code > 0, code < names.count, let name = names[Int(code)] else { return "errno \(code)" }
+    return name
   }
+
+  /// Linux's errno names by number (asm-generic/errno-base.h and errno.h, the ones a system call
+  /// here can return).
+  private static let names: [String?] = {
+    var table = [String?](repeating: nil, count: 134)
+    let known: [(Int32, String)] = [
+      (EPERM, "EPERM"), (ENOENT, "ENOENT"), (ESRCH, "ESRCH"), (EINTR, "EINTR"), (EIO, "EIO"),
+      (ENXIO, "ENXIO"), (E2BIG, "E2BIG"), (ENOEXEC, "ENOEXEC"), (EBADF, "EBADF"), (ECHILD, "ECHILD"),
+      (EAGAIN, "EAGAIN"), (ENOMEM, "ENOMEM"), (EACCES, "EACCES"), (EFAULT, "EFAULT"),
+      (EBUSY, "EBUSY"), (EEXIST, "EEXIST"), (EXDEV, "EXDEV"), (ENODEV, "ENODEV"),
+      (ENOTDIR, "ENOTDIR"), (EISDIR, "EISDIR"), (EINVAL, "EINVAL"), (ENFILE, "ENFILE"),
+      (EMFILE, "EMFILE"), (ENOTTY, "ENOTTY"), (ETXTBSY, "ETXTBSY"), (EFBIG, "EFBIG"),
+      (ENOSPC, "ENOSPC"), (ESPIPE, "ESPIPE"), (EROFS, "EROFS"), (EMLINK, "EMLINK"), (EPIPE, "EPIPE"),
+      (EDOM, "EDOM"), (ERANGE, "ERANGE"), (EDEADLK, "EDEADLK"), (ENAMETOOLONG, "ENAMETOOLONG"),
+      (ENOLCK, "ENOLCK"), (ENOSYS, "ENOSYS"), (ENOTEMPTY, "ENOTEMPTY"), (ELOOP, "ELOOP"),
+      (EOVERFLOW, "EOVERFLOW"), (EOPNOTSUPP, "EOPNOTSUPP"), (ETIMEDOUT, "ETIMEDOUT"),
+      (EHWPOISON, "EHWPOISON"),
+    ]
+    for (code, name) in known where code > 0 && Int(code) < table.count { table[Int(code)] = name }
+    return table
+  }()
 }
 
 extension Errno {

@@ -68,11 +68,17 @@ public final class AnonymousMemory: @unchecked Sendable {
     case populateWrite = 23
   }
 
+  /// The largest alignment: 1 GiB, the largest page size.
+  public static let maxAlignment = 1 << 30
+  /// The largest length: 128 TiB, the user address space of a 4-level page table.
+  public static let maxLength = 1 << 47
+
   /// Maps `length` bytes (rounded up to whole pages) of anonymous memory.
   ///
   /// - Parameters:
-  ///   - alignment: a power of two, at least the page size; use ``PageSize/huge`` for memory that
-  ///     should move as whole 2 MiB pages.
+  ///   - length: 1 to ``maxLength`` bytes.
+  ///   - alignment: a power of two from the page size to ``maxAlignment``; use ``PageSize/huge``
+  ///     for memory that should move as whole 2 MiB pages.
   ///   - populate: allocate every page now (`MADV_POPULATE_WRITE`) instead of on first touch.
   public init(
     length: Int, alignment: Int = PageSize.base, protection: Protection = .readWrite,
@@ -82,9 +88,13 @@ public final class AnonymousMemory: @unchecked Sendable {
     guard length > 0 else {
       throw .invalidArgument(.memory, "length must be positive, got \(length)")
     }
-    guard alignment >= page, alignment & (alignment - 1) == 0 else {
+    guard alignment >= page, alignment <= Self.maxAlignment, alignment & (alignment - 1) == 0 else {
       throw .invalidArgument(
-        .memory, "alignment \(alignment) must be a power of two and at least the page size (\(page))")
+        .memory, "alignment \(alignment) must be a power of two from the page size (\(page)) to 1 GiB")
+    }
+    guard length <= Self.maxLength else {
+      throw .invalidArgument(
+        .memory, "length \(length) is more than a process can map (at most \(Self.maxLength >> 40) TiB)")
     }
     let (rounded, overflow) = length.addingReportingOverflow(page - 1)
     let mapped = rounded & ~(page - 1)

@@ -5,7 +5,7 @@ import Testing
 
 /// Long-running users open and close handles, servers and regions all day: descriptors and memory
 /// must stay flat. Each loop warms up first (the runtime's one-time allocations), then runs 10,000
-/// cycles and compares.
+/// cycles and compares (with a small allowance for suites running alongside).
 extension KernelTests {
 @Suite("Guarantees: nothing leaks")
 struct NoLeakTests {
@@ -30,7 +30,10 @@ struct NoLeakTests {
     let descriptors = cuffd_test_count_open_descriptors()
     let resident = residentBytes()
     for _ in 0..<cycles { try body() }
-    #expect(cuffd_test_count_open_descriptors() == descriptors, "descriptors flat", sourceLocation: sourceLocation)
+    // Other suites run in parallel and open a few descriptors of their own; a leak here would be
+    // one or more per cycle, thousands in all.
+    let opened = cuffd_test_count_open_descriptors() - descriptors
+    #expect(opened < 16, "descriptors flat (\(opened) more after \(cycles) cycles)", sourceLocation: sourceLocation)
     let grown = residentBytes() - resident
     #expect(grown < slack, "resident memory grew by \(grown >> 10) KiB", sourceLocation: sourceLocation)
   }
