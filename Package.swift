@@ -13,6 +13,7 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+    .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
   ],
   targets: [
     // The kernel ABI (a private copy of the current uapi) and the calls Swift cannot make itself.
@@ -76,6 +77,7 @@ let package = Package(
         "CUserfaultfd",
         "CUserfaultfdTestSupport",
         .product(name: "SystemPackage", package: "swift-system"),
+        .product(name: "PropertyBased", package: "swift-property-based"),
       ]
     ),
   ],
