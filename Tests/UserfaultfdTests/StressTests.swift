@@ -23,6 +23,17 @@ struct StressTests {
     #expect(result.moves > 0)
   }
 
+  /// Racing movers: destination pages are filled by another mover or the handler while a move or
+  /// a copy fallback runs. Nothing is lost either way.
+  @Test(arguments: [MoveStress.Mover.move, .logicalCopy])
+  func racingMoversLoseNoUpdate(mover: MoveStress.Mover) throws {
+    let result = try MoveStress(.init(seconds: 1, writers: 2, pages: 64, mover: mover, movers: 3)).run { _ in }
+    #expect(result.errors.isEmpty, "\(result.errors)")
+    #expect(result.verified)
+    #expect(result.lost_updates == 0)
+    #expect(result.moves > 0)
+  }
+
   /// The control: COPY then MADV_DONTNEED loses writes, and the check sees it.
   @Test func naiveCopyFallbackIsCaughtLosingUpdates() throws {
     let result = try MoveStress(.init(seconds: 1, writers: 2, pages: 64, mover: .naiveCopy)).run { _ in }

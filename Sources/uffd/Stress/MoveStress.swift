@@ -30,11 +30,16 @@ final class MoveStress: @unchecked Sendable {
     var writers: Int = 2
     var pages: Int = 256
     var mover: Mover = .move
+    /// Mover threads: more than one race each other for the same pages, so a destination page is
+    /// often filled by another mover (or the fault handler) while a move or copy fallback is
+    /// under way.
+    var movers: Int = 1
   }
 
   /// What a run found.
   struct Result: Encodable {
     var mover: String
+    var movers: Int
     var seconds: Double
     var threads: Int
     var pages: Int
@@ -71,6 +76,8 @@ final class MoveStress: @unchecked Sendable {
   static let maxPages = 1 << 18
   /// One day: a run is bounded in time.
   static let maxSeconds = 86_400.0
+  /// Mover threads racing for the same pages.
+  static let maxMovers = 8
 
   init(_ configuration: Configuration) throws {
     guard configuration.writers >= 1, configuration.writers <= Self.maxWriters else {
@@ -81,6 +88,9 @@ final class MoveStress: @unchecked Sendable {
     }
     guard configuration.seconds.isFinite, configuration.seconds > 0, configuration.seconds <= Self.maxSeconds else {
       throw ToolError("--seconds must be more than 0 and at most \(Int(Self.maxSeconds)), got \(configuration.seconds)")
+    }
+    guard (1...Self.maxMovers).contains(configuration.movers) else {
+      throw ToolError("--movers must be 1 to \(Self.maxMovers), got \(configuration.movers)")
     }
     self.configuration = configuration
     uffd = try Userfaultfd(options: .nonBlocking)
@@ -136,10 +146,12 @@ final class MoveStress: @unchecked Sendable {
         writersDone.leave()
       })
     }
-    threads.append(Thread { [self] in
-      moveAround()
-      moverDone.signal()
-    })
+    for mover in 0..<configuration.movers {
+      threads.append(Thread { [self] in
+        moveAround(start: mover * pages / configuration.movers)
+        moverDone.signal()
+      })
+    }
     threads.forEach { $0.start() }
 
     let start = Date()
@@ -152,7 +164,7 @@ final class MoveStress: @unchecked Sendable {
     // Writers first: the handler keeps resolving their faults until every one is out.
     writersDone.wait()
     writersOut.store(true, ordering: .releasing)
-    moverDone.wait()
+    for _ in 0..<configuration.movers { moverDone.wait() }
     handlerDone.wait()
     return verify(pages: pages, writerCounts: writerCounts.withLock { $0 })
   }
@@ -181,9 +193,9 @@ final class MoveStress: @unchecked Sendable {
   }
 
   /// The mover: sweeps the pages, moving each to the other area, every fourth step an 8-page run.
-  func moveAround() {
+  func moveAround(start: Int) {
     let pages = configuration.pages
-    var index = 0
+    var index = start % pages
     var step = 0
     while !stopping.load(ordering: .relaxed) {
       step += 1
@@ -357,7 +369,7 @@ final class MoveStress: @unchecked Sendable {
     }
     let errorList = errors.withLock { $0 }
     return Result(
-      mover: configuration.mover.rawValue, seconds: configuration.seconds, threads: configuration.writers, pages: pages, writes: writes,
+      mover: configuration.mover.rawValue, movers: configuration.movers, seconds: configuration.seconds, threads: configuration.writers, pages: pages, writes: writes,
       moves: moves.load(ordering: .relaxed), faults: faults.load(ordering: .relaxed),
       lost_updates: lostUpdates, lost_pages: lostPages, duplicated_pages: duplicated,
       corrupted_pages: corrupted, errors: errorList,

@@ -21,6 +21,9 @@ struct StressCommand: ParsableCommand {
   @Option(help: "How the mover relocates pages: move, logical-copy (the atomic copy fallback), or naive-copy (COPY then MADV_DONTNEED: a control that loses writes).")
   var mover: String = MoveStress.Mover.move.rawValue
 
+  @Option(parsing: .unconditional, help: "Mover threads racing for the same pages (1-\(MoveStress.maxMovers)): destination pages get filled by another mover or the handler while a move or copy fallback runs.")
+  var movers = 1
+
   @OptionGroup var output: OutputOptions
 
   func validate() throws {
@@ -33,6 +36,9 @@ struct StressCommand: ParsableCommand {
     guard seconds.isFinite, seconds > 0, seconds <= MoveStress.maxSeconds else {
       throw ValidationError("--seconds must be more than 0 and at most \(Int(MoveStress.maxSeconds)), got \(seconds)")
     }
+    guard (1...MoveStress.maxMovers).contains(movers) else {
+      throw ValidationError("--movers must be 1 to \(MoveStress.maxMovers), got \(movers)")
+    }
     guard MoveStress.Mover(rawValue: mover) != nil else {
       throw ValidationError("unknown --mover '\(mover)': use \(MoveStress.Mover.allCases.map(\.rawValue).joined(separator: ", "))")
     }
@@ -40,7 +46,8 @@ struct StressCommand: ParsableCommand {
 
   func run() throws {
     let stress = try MoveStress(.init(
-      seconds: seconds, writers: threads, pages: pages, mover: MoveStress.Mover(rawValue: mover) ?? .move))
+      seconds: seconds, writers: threads, pages: pages, mover: MoveStress.Mover(rawValue: mover) ?? .move,
+      movers: movers))
     let result = stress.run { message in
       FileHandle.standardError.write(Data("stress \(message)\n".utf8))
     }
@@ -50,7 +57,7 @@ struct StressCommand: ParsableCommand {
       print(String(decoding: try encoder.encode(result), as: UTF8.self))
     } else {
       print("""
-        UFFDIO_MOVE stress (\(result.mover) mover): \(result.threads) writers, \(result.pages) pages, \(result.seconds) s
+        UFFDIO_MOVE stress (\(result.mover) mover x \(result.movers)): \(result.threads) writers, \(result.pages) pages, \(result.seconds) s
         writes            \(result.writes)
         moves             \(result.moves)
         faults            \(result.faults)
