@@ -50,6 +50,38 @@ struct NothingLostTests {
     return result
   }
 
+  /// A copy-fallback move of `pages` pages, MOVE off, `batch` pages per ioctl, pages recorded:
+  /// the report, whether it completed or stopped, or the error when it threw anything else.
+  func fallbackMove(_ s: Setup, pages: Int, batch: Int) -> (MoveReport?, UserfaultfdError?) {
+    var policy = MovePolicy.copyFallback
+    policy.recordPages = true
+    policy.maxPagesPerIoctl = batch
+    do {
+      return (try PageMover(s.uffd, usingMove: false).move(
+        from: s.source.baseAddress, to: s.destination.baseAddress, length: pages * page, policy: policy), nil)
+    } catch .moveStopped(let stopped) {
+      return (stopped, nil)
+    } catch {
+      return (nil, error)
+    }
+  }
+
+  /// Every page is where the report says: copied ones in the destination, not attempted or
+  /// already-present ones in the source, returned ones in `returnedPages`; none lost.
+  func expectAccounted(_ report: MoveReport, _ s: Setup, pages: Int, round: Int) {
+    let said = outcomes(report, pages: pages)
+    for index in 0..<pages {
+      let actual = place(of: index, s, returned: report.returnedPages)
+      #expect(actual != .lost, "round \(round): page \(index) lost")
+      switch said[index] {
+      case .copied, .moved: #expect(actual == .destination, "round \(round): page \(index)")
+      case .notAttempted, .alreadyPresent: #expect(actual == .source, "round \(round): page \(index)")
+      case .returnedToCaller: #expect(actual == .returned, "round \(round): page \(index)")
+      default: Issue.record("round \(round): page \(index) said \(said[index])")
+      }
+    }
+  }
+
   /// Issue: with MOVE off, a populated destination page 2 and the pre-check off, the fallback took
   /// pages 0-7, copied 0-1, then dropped 3-7 while reporting them "not attempted".
   @Test(arguments: [false, true])
@@ -151,31 +183,13 @@ struct NothingLostTests {
         usleep(UInt32(50 + (round % 8) * 40))
         uffd.close()
       }
-      var policy = MovePolicy.copyFallback
-      policy.recordPages = true
-      policy.maxPagesPerIoctl = 16
-      var report: MoveReport?
-      do {
-        report = try PageMover(uffd, usingMove: false).move(
-          from: s.source.baseAddress, to: s.destination.baseAddress, length: pages * page, policy: policy)
-      } catch .moveStopped(let stopped) {
-        report = stopped
-      } catch {
-        #expect(error == .closed(.move))  // closed before it started: nothing taken
-      }
+      let (report, error) = fallbackMove(s, pages: pages, batch: 16)
       #expect(closer.join())
-      for index in 0..<pages {
-        let actual = place(of: index, s, returned: report?.returnedPages)
-        #expect(actual != .lost, "round \(round): page \(index) lost")
-        if let report {
-          let said = outcomes(report, pages: pages)[index]
-          switch said {
-          case .copied, .moved: #expect(actual == .destination, "round \(round): page \(index)")
-          case .notAttempted, .alreadyPresent: #expect(actual == .source, "round \(round): page \(index)")
-          case .returnedToCaller: #expect(actual == .returned, "round \(round): page \(index)")
-          default: Issue.record("round \(round): page \(index) said \(said)")
-          }
-        }
+      if let report {
+        expectAccounted(report, s, pages: pages, round: round)
+      } else {
+        #expect(error == .closed(.move), "closed before it started: nothing taken")
+        for index in 0..<pages { #expect(place(of: index, s, returned: nil) == .source) }
       }
     }
   }
@@ -279,30 +293,20 @@ struct NothingLostTests {
         usleep(UInt32(20 + round * 10))
         try? uffd.zeroPage(target.pointer + (pages - 1 - round) * PageSize.base, length: PageSize.base)
       }
-      var policy = MovePolicy.copyFallback
-      policy.recordPages = true
-      policy.maxPagesPerIoctl = 8
-      var report: MoveReport?
-      do {
-        report = try PageMover(uffd, usingMove: false).move(
-          from: s.source.baseAddress, to: s.destination.baseAddress, length: pages * page, policy: policy)
-      } catch .moveStopped(let stopped) {
-        report = stopped
-      } catch {
-        Issue.record("unexpected \(error)")
-      }
+      let (report, error) = fallbackMove(s, pages: pages, batch: 8)
       #expect(third.join())
-      guard let report else { continue }
-      let said = outcomes(report, pages: pages)
-      for index in 0..<pages {
-        let actual = place(of: index, s, returned: report.returnedPages)
-        switch said[index] {
-        case .copied: #expect(actual == .destination, "round \(round) page \(index)")
-        case .notAttempted, .alreadyPresent: #expect(actual == .source, "round \(round) page \(index)")
-        case .returnedToCaller: #expect(actual == .returned)
-        default: Issue.record("page \(index) said \(said[index])")
+      guard let report else {
+        // The third party was first: the pre-check refused the move before anything was taken.
+        guard case .invalidArgument? = error else {
+          Issue.record("unexpected \(String(describing: error))")
+          continue
         }
+        for index in 0..<pages where index != pages - 1 - round {
+          #expect(place(of: index, s, returned: nil) == .source, "round \(round): page \(index)")
+        }
+        continue
       }
+      expectAccounted(report, s, pages: pages, round: round)
     }
   }
 }
