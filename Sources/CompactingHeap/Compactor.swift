@@ -105,6 +105,7 @@ public final class Compactor: @unchecked Sendable {
   public func run(progress: (String) -> Void = { _ in }) throws(HeapError) -> CompactionResult {
     let page = PageSize.base
     let usedBefore = heap.top
+    try heap.validateRoots()
     // 1. Mark and plan (stop-the-world; the mutators have not started).
     progress("marking")
     let markStart = CycleClock.now()

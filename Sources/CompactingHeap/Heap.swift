@@ -19,8 +19,9 @@ public final class Heap: @unchecked Sendable {
   /// The allocation frontier: bytes in use from `start`.
   public internal(set) var top: Int = 0
   /// Per-mutator roots: addresses of objects (0 = empty slot). Set by the workload and rewritten
-  /// by compaction; read-only outside the module, so no root can point outside the heap.
-  public internal(set) var roots: [[UInt]]
+  /// by compaction. Checked before every compaction (``validateRoots()``): a root that is not the
+  /// start of an object in the heap is an error, never a crash.
+  public var roots: [[UInt]]
   /// Next id to hand out.
   var nextID: UInt64 = 1
 
@@ -90,6 +91,32 @@ public final class Heap: @unchecked Sendable {
     }
     top += count * ObjectLayout.wordSize
     return address
+  }
+
+  /// Throws ``HeapError/invalidConfiguration(_:)`` unless every root is 0 or the start of an
+  /// object below ``top``. One pass over the heap's headers.
+  public func validateRoots() throws(HeapError) {
+    let words = top / ObjectLayout.wordSize
+    var starts = [UInt64](repeating: 0, count: words / 64 + 1)
+    var offset = 0
+    while offset < top {
+      let size = object(at: start + UInt(offset)).sizeInWords
+      guard size > 0 else { throw .invalidConfiguration("heap object at offset \(offset) has size 0") }
+      let word = offset / ObjectLayout.wordSize
+      starts[word / 64] |= 1 << UInt64(word % 64)
+      offset += size * ObjectLayout.wordSize
+    }
+    for (mutator, set) in roots.enumerated() {
+      for root in set where root != 0 {
+        let inside = root >= start && root < start + UInt(top) && (root - start) % UInt(ObjectLayout.wordSize) == 0
+        let word = inside ? Int(root - start) / ObjectLayout.wordSize : 0
+        guard inside, starts[word / 64] & (1 << UInt64(word % 64)) != 0 else {
+          throw .invalidConfiguration(
+            "mutator \(mutator)'s root 0x\(String(root, radix: 16)) is not the start of an object in the heap"
+              + " (0x\(String(start, radix: 16)) + \(top) bytes in use)")
+        }
+      }
+    }
   }
 
   /// Calls `body` with each object's address, in address order, from `start` to `top`.

@@ -23,17 +23,21 @@ public struct LiveMap: Sendable {
     let chunks = (heap.top / ObjectLayout.wordSize + Self.chunkWords - 1) / Self.chunkWords
     bitmap = Array(repeating: 0, count: chunks)
     prefix = Array(repeating: 0, count: chunks + 1)
-    var stack: [UInt] = heap.roots.flatMap { $0 }.filter { $0 != 0 }
+    // Roots outside the heap are skipped rather than trusted (``Heap/validateRoots()`` reports them).
+    let end = heap.start + UInt(heap.top)
+    var stack: [UInt] = heap.roots.flatMap { $0 }.filter { $0 >= heap.start && $0 < end }
     while let address = stack.popLast() {
       guard !isLive(address) else { continue }
       let object = heap.object(at: address)
       let first = Int(address - start) / ObjectLayout.wordSize
+      // A header that does not fit the heap is not an object (a bad root): skip it, never trap.
+      guard object.sizeInWords > 0, object.sizeInWords <= heap.top / ObjectLayout.wordSize - first else { continue }
       setLive(words: first..<(first + object.sizeInWords))
       liveObjects += 1
       liveBytes += object.sizeInWords * ObjectLayout.wordSize
       for field in 0..<object.referenceCount {
         let target = object.reference(field)
-        if target != 0 && !isLive(target) { stack.append(target) }
+        if target >= heap.start && target < end && !isLive(target) { stack.append(target) }
       }
     }
     var running = 0

@@ -106,6 +106,9 @@ public final class FaultServer: Sendable {
     public var abandoned: UInt64
     /// Events not delivered to ``FaultServer/events`` because the delivery ring was full.
     public var droppedEvents: UInt64
+    /// Earlier name of ``failed``.
+    @available(*, deprecated, renamed: "failed")
+    public var errors: UInt64 { failed }
   }
 
   /// What the server has done so far.

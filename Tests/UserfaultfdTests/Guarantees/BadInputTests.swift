@@ -333,3 +333,18 @@ struct BadInputTests {
   }
 }
 }
+
+/// A root that is not an object of the heap is an error before compaction, never a trap.
+@Suite("Guarantees: heap roots")
+struct HeapRootTests {
+  @Test(arguments: [UInt(1), UInt.max, UInt(8)])
+  func rootsOutsideTheHeapAreRejected(offsetOrAddress: UInt) throws {
+    let heap = try Heap(capacity: 2 << 20, mutators: 1)
+    try Workload(seed: 5).populate(heap)
+    let bogus = offsetOrAddress == UInt(8) ? heap.start + 8 : offsetOrAddress  // inside an object, or outside
+    heap.roots[0].append(bogus)
+    #expect(throws: HeapError.self) { try heap.validateRoots() }
+    #expect(throws: HeapError.self) { _ = try Compactor(heap: heap, configuration: .init(strategy: .copy, faultMode: .thread)).run() }
+    _ = LiveMap(marking: heap)  // skips what is outside; no trap
+  }
+}
