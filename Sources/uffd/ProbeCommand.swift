@@ -21,6 +21,9 @@ struct ProbeCommand: ParsableCommand {
     var transparent_hugepage: String?
     var page_size: Int
     var move_usable: Bool
+    var move_verdict: String
+    var move_verdict_reason: String
+    var handles_kernel_faults: Bool?
     var verdict: String
   }
 
@@ -31,7 +34,9 @@ struct ProbeCommand: ParsableCommand {
       open_error: probe.openError, unprivileged_userfaultfd: probe.unprivilegedUserfaultfd,
       features: probe.supportedFeatures.names, range_ioctls: probe.rangeIoctls.names,
       transparent_hugepage: probe.transparentHugePages, page_size: probe.pageSize,
-      move_usable: probe.moveUsable, verdict: probe.verdict)
+      move_usable: probe.moveUsable, move_verdict: probe.moveVerdict.name,
+      move_verdict_reason: probe.moveVerdict.description, handles_kernel_faults: probe.handlesKernelFaults,
+      verdict: probe.verdict)
     if output.json {
       let encoder = JSONEncoder()
       encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -45,7 +50,9 @@ struct ProbeCommand: ParsableCommand {
         ("anonymous range ioctls", report.range_ioctls.joined(separator: " ")),
         ("transparent huge pages", report.transparent_hugepage ?? "unknown"),
         ("page size", "\(report.page_size)"),
+        ("handles kernel-mode faults", report.handles_kernel_faults.map { $0 ? "yes" : "no" } ?? "unknown"),
         ("move usable", report.move_usable ? "yes" : "no"),
+        ("move verdict", report.move_verdict_reason),
       ]
       let width = rows.map(\.0.count).max() ?? 0
       for (key, value) in rows {

@@ -12,6 +12,11 @@ public enum OpenMethod: String, Sendable, Hashable, CaseIterable {
   case devUserfaultfd = "/dev/userfaultfd"
   /// Received from the kernel in a fork event.
   case forkEvent = "fork-event"
+
+  /// Whether a descriptor opened this way serves faults the kernel itself takes on registered
+  /// memory (a `read(2)` into it, io_uring, KVM). A user-mode-only descriptor does not: those
+  /// accesses fail with EFAULT ("Bad address").
+  public var handlesKernelFaults: Bool { self != .syscallUserModeOnly }
 }
 
 /// One way of opening a userfaultfd that was tried, and why it failed.
@@ -40,8 +45,9 @@ public struct OpenAttempt: Sendable, Equatable {
     }
     if errnos.contains(Errno.notPermitted.rawValue) {
       fixes.append(
-        "unprivileged use is off: run as root or with CAP_SYS_PTRACE, or set"
-          + " `sysctl vm.unprivileged_userfaultfd=1`")
+        "unprivileged use is off: run as root or with CAP_SYS_PTRACE, set"
+          + " `sysctl vm.unprivileged_userfaultfd=1`, or, if your faults come only from user mode"
+          + " (no read(2), io_uring or KVM access to registered memory), pass .allowUserModeOnly")
     }
     if errnos.contains(Errno.permissionDenied.rawValue) {
       fixes.append("grant this user read/write access to /dev/userfaultfd (e.g. a udev rule or group)")

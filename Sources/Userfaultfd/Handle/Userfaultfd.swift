@@ -42,16 +42,28 @@ public final class Userfaultfd: Sendable {
     public init(rawValue: Int32) { self.rawValue = rawValue }
     /// `O_NONBLOCK`: reading events never blocks; an empty read returns no events.
     public static let nonBlocking = Options(rawValue: 1 << 0)
-    /// `UFFD_USER_MODE_ONLY`: handle only faults from user mode (what unprivileged users get).
+    /// `UFFD_USER_MODE_ONLY`: ask for a descriptor that handles only faults from user mode.
     public static let userModeOnly = Options(rawValue: 1 << 1)
+    /// Accept a user-mode-only descriptor when nothing else may be opened (an unprivileged process
+    /// with `vm.unprivileged_userfaultfd = 0` and no access to `/dev/userfaultfd`). Without it
+    /// opening fails instead of silently downgrading: faults the kernel takes on registered
+    /// memory (read(2) into it, io_uring, KVM) would fail with EFAULT on such a descriptor.
+    public static let allowUserModeOnly = Options(rawValue: 1 << 2)
   }
+
+  /// Whether this handle serves faults the kernel itself takes on registered memory (false for a
+  /// user-mode-only descriptor; see ``OpenMethod/handlesKernelFaults``).
+  public var handlesKernelFaults: Bool { openMethod.handlesKernelFaults }
 
   /// Opens a userfaultfd with `features` enabled.
   ///
-  /// Tries the `userfaultfd` system call; on EPERM again with `UFFD_USER_MODE_ONLY`; then
-  /// `/dev/userfaultfd`. Supported features are probed on a throwaway descriptor first, so asking
-  /// for one the kernel lacks throws ``UserfaultfdError/featuresUnsupported(requested:missing:)``
-  /// naming it, and nothing is silently dropped.
+  /// Tries the `userfaultfd` system call, then `/dev/userfaultfd` (Linux 6.1+; governed by the
+  /// device's permissions), both of which handle kernel-mode faults; then, only with
+  /// ``Options/allowUserModeOnly``, the system call with `UFFD_USER_MODE_ONLY` (Linux 5.11+).
+  /// ``openMethod`` says which worked. Supported features are probed on a throwaway descriptor
+  /// first, so asking for one the kernel lacks throws
+  /// ``UserfaultfdError/featuresUnsupported(requested:missing:)`` naming it, and nothing is
+  /// silently dropped.
   public init(features: Features = [], options: Options = []) throws(UserfaultfdError) {
     let probe = try Self.handshake(features: [], options: options)
     _ = Glibc.close(probe.fd)
@@ -162,24 +174,24 @@ public final class Userfaultfd: Sendable {
                   ioctls: Ioctls(rawValue: api.ioctls))
   }
 
-  /// Tries each way of getting a descriptor in turn, recording why each failed.
+  /// Tries each way of getting a descriptor in turn, recording why each failed: the syscall and
+  /// `/dev/userfaultfd` (both serve kernel-mode faults), then user-mode-only when allowed.
   private static func openDescriptor(options: Options) throws(UserfaultfdError) -> (Int32, OpenMethod) {
     var flags = O_CLOEXEC
     if options.contains(.nonBlocking) { flags |= O_NONBLOCK }
     var attempts: [OpenAttempt] = []
-    let userModeOnly = options.contains(.userModeOnly)
-
-    let first = userModeOnly ? flags | CUFFD_USER_MODE_ONLY : flags
-    switch valueOrErrno(retryOnInterrupt: true, { cuffd_userfaultfd(first) }) {
-    case .success(let fd): return (fd, userModeOnly ? .syscallUserModeOnly : .syscall)
-    case .failure(let error):
-      attempts.append(OpenAttempt(method: userModeOnly ? .syscallUserModeOnly : .syscall, errno: error))
-      if error == .notPermitted && !userModeOnly {
-        switch valueOrErrno(retryOnInterrupt: true, { cuffd_userfaultfd(flags | CUFFD_USER_MODE_ONLY) }) {
-        case .success(let fd): return (fd, .syscallUserModeOnly)
-        case .failure(let error): attempts.append(OpenAttempt(method: .syscallUserModeOnly, errno: error))
-        }
+    if options.contains(.userModeOnly) {
+      // Asked for explicitly: user-mode-only by whichever way works.
+      switch valueOrErrno(retryOnInterrupt: true, { cuffd_userfaultfd(flags | CUFFD_USER_MODE_ONLY) }) {
+      case .success(let fd): return (fd, .syscallUserModeOnly)
+      case .failure(let error): attempts.append(OpenAttempt(method: .syscallUserModeOnly, errno: error))
       }
+      throw .openFailed(attempts)
+    }
+
+    switch valueOrErrno(retryOnInterrupt: true, { cuffd_userfaultfd(flags) }) {
+    case .success(let fd): return (fd, .syscall)
+    case .failure(let error): attempts.append(OpenAttempt(method: .syscall, errno: error))
     }
 
     switch valueOrErrno(retryOnInterrupt: true, { Glibc.open("/dev/userfaultfd", O_RDWR | O_CLOEXEC) }) {
@@ -187,11 +199,16 @@ public final class Userfaultfd: Sendable {
       attempts.append(OpenAttempt(method: .devUserfaultfd, errno: error))
     case .success(let device):
       defer { _ = Glibc.close(device) }
-      // The device refuses kernel-mode fault handling to the unprivileged only via its permissions.
-      let deviceFlags = userModeOnly ? flags | CUFFD_USER_MODE_ONLY : flags
-      switch valueOrErrno(retryOnInterrupt: true, { cuffd_dev_new(device, deviceFlags) }) {
+      switch valueOrErrno(retryOnInterrupt: true, { cuffd_dev_new(device, flags) }) {
       case .success(let fd): return (fd, .devUserfaultfd)
       case .failure(let error): attempts.append(OpenAttempt(method: .devUserfaultfd, errno: error))
+      }
+    }
+
+    if options.contains(.allowUserModeOnly) {
+      switch valueOrErrno(retryOnInterrupt: true, { cuffd_userfaultfd(flags | CUFFD_USER_MODE_ONLY) }) {
+      case .success(let fd): return (fd, .syscallUserModeOnly)
+      case .failure(let error): attempts.append(OpenAttempt(method: .syscallUserModeOnly, errno: error))
       }
     }
     throw .openFailed(attempts)

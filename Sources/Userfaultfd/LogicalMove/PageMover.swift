@@ -40,11 +40,17 @@ public struct PageMover: Sendable {
   /// copy-fallback policy works, and copies every page.
   public let usesMove: Bool
 
-  /// A mover that uses UFFDIO_MOVE when the kernel offers it (decided at run time).
+  /// A mover that uses UFFDIO_MOVE when this kernel's ``MoveVerdict`` says so (decided at run
+  /// time, once per process: the feature bit, the kernel version, a self-test); otherwise only the
+  /// copy-fallback policy works, and copies every page.
   public init(_ uffd: Userfaultfd) {
     self.uffd = uffd
-    self.usesMove = uffd.supportedFeatures.contains(.move)
+    self.usesMove = uffd.supportedFeatures.contains(.move) && Self.moveVerdict.isUsable
   }
+
+  /// This process's verdict on UFFDIO_MOVE, from one probe (cached).
+  public static var moveVerdict: MoveVerdict { cachedVerdict }
+  private static let cachedVerdict: MoveVerdict = KernelProbe.run().moveVerdict
 
   /// A mover with UFFDIO_MOVE forced on or off: off behaves as on a kernel without MOVE (for tests,
   /// and for machines where copying wins).

@@ -116,11 +116,27 @@ public final class AnonymousMemory: @unchecked Sendable {
     self.baseAddress = raw + head
     self.length = mapped
     self.sharing = sharing
-    if populate { try advise(.populateWrite) }
+    if populate { try populateAll() }
   }
 
   deinit {
     _ = munmap(baseAddress, length)
+  }
+
+  /// Allocates every page of the fresh mapping now: `MADV_POPULATE_WRITE` (Linux 5.14+), or on
+  /// older kernels (EINVAL) by writing a zero to each page, one fault at a time. Called from `init`
+  /// only, while the memory is still all zeros.
+  private func populateAll() throws(UserfaultfdError) {
+    do {
+      try advise(.populateWrite)
+    } catch .systemCallFailed(_, .invalidArgument) {
+      let page = PageSize.base
+      var offset = 0
+      while offset < length {
+        (baseAddress + offset).storeBytes(of: 0, as: UInt8.self)  // a write fault allocates the page
+        offset += page
+      }
+    }
   }
 
   /// The page-aligned subrange `offset..<offset+length` (all of it by default), checked.

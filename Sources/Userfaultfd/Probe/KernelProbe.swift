@@ -24,6 +24,11 @@ public struct KernelProbe: Sendable {
   public let pageSize: Int
   /// Whether a real one-page UFFDIO_MOVE succeeded here, with the data arriving intact.
   public let moveUsable: Bool
+  /// Whether the descriptor this process gets serves faults the kernel takes on registered memory
+  /// (false for a user-mode-only descriptor); nil when none could be opened.
+  public let handlesKernelFaults: Bool?
+  /// Whether to use UFFDIO_MOVE here, and why (see ``MoveVerdict``).
+  public let moveVerdict: MoveVerdict
   /// One line: is UFFDIO_MOVE usable here, and if not, why.
   public let verdict: String
 
@@ -35,12 +40,13 @@ public struct KernelProbe: Sendable {
     let thp = readSmallFile("/sys/kernel/mm/transparent_hugepage/enabled").flatMap(bracketed)
     let uffd: Userfaultfd
     do {
-      uffd = try Userfaultfd()
+      uffd = try Userfaultfd(options: .allowUserModeOnly)
     } catch {
       return KernelProbe(
         kernelRelease: release, openMethod: nil, openError: error.description,
         unprivilegedUserfaultfd: unprivileged, supportedFeatures: [], rangeIoctls: [],
         transparentHugePages: thp, pageSize: PageSize.base, moveUsable: false,
+        handlesKernelFaults: nil, moveVerdict: .blocked(error.description),
         verdict: "UFFDIO_MOVE is not usable: \(error.description)")
     }
     var ioctls: Ioctls = []
@@ -56,6 +62,8 @@ public struct KernelProbe: Sendable {
         throw .invalidArgument(.move, "the moved page did not arrive intact")
       }
     }
+    let moveVerdict = MoveVerdict.decide(
+      release: release, advertised: uffd.supportedFeatures.contains(.move), selfTest: moveResult.error)
     let verdict: String
     switch moveResult {
     case .success:
@@ -71,7 +79,8 @@ public struct KernelProbe: Sendable {
       kernelRelease: release, openMethod: uffd.openMethod, openError: nil,
       unprivilegedUserfaultfd: unprivileged, supportedFeatures: uffd.supportedFeatures,
       rangeIoctls: ioctls, transparentHugePages: thp, pageSize: PageSize.base,
-      moveUsable: moveResult.isSuccess, verdict: verdict)
+      moveUsable: moveResult.isSuccess, handlesKernelFaults: uffd.handlesKernelFaults,
+      moveVerdict: moveVerdict, verdict: verdict)
   }
 
   private static func unameRelease() -> String {
@@ -94,5 +103,10 @@ extension Result {
   fileprivate var isSuccess: Bool {
     if case .success = self { return true }
     return false
+  }
+
+  fileprivate var error: Failure? {
+    if case .failure(let error) = self { return error }
+    return nil
   }
 }
