@@ -87,9 +87,9 @@ public final class Compactor: @unchecked Sendable {
     } catch {
       throw .system(error)
     }
-    if configuration.strategy == .move && !offered.contains(.move) {
+    if configuration.strategy == .move && !(offered.contains(.move) && PageMover.moveVerdict.isUsable) {
       throw .invalidConfiguration(
-        "the MOVE strategy needs UFFDIO_MOVE (Linux 6.8 or later), which this kernel lacks: use the COPY strategy")
+        "the MOVE strategy needs UFFDIO_MOVE, which is not usable here (\(PageMover.moveVerdict)): use the COPY strategy")
     }
     if configuration.faultMode == .sigbus && !offered.contains(.sigbus) {
       throw .invalidConfiguration(

@@ -34,6 +34,17 @@ struct StressTests {
     #expect(result.moves > 0)
   }
 
+  /// Everything through the copy fallback, the fault handler too: what runs on a kernel without
+  /// UFFDIO_MOVE.
+  @Test func copyFallbackEverywhereLosesNoUpdate() throws {
+    let result = try MoveStress(.init(seconds: 1, writers: 2, pages: 64, mover: .logicalCopy, handlerMayMove: false))
+      .run { _ in }
+    #expect(result.errors.isEmpty, "\(result.errors)")
+    #expect(result.verified)
+    #expect(result.moves > 0)
+    #expect(result.faults > 0, "the handler brought pages back through the fallback")
+  }
+
   /// The control: COPY then MADV_DONTNEED loses writes, and the check sees it.
   @Test func naiveCopyFallbackIsCaughtLosingUpdates() throws {
     let result = try MoveStress(.init(seconds: 1, writers: 2, pages: 64, mover: .naiveCopy)).run { _ in }

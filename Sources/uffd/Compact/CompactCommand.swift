@@ -54,7 +54,16 @@ struct CompactCommand: ParsableCommand {
   }
 
   func run() throws {
-    guard let strategies, let faultMode = FaultMode(rawValue: faultMode) else { return }
+    guard var strategies, let faultMode = FaultMode(rawValue: faultMode) else { return }
+    // Capabilities at setup: without a usable MOVE, `both` runs COPY and says so; `move` is an error.
+    let verdict = PageMover.moveVerdict
+    if !verdict.isUsable && strategies.contains(.move) {
+      guard strategies.count > 1 else {
+        throw ToolError("--mode move needs UFFDIO_MOVE, which is not usable here (\(verdict)); use --mode copy")
+      }
+      strategies.removeAll { $0 == .move }
+      progress("UFFDIO_MOVE is unavailable here (\(verdict)): running the COPY strategy only")
+    }
     progress("measuring memcpy bandwidth")
     let memcpyBefore = try MemcpyBaseline.gigabytesPerSecond()
     var results: [MappingStrategy: [CompactionResult]] = [:]

@@ -34,6 +34,9 @@ final class MoveStress: @unchecked Sendable {
     /// often filled by another mover (or the fault handler) while a move or copy fallback is
     /// under way.
     var movers: Int = 1
+    /// Let the fault handler use UFFDIO_MOVE where it is usable (false: always the copy fallback,
+    /// as on a kernel without MOVE).
+    var handlerMayMove: Bool = true
   }
 
   /// What a run found.
@@ -56,6 +59,8 @@ final class MoveStress: @unchecked Sendable {
 
   let configuration: Configuration
   let uffd: Userfaultfd
+  /// Whether the fault handler moves pages with UFFDIO_MOVE (else with the atomic copy fallback).
+  let handlerUsesMove: Bool
   let areaA: AnonymousMemory
   let areaB: AnonymousMemory
   let page = PageSize.base
@@ -94,8 +99,12 @@ final class MoveStress: @unchecked Sendable {
     }
     self.configuration = configuration
     uffd = try Userfaultfd(options: .nonBlocking)
-    guard uffd.supportedFeatures.contains(.move) else {
-      throw ToolError("UFFDIO_MOVE is not supported by this kernel (Linux 6.8 or later)")
+    // Capabilities at setup: only the `move` mover needs MOVE; without it the fault handler
+    // brings pages back through the atomic copy fallback.
+    handlerUsesMove = configuration.handlerMayMove && PageMover.moveVerdict.isUsable
+    guard configuration.mover != .move || handlerUsesMove else {
+      throw ToolError("--mover move needs UFFDIO_MOVE, which is not usable here (\(PageMover.moveVerdict));"
+        + " use --mover logical-copy")
     }
     let bytes = configuration.pages * PageSize.base
     areaA = try AnonymousMemory(length: bytes)
@@ -311,7 +320,7 @@ final class MoveStress: @unchecked Sendable {
     let other: UInt8 = here == 0 ? 1 : 0
     guard let destination = UnsafeMutableRawPointer(bitPattern: address) else { return true }
     do {
-      try uffd.move(from: area(other).baseAddress + index * page, to: destination, length: page)
+      try bringBack(from: area(other).baseAddress + index * page, to: destination)
       location[index].store(here, ordering: .releasing)
       faults.wrappingAdd(1, ordering: .relaxed)
       return true
@@ -329,6 +338,29 @@ final class MoveStress: @unchecked Sendable {
         try? uffd.wake(destination, length: page)
         return true
       }
+    }
+  }
+
+  /// Moves one page for the handler: UFFDIO_MOVE, or where it is unusable the logical move's
+  /// atomic copy fallback, with its answers translated to MOVE's (a source hole is ENOENT).
+  func bringBack(from source: UnsafeMutableRawPointer, to destination: UnsafeMutableRawPointer) throws(UserfaultfdError) {
+    if handlerUsesMove {
+      try uffd.move(from: source, to: destination, length: page)
+      return
+    }
+    var policy = MovePolicy.copyFallback
+    policy.checkDestinationEmpty = false
+    do throws(UserfaultfdError) {
+      let report = try PageMover(uffd, usingMove: false).move(from: source, to: destination, length: page, policy: policy)
+      if report.holeBytes > 0 {
+        throw UserfaultfdError.operationFailed(OperationFailure(
+          operation: .move, errno: .noSuchFileOrDirectory, destination: UInt(bitPattern: destination), length: page))
+      }
+    } catch {
+      guard case .moveStopped(let report) = error else { throw error }
+      if report.returnedPages != nil { fail("handler: taken page could not be put back: \(report)") }
+      throw .operationFailed(report.stop?.failure ?? OperationFailure(
+        operation: .move, errno: .ioError, destination: UInt(bitPattern: destination), length: page))
     }
   }
 
