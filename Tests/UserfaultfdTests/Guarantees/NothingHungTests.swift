@@ -65,9 +65,13 @@ struct NothingHungTests {
   }
 
   @Test func copyFromUnmappedMemoryFailsTheFault() throws {
-    let unmapped = Address(try unmappedRange(pages: 1))
+    // The hole is made after the area is mapped, so the area cannot land in it.
+    let source = Atomic<UInt>(0)
     let failures = FailureLog()
-    let (server, area) = try serve(failures: failures) { _ in .copy(from: unmapped.pointer) }
+    let (server, area) = try serve(failures: failures) { _ in
+      .copy(from: UnsafeRawPointer(bitPattern: source.load(ordering: .acquiring)) ?? UnsafeRawPointer(bitPattern: 4096)!)
+    }
+    source.store(UInt(bitPattern: try unmappedRange(pages: 1)), ordering: .releasing)
     expectFailedButReleased(server, area, failures: failures, errno: .badAddress)
   }
 

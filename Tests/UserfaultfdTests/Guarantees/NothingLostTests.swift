@@ -312,7 +312,8 @@ struct NothingLostTests {
 }
 }
 
-/// A page-aligned range with nothing mapped in it (mapped, then unmapped).
+/// A page-aligned range with nothing mapped in it (mapped, then unmapped). A later mmap may reuse
+/// the range: make it after the test's other mappings, and use it at once.
 func unmappedRange(pages: Int) throws -> UnsafeMutableRawPointer {
   let memory = try AnonymousMemory(length: pages * PageSize.base)
   let start = memory.baseAddress
