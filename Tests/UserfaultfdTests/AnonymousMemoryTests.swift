@@ -19,9 +19,17 @@ struct AnonymousMemoryTests {
     let memory = try AnonymousMemory(length: 2 * PageSize.huge, alignment: PageSize.huge)
     #expect(UInt(bitPattern: memory.baseAddress) % UInt(PageSize.huge) == 0)
     try memory.advise(.hugePage)
-    try memory.advise(.populateWrite)
+    if Kernel.hasPopulateWrite { try memory.advise(.populateWrite) }  // MADV_POPULATE_WRITE: Linux 5.14
     memory.bytes[memory.length - 1] = 1
     #expect(memory.bytes[memory.length - 1] == 1)
+  }
+
+  /// `populate: true` allocates every page on every kernel (MADV_POPULATE_WRITE, or touching each
+  /// page before Linux 5.14).
+  @Test func populateAllocatesEveryPage() throws {
+    let memory = try AnonymousMemory(length: 8 * page, populate: true)
+    for index in 0..<8 { #expect(isPopulated(memory.baseAddress + index * page)) }
+    #expect(isZero(memory.baseAddress, length: memory.length))
   }
 
   @Test func adviceDropsPages() throws {

@@ -44,7 +44,8 @@ struct HandleTests {
     #expect(error == .closed(.register))
   }
 
-  @Test func userModeOnlyOpens() throws {
+  @Test(.enabled(if: Kernel.hasUserModeOnly, "needs UFFD_USER_MODE_ONLY (Linux 5.11)"))
+  func userModeOnlyOpens() throws {
     let uffd = try Userfaultfd(options: [.userModeOnly])
     #expect(uffd.openMethod == .syscallUserModeOnly || uffd.openMethod == .devUserfaultfd)
   }

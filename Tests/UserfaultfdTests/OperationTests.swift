@@ -162,7 +162,8 @@ struct OperationTests {
     #expect(f.explanation.contains("write-protect mode"))
   }
 
-  @Test func continueMapsThePageCachePageOfShmem() throws {
+  @Test(.enabled(if: Kernel.hasMinorShmem, "needs UFFD_FEATURE_MINOR_SHMEM (Linux 5.14)"))
+  func continueMapsThePageCachePageOfShmem() throws {
     let uffd = try Userfaultfd(features: [.minorShmem])
     let memory = try AnonymousMemory(length: page, sharing: .shared)
     fill(memory.baseAddress, seed: 5)
@@ -178,7 +179,8 @@ struct OperationTests {
     #expect(again.flatMap(failure)?.errno == .fileExists)
   }
 
-  @Test func minorFaultIsReportedAndResolvedByContinue() throws {
+  @Test(.enabled(if: Kernel.hasMinorShmem, "needs UFFD_FEATURE_MINOR_SHMEM (Linux 5.14)"))
+  func minorFaultIsReportedAndResolvedByContinue() throws {
     let uffd = try Userfaultfd(features: [.minorShmem], options: .nonBlocking)
     let memory = try AnonymousMemory(length: page, sharing: .shared)
     fill(memory.baseAddress, seed: 6)
@@ -201,7 +203,8 @@ struct OperationTests {
     #expect(holds(memory.baseAddress, seed: 6))
   }
 
-  @Test func poisonedPageRaisesSIGBUSUntilACopyReplacesIt() throws {
+  @Test(.enabled(if: Kernel.hasPoison, "needs UFFDIO_POISON (Linux 6.6)"))
+  func poisonedPageRaisesSIGBUSUntilACopyReplacesIt() throws {
     let uffd = try Userfaultfd(features: [.poison])
     let memory = try AnonymousMemory(length: 2 * page)
     let ioctls = try uffd.register(memory.baseAddress, length: memory.length, mode: .missing)

@@ -3,7 +3,7 @@ import Userfaultfd
 
 /// The README's usage example, verbatim between the markers, so it keeps compiling and working.
 extension KernelTests {
-@Suite("README example")
+@Suite("README example", .enabled(if: Kernel.hasMove, "needs UFFDIO_MOVE (Linux 6.8)"))
 struct ReadmeExampleTests {
   @Test func readmeExample() throws {
     // README-EXAMPLE-BEGIN

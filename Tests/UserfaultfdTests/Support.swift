@@ -27,6 +27,19 @@ enum Kernel {
     (try? Userfaultfd.probeSupportedFeatures().features.contains(.poison)) ?? false
   }
 
+  static var hasMinorShmem: Bool {
+    (try? Userfaultfd.probeSupportedFeatures().features.contains(.minorShmem)) ?? false
+  }
+
+  /// `UFFD_USER_MODE_ONLY` (Linux 5.11).
+  static var hasUserModeOnly: Bool { (try? Userfaultfd(options: .userModeOnly)) != nil }
+
+  /// `MADV_POPULATE_WRITE` (Linux 5.14).
+  static var hasPopulateWrite: Bool {
+    guard let memory = try? AnonymousMemory(length: PageSize.base) else { return false }
+    return (try? memory.advise(.populateWrite)) != nil
+  }
+
   static var hasSigbus: Bool {
     (try? Userfaultfd.probeSupportedFeatures().features.contains(.sigbus)) ?? false
   }

@@ -19,6 +19,10 @@ struct OpeningTests {
     let uffd = try Userfaultfd()
     #expect(uffd.handlesKernelFaults)
     #expect(uffd.openMethod == .syscall)
+    guard Kernel.hasUserModeOnly else {
+      print("SKIP part: UFFD_USER_MODE_ONLY needs Linux 5.11")
+      return
+    }
     let explicit = try Userfaultfd(options: .userModeOnly)
     #expect(explicit.openMethod == .syscallUserModeOnly)
     #expect(!explicit.handlesKernelFaults)
