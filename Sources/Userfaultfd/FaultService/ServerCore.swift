@@ -66,7 +66,8 @@ final class ServerCore: @unchecked Sendable {
     self.onEvent = onEvent
     self.onFailure = onFailure
     self.continuation = continuation
-    self.hasMove = uffd.supportedFeatures.contains(.move)
+    // Decided at setup, like every capability: MOVE where the feature bit and the verdict allow it.
+    self.hasMove = uffd.supportedFeatures.contains(.move) && PageMover.moveVerdict.isUsable
     self.wakePipe = wake
     self.deliveryPipe = delivery
     self.records = .allocate(byteCount: configuration.batchSize * Userfaultfd.eventSize, alignment: 8)

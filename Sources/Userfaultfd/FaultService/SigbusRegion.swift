@@ -74,9 +74,9 @@ public final class SigbusRegion: @unchecked Sendable {
       case .zeroPage: (0, 0)
       }
     if useMove == 1 {
-      guard uffd.supportedFeatures.contains(.move) else {
-        throw .notSupported(.move, "SigbusRegion(source: .move) needs UFFDIO_MOVE (Linux 6.8 or later);"
-          + " use .copy on this kernel")
+      guard uffd.supportedFeatures.contains(.move), PageMover.moveVerdict.isUsable else {
+        throw .notSupported(.move, "SigbusRegion(source: .move) needs UFFDIO_MOVE (Linux 6.8 or later), which"
+          + " is not usable here (\(PageMover.moveVerdict)); use .copy on this kernel")
       }
       _ = try PageRange.pair(source: UnsafeRawPointer(bitPattern: base) ?? UnsafeRawPointer(start),
                              destination: start, length: length, operation: .move)

@@ -36,7 +36,9 @@ struct FaultsBenchmark {
 
   func run(filter: String?, progress: (String) -> Void) throws -> [Row] {
     var rows: [Row] = []
-    let combinations = Mode.allCases.flatMap { mode in [false, true].map { (mode, $0) } }
+    // MOVE rows only where UFFDIO_MOVE is usable (decided once, at setup).
+    let resolutions = PageMover.moveVerdict.isUsable ? [false, true] : [false]
+    let combinations = Mode.allCases.flatMap { mode in resolutions.map { (mode, $0) } }
       .filter { filter == nil || "\($0.0.rawValue)/\($0.1 ? "move" : "copy")".contains(filter ?? "") }
     for (index, (mode, useMove)) in combinations.enumerated() {
       let name = "\(mode.rawValue)/\(useMove ? "move" : "copy")"

@@ -28,6 +28,8 @@ struct MovesBenchmark {
 
   let uffd: Userfaultfd
   let reps: Int
+  /// Whether UFFDIO_MOVE may be used here; without it only the COPY rows run.
+  var moveUsable = true
   let page = PageSize.base
   /// Bytes per repetition: 16 MiB of 4 KiB pages, 128 MiB for huge pages.
   let smallBytes = 16 << 20
@@ -54,7 +56,9 @@ struct MovesBenchmark {
 
   /// Runs every row whose name contains `filter` (all when nil); `progress` hears about each.
   func run(filter: String? = nil, progress: (String) -> Void) throws -> [Row] {
-    let specs = Self.specs.filter { filter == nil || $0.name.contains(filter ?? "") }
+    let specs = Self.specs.filter {
+      (filter == nil || $0.name.contains(filter ?? "")) && (moveUsable || [.copyDontNeed, .fillCopy].contains($0.kind))
+    }
     var rows: [Row] = []
     for (index, spec) in specs.enumerated() {
       progress("[\(index + 1)/\(specs.count)] \(spec.name)")
