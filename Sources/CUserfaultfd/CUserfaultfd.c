@@ -14,3 +14,24 @@ _Static_assert(CUFFD_MREMAP_DONTUNMAP == MREMAP_DONTUNMAP, "MREMAP_DONTUNMAP");
 #endif
 
 int cuffd_pipe_nonblocking(int fds[2]) { return pipe2(fds, O_CLOEXEC | O_NONBLOCK); }
+
+#include <signal.h>
+#include <string.h>
+
+static volatile sig_atomic_t sigsys_seen = 0;
+static void note_sigsys(int signo) { (void)signo; sigsys_seen = 1; }
+
+int cuffd_ioctl_move_noting_sigsys(int fd, struct cuffd_move *arg, int *sigsys) {
+  struct sigaction action, previous;
+  memset(&action, 0, sizeof action);
+  action.sa_handler = note_sigsys;
+  sigemptyset(&action.sa_mask);
+  sigsys_seen = 0;
+  int installed = sigaction(SIGSYS, &action, &previous) == 0;
+  int result = ioctl(fd, CUFFD_IOC_MOVE, arg);
+  int saved = errno;
+  if (installed) sigaction(SIGSYS, &previous, NULL);
+  *sigsys = sigsys_seen;
+  errno = saved;
+  return result;
+}

@@ -247,6 +247,10 @@ void *cuffd_mremap(void *old_address, size_t old_length, size_t new_length, int 
 /// `pipe2(fds, O_CLOEXEC | O_NONBLOCK)` (declared by glibc only under _GNU_SOURCE).
 int cuffd_pipe_nonblocking(int fds[2]);
 
+/// UFFDIO_MOVE with a SIGSYS handler installed for the call: a seccomp filter that traps the
+/// ioctl (SECCOMP_RET_TRAP) would otherwise kill a probe. `*sigsys` is 1 when it fired.
+int cuffd_ioctl_move_noting_sigsys(int fd, struct cuffd_move *arg, int *sigsys);
+
 /// MAP_FAILED as a value Swift can compare against.
 static inline void *cuffd_map_failed(void) { return MAP_FAILED; }
 

@@ -138,9 +138,10 @@ extension PageMover {
 
     /// The next ioctl's length: at most `maxPagesPerIoctl`, never across a 2 MiB source boundary.
     mutating func chunkLength() -> Int {
-      let address = source + UInt(offset)
-      let toBoundary = PageSize.huge - Int(address % UInt(PageSize.huge))
-      let step = min(length - offset, policy.maxPagesPerIoctl * page, toBoundary, limit ?? Int.max)
+      let step = min(
+        PageSize.current.stepLength(at: source + UInt(offset), remaining: length - offset,
+                                    maxPages: policy.maxPagesPerIoctl),
+        limit ?? Int.max)
       limit = nil
       return step
     }

@@ -3,6 +3,8 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import CUserfaultfd
+import SystemPackage
 
 /// What this machine's kernel offers userfaultfd users, found by trying, not by version numbers.
 public struct KernelProbe: Sendable {
@@ -56,7 +58,20 @@ public struct KernelProbe: Sendable {
       let source = memory.baseAddress, destination = memory.baseAddress + page
       ioctls = try uffd.register(destination, length: page, mode: .missing)
       source.storeBytes(of: 0x5EED_F00D, as: UInt64.self)
-      try uffd.move(from: source, to: destination, length: page)
+      // The raw ioctl with SIGSYS noted: a seccomp filter may trap it instead of failing it.
+      var arg = cuffd_move(
+        dst: UInt64(UInt(bitPattern: destination)), src: UInt64(UInt(bitPattern: source)), len: UInt64(page),
+        mode: 0, move: 0)
+      var sigsys: Int32 = 0
+      let result = cuffd_ioctl_move_noting_sigsys(uffd.fileDescriptor.rawValue, &arg, &sigsys)
+      if sigsys != 0 {
+        throw .notSupported(.move, "a seccomp filter traps UFFDIO_MOVE (SIGSYS)")
+      }
+      if result != 0 {
+        throw .operationFailed(OperationFailure(
+          operation: .move, errno: .current, destination: UInt(bitPattern: destination),
+          source: UInt(bitPattern: source), length: page))
+      }
       guard destination.load(as: UInt64.self) == 0x5EED_F00D,
             source.load(as: UInt64.self) == 0 else {
         throw .invalidArgument(.move, "the moved page did not arrive intact")

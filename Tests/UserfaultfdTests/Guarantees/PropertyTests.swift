@@ -157,3 +157,31 @@ struct LogicalMoveProperties {
   }
 }
 }
+
+/// Batch boundaries under other geometries (arm64 with 16 KiB pages has 32 MiB PMDs): a step
+/// never crosses a PMD boundary, never exceeds the batch, and steps tile the range.
+@Suite("Geometry")
+struct GeometryTests {
+  @Test(arguments: [(4096, 2 << 20), (16384, 32 << 20), (65536, 512 << 20)])
+  func stepsNeverCrossAHugeBoundaryAndTileTheRange(base: Int, huge: Int) throws {
+    let geometry = try #require(PageGeometry(base: base, huge: huge))
+    #expect(PageGeometry(base: 3000, huge: huge) == nil)
+    #expect(PageGeometry(base: base, huge: base / 2) == nil)
+    for startPage in [0, 1, huge / base - 1, huge / base, 3 * huge / base + 7] {
+      for maxPages in [1, 16, 512, 4096] {
+        let start = UInt(1 << 40) + UInt(startPage * base)
+        let length = 3 * huge + 5 * base
+        var offset = 0
+        while offset < length {
+          let address = start + UInt(offset)
+          let step = geometry.stepLength(at: address, remaining: length - offset, maxPages: maxPages)
+          #expect(step > 0 && step % base == 0 && step <= maxPages * base)
+          #expect((address / UInt(huge)) == ((address + UInt(step) - 1) / UInt(huge)), "crosses a PMD")
+          offset += step
+        }
+        #expect(offset == length)
+      }
+    }
+    #expect(PageSize.current.base == PageSize.base && PageSize.current.huge == PageSize.huge)
+  }
+}
