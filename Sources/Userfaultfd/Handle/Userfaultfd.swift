@@ -181,7 +181,7 @@ public final class Userfaultfd: Sendable {
     if options.contains(.nonBlocking) { flags |= O_NONBLOCK }
     var attempts: [OpenAttempt] = []
     if options.contains(.userModeOnly) {
-      // Asked for explicitly: user-mode-only by whichever way works.
+      // Asked for explicitly: the system call with UFFD_USER_MODE_ONLY, nothing else.
       switch valueOrErrno(retryOnInterrupt: true, { cuffd_userfaultfd(flags | CUFFD_USER_MODE_ONLY) }) {
       case .success(let fd): return (fd, .syscallUserModeOnly)
       case .failure(let error): attempts.append(OpenAttempt(method: .syscallUserModeOnly, errno: error))

@@ -16,33 +16,10 @@ enum KernelOutcome: Equatable {
   case failed(Errno)
 }
 
-/// The answer to one range ioctl, captured without throwing (and without allocating: the
-/// package's error values for ioctl failures carry no strings).
+/// The answer to one range ioctl (see `IoctlCore.swift`), captured without throwing or allocating.
 struct KernelAnswer {
   let errno: Errno?
   let bytesDone: Int
-
-  /// Runs `body` and records how it ended.
-  @inline(__always)
-  init(_ body: () throws(UserfaultfdError) -> Void) {
-    do {
-      try body()
-      errno = nil
-      bytesDone = 0
-    } catch {
-      switch error {
-      case .operationFailed(let failure):
-        errno = failure.errno
-        bytesDone = failure.bytesDone
-      case .closed:
-        errno = .badFileDescriptor
-        bytesDone = 0
-      default:
-        errno = error.errno ?? .invalidArgument
-        bytesDone = 0
-      }
-    }
-  }
 
   /// An answer that failed before any ioctl ran.
   init(failed errno: Errno) {

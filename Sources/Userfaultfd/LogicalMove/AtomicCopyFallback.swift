@@ -123,9 +123,9 @@ extension PageMover.Run {
     let options: Userfaultfd.CopyOptions = policy.wake ? [] : .dontWake
     let from = scratch.baseAddress + scratchOffset
     while done < bytes {
-      let answer = KernelAnswer { () throws(UserfaultfdError) in
-        try mover.uffd.copy(from: from + done, to: dst + done, length: bytes - done, options: options)
-      }
+      let answer = mover.uffd.copyCore(
+        UInt(bitPattern: dst + done), from: UInt(bitPattern: from + done), length: bytes - done,
+        mode: options.rawValue)
       report.copyIoctls += 1
       done += answer.errno == nil ? bytes - done : answer.bytesDone
       if answer.errno == nil || answer.bytesDone > 0 { continue }
@@ -265,14 +265,15 @@ struct PutBackHandle {
     _ from: UnsafeMutableRawPointer, _ to: UnsafeMutableRawPointer, with uffd: Userfaultfd
   ) -> Placement {
     let page = PageSize.base
+    let (source, target) = (UInt(bitPattern: from), UInt(bitPattern: to))
     var answer = KernelAnswer(failed: .invalidArgument)
     for _ in 0..<PageMover.maxRetries {
       answer = uffd.supportedFeatures.contains(.move)
-        ? KernelAnswer { () throws(UserfaultfdError) in try uffd.move(from: from, to: to, length: page) }
+        ? uffd.moveCore(target, from: source, length: page, mode: 0)
         : KernelAnswer(failed: .resourceBusy)
       if answer.outcome == .failed(.resourceBusy) {
         // No MOVE here, or the taken page is shared with a forked child: a copy goes back instead.
-        answer = KernelAnswer { () throws(UserfaultfdError) in try uffd.copy(from: from, to: to, length: page) }
+        answer = uffd.copyCore(target, from: source, length: page, mode: 0)
       }
       guard answer.outcome == .retryAfterEvents else { break }
       sched_yield()

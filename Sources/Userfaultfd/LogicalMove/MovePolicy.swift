@@ -28,8 +28,8 @@ public struct MovePolicy: Sendable, Hashable {
   /// Record per-page outcomes in ``MoveReport/runs`` (run-length encoded).
   public var recordPages: Bool
   /// The most pages one ioctl moves: 1 to 262,144 (``validPagesPerIoctl``; 1 GiB of 4 KiB
-  /// pages). Ioctls are also cut at 2 MiB source boundaries, so aligned transparent huge pages
-  /// move as whole PMDs. The copy fallback's scratch range is this large.
+  /// pages). Ioctls are also cut at huge-page (PMD) boundaries of the source, so aligned
+  /// transparent huge pages move as whole PMDs.
   public var maxPagesPerIoctl: Int
 
   /// The values ``maxPagesPerIoctl`` may take.
