@@ -202,3 +202,12 @@ func awaitEvents(
   let count = awaitEvents(uffd, into: buffer, seconds: seconds, sourceLocation: sourceLocation)
   return (0..<count).map { buffer.event(at: $0, of: uffd) }
 }
+
+/// The report inside a `moveStopped` error; records an issue (and returns nil) for anything else.
+func expectStopped(
+  _ error: UserfaultfdError?, sourceLocation: SourceLocation = #_sourceLocation
+) -> MoveReport? {
+  if case .moveStopped(let report)? = error { return report }
+  Issue.record("expected moveStopped, got \(String(describing: error))", sourceLocation: sourceLocation)
+  return nil
+}

@@ -296,10 +296,7 @@ struct BadInputTests {
     let error = expectError { () throws(UserfaultfdError) in
       _ = try PageMover(uffd).move(from: source.baseAddress, to: hole, length: 4 * Self.page)
     }
-    guard case .moveStopped(let report)? = error else {
-      Issue.record("expected moveStopped, got \(String(describing: error))")
-      return
-    }
+    guard let report = expectStopped(error) else { return }
     #expect(report.stop?.message.contains("destination") == true)
     #expect(report.stop?.message.contains("source page is a hole") == false)
   }
@@ -313,10 +310,7 @@ struct BadInputTests {
     let error = expectError { () throws(UserfaultfdError) in
       _ = try PageMover(uffd).move(from: hole, to: destination.baseAddress, length: 4 * Self.page)
     }
-    guard case .moveStopped(let report)? = error else {
-      Issue.record("expected moveStopped, got \(String(describing: error))")
-      return
-    }
+    guard let report = expectStopped(error) else { return }
     #expect(report.stop?.message.contains("not mapped") == true)
   }
 
