@@ -192,9 +192,9 @@ final class ServerCore: @unchecked Sendable {
       if Int32(code) == CUFFD_EVENT_FORK {
         // Decoding a fork allocates the child's handle: the delivery thread does it.
         counters.otherEvents.wrappingAdd(1, ordering: .relaxed)
-        if !push(.event(record)) {
-          _ = close(DeliveryItem.event(record).forkDescriptor)
-        }
+        let item = DeliveryItem.event(record)
+        // A full ring cannot take it: close the child's descriptor rather than leak it.
+        if !push(item) { _ = close(item.forkDescriptor) }
         continue
       }
       let event = uffd.decodeEvent(record)
