@@ -31,7 +31,7 @@ let package = Package(
     // A concurrent compacting heap: the seed thread's use case.
     .target(
       name: "CompactingHeap",
-      dependencies: ["Userfaultfd", "CUserfaultfd"]  // The C shim: map ioctls callable from SIGBUS handlers.
+      dependencies: ["Userfaultfd"]
     ),
     // C reference loops the benchmarks run beside the Swift library, for Swift/C ratios.
     .target(

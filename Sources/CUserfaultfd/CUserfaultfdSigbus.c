@@ -86,20 +86,27 @@ static void forward(int signo, siginfo_t *info, void *ucontext) {
   }
 }
 
+// 0 when the page is now mapped (by this call or, EEXIST, by someone else); -1 with errno set.
+static int is_filled(struct cuffd_answer answer) {
+  if (answer.outcome == CUFFD_OUTCOME_DONE || answer.outcome == CUFFD_OUTCOME_PARTIAL ||
+      answer.outcome == CUFFD_OUTCOME_ALREADY_PRESENT)
+    return 0;
+  errno = answer.error;
+  return -1;
+}
+
 // Fills a page the resolver could not: poison it (the retried access raises a genuine SIGBUS) or
 // map zeros. Returns 0 when the page is now filled (by us or by someone else), -1 otherwise.
 static int fail_page(const struct region *r, uintptr_t page) {
   if (r->failure_action == CUFFD_SIGBUS_FAIL_POISON) {
-    struct cuffd_poison arg = {.range = {.start = page, .len = r->page_size}, .mode = 0, .updated = 0};
-    if (cuffd_ioctl_poison(r->uffd, &arg) == 0 || errno == EEXIST) {
+    struct cuffd_answer poisoned = cuffd_range_ioctl(r->uffd, CUFFD_OP_POISON, page, 0, r->page_size, 0);
+    if (poisoned.outcome == CUFFD_OUTCOME_DONE || poisoned.outcome == CUFFD_OUTCOME_ALREADY_PRESENT) {
       poisoned_page = page;
       return 0;
     }
-    if (errno != EINVAL && errno != ENOTTY) return -1;  // no POISON here: zeros instead
+    if (poisoned.error != EINVAL && poisoned.error != ENOTTY) return -1;  // no POISON here: zeros instead
   }
-  struct cuffd_zeropage arg = {.range = {.start = page, .len = r->page_size}, .mode = 0, .zeropage = 0};
-  if (cuffd_ioctl_zeropage(r->uffd, &arg) == 0 || errno == EEXIST) return 0;
-  return -1;
+  return is_filled(cuffd_range_ioctl(r->uffd, CUFFD_OP_ZEROPAGE, page, 0, r->page_size, 0));
 }
 
 static void handler(int signo, siginfo_t *info, void *ucontext) {
@@ -282,17 +289,17 @@ void cuffd_sigbus_slot_stats(int slot, struct cuffd_sigbus_slot_stats *out) {
 
 int cuffd_sigbus_resolve_from_source(void *context, uintptr_t address) {
   const struct cuffd_sigbus_source *s = context;
-  if (s->source_base == 0) {
-    struct cuffd_zeropage arg = {.range = {.start = address, .len = s->page_size}, .mode = 0, .zeropage = 0};
-    return cuffd_ioctl_zeropage(s->uffd, &arg) == 0 || errno == EEXIST ? 0 : -1;
-  }
+  if (s->source_base == 0) return is_filled(cuffd_range_ioctl(s->uffd, CUFFD_OP_ZEROPAGE, address, 0, s->page_size, 0));
   uintptr_t source = s->source_base + (address - s->region_base);
   if (s->use_move) {
-    struct cuffd_move arg = {.dst = address, .src = source, .len = s->page_size, .mode = 0, .move = 0};
-    return cuffd_ioctl_move(s->uffd, &arg) == 0 || errno == EEXIST ? 0 : -1;
+    struct cuffd_answer moved = cuffd_range_ioctl(s->uffd, CUFFD_OP_MOVE, address, source, s->page_size, 0);
+    if (moved.outcome != CUFFD_OUTCOME_BUSY) return is_filled(moved);
+    // Shared with a forked child: copy it, then drop this process's view of the source, as a move would.
+    struct cuffd_answer copied = cuffd_range_ioctl(s->uffd, CUFFD_OP_COPY, address, source, s->page_size, 0);
+    if (copied.outcome == CUFFD_OUTCOME_DONE) madvise((void *)source, s->page_size, MADV_DONTNEED);
+    return is_filled(copied);
   }
-  struct cuffd_copy arg = {.dst = address, .src = source, .len = s->page_size, .mode = 0, .copy = 0};
-  return cuffd_ioctl_copy(s->uffd, &arg) == 0 || errno == EEXIST ? 0 : -1;
+  return is_filled(cuffd_range_ioctl(s->uffd, CUFFD_OP_COPY, address, source, s->page_size, 0));
 }
 
 uint64_t cuffd_sigbus_resolved_count(void) { return atomic_load(&resolved_total); }

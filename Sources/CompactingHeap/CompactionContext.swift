@@ -14,7 +14,7 @@ struct CompactionContext: @unchecked Sendable {
   /// From-space: the heap's old pages, at the same offsets.
   let from: UnsafeMutablePointer<UInt64>
   /// One ``PageState`` word per to-space page.
-  let states: UnsafeMutablePointer<Atomic<UInt64>>
+  let states: PageStates
   /// The next from-space page to try recycling (counts down; below 0 there is none).
   let recycleCursor: UnsafeMutablePointer<Atomic<Int>>
   /// The to-space page the GC thread is at: every page above it is mapped, so from-space pages
@@ -29,7 +29,7 @@ struct CompactionContext: @unchecked Sendable {
   /// fewer, longer runs for the GC's MOVEs.
   let blockPages: Int
   let counters: CycleCounters
-  /// The userfaultfd's descriptor.
+  /// The userfaultfd's descriptor (the handle outlives the cycle's resources).
   let uffd: Int32
   /// MOVE strategy: compact into recycled pages and move them; otherwise buffer and COPY.
   let useMove: Bool
@@ -61,13 +61,14 @@ struct CompactionContext: @unchecked Sendable {
   /// buffers).
   @inline(__always)
   func claimBuffer() -> Int {
+    var backOff = BackOff()
     while true {
       for slot in 0..<bufferCount where !bufferBusy[slot].load(ordering: .relaxed) {
         if bufferBusy[slot].compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged {
           return slot
         }
       }
-      sched_yield()
+      backOff.pause()
     }
   }
 
@@ -76,6 +77,19 @@ struct CompactionContext: @unchecked Sendable {
 
   @inline(__always)
   func releaseBuffer(_ slot: Int) { bufferBusy[slot].store(false, ordering: .releasing) }
+
+  // MARK: Claim, compact, publish
+
+  /// Claims to-space page `index` (``PageState/Kind/unprocessed`` to `claim`), runs `compact`,
+  /// and publishes the state it returns: the one way a page gets compacted, by the GC thread and
+  /// by a faulting mutator alike (ART's `DoPageCompactionWithStateChange`). False, with nothing
+  /// done, when someone else claimed the page first.
+  @inline(__always)
+  func compactWithStateChange(_ index: Int, claim: PageState, _ compact: () -> PageState) -> Bool {
+    guard states.claim(index, from: .unprocessed, to: claim) else { return false }
+    states.publish(compact(), at: index)
+    return true
+  }
 
   // MARK: The mutator side
 
@@ -90,42 +104,35 @@ struct CompactionContext: @unchecked Sendable {
       zeroPage(at: address & ~UInt(layout.pageSize &- 1))
       return
     }
+    var backOff = BackOff()
     while true {
-      let state = states[index].load(ordering: .acquiring)
-      switch PageState.kind(state) {
-      case PageState.unprocessed:
-        guard states[index].compareExchange(
-          expected: state, desired: PageState.mutatorProcessing, ordering: .acquiring).exchanged
-        else { continue }
-        // Take the unprocessed pages next to it in its block too.
-        let blockStart = index &- index % blockPages
-        let blockEnd = Swift.min(blockStart &+ blockPages, layout.pageCount)
-        var low = index, high = index &+ 1
-        while high < blockEnd && claimForMutator(high) { high &+= 1 }
-        while low > blockStart && claimForMutator(low &- 1) { low &-= 1 }
-        compactForMutator(low, count: high &- low)
-        for page in low..<high { states[page].store(PageState.mapped, ordering: .releasing) }
-        counters.add(.pagesByMutators, high &- low)
+      let state = states.load(index)
+      switch state.kind {
+      case .unprocessed:
+        let compacted = compactWithStateChange(index, claim: .mutatorProcessing) {
+          // Take the unprocessed pages next to it in its block too.
+          let blockStart = index &- index % blockPages
+          let blockEnd = Swift.min(blockStart &+ blockPages, layout.pageCount)
+          var low = index, high = index &+ 1
+          while high < blockEnd && states.claim(high, from: .unprocessed, to: .mutatorProcessing) { high &+= 1 }
+          while low > blockStart && states.claim(low &- 1, from: .unprocessed, to: .mutatorProcessing) { low &-= 1 }
+          compactForMutator(low, count: high &- low)
+          for page in low..<high where page != index { states.publish(.mapped, at: page) }
+          counters.add(.pagesByMutators, high &- low)
+          return .mapped
+        }
+        if compacted { return }
+      case .processed:
+        guard states.claim(index, from: state, to: .mapping) else { continue }
+        mapPages(at: index, count: 1, from: fromPage(state.staging), move: true)
+        states.publish(.mapped, at: index)
         return
-      case PageState.processed:
-        guard states[index].compareExchange(
-          expected: state, desired: PageState.mapping, ordering: .acquiring).exchanged
-        else { continue }
-        mapPages(at: index, count: 1, from: fromPage(PageState.staging(state)), move: true)
-        states[index].store(PageState.mapped, ordering: .releasing)
+      case .mapped:
         return
-      case PageState.mapped:
-        return
-      default:
-        sched_yield()  // Someone is compacting or mapping it: a few microseconds.
+      case .processing, .mutatorProcessing, .mapping:
+        backOff.pause()  // Someone is compacting or mapping it: a few microseconds.
       }
     }
-  }
-
-  @inline(__always)
-  private func claimForMutator(_ index: Int) -> Bool {
-    states[index].compareExchange(
-      expected: PageState.unprocessed, desired: PageState.mutatorProcessing, ordering: .acquiring).exchanged
   }
 
   /// A mutator's compaction of pages `low ..< low + count`: into recycled pages and one MOVE as
@@ -163,13 +170,13 @@ final class CompactionResources: @unchecked Sendable {
   /// Page-aligned (UFFDIO_COPY wants an aligned source) and populated before the cycle.
   private let bufferMemory: AnonymousMemory
 
-  init(layout: PageLayout, fromSpace: AnonymousMemory, uffd: Int32, strategy: MappingStrategy,
+  init(layout: PageLayout, fromSpace: AnonymousMemory, uffd: Userfaultfd, strategy: MappingStrategy,
        buffers: Int, blockPages: Int) throws(UserfaultfdError) {
     pageCount = Swift.max(layout.pageCount, 1)
     bufferCount = Swift.max(buffers, 1)
     bufferMemory = try AnonymousMemory(length: bufferCount * blockPages * layout.pageSize, populate: true)
     states = .allocate(capacity: pageCount)
-    for index in 0..<pageCount { (states + index).initialize(to: Atomic(PageState.unprocessed)) }
+    for index in 0..<pageCount { (states + index).initialize(to: Atomic(PageState.unprocessed.rawValue)) }
     atomicCount = 2 + CycleCounters.slotCount
     atomics = .allocate(capacity: atomicCount)
     for index in 0..<atomicCount { (atomics + index).initialize(to: Atomic(0)) }
@@ -179,9 +186,9 @@ final class CompactionResources: @unchecked Sendable {
     for index in 0..<bufferCount { (busy + index).initialize(to: Atomic(false)) }
     context = CompactionContext(
       layout: layout, from: fromSpace.baseAddress.assumingMemoryBound(to: UInt64.self),
-      states: states, recycleCursor: atomics, gcIndex: atomics + 1,
+      states: PageStates(words: states), recycleCursor: atomics, gcIndex: atomics + 1,
       buffers: bufferMemory.baseAddress.assumingMemoryBound(to: UInt64.self), bufferBusy: busy,
-      bufferCount: bufferCount, blockPages: blockPages, counters: CycleCounters(slots: atomics + 2), uffd: uffd,
+      bufferCount: bufferCount, blockPages: blockPages, counters: CycleCounters(slots: atomics + 2), uffd: uffd.coreDescriptor,
       useMove: strategy == .move)
   }
 

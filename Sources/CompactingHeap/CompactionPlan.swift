@@ -69,7 +69,7 @@ struct PageLayout: @unchecked Sendable {
   /// Post-compaction byte offset of the live word at old word index `word`.
   @inline(__always)
   func newOffset(ofWord word: Int) -> Int {
-    let chunk = word &>> 6, bit = UInt64(word & 63)
+    let chunk = word &>> ChunkInfo.wordShift, bit = UInt64(word & ChunkInfo.wordMask)
     let info = chunks[chunk]
     let before = (info.bits & ((1 &<< bit) &- 1)).nonzeroBitCount
     return (info.before &+ before) &* ObjectLayout.wordSize
@@ -78,62 +78,24 @@ struct PageLayout: @unchecked Sendable {
   /// Post-compaction address of a reference (an old address of a live object).
   @inline(__always)
   func forward(_ reference: UInt64) -> UInt64 {
-    UInt64(start) &+ UInt64(newOffset(ofWord: Int(UInt(reference) &- start) &>> 3))
+    UInt64(start) &+ UInt64(newOffset(ofWord: Int(UInt(reference) &- start) &>> ObjectLayout.wordShift))
   }
 
   /// The first live word at or after old word index `word`, from the bitmap alone (never from
   /// from-space, whose dead pages may be recycled already), or -1.
   @inline(__always)
   func nextLiveWord(from word: Int) -> Int {
-    var chunk = word &>> 6
+    var chunk = word &>> ChunkInfo.wordShift
     guard chunk < chunkCount else { return -1 }
-    var bits = chunks[chunk].bits &>> UInt64(word & 63)
+    var bits = chunks[chunk].bits &>> UInt64(word & ChunkInfo.wordMask)
     if bits != 0 { return word &+ bits.trailingZeroBitCount }
     chunk &+= 1
     while chunk < chunkCount {
       bits = chunks[chunk].bits
-      if bits != 0 { return chunk &* 64 &+ bits.trailingZeroBitCount }
+      if bits != 0 { return chunk &<< ChunkInfo.wordShift &+ bits.trailingZeroBitCount }
       chunk &+= 1
     }
     return -1
-  }
-
-  /// Compacts to-space page `index` into `buffer` (one page): copies the parts of the live objects
-  /// that land there from from-space, rewrites their reference fields, zeroes what is left. Reads
-  /// only from-space and the plan; writes only `buffer`. Never touches to-space, so it cannot
-  /// fault on a registered page (no cascading userfaults).
-  func compactPage(_ index: Int, fromSpace: UnsafePointer<UInt64>, into buffer: UnsafeMutablePointer<UInt64>) {
-    let pageStart = index &* pageSize, pageEnd = pageStart &+ pageSize
-    var word = firstWord[index]
-    var newStart = newOffset(ofWord: word)
-    var filled = pageStart
-    while word >= 0 && newStart < pageEnd {
-      let object = fromSpace + word
-      let header = object[0]
-      let size = Int(truncatingIfNeeded: header & 0xFFFF_FFFF)
-      let references = Int(truncatingIfNeeded: (header &>> 32) & 0xFFFF)
-      let newEnd = newStart &+ size &* ObjectLayout.wordSize
-      let low = Swift.max(newStart, pageStart), high = Swift.min(newEnd, pageEnd)
-      let first = (low &- newStart) &>> 3, count = (high &- low) &>> 3
-      let target = buffer + ((low &- pageStart) &>> 3)
-      target.update(from: object + first, count: count)
-      // Reference fields are words 2 ..< 2 + references; rewrite those inside this page.
-      let referenceLow = Swift.max(ObjectLayout.headerWords, first)
-      let referenceHigh = Swift.min(ObjectLayout.headerWords &+ references, first &+ count)
-      var field = referenceLow
-      while field < referenceHigh {
-        let value = object[field]
-        if value != 0 { target[field &- first] = forward(value) }
-        field &+= 1
-      }
-      filled = high
-      guard newEnd < pageEnd else { break }
-      word = nextLiveWord(from: word &+ size)
-      newStart = newEnd  // Dense: the next live object follows at once.
-    }
-    if filled < pageEnd {
-      (buffer + ((filled &- pageStart) &>> 3)).update(repeating: 0, count: (pageEnd &- filled) &>> 3)
-    }
   }
 }
 
@@ -142,4 +104,10 @@ struct PageLayout: @unchecked Sendable {
 struct ChunkInfo {
   var bits: UInt64
   var before: Int
+
+  /// Words per chunk: one bit each in ``bits``.
+  static var words: Int { UInt64.bitWidth }
+  /// `word >> wordShift` is a word's chunk, `word & wordMask` its bit.
+  static var wordShift: Int { words.trailingZeroBitCount }
+  static var wordMask: Int { words &- 1 }
 }

@@ -1,9 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
-import Synchronization
 import Userfaultfd
 
 /// The GC thread's side of the concurrent phase: every to-space page, top down.
@@ -30,74 +24,76 @@ struct CompactionThread {
     var low = 0, stagingLow = 0, count = 0
   }
 
+  /// Compacts every to-space page, top down, and returns once every page is mapped.
   func run() {
     let layout = context.layout
-    let pageBytes = layout.pageSize
     var run = Run()
     var reserved = (low: 0, count: 0)  // Dead from-space pages reserved, used from the top.
     var released = layout.fromPages  // COPY: from-space pages at and above this are released.
     for index in stride(from: layout.pageCount - 1, through: 0, by: -1) {
       context.gcIndex[0].store(index, ordering: .releasing)
-      let state = context.states + index
-      if state.pointee.compareExchange(expected: PageState.unprocessed, desired: PageState.processing, ordering: .acquiring).exchanged {
-        if context.useMove && reserved.count == 0 {
-          reserved = context.reserveRecycledPages(upTo: Self.maxPagesPerMove)
-        }
-        if reserved.count > 0 {
-          reserved.count -= 1
-          let staging = reserved.low + reserved.count
-          layout.compactPage(index, fromSpace: context.from, into: context.fromPage(staging))
-          state.pointee.store(PageState.processed(staging: staging), ordering: .releasing)
-          if run.count > 0 && run.low == index + 1 && run.stagingLow == staging + 1 && run.count < Self.maxPagesPerMove {
-            run.low = index
-            run.stagingLow = staging
-            run.count += 1
-          } else {
-            flush(run)
-            run = Run(low: index, stagingLow: staging, count: 1)
-          }
-        } else {
+      if context.useMove && reserved.count == 0 {
+        reserved = context.reserveRecycledPages(upTo: Self.maxPagesPerMove)
+      }
+      let compacted = context.compactWithStateChange(index, claim: .processing) {
+        context.counters.add(.pagesByGC)
+        guard reserved.count > 0 else {
+          // No dead page free yet (or COPY): a buffer, mapped at once.
           layout.compactPage(index, fromSpace: context.from, into: buffer)
           context.mapPages(at: index, count: 1, from: buffer, move: false)
-          state.pointee.store(PageState.mapped, ordering: .releasing)
           context.counters.add(.bufferPages)
+          return .mapped
         }
-        context.counters.add(.pagesByGC)
-      } else {
+        reserved.count -= 1
+        let staging = reserved.low + reserved.count
+        layout.compactPage(index, fromSpace: context.from, into: context.fromPage(staging))
+        if run.count > 0 && run.low == index + 1 && run.stagingLow == staging + 1 && run.count < Self.maxPagesPerMove {
+          run.low = index
+          run.stagingLow = staging
+          run.count += 1
+        } else {
+          mapProcessedRun(run)
+          run = Run(low: index, stagingLow: staging, count: 1)
+        }
+        return .processed(staging: staging)
+      }
+      if !compacted {
         // A mutator is compacting it: it reads from-space up to lastSource[index], so wait before
         // the GC moves on and lets the pages above that be recycled.
-        while PageState.kind(state.pointee.load(ordering: .acquiring)) == PageState.mutatorProcessing { sched_yield() }
+        BackOff.wait { context.states.load(index).kind == .mutatorProcessing }
       }
-      if !context.useMove {
-        let needed = index > 0 ? layout.lastSource[index - 1] + 1 : 0
-        if needed < released && ((released - needed) * pageBytes >= Self.releaseStep || index == 0) {
-          try? fromSpace.advise(.dontNeed, offset: needed * pageBytes, length: (released - needed) * pageBytes)
-          released = needed
-        }
-      }
+      if !context.useMove { released = releaseFromSpace(neededBelow: index, releasedFrom: released) }
     }
-    flush(run)
+    mapProcessedRun(run)
     // Pages a mutator claimed after the GC passed are mapped by that mutator; wait for them.
     for index in 0..<layout.pageCount {
-      while context.states[index].load(ordering: .acquiring) != PageState.mapped { sched_yield() }
+      BackOff.wait { context.states.load(index) != .mapped }
     }
   }
 
-  /// Maps a run with as few UFFDIO_MOVEs as possible: pages a faulting mutator claimed meanwhile
-  /// (and moved itself) split it.
-  private func flush(_ run: Run) {
+  /// COPY: gives back (MADV_DONTNEED) the from-space pages no page at or below `index` reads any
+  /// more, in steps of at least ``releaseStep``; from-space from `releasedFrom` up is already
+  /// released. Returns the new release boundary.
+  private func releaseFromSpace(neededBelow index: Int, releasedFrom released: Int) -> Int {
+    let layout = context.layout
+    let pageBytes = layout.pageSize
+    let needed = index > 0 ? layout.lastSource[index - 1] + 1 : 0
+    guard needed < released && ((released - needed) * pageBytes >= Self.releaseStep || index == 0) else {
+      return released
+    }
+    try? fromSpace.advise(.dontNeed, offset: needed * pageBytes, length: (released - needed) * pageBytes)
+    return needed
+  }
+
+  /// Maps a run of processed pages with as few UFFDIO_MOVEs as possible (ART:
+  /// `MapMovingSpacePages`): pages a faulting mutator claimed meanwhile (and moved itself) split it.
+  private func mapProcessedRun(_ run: Run) {
     guard run.count > 0 else { return }
     var claimedLow = -1  // Lowest page of the current claimed stretch, scanning upward.
     for offset in 0...run.count {
-      let claimed: Bool
-      if offset < run.count {
-        let index = run.low + offset
-        claimed = context.states[index].compareExchange(
-          expected: PageState.processed(staging: run.stagingLow + offset), desired: PageState.mapping,
-          ordering: .acquiring).exchanged
-      } else {
-        claimed = false
-      }
+      let claimed = offset < run.count
+        && context.states.claim(
+          run.low + offset, from: .processed(staging: run.stagingLow + offset), to: .mapping)
       if claimed {
         if claimedLow < 0 { claimedLow = offset }
       } else if claimedLow >= 0 {
@@ -105,7 +101,7 @@ struct CompactionThread {
         context.mapPages(at: run.low + claimedLow, count: count,
                          from: context.fromPage(run.stagingLow + claimedLow), move: true)
         for index in (run.low + claimedLow)..<(run.low + offset) {
-          context.states[index].store(PageState.mapped, ordering: .releasing)
+          context.states.publish(.mapped, at: index)
         }
         claimedLow = -1
       }

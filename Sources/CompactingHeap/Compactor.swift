@@ -1,8 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 import Synchronization
 import Userfaultfd
 
@@ -103,19 +98,59 @@ public final class Compactor: @unchecked Sendable {
   /// verifies the result (throwing ``HeapError/verificationFailed(_:)`` if anything differs).
   /// `progress` hears each phase as it starts (on the calling thread, never inside a timed part).
   public func run(progress: (String) -> Void = { _ in }) throws(HeapError) -> CompactionResult {
-    let page = PageSize.base
     let usedBefore = heap.top
     try heap.validateRoots()
-    // 1. Mark and plan (stop-the-world; the mutators have not started).
     progress("marking")
-    let markStart = CycleClock.now()
+    let marked = mark()
+    progress("reference compaction (for verification)")
+    let expected = CycleVerification.Expected(heap: heap, map: marked.map, pageCount: marked.plan.layout.pageCount)
+    let cycle = try prepare(marked.plan)
+    progress("pause, then concurrent compaction with \(cycle.logs.count) mutators")
+    let residentBefore = ProcessMemory.resident
+    ProcessMemory.resetPeak()
+    let pauseNanoseconds = try pause(cycle, roots: expected.roots)
+    heap.top = marked.map.liveBytes
+    let timing = try compactConcurrently(cycle)
+    let peak = ProcessMemory.peak
+    progress("verifying")
+    let writes = try verify(cycle, expected: expected)
+    let counters = cycle.resources.context.counters
+    return CompactionResult(
+      strategy: configuration.strategy, faultMode: configuration.faultMode, liveBytes: marked.map.liveBytes,
+      liveObjects: marked.map.liveObjects, usedBytesBefore: usedBefore, markNanoseconds: marked.nanoseconds,
+      pauseNanoseconds: pauseNanoseconds, compactionWallNanoseconds: timing.wall,
+      compactionCPUNanoseconds: timing.cpu, pagesByGC: counters.load(.pagesByGC),
+      pagesByMutators: counters.load(.pagesByMutators), mutatorFaults: counters.load(.mutatorFaults),
+      recycledPages: counters.load(.recycledPages), bufferPages: counters.load(.bufferPages),
+      moveIoctls: counters.calls(.move), pagesMoved: counters.pages(.move),
+      copyIoctls: counters.calls(.copy), pagesCopied: counters.pages(.copy),
+      zeroPageIoctls: counters.calls(.zeroPage), busyFallbacks: counters.load(.busyFallbacks),
+      errnoCounts: counters.errnoCounts(), mutatorWrites: writes, residentBefore: residentBefore,
+      peakResident: peak, verified: true)
+  }
+
+  /// Everything one cycle's concurrent phase uses, allocated and touched before the pause.
+  private struct Cycle {
+    let uffd: Userfaultfd
+    let fromSpace: AnonymousMemory
+    let resources: CompactionResources
+    let gcBuffer: AnonymousMemory
+    let logs: [WriteLog]
+    let delivery: FaultDelivery
+  }
+
+  /// Phase 1, stop-the-world (the mutators have not started): mark the live objects and compute
+  /// where each to-space page's content comes from.
+  private func mark() -> (map: LiveMap, plan: CompactionPlan, nanoseconds: Int64) {
+    let start = CycleClock.now()
     let map = LiveMap(marking: heap)
     let plan = CompactionPlan(heap: heap, map: map)
-    let markNanoseconds = CycleClock.now() - markStart
-    progress("reference compaction (for verification)")
-    let expected = CycleVerification.Expected(heap: heap, map: map, pageCount: plan.layout.pageCount)
+    return (map, plan, CycleClock.now() - start)
+  }
 
-    // 2. Everything the concurrent phase needs, allocated and touched before the pause.
+  /// Phase 2: the userfaultfd, from-space, the shared page states and buffers, the mutators' write
+  /// logs and the fault delivery, all before the pause so nothing allocates inside it.
+  private func prepare(_ plan: CompactionPlan) throws(HeapError) -> Cycle {
     let uffd: Userfaultfd
     let fromSpace: AnonymousMemory
     let resources: CompactionResources
@@ -125,53 +160,59 @@ public final class Compactor: @unchecked Sendable {
         ? try Userfaultfd(features: [.sigbus]) : try Userfaultfd(options: .nonBlocking)
       fromSpace = try AnonymousMemory(length: heap.capacity, alignment: PageSize.huge)
       resources = try CompactionResources(
-        layout: plan.layout, fromSpace: fromSpace, uffd: uffd.fileDescriptor.rawValue,
+        layout: plan.layout, fromSpace: fromSpace, uffd: uffd,
         strategy: configuration.strategy, buffers: heap.roots.count + 1,
         blockPages: configuration.mutatorBlockPages)
-      gcBuffer = try AnonymousMemory(length: page, populate: true)
+      gcBuffer = try AnonymousMemory(length: PageSize.base, populate: true)
     } catch {
       throw .system(error)
     }
-    let context = resources.context
     let logs = heap.roots.map { _ in WriteLog(capacity: 2 * configuration.loggedWordsPerMutator) }
     let delivery = try FaultDelivery(mode: configuration.faultMode, uffd: uffd, resources: resources)
-    progress("pause, then concurrent compaction with \(logs.count) mutators")
-    let residentBefore = ProcessMemory.resident
-    ProcessMemory.resetPeak()
+    return Cycle(
+      uffd: uffd, fromSpace: fromSpace, resources: resources, gcBuffer: gcBuffer, logs: logs, delivery: delivery)
+  }
 
-    // 3. The pause: roots, move every page to from-space in one mremap, register. The mremap
-    //    comes first: on a range registered without EVENT_REMAP the kernel moves page tables entry
-    //    by entry (it must clear uffd bits), so the pause would grow with the heap; unregistered and
-    //    2 MiB-aligned, whole page tables move. No mutator runs in between, so none can touch the
-    //    emptied heap before it is registered.
-    let pauseStart = CycleClock.now()
+  /// Phase 3, the pause: rewrite the roots, move every page to from-space in one mremap, register
+  /// the emptied heap. Returns its length. On failure every page is put back and the roots restored.
+  ///
+  /// The mremap comes first: on a range registered without EVENT_REMAP the kernel moves page
+  /// tables entry by entry (it must clear uffd bits), so the pause would grow with the heap;
+  /// unregistered and 2 MiB-aligned, whole page tables move. No mutator runs in between, so none
+  /// can touch the emptied heap before it is registered.
+  private func pause(_ cycle: Cycle, roots: [[UInt]]) throws(HeapError) -> Int64 {
+    let start = CycleClock.now()
     let originalRoots = heap.roots
-    heap.roots = expected.roots
+    heap.roots = roots
     do throws(UserfaultfdError) {
-      try heap.memory.movePages(to: fromSpace)
+      try heap.memory.movePages(to: cycle.fromSpace)
       do {
-        try delivery.register(heap.memory.baseAddress, length: heap.capacity)
+        try cycle.delivery.register(heap.memory.baseAddress, length: heap.capacity)
       } catch {
-        try? fromSpace.movePages(to: heap.memory)  // Put every page back: nothing lost.
+        try? cycle.fromSpace.movePages(to: heap.memory)  // Put every page back: nothing lost.
         throw error
       }
     } catch {
       heap.roots = originalRoots
       throw .system(error)
     }
-    let pauseNanoseconds = CycleClock.now() - pauseStart
-    heap.top = map.liveBytes
+    return CycleClock.now() - start
+  }
 
-    // 4. Mutators work while the GC thread compacts.
+  /// Phase 4: the mutators run while the GC thread compacts every page; returns the GC thread's
+  /// wall and CPU time. Ends with every page mapped, the mutators joined and the heap unregistered.
+  private func compactConcurrently(_ cycle: Cycle) throws(HeapError) -> (wall: Int64, cpu: Int64) {
+    let context = cycle.resources.context
     let done = StopFlag()
     let gc = CompactionThread(
-      context: context, fromSpace: fromSpace, buffer: gcBuffer.baseAddress.assumingMemoryBound(to: UInt64.self))
+      context: context, fromSpace: cycle.fromSpace,
+      buffer: cycle.gcBuffer.baseAddress.assumingMemoryBound(to: UInt64.self))
     var threads: [DedicatedThread] = []
     let idle = configuration.idleMutators
     let running = Atomic<Int>(0)
-    for (mutator, log) in logs.enumerated() {
+    for (mutator, log) in cycle.logs.enumerated() {
       let roots = heap.roots[mutator]
-      let seed = configuration.seed &+ UInt64(mutator) &* 0x9E37_79B9
+      let seed = configuration.seed &+ UInt64(mutator) &* SplitMix64.golden
       do {
         threads.append(try DedicatedThread { [heap] in
           running.add(1, ordering: .releasing)
@@ -182,42 +223,32 @@ public final class Compactor: @unchecked Sendable {
         gc.run()
         done.set()
         threads.forEach { $0.join() }
-        delivery.close()
+        cycle.delivery.close()
         throw .system(error)
       }
     }
     // Compaction starts with every mutator running, as it would in an application.
-    while running.load(ordering: .acquiring) < threads.count { sched_yield() }
+    BackOff.wait { running.load(ordering: .acquiring) < threads.count }
     let wallStart = CycleClock.now()
     let cpuStart = CycleClock.threadCPU()
     gc.run()
-    let compactionCPU = CycleClock.threadCPU() - cpuStart
-    let compactionWall = CycleClock.now() - wallStart
+    let cpu = CycleClock.threadCPU() - cpuStart
+    let wall = CycleClock.now() - wallStart
     done.set()
     threads.forEach { $0.join() }
-    delivery.close()  // Unregisters the heap: it is ordinary memory again.
-    let peak = ProcessMemory.peak
+    cycle.delivery.close()  // Unregisters the heap: it is ordinary memory again.
+    return (wall, cpu)
+  }
 
-    // 5. Verify.
-    progress("verifying")
-    let counters = context.counters
+  /// Phase 5: every page mapped, every object where the reference compaction put it, every
+  /// mutator write present. Returns the writes verified.
+  private func verify(_ cycle: Cycle, expected: CycleVerification.Expected) throws(HeapError) -> Int {
+    let counters = cycle.resources.context.counters
     let failures = counters.load(.failures)
     guard failures == 0 else {
-      throw .compactionFailed(
-        "\(failures) pages could not be mapped (\(counters.errnoCounts().map { "\($0.key): \($0.value)" }.sorted().joined(separator: ", ")))")
+      let errnos = counters.errnoCounts().map { "\($0.key): \($0.value)" }.sorted().joined(separator: ", ")
+      throw .compactionFailed("\(failures) pages could not be mapped (\(errnos))")
     }
-    let writes = try CycleVerification.verify(heap: heap, expected: expected, logs: logs)
-    return CompactionResult(
-      strategy: configuration.strategy, faultMode: configuration.faultMode, liveBytes: map.liveBytes,
-      liveObjects: map.liveObjects, usedBytesBefore: usedBefore, markNanoseconds: markNanoseconds,
-      pauseNanoseconds: pauseNanoseconds, compactionWallNanoseconds: compactionWall,
-      compactionCPUNanoseconds: compactionCPU, pagesByGC: counters.load(.pagesByGC),
-      pagesByMutators: counters.load(.pagesByMutators), mutatorFaults: counters.load(.mutatorFaults),
-      recycledPages: counters.load(.recycledPages), bufferPages: counters.load(.bufferPages),
-      moveIoctls: counters.calls(.move), pagesMoved: counters.pages(.move),
-      copyIoctls: counters.calls(.copy), pagesCopied: counters.pages(.copy),
-      zeroPageIoctls: counters.calls(.zeroPage), busyFallbacks: counters.load(.busyFallbacks),
-      errnoCounts: counters.errnoCounts(), mutatorWrites: writes, residentBefore: residentBefore,
-      peakResident: peak, verified: true)
+    return try CycleVerification.verify(heap: heap, expected: expected, logs: cycle.logs)
   }
 }

@@ -1,4 +1,5 @@
 import Synchronization
+import Userfaultfd
 
 /// What a cycle counts, in raw atomics: updated from the GC thread, the fault-server thread and
 /// SIGBUS handlers alike (no allocation, no locks).
@@ -63,28 +64,9 @@ struct CycleCounters: @unchecked Sendable {
     for ioctl in Ioctl.allCases {
       for errno in 0..<Self.errnoSlots {
         let count = slots[ioctlBase(ioctl) + 2 + errno].load(ordering: .relaxed)
-        if count > 0 { counts["\(ioctl.name) \(ErrnoText.name(Int32(errno)))"] = count }
+        if count > 0 { counts["\(ioctl.name) \(ErrnoName.of(Int32(errno)))"] = count }
       }
     }
     return counts
-  }
-}
-
-/// Short errno names for reports.
-enum ErrnoText {
-  static func name(_ errno: Int32) -> String {
-    switch errno {
-    case 1: "EPERM"
-    case 2: "ENOENT"
-    case 3: "ESRCH"
-    case 4: "EINTR"
-    case 11: "EAGAIN"
-    case 12: "ENOMEM"
-    case 14: "EFAULT"
-    case 16: "EBUSY"
-    case 17: "EEXIST"
-    case 22: "EINVAL"
-    default: "errno \(errno)"
-    }
   }
 }

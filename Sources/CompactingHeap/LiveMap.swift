@@ -15,7 +15,7 @@ public struct LiveMap: Sendable {
   public private(set) var liveBytes = 0
 
   /// Words per chunk.
-  static let chunkWords = 64
+  static var chunkWords: Int { ChunkInfo.words }
 
   /// Marks everything reachable from `heap`'s roots (stop-the-world), then computes the prefix sums.
   public init(marking heap: Heap) {
@@ -60,7 +60,7 @@ public struct LiveMap: Sendable {
     while word < range.upperBound {
       let chunk = word / Self.chunkWords, bit = word % Self.chunkWords
       let count = min(Self.chunkWords - bit, range.upperBound - word)
-      let mask: UInt64 = count == 64 ? ~0 : ((1 << UInt64(count)) - 1) << UInt64(bit)
+      let mask: UInt64 = count == Self.chunkWords ? ~0 : ((1 << UInt64(count)) - 1) << UInt64(bit)
       bitmap[chunk] |= mask
       word += count
     }

@@ -32,7 +32,7 @@ final class WriteLog: @unchecked Sendable {
   var hasRoom: Bool { count * 2 < capacity }
 
   private func slot(for address: UInt) -> Int {
-    var slot = Int(truncatingIfNeeded: (UInt64(address) &* 0x9E37_79B9_7F4A_7C15) &>> 20) & (capacity - 1)
+    var slot = Int(truncatingIfNeeded: (UInt64(address) &* SplitMix64.golden) &>> 20) & (capacity - 1)
     while entries[slot].address != 0 && entries[slot].address != address { slot = (slot + 1) & (capacity - 1) }
     return slot
   }

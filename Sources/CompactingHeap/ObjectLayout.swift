@@ -16,12 +16,32 @@ public enum ObjectLayout {
   /// Words in the header.
   public static var headerWords: Int { 2 }
   /// Largest number of reference fields.
-  public static var maxReferences: Int { 0xFFFF }
+  public static var maxReferences: Int { Int(ObjectHeader.referenceMask) }
+  /// `offset >> wordShift` is a byte offset's word index.
+  static var wordShift: Int { wordSize.trailingZeroBitCount }
 
   /// Packs the first header word.
   @inline(__always)
   static func header(words: Int, references: Int) -> UInt64 {
-    UInt64(words) | (UInt64(references) << 32)
+    UInt64(words) | (UInt64(references) << ObjectHeader.referenceShift)
+  }
+}
+
+/// The first header word, decoded: the one place that knows its bit layout.
+struct ObjectHeader {
+  static var sizeMask: UInt64 { 0xFFFF_FFFF }
+  static var referenceShift: UInt64 { 32 }
+  static var referenceMask: UInt64 { 0xFFFF }
+
+  /// Total size in words, header included.
+  let sizeInWords: Int
+  /// Number of reference fields.
+  let referenceCount: Int
+
+  @inline(__always)
+  init(_ word: UInt64) {
+    sizeInWords = Int(truncatingIfNeeded: word & Self.sizeMask)
+    referenceCount = Int(truncatingIfNeeded: (word &>> Self.referenceShift) & Self.referenceMask)
   }
 }
 
@@ -30,9 +50,9 @@ struct ObjectView {
   let words: UnsafeMutablePointer<UInt64>
 
   /// Total size in words, header included.
-  @inline(__always) var sizeInWords: Int { Int(words[0] & 0xFFFF_FFFF) }
+  @inline(__always) var sizeInWords: Int { ObjectHeader(words[0]).sizeInWords }
   /// Number of reference fields.
-  @inline(__always) var referenceCount: Int { Int((words[0] >> 32) & 0xFFFF) }
+  @inline(__always) var referenceCount: Int { ObjectHeader(words[0]).referenceCount }
   /// The object's id.
   @inline(__always) var id: UInt64 { words[1] }
   /// Reference field `index`.

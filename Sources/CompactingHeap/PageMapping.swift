@@ -1,80 +1,67 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
-import CUserfaultfd
+import Userfaultfd
 
-/// The map ioctls of the compaction, called directly through the C shim: async-signal-safe (no
-/// allocation, no Swift errors), every outcome counted in ``CycleCounters``.
+/// Mapping compacted pages into to-space (ART: `MapMovingSpacePages`, `CopyIoctl`): through the
+/// package's allocation-free ioctl core, which also decides what each kernel answer means.
+/// Async-signal-safe; every outcome is counted in ``CycleCounters``.
 extension CompactionContext {
   /// Maps `count` to-space pages from `index` on with the pages at `source` (contiguous):
   /// UFFDIO_MOVE when `move`, else UFFDIO_COPY. Resumes after partial progress. A page already
-  /// present (EEXIST) was mapped by someone else; a page MOVE refuses with EBUSY is copied instead.
-  /// A page that cannot be mapped at all gets a zero page so no thread waits forever, and counts as
-  /// a failure (the cycle then reports it).
+  /// present was mapped by someone else; a page MOVE refuses as busy is copied instead. A page that
+  /// cannot be mapped at all gets a zero page so no thread waits forever, and counts as a failure
+  /// (the cycle then reports it).
   func mapPages(at index: Int, count: Int, from source: UnsafeMutablePointer<UInt64>, move: Bool) {
     let page = layout.pageSize
+    let ioctl: CycleCounters.Ioctl = move ? .move : .copy
     var done = 0
-    var retries = 0
+    var backOff = BackOff()
     while done < count {
       let destination = toSpaceAddress(index &+ done)
-      let sourceAddress = UInt(bitPattern: source + done &* layout.wordsPerPage)
+      let from = UInt(bitPattern: source + done &* layout.wordsPerPage)
       let length = (count &- done) &* page
-      let result: Int32
-      let progress: Int64
-      if move {
-        var argument = cuffd_move(dst: UInt64(destination), src: UInt64(sourceAddress), len: UInt64(length), mode: 0, move: 0)
-        result = cuffd_ioctl_move(uffd, &argument)
-        progress = argument.move
-      } else {
-        var argument = cuffd_copy(dst: UInt64(destination), src: UInt64(sourceAddress), len: UInt64(length), mode: 0, copy: 0)
-        result = cuffd_ioctl_copy(uffd, &argument)
-        progress = argument.copy
-      }
-      let ioctl: CycleCounters.Ioctl = move ? .move : .copy
-      if result == 0 {
-        counters.called(ioctl, pages: count &- done)
-        return
-      }
-      let error = errno
-      // Never read a negative progress field as a count (it is -errno).
-      let mapped = progress > 0 ? Int(progress) / page : 0
+      let answer = move
+        ? RangeIoctl.move(uffd, destination, from: from, length: length)
+        : RangeIoctl.copy(uffd, destination, from: from, length: length)
+      let mapped = answer.bytesDone / page
       counters.called(ioctl, pages: mapped)
-      counters.failed(ioctl, errno: error)
       done &+= mapped
-      switch error {
-      case EAGAIN:
-        // Partial progress: resume to learn the real reason. None: an event is pending (this
-        // cycle asks for none); back off briefly.
+      guard let errno = answer.errno else { return }
+      counters.failed(ioctl, errno: errno.rawValue)
+      switch answer.outcome {
+      case .done:
+        return
+      case .partial:
+        counters.add(.eagainRetries)  // Resume to learn the real state of the rest.
+      case .retryAfterEvents:
+        // An event is pending (this cycle asks for none): back off, boundedly.
         counters.add(.eagainRetries)
-        if mapped == 0 {
-          retries &+= 1
-          if retries > 10_000 { fail(at: index &+ done); done &+= 1 } else { sched_yield() }
+        if backOff.attempts >= Self.maxRetries {
+          fail(at: index &+ done)
+          done &+= 1
+        } else {
+          backOff.pause()
         }
-      case EEXIST:
-        done &+= 1  // Already present: someone else mapped it.
-      case EBUSY where move:
+      case .alreadyPresent:
+        done &+= 1  // Someone else mapped it.
+      case .busy:
         // Not exclusively mapped (a fork, KSM, a pin): the content is still at the source.
         counters.add(.busyFallbacks)
         mapPages(at: index &+ done, count: 1, from: source + done &* layout.wordsPerPage, move: false)
         done &+= 1
-      default:
+      case .sourceMissing, .processGone, .failed:
         fail(at: index &+ done)
         done &+= 1
       }
     }
   }
 
-  /// Maps a zero page at `address` (EEXIST: already present).
+  /// Retries of a page whose ioctl keeps answering "retry after events" before it counts as failed.
+  static var maxRetries: Int { 10_000 }
+
+  /// Maps a zero page at `address` (already present: someone else mapped it).
   func zeroPage(at address: UInt) {
-    var argument = cuffd_zeropage(range: cuffd_range(start: UInt64(address), len: UInt64(layout.pageSize)), mode: 0, zeropage: 0)
-    if cuffd_ioctl_zeropage(uffd, &argument) == 0 {
-      counters.called(.zeroPage, pages: 1)
-    } else {
-      counters.called(.zeroPage, pages: 0)
-      counters.failed(.zeroPage, errno: errno)
-    }
+    let answer = RangeIoctl.zeroPage(uffd, address, length: layout.pageSize)
+    counters.called(.zeroPage, pages: answer.bytesDone / layout.pageSize)
+    if let errno = answer.errno { counters.failed(.zeroPage, errno: errno.rawValue) }
   }
 
   /// A page that could not be mapped: count it, and release its waiters with zeros.

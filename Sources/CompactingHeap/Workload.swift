@@ -108,10 +108,14 @@ public struct Workload: Sendable, Hashable {
 
 /// A small, fast, seedable generator (SplitMix64).
 struct SplitMix64 {
+  /// 2^64 / φ: consecutive multiples spread evenly (the generator's step, and Fibonacci hashing's
+  /// multiplier for ``WriteLog`` and per-mutator seeds).
+  static var golden: UInt64 { 0x9E37_79B9_7F4A_7C15 }
+
   var state: UInt64
   init(seed: UInt64) { state = seed }
   mutating func next() -> UInt64 {
-    state &+= 0x9E37_79B9_7F4A_7C15
+    state &+= Self.golden
     var z = state
     z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
     z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB

@@ -85,8 +85,13 @@ struct PageCompactionTests {
 
   @Test func pageStatesRoundTripTheStagingPage() {
     let state = PageState.processed(staging: 123_456)
-    #expect(PageState.kind(state) == PageState.processed)
-    #expect(PageState.staging(state) == 123_456)
-    #expect(PageState.unprocessed == 0, "zeroed memory is a valid start")
+    #expect(state.kind == .processed)
+    #expect(state.staging == 123_456)
+    #expect(PageState.unprocessed.rawValue == 0, "zeroed memory is a valid start")
+    #expect(PageState(rawValue: 0xFF).kind == .processing, "a word no writer produces reads as busy")
+    for kind in [PageState.Kind.unprocessed, .processing, .mutatorProcessing, .mapping, .mapped] {
+      #expect(PageState(kind).kind == kind)
+      #expect(PageState(kind).staging == 0)
+    }
   }
 }

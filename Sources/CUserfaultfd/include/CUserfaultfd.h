@@ -254,6 +254,7 @@ int cuffd_ioctl_move_noting_sigsys(int fd, struct cuffd_move *arg, int *sigsys);
 /// MAP_FAILED as a value Swift can compare against.
 static inline void *cuffd_map_failed(void) { return MAP_FAILED; }
 
+#include "CUserfaultfdAnswer.h"
 #include "CUserfaultfdSigbus.h"
 #include "CUserfaultfdMaps.h"
 

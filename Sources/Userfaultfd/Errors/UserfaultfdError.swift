@@ -103,6 +103,20 @@ public struct OperationFailure: Sendable, Equatable, CustomStringConvertible {
   /// True when part of the range was done: resume at `bytesDone`.
   public var isPartial: Bool { bytesDone > 0 }
 
+  /// What the failure means for the caller, decided by the package's one reading of the kernel's
+  /// answers (the same rule the fault service, SIGBUS mode and the heap act on).
+  public var kind: FailureKind {
+    switch KernelAnswer(operation, failed: errno, bytesDone: bytesDone, length: length).outcome {
+    case .done, .partial: .partial
+    case .alreadyPresent: .alreadyPresent
+    case .sourceMissing: .sourceMissing
+    case .busy: .busy
+    case .retryAfterEvents: .retryAfterEvents
+    case .processGone: .processGone
+    case .failed: .refused
+    }
+  }
+
   /// What the errno means for this operation, in plain words, with what to do.
   public var explanation: String {
     Explanation.of(operation, errno, partial: isPartial, bytesDone: bytesDone)
@@ -114,6 +128,24 @@ public struct OperationFailure: Sendable, Equatable, CustomStringConvertible {
     return "\(operation.rawValue) of \(range) failed after \(bytesDone) bytes: "
       + "\(ErrnoName.of(errno)): \(explanation)"
   }
+}
+
+/// What a kernel refusal means for the caller (``OperationFailure/kind``).
+public enum FailureKind: Sendable, Hashable {
+  /// `EAGAIN` after some progress: resume at ``OperationFailure/bytesDone``.
+  case partial
+  /// `EEXIST`: the destination page was already populated; someone else resolved it.
+  case alreadyPresent
+  /// MOVE's `ENOENT`: the source page is a hole (or the range is not mapped).
+  case sourceMissing
+  /// MOVE's `EBUSY`: the source page is not exclusively mapped (a fork, KSM, a pin); copy it.
+  case busy
+  /// `EAGAIN` with nothing done: a remove, unmap or remap event is pending; read it, retry.
+  case retryAfterEvents
+  /// `ESRCH`: the process whose memory this is has exited.
+  case processGone
+  /// Anything else: the operation cannot succeed as asked; ``OperationFailure/errno`` says why.
+  case refused
 }
 
 /// Plain-words meaning of an errno for each operation (from the kernel's fs/userfaultfd.c and
@@ -180,10 +212,14 @@ enum Explanation {
   }
 }
 
-/// The C names of the errnos userfaultfd produces, for messages a user can search.
-enum ErrnoName {
-  static func of(_ errno: Errno) -> String {
-    let code = errno.rawValue
+/// The C names of the errnos userfaultfd produces, for messages a user can search: the package's
+/// one table (the heap's reports use it too).
+package enum ErrnoName {
+  /// `EEXIST` for `.fileExists`; `errno N` for a number without a name here.
+  package static func of(_ errno: Errno) -> String { of(errno.rawValue) }
+
+  /// The name of errno number `code`.
+  package static func of(_ code: Int32) -> String {
     guard code > 0, code < names.count, let name = names[Int(code)] else { return "errno \(code)" }
     return name
   }

@@ -156,15 +156,15 @@ final class ServerCore: @unchecked Sendable {
       uffd.copyCore(0, from: 0, length: page, mode: 0), uffd.moveCore(0, from: 0, length: page, mode: 0),
       uffd.zeroPageCore(0, length: page, mode: 0), uffd.continueCore(0, length: page, mode: 0),
       uffd.poisonCore(0, length: page, mode: 0), uffd.wakeCore(0, length: page),
-      KernelAnswer(failed: .fileExists), KernelAnswer(failed: .resourceTemporarilyUnavailable),
-      KernelAnswer(failed: .noSuchProcess), KernelAnswer(errno: nil, bytesDone: page),
+      KernelAnswer(.copy, failed: .fileExists, length: page), KernelAnswer(.move, failed: .resourceBusy, length: page),
+      KernelAnswer(.copy, failed: .noSuchProcess, length: page), KernelAnswer.done(length: page),
     ] {
       switch answer.outcome {
-      case .done: sink += 1
+      case .done, .partial: sink += 1
       case .alreadyPresent: sink += 2
       case .retryAfterEvents: sink += 3
       case .processGone: sink += 4
-      case .failed(let errno): sink += Int(errno.rawValue)
+      case .sourceMissing, .busy, .failed: sink += Int(answer.errno?.rawValue ?? 0)
       }
     }
     let fault = PageFault(address: 0, flags: [], threadID: nil)
@@ -269,7 +269,8 @@ final class ServerCore: @unchecked Sendable {
       return .later
     }
     switch answer.outcome {
-    case .done:
+    case .done, .partial:
+      // One page: any progress is the whole page.
       counters.resolved.wrappingAdd(1, ordering: .relaxed)
     case .alreadyPresent:
       counters.alreadyResolved.wrappingAdd(1, ordering: .relaxed)
@@ -278,8 +279,8 @@ final class ServerCore: @unchecked Sendable {
       return .retryAfterEvents
     case .processGone:
       counters.abandoned.wrappingAdd(1, ordering: .relaxed)
-    case .failed(let errno):
-      fail(fault, errno: errno)
+    case .sourceMissing, .busy, .failed:
+      fail(fault, errno: answer.errno ?? .ioError)
     }
     return .done
   }
@@ -290,10 +291,10 @@ final class ServerCore: @unchecked Sendable {
     let page = PageSize.base
     if hasMove {
       let moved = uffd.moveCore(target, from: source, length: page, mode: 0)
-      guard moved.errno == .resourceBusy else { return moved }
+      guard moved.outcome == .busy else { return moved }
     }
     if isMissingRegisteredPage(source) {
-      return KernelAnswer(failed: .deadlock)
+      return KernelAnswer(.copy, failed: .deadlock, length: page)
     }
     let copied = uffd.copyCore(target, from: source, length: page, mode: 0)
     if copied.errno == nil, let pointer = UnsafeMutableRawPointer(bitPattern: source) {
@@ -319,7 +320,7 @@ final class ServerCore: @unchecked Sendable {
     var filled = action == .poison
       ? uffd.poisonCore(target, length: page, mode: 0)
       : uffd.zeroPageCore(target, length: page, mode: 0)
-    if action == .poison, let error = filled.errno, error != .fileExists {
+    if action == .poison, filled.outcome == .failed {
       filled = uffd.zeroPageCore(target, length: page, mode: 0)
     }
     switch filled.outcome {
@@ -328,7 +329,7 @@ final class ServerCore: @unchecked Sendable {
       counters.alreadyResolved.wrappingAdd(1, ordering: .relaxed)
       _ = uffd.wakeCore(target, length: page)
       return
-    case .done:
+    case .done, .partial:
       break
     default:
       // Neither could be done (the range was unregistered meanwhile): wake the thread, whose

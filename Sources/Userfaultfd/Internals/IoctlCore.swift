@@ -2,73 +2,92 @@ import CUserfaultfd
 import SystemPackage
 
 /// The range ioctls without validation, throwing or allocation: trivial values in, a
-/// ``KernelAnswer`` out. The public methods validate, call these, and throw; the fault server's
-/// serving thread calls these directly (with EVENT_FORK it must never reach malloc, and in an
-/// unoptimised build even an empty option-set literal does). The progress rule lives here once:
-/// the kernel's progress field is bytes done when positive, a negated errno when nothing was done,
-/// and untouched (it is preset to 0) after an early argument error; a negative value is never read
-/// as a count.
-extension Userfaultfd {
+/// ``KernelAnswer`` out (swift-system's `_read` under `read`). The public methods validate, call
+/// these and throw; the fault server's serving thread, the logical move's fallback and the
+/// compacting heap (from a SIGBUS handler too) call them directly. With EVENT_FORK the serving
+/// thread must never reach malloc, and in an unoptimised build even an empty option-set literal
+/// does: hence raw `UInt64` modes here.
+package enum RangeIoctl {
+  /// UFFDIO_COPY of `length` bytes from `source` to `destination` on descriptor `fd`.
   @inline(__always)
-  static func answer(_ result: Int32, progress: Int64, length: Int) -> KernelAnswer {
-    if result == 0 { return KernelAnswer(errno: nil, bytesDone: length) }
-    let error = Errno.current
-    let done = progress > 0 ? Int(min(progress, Int64(length))) : 0
-    return KernelAnswer(errno: error, bytesDone: done)
+  package static func copy(_ fd: Int32, _ destination: UInt, from source: UInt, length: Int, mode: UInt64 = 0)
+    -> KernelAnswer
+  {
+    issue(fd, CUFFD_OP_COPY, destination, source, length, mode)
   }
 
-  /// UFFDIO_COPY of `length` bytes from `source` to `destination`.
+  /// UFFDIO_MOVE of `length` bytes from `source` to `destination` on descriptor `fd`.
+  @inline(__always)
+  package static func move(_ fd: Int32, _ destination: UInt, from source: UInt, length: Int, mode: UInt64 = 0)
+    -> KernelAnswer
+  {
+    issue(fd, CUFFD_OP_MOVE, destination, source, length, mode)
+  }
+
+  /// UFFDIO_ZEROPAGE of `length` bytes at `start` on descriptor `fd`.
+  @inline(__always)
+  package static func zeroPage(_ fd: Int32, _ start: UInt, length: Int, mode: UInt64 = 0) -> KernelAnswer {
+    issue(fd, CUFFD_OP_ZEROPAGE, start, 0, length, mode)
+  }
+
+  /// UFFDIO_CONTINUE of `length` bytes at `start` on descriptor `fd`.
+  @inline(__always)
+  package static func `continue`(_ fd: Int32, _ start: UInt, length: Int, mode: UInt64 = 0) -> KernelAnswer {
+    issue(fd, CUFFD_OP_CONTINUE, start, 0, length, mode)
+  }
+
+  /// UFFDIO_POISON of `length` bytes at `start` on descriptor `fd`.
+  @inline(__always)
+  package static func poison(_ fd: Int32, _ start: UInt, length: Int, mode: UInt64 = 0) -> KernelAnswer {
+    issue(fd, CUFFD_OP_POISON, start, 0, length, mode)
+  }
+
+  /// UFFDIO_WAKE of `length` bytes at `start` on descriptor `fd` (all or nothing).
+  @inline(__always)
+  package static func wake(_ fd: Int32, _ start: UInt, length: Int) -> KernelAnswer {
+    issue(fd, CUFFD_OP_WAKE, start, 0, length, 0)
+  }
+
+  @inline(__always)
+  private static func issue(_ fd: Int32, _ op: Int32, _ destination: UInt, _ source: UInt, _ length: Int, _ mode: UInt64)
+    -> KernelAnswer
+  {
+    guard fd >= 0 else {
+      return KernelAnswer(cuffd_answer_classify(op, -1, Errno.badFileDescriptor.rawValue, 0, UInt64(max(length, 0))))
+    }
+    return KernelAnswer(
+      cuffd_range_ioctl(fd, op, UInt64(destination), UInt64(source), UInt64(max(length, 0)), mode))
+  }
+}
+
+/// The same core on this handle's descriptor (EBADF once it is closed).
+extension Userfaultfd {
+  /// The descriptor the cores use: -1 once the handle is closed. For the package's own
+  /// allocation-free paths (the heap maps pages with it); users hold the handle instead.
+  package var coreDescriptor: Int32 { descriptorOrNegative }
+
   func copyCore(_ destination: UInt, from source: UInt, length: Int, mode: UInt64) -> KernelAnswer {
-    let fd = descriptorOrNegative
-    guard fd >= 0 else { return KernelAnswer(errno: .badFileDescriptor, bytesDone: 0) }
-    var arg = cuffd_copy(dst: UInt64(destination), src: UInt64(source), len: UInt64(length), mode: mode, copy: 0)
-    let result = cuffd_ioctl_copy(fd, &arg)
-    return Self.answer(result, progress: arg.copy, length: length)
+    RangeIoctl.copy(descriptorOrNegative, destination, from: source, length: length, mode: mode)
   }
 
-  /// UFFDIO_MOVE of `length` bytes from `source` to `destination`.
   func moveCore(_ destination: UInt, from source: UInt, length: Int, mode: UInt64) -> KernelAnswer {
-    let fd = descriptorOrNegative
-    guard fd >= 0 else { return KernelAnswer(errno: .badFileDescriptor, bytesDone: 0) }
-    var arg = cuffd_move(dst: UInt64(destination), src: UInt64(source), len: UInt64(length), mode: mode, move: 0)
-    let result = cuffd_ioctl_move(fd, &arg)
-    return Self.answer(result, progress: arg.move, length: length)
+    RangeIoctl.move(descriptorOrNegative, destination, from: source, length: length, mode: mode)
   }
 
-  /// UFFDIO_ZEROPAGE of `length` bytes at `start`.
   func zeroPageCore(_ start: UInt, length: Int, mode: UInt64) -> KernelAnswer {
-    let fd = descriptorOrNegative
-    guard fd >= 0 else { return KernelAnswer(errno: .badFileDescriptor, bytesDone: 0) }
-    var arg = cuffd_zeropage(range: cuffd_range(start: UInt64(start), len: UInt64(length)), mode: mode, zeropage: 0)
-    let result = cuffd_ioctl_zeropage(fd, &arg)
-    return Self.answer(result, progress: arg.zeropage, length: length)
+    RangeIoctl.zeroPage(descriptorOrNegative, start, length: length, mode: mode)
   }
 
-  /// UFFDIO_CONTINUE of `length` bytes at `start`.
   func continueCore(_ start: UInt, length: Int, mode: UInt64) -> KernelAnswer {
-    let fd = descriptorOrNegative
-    guard fd >= 0 else { return KernelAnswer(errno: .badFileDescriptor, bytesDone: 0) }
-    var arg = cuffd_continue(range: cuffd_range(start: UInt64(start), len: UInt64(length)), mode: mode, mapped: 0)
-    let result = cuffd_ioctl_continue(fd, &arg)
-    return Self.answer(result, progress: arg.mapped, length: length)
+    RangeIoctl.continue(descriptorOrNegative, start, length: length, mode: mode)
   }
 
-  /// UFFDIO_POISON of `length` bytes at `start`.
   func poisonCore(_ start: UInt, length: Int, mode: UInt64) -> KernelAnswer {
-    let fd = descriptorOrNegative
-    guard fd >= 0 else { return KernelAnswer(errno: .badFileDescriptor, bytesDone: 0) }
-    var arg = cuffd_poison(range: cuffd_range(start: UInt64(start), len: UInt64(length)), mode: mode, updated: 0)
-    let result = cuffd_ioctl_poison(fd, &arg)
-    return Self.answer(result, progress: arg.updated, length: length)
+    RangeIoctl.poison(descriptorOrNegative, start, length: length, mode: mode)
   }
 
-  /// UFFDIO_WAKE of `length` bytes at `start` (no progress field: all or nothing).
   func wakeCore(_ start: UInt, length: Int) -> KernelAnswer {
-    let fd = descriptorOrNegative
-    guard fd >= 0 else { return KernelAnswer(errno: .badFileDescriptor, bytesDone: 0) }
-    var arg = cuffd_range(start: UInt64(start), len: UInt64(length))
-    let result = cuffd_ioctl_wake(fd, &arg)
-    return result == 0 ? KernelAnswer(errno: nil, bytesDone: length) : KernelAnswer(errno: .current, bytesDone: 0)
+    RangeIoctl.wake(descriptorOrNegative, start, length: length)
   }
 }
 

@@ -266,12 +266,11 @@ struct PutBackHandle {
   ) -> Placement {
     let page = PageSize.base
     let (source, target) = (UInt(bitPattern: from), UInt(bitPattern: to))
-    var answer = KernelAnswer(failed: .invalidArgument)
+    let canMove = uffd.supportedFeatures.contains(.move)
+    var answer = KernelAnswer(.copy, failed: .invalidArgument, length: page)
     for _ in 0..<PageMover.maxRetries {
-      answer = uffd.supportedFeatures.contains(.move)
-        ? uffd.moveCore(target, from: source, length: page, mode: 0)
-        : KernelAnswer(failed: .resourceBusy)
-      if answer.outcome == .failed(.resourceBusy) {
+      if canMove { answer = uffd.moveCore(target, from: source, length: page, mode: 0) }
+      if !canMove || answer.outcome == .busy {
         // No MOVE here, or the taken page is shared with a forked child: a copy goes back instead.
         answer = uffd.copyCore(target, from: source, length: page, mode: 0)
       }

@@ -172,12 +172,12 @@ extension PageMover {
       }
     }
 
-    /// A MOVE that made no progress: decide by errno and policy.
+    /// A MOVE that made no progress: decide by what the refusal means and by policy.
     mutating func handleRefusal(_ failure: OperationFailure, chunk: Int) throws(UserfaultfdError) {
-      switch failure.errno {
-      case .resourceTemporarilyUnavailable:
+      switch failure.kind {
+      case .retryAfterEvents, .partial:
         try backOff(failure)
-      case .noSuchFileOrDirectory:
+      case .sourceMissing:
         try checkMapped(failure)
         guard policy.holes == .skip else {
           try stop(.hole, failure: failure, reason: nil,
@@ -186,7 +186,7 @@ extension PageMover {
         }
         let holes = leadingPages(chunk: chunk) { $0.isHole }
         if holes == 0 { try backOff(failure) } else { advance(.hole, bytes: holes * page) }
-      case .resourceBusy:
+      case .busy:
         let reason = BusyReason.diagnose(source + UInt(offset))
         let pages = max(1, leadingPages(chunk: chunk) { $0.isSwapped || ($0.isPresent && !$0.isExclusive) })
         report.busy.append(BusyRun(offset: offset, pages: pages, reason: reason))
@@ -194,9 +194,9 @@ extension PageMover {
           try stop(.busy, failure: failure, reason: reason, "\(reason); \(reason.remedy)")
         }
         try fallback(pages: pages)
-      case .fileExists:
+      case .alreadyPresent:
         try stop(.alreadyPresent, failure: failure, reason: nil, failure.explanation)
-      case .invalidArgument:
+      case .refused where failure.errno == .invalidArgument:
         // A range that spans two mappings (after an madvise split one, say) is refused whole:
         // cut the step at the first mapping boundary and go on.
         if let shorter = boundedByMappings(chunk), shorter < chunk {
