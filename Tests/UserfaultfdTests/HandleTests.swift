@@ -28,7 +28,7 @@ struct HandleTests {
     let unknown = Features(rawValue: 1 << 40)
     let error = expectError { () throws(UserfaultfdError) in _ = try Userfaultfd(features: [.sigbus, unknown]) }
     #expect(error == .featuresUnsupported(requested: [.sigbus, unknown], missing: unknown))
-    #expect(error?.description.contains("bit40") == true)
+    #expect(unknown.names == ["bit40"], "an unknown bit is named, not dropped")
   }
 
   @Test func closesExactlyOnceAndRefusesUseAfterClose() throws {
@@ -57,20 +57,6 @@ struct HandleTests {
     }
     #expect(Features(name: "no-such-feature") == nil)
     #expect(Features.move.rawValue == 1 << 16)
-  }
-
-  @Test func openFailureExplainsTheFix() {
-    let error = UserfaultfdError.openFailed([
-      OpenAttempt(method: .syscall, errno: .notPermitted),
-      OpenAttempt(method: .syscallUserModeOnly, errno: .notPermitted),
-      OpenAttempt(method: .devUserfaultfd, errno: .permissionDenied),
-    ])
-    let text = error.description
-    #expect(text.contains("vm.unprivileged_userfaultfd"))
-    #expect(text.contains("/dev/userfaultfd"))
-    #expect(text.contains("EPERM"))
-    let seccomp = UserfaultfdError.openFailed([OpenAttempt(method: .syscall, errno: Errno(rawValue: 38))])
-    #expect(seccomp.description.contains("seccomp"))
   }
 }
 }

@@ -10,7 +10,7 @@ import SystemPackage
 /// bytes already done.
 public enum UserfaultfdError: Error, Sendable, Equatable, CustomStringConvertible {
   /// An argument was rejected before any system call; nothing was changed.
-  case invalidArgument(Operation, String)
+  case invalidArgument(Operation, InvalidArgument)
   /// The kernel refused a userfaultfd ioctl. The failure may carry partial progress.
   case operationFailed(OperationFailure)
   /// No way of opening a userfaultfd worked; each attempt and its errno are listed.
@@ -35,6 +35,16 @@ public enum UserfaultfdError: Error, Sendable, Equatable, CustomStringConvertibl
     case .systemCallFailed(_, let error): return error
     case .openFailed(let attempts): return attempts.last?.errno
     case .invalidArgument, .featuresUnsupported, .closed, .notSupported: return nil
+    }
+  }
+
+  /// What a kernel refusal behind this error means (nil when the kernel did not refuse anything):
+  /// switch on this, never on errnos or texts.
+  public var failureKind: FailureKind? {
+    switch self {
+    case .operationFailed(let failure): return failure.kind
+    case .moveStopped(let report): return report.stop?.failure?.kind
+    default: return nil
     }
   }
 
@@ -244,9 +254,4 @@ package enum ErrnoName {
     for (code, name) in known where code > 0 && Int(code) < table.count { table[Int(code)] = name }
     return table
   }()
-}
-
-extension Errno {
-  /// ENOSYS, which swift-system does not name.
-  static var noFunction: Errno { Errno(rawValue: Glibc.ENOSYS) }
 }

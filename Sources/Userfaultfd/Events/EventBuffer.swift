@@ -26,7 +26,7 @@ public final class EventBuffer: @unchecked Sendable {
   /// Allocates room for `capacity` events (1 to ``maxCapacity``), once.
   public init(capacity: Int = 64) throws(UserfaultfdError) {
     guard (1...Self.maxCapacity).contains(capacity) else {
-      throw .invalidArgument(.readEvents, "capacity must be 1 to \(Self.maxCapacity), got \(capacity)")
+      throw .invalidArgument(.readEvents, .outOfRange(parameter: "capacity", value: capacity, valid: 1...Self.maxCapacity))
     }
     self.capacity = capacity
     self.records = .allocate(byteCount: capacity * Userfaultfd.eventSize, alignment: 8)

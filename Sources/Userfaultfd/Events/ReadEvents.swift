@@ -26,7 +26,7 @@ extension Userfaultfd {
   /// - Parameter maxCount: 1 or more; values above ``maxEventsPerRead`` read that many.
   public func readEvents(maxCount: Int = Userfaultfd.maxEventsPerRead) throws(UserfaultfdError) -> [Event] {
     guard maxCount > 0 else {
-      throw .invalidArgument(.readEvents, "maxCount must be positive, got \(maxCount)")
+      throw .invalidArgument(.readEvents, .outOfRange(parameter: "maxCount", value: maxCount, valid: 1...Int.max))
     }
     let count = min(maxCount, Self.maxEventsPerRead)
     // 32 records x 32 bytes = 1 KiB: within the size Swift places on the stack.
@@ -61,28 +61,41 @@ extension Userfaultfd {
     UnsafeRawBufferPointer(rebasing: buffer[(index * Self.eventSize)..<((index + 1) * Self.eventSize)])
   }
 
-  /// Decodes one 32-byte `uffd_msg`: event code at 0, the union at 8.
+  /// Decodes one 32-byte `uffd_msg` read from this handle.
   func decodeEvent(_ record: UnsafeRawBufferPointer) -> Event {
+    switch Self.decodeRecord(record, threadIDs: features.contains(.threadID)) {
+    case .event(let event): return event
+    case .fork(let descriptor): return .fork(child: Userfaultfd(forkedDescriptor: descriptor, parent: self))
+    }
+  }
+
+  /// A decoded record: an event, or a fork event's new descriptor (which only a handle can adopt).
+  enum DecodedRecord {
+    case event(Event)
+    case fork(descriptor: Int32)
+  }
+
+  /// Decodes one 32-byte `uffd_msg`: event code at 0, the union at 8. Pure: no handle, no kernel.
+  /// `threadIDs`: the handle negotiated ``Features/threadID`` (the faulting thread's id at 24).
+  static func decodeRecord(_ record: UnsafeRawBufferPointer, threadIDs: Bool) -> DecodedRecord {
     let code = record.load(fromByteOffset: Int(CUFFD_MSG_OFFSET_EVENT), as: UInt8.self)
     let arg = Int(CUFFD_MSG_OFFSET_ARG)
     func u64(_ offset: Int) -> UInt64 { record.loadUnaligned(fromByteOffset: arg + offset, as: UInt64.self) }
     switch Int32(code) {
     case CUFFD_EVENT_PAGEFAULT:
-      let threadID = features.contains(.threadID)
-        ? record.loadUnaligned(fromByteOffset: arg + 16, as: Int32.self) : nil
-      return .pageFault(PageFault(
-        address: UInt(u64(8)), flags: PageFault.Flags(rawValue: u64(0)), threadID: threadID))
+      let threadID = threadIDs ? record.loadUnaligned(fromByteOffset: arg + 16, as: Int32.self) : nil
+      return .event(.pageFault(PageFault(
+        address: UInt(u64(8)), flags: PageFault.Flags(rawValue: u64(0)), threadID: threadID)))
     case CUFFD_EVENT_FORK:
-      let fd = record.loadUnaligned(fromByteOffset: arg, as: Int32.self)
-      return .fork(child: Userfaultfd(forkedDescriptor: fd, parent: self))
+      return .fork(descriptor: record.loadUnaligned(fromByteOffset: arg, as: Int32.self))
     case CUFFD_EVENT_REMAP:
-      return .remap(from: UInt(u64(0)), to: UInt(u64(8)), length: Int(u64(16)))
+      return .event(.remap(from: UInt(u64(0)), to: UInt(u64(8)), length: Int(truncatingIfNeeded: u64(16))))
     case CUFFD_EVENT_REMOVE:
-      return .remove(start: UInt(u64(0)), end: UInt(u64(8)))
+      return .event(.remove(start: UInt(u64(0)), end: UInt(u64(8))))
     case CUFFD_EVENT_UNMAP:
-      return .unmap(start: UInt(u64(0)), end: UInt(u64(8)))
+      return .event(.unmap(start: UInt(u64(0)), end: UInt(u64(8))))
     default:
-      return .unrecognized(code: code)
+      return .event(.unrecognized(code: code))
     }
   }
 }

@@ -128,19 +128,18 @@ public final class FaultServer: Sendable {
     onEvent: EventHandler? = nil, onFailure: FailureHandler? = nil, resolver: @escaping Resolver
   ) throws(UserfaultfdError) {
     guard uffd.isNonBlocking else {
-      throw .invalidArgument(.readEvents, "the fault server needs a userfaultfd opened with .nonBlocking")
+      throw .invalidArgument(.readEvents, .handleIsBlocking)
     }
     guard !uffd.features.contains(.sigbus) else {
-      throw .invalidArgument(
-        .readEvents, "this userfaultfd uses UFFD_FEATURE_SIGBUS: faults arrive as signals, use SigbusRegion")
+      throw .invalidArgument(.readEvents, .handleUsesSigbus)
     }
     guard (1...Self.maxBatchSize).contains(configuration.batchSize) else {
       throw .invalidArgument(
-        .readEvents, "batchSize must be 1 to \(Self.maxBatchSize), got \(configuration.batchSize)")
+        .readEvents, .outOfRange(parameter: "batchSize", value: configuration.batchSize, valid: 1...Self.maxBatchSize))
     }
     guard (1...1_000_000).contains(configuration.maxAttempts) else {
       throw .invalidArgument(
-        .readEvents, "maxAttempts must be 1 to 1000000, got \(configuration.maxAttempts)")
+        .readEvents, .outOfRange(parameter: "maxAttempts", value: configuration.maxAttempts, valid: 1...1_000_000))
     }
     _ = try uffd.fd(for: .readEvents)
     let action = configuration.onUnresolvable.effective(on: uffd)
@@ -179,7 +178,7 @@ public final class FaultServer: Sendable {
     _ start: UnsafeMutableRawPointer, length: Int, mode: RegisterMode = .missing
   ) throws(UserfaultfdError) -> Ioctls {
     guard !stopped.load(ordering: .acquiring) else {
-      throw .invalidArgument(.register, "the fault server is stopped: start a new one to serve this range")
+      throw .invalidArgument(.register, .serverStopped)
     }
     return try uffd.register(start, length: length, mode: mode)
   }

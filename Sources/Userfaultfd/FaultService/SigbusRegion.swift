@@ -117,10 +117,9 @@ public final class SigbusRegion: @unchecked Sendable {
     context: UnsafeMutableRawPointer?, onFailure: UnresolvableFaultAction
   ) throws(UserfaultfdError) {
     guard uffd.features.contains(.sigbus) else {
-      throw .invalidArgument(
-        .register, "SIGBUS mode needs a userfaultfd opened with features: [.sigbus]")
+      throw .invalidArgument(.register, .handleLacksFeatures(.sigbus))
     }
-    let range = try PageRange(start, length: length, role: "range", operation: .register)
+    let range = try PageRange(start, length: length, role: .range, operation: .register)
     let fd = try uffd.fd(for: .register)
     guard cuffd_sigbus_install() == 0 else {
       throw .systemCallFailed("sigaction(SIGBUS)", .current)
@@ -133,11 +132,9 @@ public final class SigbusRegion: @unchecked Sendable {
       action == .poison ? CUFFD_SIGBUS_FAIL_POISON : CUFFD_SIGBUS_FAIL_ZEROPAGE, resolver, context)
     guard slot >= 0 else {
       if Errno.current == .fileExists {
-        throw .invalidArgument(
-          .register, "range \(hex(range.start))..<\(hex(range.end)) overlaps a live SigbusRegion;"
-            + " close that region first")
+        throw .invalidArgument(.register, .overlapsLiveRegion(range.start..<range.end))
       }
-      throw .invalidArgument(.register, "at most \(CUFFD_SIGBUS_MAX_REGIONS) SIGBUS regions can be active")
+      throw .invalidArgument(.register, .tooManyRegions(max: Int(CUFFD_SIGBUS_MAX_REGIONS)))
     }
     do {
       try uffd.register(start, length: length, mode: .missing)

@@ -9,36 +9,29 @@ struct PageRange: Sendable, Equatable {
   /// wrap-around past the top of the address space.
   @inline(__always)
   init(
-    _ start: UnsafeRawPointer, length: Int, role: @autoclosure () -> String, operation: Operation
+    _ start: UnsafeRawPointer, length: Int, role: RangeRole, operation: Operation
   ) throws(UserfaultfdError) {
     let address = UInt(bitPattern: start)
     // One combined test on the hot path (the page size is a power of two); the slow path only
     // works out what to say.
     guard length > 0, (address | UInt(length)) & PageSize.mask == 0,
           !address.addingReportingOverflow(UInt(length)).overflow
-    else { throw Self.explain(address, length, role(), operation) }
+    else { throw Self.explain(address, length, role, operation) }
     self.start = address
     self.length = length
   }
 
   @inline(never)
   private static func explain(
-    _ address: UInt, _ length: Int, _ role: String, _ operation: Operation
+    _ address: UInt, _ length: Int, _ role: RangeRole, _ operation: Operation
   ) -> UserfaultfdError {
     let page = PageSize.base
-    if length <= 0 {
-      return .invalidArgument(operation, "\(role) length must be positive, got \(length)")
-    }
+    if length <= 0 { return .invalidArgument(operation, .nonPositiveLength(role: role, length: length)) }
     if length % page != 0 {
-      return .invalidArgument(
-        operation, "\(role) length \(length) is not a multiple of the page size (\(page) bytes)")
+      return .invalidArgument(operation, .lengthNotPageMultiple(role: role, length: length, pageSize: page))
     }
-    if address % UInt(page) != 0 {
-      return .invalidArgument(
-        operation, "\(role) address \(hex(address)) is not aligned to the page size (\(page) bytes)")
-    }
-    return .invalidArgument(
-      operation, "\(role) range \(hex(address)) + \(length) bytes wraps past the end of the address space")
+    if address % UInt(page) != 0 { return .invalidArgument(operation, .misaligned(role: role, address: address, pageSize: page)) }
+    return .invalidArgument(operation, .wraps(role: role, address: address, length: length))
   }
 
   func overlaps(_ other: PageRange) -> Bool {
@@ -50,12 +43,10 @@ struct PageRange: Sendable, Equatable {
   static func pair(
     source: UnsafeRawPointer, destination: UnsafeRawPointer, length: Int, operation: Operation
   ) throws(UserfaultfdError) -> (source: PageRange, destination: PageRange) {
-    let target = try PageRange(destination, length: length, role: "destination", operation: operation)
-    let origin = try PageRange(source, length: length, role: "source", operation: operation)
+    let target = try PageRange(destination, length: length, role: .destination, operation: operation)
+    let origin = try PageRange(source, length: length, role: .source, operation: operation)
     guard !target.overlaps(origin) else {
-      throw .invalidArgument(
-        operation, "source \(hex(origin.start))..<\(hex(origin.end)) overlaps destination"
-          + " \(hex(target.start))..<\(hex(target.end)); nothing was changed")
+      throw .invalidArgument(operation, .overlap(source: origin.start..<origin.end, destination: target.start..<target.end))
     }
     return (origin, target)
   }

@@ -21,21 +21,21 @@ extension PageMover.Run {
       let from = source + UInt(offset)
       let to = destination + UInt(offset)
       if mover.uffd.isClosed {
-        try stop(.notAttempted, failure: nil, reason: nil,
+        try stop(.notAttempted, failure: nil, cause: .handleClosed,
                  "the userfaultfd handle was closed; every page from here is still in the source")
       }
       guard let origin = Mapping.containing(from) else {
-        try stop(.notAttempted, failure: nil, reason: nil,
+        try stop(.notAttempted, failure: nil, cause: .sourceUnmapped(from),
                  "source page at \(hex(from)) is not mapped: there is nothing to move there")
       }
       guard origin.isPrivateAnonymous else {
-        try stop(.notAttempted, failure: nil, reason: nil,
+        try stop(.notAttempted, failure: nil, cause: .sourceNotPrivateAnonymous(from),
                  "the source at \(hex(from)) is \(origin.isShared ? "shared" : "file-backed") memory: the"
                    + " copy fallback, like UFFDIO_MOVE, needs private anonymous memory (taking a shared"
                    + " page would leave its data in both places); nothing was taken")
       }
       guard let target = Mapping.containing(to) else {
-        try stop(.notAttempted, failure: nil, reason: nil,
+        try stop(.notAttempted, failure: nil, cause: .destinationUnmapped(to),
                  "destination page at \(hex(to)) is not mapped: map and register the destination first;"
                    + " nothing was taken")
       }
@@ -51,7 +51,7 @@ extension PageMover.Run {
         let runEnd = entries[index...].firstIndex { $0.isHole != isHole } ?? count
         if isHole {
           guard policy.holes == .skip else {
-            try stop(.hole, failure: nil, reason: nil,
+            try stop(.hole, failure: nil, cause: .sourceHole(source + UInt(offset)),
                      "source page at \(hex(source + UInt(offset))) is a hole (never touched, or already"
                        + " moved); pass a policy that skips holes to count them")
           }
@@ -74,20 +74,20 @@ extension PageMover.Run {
     do {
       scratch = try scratchMemory(bytes: bytes)
     } catch {
-      try stop(.notAttempted, failure: nil, reason: nil,
+      try stop(.notAttempted, failure: nil, cause: .noScratchMemory,
                "copy fallback could not map \(bytes) bytes of scratch memory (\(error)); nothing was"
                  + " taken: every page from here is still in the source")
     }
     guard let src = UnsafeMutableRawPointer(bitPattern: source + UInt(offset)),
           let dst = UnsafeMutableRawPointer(bitPattern: destination + UInt(offset))
-    else { throw .invalidArgument(.move, "null address") }
+    else { throw .invalidArgument(.move, .nullAddress(role: .range)) }
     // 1. The atomic step: the source's page-table entries move to scratch; the source is a hole.
     let taken = cuffd_mremap(
       src, bytes, bytes, CUFFD_MREMAP_MAYMOVE | CUFFD_MREMAP_FIXED | CUFFD_MREMAP_DONTUNMAP,
       scratch.baseAddress)
     if taken == cuffd_map_failed() {
       let error = Errno.current
-      try stop(.notAttempted, failure: nil, reason: nil,
+      try stop(.notAttempted, failure: nil, cause: .takeFailed(error),
                "copy fallback could not take the source pages: mremap(MREMAP_DONTUNMAP) failed with"
                  + " \(ErrnoName.of(error)) (\(error)); the source is untouched")
     }
@@ -160,7 +160,9 @@ extension PageMover.Run {
         ? "every taken page not copied is back in the source"
         : "\(placed.returned.count) taken page(s) could not go back (the source was repopulated, or is"
           + " registered with another userfaultfd) and are returned to you in report.returnedPages"
-      try stop(outcomes: outcomes.filter { $0.1 > 0 }, failure: failure, reason: nil, "\(why); \(whereabouts)")
+      let cause: StopCause = answer.errno == .badFileDescriptor
+        ? .handleClosed : answer.outcome == .alreadyPresent ? .destinationPopulated(UInt(bitPattern: dst + done)) : .refused
+      try stop(outcomes: outcomes.filter { $0.1 > 0 }, failure: failure, cause: cause, "\(why); \(whereabouts)")
     }
     advance(.copied, bytes: bytes)
   }

@@ -1,3 +1,5 @@
+import SystemPackage
+
 /// What happened to one page of a logical move.
 public enum PageOutcome: String, Sendable, Hashable, CaseIterable {
   /// Moved zero-copy by UFFDIO_MOVE.
@@ -66,10 +68,45 @@ public struct MoveStop: Sendable, Equatable {
   public let outcome: PageOutcome
   /// The kernel's refusal.
   public let failure: OperationFailure?
+  /// Why it stopped: match on this, never on ``message``.
+  public let cause: StopCause
   /// Why the page was busy, for EBUSY.
-  public let busyReason: BusyReason?
-  /// A plain-words account.
+  public var busyReason: BusyReason? {
+    if case .busy(let reason) = cause { reason } else { nil }
+  }
+  /// A plain-words account, with what to do.
   public let message: String
+}
+
+/// Why a logical move stopped (``MoveStop/cause``). Every page not accounted for before the stop
+/// is in the source (or, for a copy fallback that could not put a page back, in
+/// ``MoveReport/returnedPages``).
+public enum StopCause: Sendable, Equatable {
+  /// The userfaultfd handle was closed.
+  case handleClosed
+  /// The source page at this address is not mapped.
+  case sourceUnmapped(UInt)
+  /// The destination page at this address is not mapped.
+  case destinationUnmapped(UInt)
+  /// The source at this address is shared or file-backed memory, which neither MOVE nor the copy
+  /// fallback can take.
+  case sourceNotPrivateAnonymous(UInt)
+  /// The source and destination have different protections (MOVE needs them equal).
+  case protectionsDiffer
+  /// The source page at this address is a hole and the policy does not skip holes.
+  case sourceHole(UInt)
+  /// The source page is not exclusively mapped and the policy does not copy busy pages.
+  case busy(BusyReason)
+  /// The destination page at this address was populated meanwhile.
+  case destinationPopulated(UInt)
+  /// The kernel kept answering "retry after events" (EAGAIN); read the pending events.
+  case retriesExhausted
+  /// The copy fallback could not map its scratch memory; nothing was taken.
+  case noScratchMemory
+  /// The copy fallback could not take the source pages (mremap failed with this errno).
+  case takeFailed(Errno)
+  /// The kernel refused the operation; ``MoveStop/failure`` says how.
+  case refused
 }
 
 /// The account of a logical move: how each byte got to the destination.

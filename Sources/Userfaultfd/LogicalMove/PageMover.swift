@@ -77,8 +77,7 @@ public struct PageMover: Sendable {
       source: source, destination: destination, length: length, operation: .move)
     guard MovePolicy.validPagesPerIoctl.contains(policy.maxPagesPerIoctl) else {
       throw .invalidArgument(
-        .move, "maxPagesPerIoctl must be \(MovePolicy.validPagesPerIoctl.lowerBound) to"
-          + " \(MovePolicy.validPagesPerIoctl.upperBound), got \(policy.maxPagesPerIoctl)")
+        .move, .outOfRange(parameter: "maxPagesPerIoctl", value: policy.maxPagesPerIoctl, valid: MovePolicy.validPagesPerIoctl))
     }
     if !usesMove && policy.busyPages != .copy {
       throw .notSupported(
@@ -101,9 +100,7 @@ public struct PageMover: Sendable {
       return  // No pagemap: the kernel's EEXIST still stops the move, with an exact report.
     }
     if let index = entries.firstIndex(where: { !$0.isHole }) {
-      throw .invalidArgument(
-        .move, "destination partly populated: page \(index) at"
-          + " \(hex(target.start + UInt(index * PageSize.base))) is already present; nothing was moved")
+      throw .invalidArgument(.move, .destinationPopulated(page: index, address: target.start + UInt(index * PageSize.base)))
     }
   }
 }
@@ -149,7 +146,7 @@ extension PageMover {
     mutating func moveChunk(_ chunk: Int) throws(UserfaultfdError) {
       let src = UnsafeMutableRawPointer(bitPattern: source + UInt(offset))
       let dst = UnsafeMutableRawPointer(bitPattern: destination + UInt(offset))
-      guard let src, let dst else { throw .invalidArgument(.move, "null address") }
+      guard let src, let dst else { throw .invalidArgument(.move, .nullAddress(role: src == nil ? .source : .destination)) }
       let options: Userfaultfd.MoveOptions = policy.wake ? [] : .dontWake
       do {
         try mover.uffd.move(from: src, to: dst, length: chunk, options: options)
@@ -161,7 +158,7 @@ extension PageMover {
       } catch {
         guard case .operationFailed(let failure) = error else {
           // The handle was closed meanwhile: nothing of this step moved.
-          try stop(.notAttempted, failure: nil, reason: nil, "\(error); every page from here is still in the source")
+          try stop(.notAttempted, failure: nil, cause: .handleClosed, "\(error); every page from here is still in the source")
         }
         report.moveIoctls += 1
         if failure.bytesDone > 0 {
@@ -180,7 +177,7 @@ extension PageMover {
       case .sourceMissing:
         try checkMapped(failure)
         guard policy.holes == .skip else {
-          try stop(.hole, failure: failure, reason: nil,
+          try stop(.hole, failure: failure, cause: .sourceHole(source + UInt(offset)),
                    "source page at \(hex(source + UInt(offset))) is a hole (never touched, or already"
                      + " moved); pass a policy that skips holes to count them")
         }
@@ -191,11 +188,11 @@ extension PageMover {
         let pages = max(1, leadingPages(chunk: chunk) { $0.isSwapped || ($0.isPresent && !$0.isExclusive) })
         report.busy.append(BusyRun(offset: offset, pages: pages, reason: reason))
         guard policy.busyPages == .copy else {
-          try stop(.busy, failure: failure, reason: reason, "\(reason); \(reason.remedy)")
+          try stop(.busy, failure: failure, cause: .busy(reason), "\(reason); \(reason.remedy)")
         }
         try fallback(pages: pages)
       case .alreadyPresent:
-        try stop(.alreadyPresent, failure: failure, reason: nil, failure.explanation)
+        try stop(.alreadyPresent, failure: failure, cause: .destinationPopulated(destination + UInt(offset)), failure.explanation)
       case .refused where failure.errno == .invalidArgument:
         // A range that spans two mappings (after an madvise split one, say) is refused whole:
         // cut the step at the first mapping boundary and go on.
@@ -204,10 +201,10 @@ extension PageMover {
           return
         }
         try checkMapped(failure)
-        try stop(.notAttempted, failure: failure, reason: nil, Self.explainInvalid(source + UInt(offset),
-                 destination + UInt(offset), failure))
+        let (cause, message) = Self.explainInvalid(source + UInt(offset), destination + UInt(offset), failure)
+        try stop(.notAttempted, failure: failure, cause: cause, message)
       default:
-        try stop(.notAttempted, failure: failure, reason: nil, failure.explanation)
+        try stop(.notAttempted, failure: failure, cause: .refused, failure.explanation)
       }
     }
 
@@ -226,26 +223,27 @@ extension PageMover {
       let to = destination + UInt(offset)
       let from = source + UInt(offset)
       if Mapping.containing(to) == nil {
-        try stop(.notAttempted, failure: failure, reason: nil,
+        try stop(.notAttempted, failure: failure, cause: .destinationUnmapped(to),
                  "destination page at \(hex(to)) is not mapped: map and register the destination first;"
                    + " the source is untouched from here on")
       }
       if Mapping.containing(from) == nil {
-        try stop(.notAttempted, failure: failure, reason: nil,
+        try stop(.notAttempted, failure: failure, cause: .sourceUnmapped(from),
                  "source page at \(hex(from)) is not mapped: there is nothing to move there")
       }
     }
 
-    static func explainInvalid(_ from: UInt, _ to: UInt, _ failure: OperationFailure) -> String {
+    static func explainInvalid(_ from: UInt, _ to: UInt, _ failure: OperationFailure) -> (StopCause, String) {
       if let origin = Mapping.containing(from), !origin.isPrivateAnonymous {
-        return "the source at \(hex(from)) is \(origin.isShared ? "shared" : "file-backed") memory:"
-          + " pages can be moved only out of private anonymous memory; nothing was taken"
+        return (.sourceNotPrivateAnonymous(from),
+                "the source at \(hex(from)) is \(origin.isShared ? "shared" : "file-backed") memory:"
+                  + " pages can be moved only out of private anonymous memory; nothing was taken")
       }
       if let origin = Mapping.containing(from), let target = Mapping.containing(to),
          origin.isReadable != target.isReadable || origin.isWritable != target.isWritable {
-        return "source and destination have different protections; UFFDIO_MOVE needs them equal"
+        return (.protectionsDiffer, "source and destination have different protections; UFFDIO_MOVE needs them equal")
       }
-      return failure.explanation
+      return (.refused, failure.explanation)
     }
 
     /// How many pages from `offset` (at most the chunk) satisfy `test`, per /proc/self/pagemap.
@@ -260,7 +258,7 @@ extension PageMover {
     mutating func backOff(_ failure: OperationFailure) throws(UserfaultfdError) {
       retries += 1
       guard retries <= PageMover.maxRetries else {
-        try stop(.notAttempted, failure: failure, reason: nil,
+        try stop(.notAttempted, failure: failure, cause: .retriesExhausted,
                  "still EAGAIN after \(PageMover.maxRetries) retries: read this userfaultfd's pending"
                    + " events (remove, unmap, remap) so the kernel can proceed")
       }
@@ -297,15 +295,15 @@ extension PageMover {
 
     /// Ends the move: the page at `offset` gets `outcome`, the rest `notAttempted`.
     mutating func stop(
-      _ outcome: PageOutcome, failure: OperationFailure?, reason: BusyReason?, _ message: String
+      _ outcome: PageOutcome, failure: OperationFailure?, cause: StopCause, _ message: String
     ) throws(UserfaultfdError) -> Never {
-      try stop(outcomes: [(outcome, 1)], failure: failure, reason: reason, message)
+      try stop(outcomes: [(outcome, 1)], failure: failure, cause: cause, message)
     }
 
     /// Ends the move: from `offset` on, the pages get `outcomes` (runs of outcome and count), the
     /// rest `notAttempted`.
     mutating func stop(
-      outcomes: [(PageOutcome, Int)], failure: OperationFailure?, reason: BusyReason?, _ message: String
+      outcomes: [(PageOutcome, Int)], failure: OperationFailure?, cause: StopCause, _ message: String
     ) throws(UserfaultfdError) -> Never {
       var current = offset / page
       for (outcome, count) in outcomes {
@@ -315,7 +313,7 @@ extension PageMover {
       report.record(.notAttempted, firstPage: current, pages: length / page - current,
                     keep: policy.recordPages)
       report.stop = MoveStop(offset: offset, outcome: outcomes.first?.0 ?? .notAttempted, failure: failure,
-                             busyReason: reason, message: message)
+                             cause: cause, message: message)
       throw .moveStopped(report)
     }
   }

@@ -86,21 +86,19 @@ public final class AnonymousMemory: @unchecked Sendable {
   ) throws(UserfaultfdError) {
     let page = PageSize.base
     guard length > 0 else {
-      throw .invalidArgument(.memory, "length must be positive, got \(length)")
+      throw .invalidArgument(.memory, .nonPositiveLength(role: .range, length: length))
     }
     guard alignment >= page, alignment <= Self.maxAlignment, alignment & (alignment - 1) == 0 else {
-      throw .invalidArgument(
-        .memory, "alignment \(alignment) must be a power of two from the page size (\(page)) to 1 GiB")
+      throw .invalidArgument(.memory, .badAlignment(alignment, pageSize: page, max: Self.maxAlignment))
     }
     guard length <= Self.maxLength else {
-      throw .invalidArgument(
-        .memory, "length \(length) is more than a process can map (at most \(Self.maxLength >> 40) TiB)")
+      throw .invalidArgument(.memory, .lengthTooLarge(length, max: Self.maxLength))
     }
     let (rounded, overflow) = length.addingReportingOverflow(page - 1)
     let mapped = rounded & ~(page - 1)
     let (reservation, overflow2) = mapped.addingReportingOverflow(alignment - page)
     guard !overflow, !overflow2 else {
-      throw .invalidArgument(.memory, "length \(length) is too large")
+      throw .invalidArgument(.memory, .lengthTooLarge(length, max: Self.maxLength))
     }
     let flags = MAP_ANONYMOUS | (sharing == .private ? MAP_PRIVATE : MAP_SHARED) | MAP_NORESERVE
     // Reserve `alignment - page` extra bytes, then trim both ends to the aligned window.
@@ -145,11 +143,10 @@ public final class AnonymousMemory: @unchecked Sendable {
   ) throws(UserfaultfdError) -> (UnsafeMutableRawPointer, Int) {
     let length = length ?? (self.length - offset)
     guard offset >= 0, offset % PageSize.base == 0 else {
-      throw .invalidArgument(.memory, "\(call): offset \(offset) is not a page-aligned offset")
+      throw .invalidArgument(.memory, .offsetMisaligned(offset: offset, pageSize: PageSize.base))
     }
     guard length > 0, offset <= self.length, length <= self.length - offset else {
-      throw .invalidArgument(
-        .memory, "\(call): range \(offset)+\(length) is outside the \(self.length)-byte mapping")
+      throw .invalidArgument(.memory, .outsideMapping(offset: offset, length: length, mappingLength: self.length))
     }
     return (baseAddress + offset, length)
   }
@@ -174,10 +171,9 @@ public final class AnonymousMemory: @unchecked Sendable {
   /// pause of a concurrent compaction. Both 2 MiB-aligned, whole page tables move.
   public func movePages(to destination: AnonymousMemory) throws(UserfaultfdError) {
     guard destination.length == length else {
-      throw .invalidArgument(
-        .memory, "movePages needs a destination of the same length (\(length) bytes, got \(destination.length))")
+      throw .invalidArgument(.memory, .lengthMismatch(expected: length, actual: destination.length))
     }
-    guard destination !== self else { throw .invalidArgument(.memory, "movePages to itself") }
+    guard destination !== self else { throw .invalidArgument(.memory, .sameMapping) }
     let result = cuffd_mremap(
       baseAddress, length, length, CUFFD_MREMAP_MAYMOVE | CUFFD_MREMAP_FIXED | CUFFD_MREMAP_DONTUNMAP,
       destination.baseAddress)

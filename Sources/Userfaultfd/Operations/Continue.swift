@@ -19,7 +19,7 @@ extension Userfaultfd {
   public func `continue`(
     _ start: UnsafeMutableRawPointer, length: Int, options: ContinueOptions = []
   ) throws(UserfaultfdError) {
-    let range = try PageRange(start, length: length, role: "range", operation: .continue)
+    let range = try PageRange(start, length: length, role: .range, operation: .continue)
     _ = try fd(for: .continue)
     try continueCore(range.start, length: length, mode: options.rawValue).check(.continue, range: range)
   }

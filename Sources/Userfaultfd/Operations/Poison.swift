@@ -17,7 +17,7 @@ extension Userfaultfd {
   public func poison(
     _ start: UnsafeMutableRawPointer, length: Int, options: PoisonOptions = []
   ) throws(UserfaultfdError) {
-    let range = try PageRange(start, length: length, role: "range", operation: .poison)
+    let range = try PageRange(start, length: length, role: .range, operation: .poison)
     _ = try fd(for: .poison)
     try poisonCore(range.start, length: length, mode: options.rawValue).check(.poison, range: range)
   }

@@ -11,12 +11,12 @@ extension Userfaultfd {
   public func register(
     _ start: UnsafeMutableRawPointer, length: Int, mode: RegisterMode
   ) throws(UserfaultfdError) -> Ioctls {
-    let range = try PageRange(start, length: length, role: "range", operation: .register)
+    let range = try PageRange(start, length: length, role: .range, operation: .register)
     guard !mode.isEmpty else {
-      throw .invalidArgument(.register, "mode is empty: pass .missing, .writeProtect and/or .minor")
+      throw .invalidArgument(.register, .emptyMode)
     }
     guard mode.isSubset(of: [.missing, .writeProtect, .minor]) else {
-      throw .invalidArgument(.register, "unknown mode bits 0x\(String(mode.rawValue, radix: 16))")
+      throw .invalidArgument(.register, .unknownModeBits(mode.subtracting([.missing, .writeProtect, .minor]).rawValue))
     }
     let fd = try fd(for: .register)
     var arg = cuffd_register(
@@ -31,7 +31,7 @@ extension Userfaultfd {
   /// Unregisters `length` bytes at `start` (`UFFDIO_UNREGISTER`). Threads blocked on faults in the
   /// range are woken and retry the access as ordinary faults.
   public func unregister(_ start: UnsafeMutableRawPointer, length: Int) throws(UserfaultfdError) {
-    let range = try PageRange(start, length: length, role: "range", operation: .unregister)
+    let range = try PageRange(start, length: length, role: .range, operation: .unregister)
     let fd = try fd(for: .unregister)
     var arg = cuffd_range(start: UInt64(range.start), len: UInt64(range.length))
     try check(valueOrErrno(retryOnInterrupt: true) { cuffd_ioctl_unregister(fd, &arg) },
@@ -42,7 +42,7 @@ extension Userfaultfd {
   /// Wakes threads waiting on faults in `length` bytes at `start` (`UFFDIO_WAKE`): needed after
   /// operations issued with a don't-wake option.
   public func wake(_ start: UnsafeMutableRawPointer, length: Int) throws(UserfaultfdError) {
-    let range = try PageRange(start, length: length, role: "range", operation: .wake)
+    let range = try PageRange(start, length: length, role: .range, operation: .wake)
     let fd = try fd(for: .wake)
     var arg = cuffd_range(start: UInt64(range.start), len: UInt64(range.length))
     try check(valueOrErrno(retryOnInterrupt: true) { cuffd_ioctl_wake(fd, &arg) },

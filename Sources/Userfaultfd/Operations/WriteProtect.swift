@@ -20,7 +20,7 @@ extension Userfaultfd {
   private func setWriteProtection(
     _ start: UnsafeMutableRawPointer, length: Int, mode: UInt64
   ) throws(UserfaultfdError) {
-    let range = try PageRange(start, length: length, role: "range", operation: .writeProtect)
+    let range = try PageRange(start, length: length, role: .range, operation: .writeProtect)
     let fd = try fd(for: .writeProtect)
     var arg = cuffd_writeprotect(
       range: cuffd_range(start: UInt64(range.start), len: UInt64(length)), mode: mode)

@@ -16,7 +16,7 @@ extension Userfaultfd {
   public func zeroPage(
     _ start: UnsafeMutableRawPointer, length: Int, options: ZeroPageOptions = []
   ) throws(UserfaultfdError) {
-    let range = try PageRange(start, length: length, role: "range", operation: .zeroPage)
+    let range = try PageRange(start, length: length, role: .range, operation: .zeroPage)
     _ = try fd(for: .zeroPage)
     try zeroPageCore(range.start, length: length, mode: options.rawValue).check(.zeroPage, range: range)
   }

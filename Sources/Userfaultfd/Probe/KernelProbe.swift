@@ -74,7 +74,7 @@ public struct KernelProbe: Sendable {
       }
       guard destination.load(as: UInt64.self) == 0x5EED_F00D,
             source.load(as: UInt64.self) == 0 else {
-        throw .invalidArgument(.move, "the moved page did not arrive intact")
+        throw .notSupported(.move, "UFFDIO_MOVE reported success but the moved page did not arrive intact")
       }
     }
     let moveVerdict = MoveVerdict.decide(

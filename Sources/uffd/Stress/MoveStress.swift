@@ -233,12 +233,12 @@ final class MoveStress: @unchecked Sendable {
             done += movedPages
             continue
           }
-          switch error.errno {
-          case .noSuchFileOrDirectory?, .fileExists?:
+          switch error.failureKind {
+          case .sourceMissing?, .alreadyPresent?:
             // The handler already moved this page to `to`: someone else did it.
             location[index + done].store(to, ordering: .releasing)
             done += 1
-          case .resourceTemporarilyUnavailable?:
+          case .retryAfterEvents?, .partial?:
             continue
           default:
             fail("mover: \(error)")
@@ -325,13 +325,13 @@ final class MoveStress: @unchecked Sendable {
       faults.wrappingAdd(1, ordering: .relaxed)
       return true
     } catch {
-      switch error.errno {
-      case .fileExists?, .noSuchFileOrDirectory?:
+      switch error.failureKind {
+      case .alreadyPresent?, .sourceMissing?:
         // Already here, or in flight elsewhere: wake the writer; if the page is still missing it
         // faults again and we try again.
         try? uffd.wake(destination, length: page)
         return true
-      case .resourceTemporarilyUnavailable?:
+      case .retryAfterEvents?, .partial?:
         return false
       default:
         fail("handler: \(error)")

@@ -20,7 +20,7 @@ struct RangeValidationProperties {
         && !address.addingReportingOverflow(UInt(length)).overflow && address != 0
       let pointer = UnsafeRawPointer(bitPattern: address) ?? UnsafeRawPointer(bitPattern: page)!
       do throws(UserfaultfdError) {
-        let range = try PageRange(pointer, length: length, role: "range", operation: .copy)
+        let range = try PageRange(pointer, length: length, role: .range, operation: .copy)
         #expect(valid || address == 0, "accepted \(address) + \(length)")
         #expect(range.length == length)
       } catch {
