@@ -39,14 +39,24 @@ let package = Package(
       dependencies: ["CUserfaultfd"],
       cSettings: [.define("_GNU_SOURCE")]
     ),
-    .executableTarget(
-      name: "uffd",
+    // What the `uffd` tool does (benchmarks, the stress test, the compaction job and its report), as
+    // a library: the executable only parses and calls, and tests use this without the executable.
+    .target(
+      name: "UffdTools",
       dependencies: [
         "Userfaultfd",
         "CompactingHeap",
         "CUserfaultfdReference",
-        .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Histogram", package: "hdrhistogram-swift"),
+      ]
+    ),
+    .executableTarget(
+      name: "uffd",
+      dependencies: [
+        "UffdTools",
+        "Userfaultfd",
+        "CompactingHeap",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
     // Lazy loading from a file on first touch: how VM snapshot restore and CRIU use userfaultfd.
@@ -73,11 +83,21 @@ let package = Package(
       name: "UserfaultfdTests",
       dependencies: [
         "Userfaultfd",
-        "uffd",
+        "UffdTools",
         "CUserfaultfd",
         "CUserfaultfdTestSupport",
         .product(name: "SystemPackage", package: "swift-system"),
         .product(name: "PropertyBased", package: "swift-property-based"),
+      ]
+    ),
+    // The command line: parsing, validation and exit codes of `uffd`.
+    .testTarget(
+      name: "UffdCommandTests",
+      dependencies: [
+        "uffd",
+        "UffdTools",
+        "Userfaultfd",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
   ],

@@ -1,6 +1,6 @@
 import Testing
 import Userfaultfd
-@testable import uffd
+import UffdTools
 
 /// Short runs of `uffd stress`: writers, a mover and a fault handler on the same pages.
 extension KernelTests {
@@ -10,7 +10,7 @@ struct StressTests {
     let result = try MoveStress(.init(seconds: 1, writers: 2, pages: 64, mover: .move)).run { _ in }
     #expect(result.errors.isEmpty, "\(result.errors)")
     #expect(result.verified)
-    #expect(result.lost_updates == 0)
+    #expect(result.lostUpdates == 0)
     #expect(result.writes > 0)
     #expect(result.moves > 0)
     #expect(result.faults > 0, "the handler resolved faults on moved-away pages")
@@ -30,7 +30,7 @@ struct StressTests {
     let result = try MoveStress(.init(seconds: 1, writers: 2, pages: 64, mover: mover, movers: 3)).run { _ in }
     #expect(result.errors.isEmpty, "\(result.errors)")
     #expect(result.verified)
-    #expect(result.lost_updates == 0)
+    #expect(result.lostUpdates == 0)
     #expect(result.moves > 0)
   }
 
@@ -49,7 +49,7 @@ struct StressTests {
   @Test func naiveCopyFallbackIsCaughtLosingUpdates() throws {
     let result = try MoveStress(.init(seconds: 1, writers: 2, pages: 64, mover: .naiveCopy)).run { _ in }
     #expect(!result.verified)
-    #expect(result.lost_updates > 0)
+    #expect(result.lostUpdates > 0)
   }
 
   @Test func badConfigurationIsAClearError() {

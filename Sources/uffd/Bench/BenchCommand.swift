@@ -1,6 +1,8 @@
 import ArgumentParser
+import UffdTools
+import Userfaultfd
 
-/// `uffd bench`: every benchmark, or one by name.
+/// `uffd bench`: every benchmark, or one by name; this only parses and calls.
 struct BenchCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "bench",
@@ -19,25 +21,24 @@ struct BenchCommand: ParsableCommand {
         var moves: [String: [MovesBenchmark.Row]]
         var faults: [String: [FaultsBenchmark.Row]]
       }
-      try printJSON(Report(moves: ["rows": moves], faults: ["rows": faults]))
+      print(try JSONOutput.string(Report(moves: ["rows": moves], faults: ["rows": faults])))
     } else {
-      MovesBenchCommand.printTable(moves, reps: options.reps)
+      print(MovesBenchmark.table(moves, reps: options.reps))
       print()
-      FaultsBenchCommand.printTable(faults, reps: options.reps)
+      print(FaultsBenchmark.table(faults, reps: options.reps))
     }
   }
 }
 
 /// Options every benchmark shares.
 struct BenchOptions: ParsableArguments {
-  @Option(parsing: .unconditional, help: "Repetitions per row; the median is reported (at least 5).")
+  @Option(parsing: .unconditional, help: "Repetitions per row (5-1000); the median is reported.")
   var reps = 7
 
   @Option(help: "Run only the rows whose name contains this text (e.g. move/ or thp).")
   var rows: String?
 
   func validate() throws {
-    guard reps >= 5 else { throw ValidationError("--reps must be at least 5 (medians of fewer are noise)") }
-    guard reps <= 1000 else { throw ValidationError("--reps must be at most 1000") }
+    try check(reps, in: 5...1000, "--reps", why: "medians of fewer are noise")
   }
 }

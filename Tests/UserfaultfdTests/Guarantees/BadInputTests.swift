@@ -5,7 +5,6 @@ import Foundation
 import SystemPackage
 import Testing
 @testable import Userfaultfd
-@testable import uffd
 
 /// The third promise: no crash from any input. Every public entry point, given values out of its
 /// documented range, throws a typed error before anything happens, and the caller's data is
@@ -221,41 +220,6 @@ struct BadInputTests {
     var configuration = CompactionConfiguration(strategy: .copy)
     configuration.loggedWordsPerMutator = words
     #expect(throws: HeapError.self) { _ = try Compactor(heap: heap, configuration: configuration) }
-  }
-
-  /// Every command-line value out of range is a clear usage error, never a trap or a run.
-  @Test(arguments: [
-    ["compact", "--heap-mib", "-5"], ["compact", "--heap-mib", "0"], ["compact", "--heap-mib", "1"],
-    ["compact", "--heap-mib", "99999999"], ["compact", "--heap-mib", "abc"], ["compact", "--mutators", "-1"],
-    ["compact", "--mutators", "0"], ["compact", "--mutators", "65"], ["compact", "--mode", "sideways"],
-    ["compact", "--fault-mode", "poll"], ["compact", "--runs", "0"], ["compact", "--runs", "-3"],
-    ["compact", "--runs", "101"], ["compact", "--mutator-block-pages", "0"], ["compact", "--mutator-block-pages", "513"],
-    ["compact", "--seed", "-1"], ["stress", "--pages", "2251799813685248"], ["stress", "--pages", "0"],
-    ["stress", "--pages", "-8"], ["stress", "--seconds", "inf"], ["stress", "--seconds", "nan"],
-    ["stress", "--seconds", "-1"], ["stress", "--seconds", "0"], ["stress", "--threads", "0"],
-    ["stress", "--threads", "65"], ["stress", "--mover", "teleport"], ["bench", "--reps", "0"],
-    ["bench", "--reps", "100000"], ["frobnicate"],
-  ])
-  func badCommandLinesAreUsageErrors(arguments: [String]) {
-    do {
-      let command = try UffdCommand.parseAsRoot(arguments)
-      Issue.record("\(arguments) parsed as \(type(of: command))")
-    } catch {
-      let message = UffdCommand.message(for: error)
-      #expect(!message.isEmpty, "\(arguments)")
-      #expect(UffdCommand.exitCode(for: error) != .success, "\(arguments)")
-    }
-  }
-
-  @Test func unknownSubcommandListsTheSubcommands() {
-    let text = UffdCommand.fullMessage(for: CleanExit.helpRequest(UffdCommand.self))
-    for name in ["probe", "compact", "bench", "stress"] { #expect(text.contains(name)) }
-    do {
-      _ = try UffdCommand.parseAsRoot(["frobnicate"])
-    } catch {
-      let message = UffdCommand.fullMessage(for: error)
-      #expect(!message.contains("probe [--json]"), "not probe's usage: \(message)")
-    }
   }
 
   /// Under memory pressure (a low RLIMIT_AS in a child) a logical move that needs scratch memory

@@ -4,14 +4,14 @@ import Userfaultfd
 
 /// `uffd bench moves`: the per-page cost of moving N pages, each row measured by the Swift library
 /// and by a C reference loop issuing the same system calls, interleaved in one run.
-struct MovesBenchmark {
+package struct MovesBenchmark {
   /// One benchmark row.
-  struct Row: Encodable {
-    var name: String
-    var pages_per_ioctl: Int
-    var swift_ns_per_page: Double
-    var c_ns_per_page: Double
-    var ratio: Double
+  package struct Row: Encodable, Sendable {
+    package var name: String
+    package var pagesPerIoctl: Int
+    package var swiftNsPerPage: Double
+    package var cNsPerPage: Double
+    package var ratio: Double
   }
 
   /// What a row does.
@@ -35,6 +35,24 @@ struct MovesBenchmark {
   let smallBytes = 16 << 20
   let hugeBytes = 128 << 20
 
+  /// A benchmark of `reps` repetitions per row on `uffd`; `moveUsable` false runs the COPY rows only.
+  package init(uffd: Userfaultfd, reps: Int, moveUsable: Bool) {
+    self.uffd = uffd
+    self.reps = reps
+    self.moveUsable = moveUsable
+  }
+
+  /// The rows as the tool prints them.
+  package static func table(_ rows: [Row], reps: Int) -> String {
+    "UFFDIO_MOVE vs COPY+MADV_DONTNEED, ns per 4 KiB page, median of \(reps) (Swift library vs C reference)\n"
+      + formatTable(
+        ["row", "pages/ioctl", "swift ns/page", "c ns/page", "swift/c"],
+        rows.map {
+          [$0.name, "\($0.pagesPerIoctl)", String(format: "%.1f", $0.swiftNsPerPage),
+           String(format: "%.1f", $0.cNsPerPage), String(format: "%.3f", $0.ratio)]
+        })
+  }
+
   static var specs: [Spec] {
     var specs: [Spec] = []
     for batch in [1, 16, 64, 512] {
@@ -55,7 +73,7 @@ struct MovesBenchmark {
   }
 
   /// Runs every row whose name contains `filter` (all when nil); `progress` hears about each.
-  func run(filter: String? = nil, progress: (String) -> Void) throws -> [Row] {
+  package func run(filter: String? = nil, progress: (String) -> Void) throws -> [Row] {
     let specs = Self.specs.filter {
       (filter == nil || $0.name.contains(filter ?? "")) && (moveUsable || [.copyDontNeed, .fillCopy].contains($0.kind))
     }
@@ -75,8 +93,8 @@ struct MovesBenchmark {
         }
       }
       let swiftMedian = median(swift), cMedian = median(c)
-      rows.append(Row(name: spec.name, pages_per_ioctl: spec.pagesPerIoctl,
-                      swift_ns_per_page: swiftMedian, c_ns_per_page: cMedian,
+      rows.append(Row(name: spec.name, pagesPerIoctl: spec.pagesPerIoctl,
+                      swiftNsPerPage: swiftMedian, cNsPerPage: cMedian,
                       ratio: cMedian > 0 ? swiftMedian / cMedian : 0))
     }
     return rows

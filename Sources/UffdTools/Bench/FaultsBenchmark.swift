@@ -1,20 +1,21 @@
 import CUserfaultfdReference
+import Foundation
 import Histogram
 import Userfaultfd
 
 /// `uffd bench faults`: missing-fault round-trip latency (touch a missing page until the access
 /// returns) for each way of serving faults, Swift library beside a C reference, in one run.
-struct FaultsBenchmark {
+package struct FaultsBenchmark {
   /// One benchmark row.
-  struct Row: Encodable {
-    var mode: String
-    var resolve: String
-    var swift_p50_us: Double
-    var swift_p99_us: Double
-    var swift_p999_us: Double
-    var c_p50_us: Double
-    var c_p99_us: Double
-    var ratio_p50: Double
+  package struct Row: Encodable, Sendable {
+    package var mode: String
+    package var resolve: String
+    package var swiftP50Us: Double
+    package var swiftP99Us: Double
+    package var swiftP999Us: Double
+    package var cP50Us: Double
+    package var cP99Us: Double
+    package var ratioP50: Double
   }
 
   /// How faults are served.
@@ -34,7 +35,22 @@ struct FaultsBenchmark {
   let pages = 2000
   let page = PageSize.base
 
-  func run(filter: String?, progress: (String) -> Void) throws -> [Row] {
+  /// A benchmark of `reps` repetitions (of 2000 faults) per row.
+  package init(reps: Int) { self.reps = reps }
+
+  /// The rows as the tool prints them.
+  package static func table(_ rows: [Row], reps: Int) -> String {
+    "Missing-fault round trip, µs (HdrHistogram over \(reps) x 2000 faults; Swift library vs C reference)\n"
+      + formatTable(
+        ["mode", "resolve", "swift p50", "swift p99", "swift p99.9", "c p50", "c p99", "swift/c p50"],
+        rows.map {
+          [$0.mode, $0.resolve, String(format: "%.1f", $0.swiftP50Us), String(format: "%.1f", $0.swiftP99Us),
+           String(format: "%.1f", $0.swiftP999Us), String(format: "%.1f", $0.cP50Us),
+           String(format: "%.1f", $0.cP99Us), String(format: "%.3f", $0.ratioP50)]
+        })
+  }
+
+  package func run(filter: String?, progress: (String) -> Void) throws -> [Row] {
     var rows: [Row] = []
     // MOVE rows only where UFFDIO_MOVE is usable (decided once, at setup).
     let resolutions = PageMover.moveVerdict.isUsable ? [false, true] : [false]
@@ -59,9 +75,9 @@ struct FaultsBenchmark {
       func us(_ h: Histogram<UInt64>, _ p: Double) -> Double { Double(h.valueAtPercentile(p)) / 1000 }
       rows.append(Row(
         mode: mode.rawValue, resolve: useMove ? "move" : "copy",
-        swift_p50_us: us(swift, 50), swift_p99_us: us(swift, 99), swift_p999_us: us(swift, 99.9),
-        c_p50_us: us(c, 50), c_p99_us: us(c, 99),
-        ratio_p50: us(c, 50) > 0 ? us(swift, 50) / us(c, 50) : 0))
+        swiftP50Us: us(swift, 50), swiftP99Us: us(swift, 99), swiftP999Us: us(swift, 99.9),
+        cP50Us: us(c, 50), cP99Us: us(c, 99),
+        ratioP50: us(c, 50) > 0 ? us(swift, 50) / us(c, 50) : 0))
     }
     return rows
   }

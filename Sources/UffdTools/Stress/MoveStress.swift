@@ -12,9 +12,9 @@ import Userfaultfd
 /// area. Each increment is one locked instruction, so it lands in exactly one physical page, which
 /// always exists in exactly one area. At the end every page must be in exactly one place, carry
 /// its id and checksum, and hold exactly the increments its writers made.
-final class MoveStress: @unchecked Sendable {
+package final class MoveStress: @unchecked Sendable {
   /// How the mover thread relocates pages.
-  enum Mover: String, CaseIterable, Sendable {
+  package enum Mover: String, CaseIterable, Sendable {
     /// UFFDIO_MOVE: atomic, zero-copy.
     case move
     /// The library's logical move with MOVE forced off: every page goes through the atomic copy
@@ -25,36 +25,48 @@ final class MoveStress: @unchecked Sendable {
     case naiveCopy = "naive-copy"
   }
 
-  struct Configuration {
-    var seconds: Double = 10
-    var writers: Int = 2
-    var pages: Int = 256
-    var mover: Mover = .move
+  package struct Configuration: Sendable {
+    package var seconds: Double = 10
+    package var writers: Int = 2
+    package var pages: Int = 256
+    package var mover: Mover = .move
     /// Mover threads: more than one race each other for the same pages, so a destination page is
     /// often filled by another mover (or the fault handler) while a move or copy fallback is
     /// under way.
-    var movers: Int = 1
+    package var movers: Int = 1
     /// Let the fault handler use UFFDIO_MOVE where it is usable (false: always the copy fallback,
     /// as on a kernel without MOVE).
-    var handlerMayMove: Bool = true
+    package var handlerMayMove: Bool = true
+
+    package init(
+      seconds: Double = 10, writers: Int = 2, pages: Int = 256, mover: Mover = .move, movers: Int = 1,
+      handlerMayMove: Bool = true
+    ) {
+      self.seconds = seconds
+      self.writers = writers
+      self.pages = pages
+      self.mover = mover
+      self.movers = movers
+      self.handlerMayMove = handlerMayMove
+    }
   }
 
   /// What a run found.
-  struct Result: Encodable {
-    var mover: String
-    var movers: Int
-    var seconds: Double
-    var threads: Int
-    var pages: Int
-    var writes: UInt64
-    var moves: UInt64
-    var faults: UInt64
-    var lost_updates: UInt64
-    var lost_pages: Int
-    var duplicated_pages: Int
-    var corrupted_pages: Int
-    var errors: [String]
-    var verified: Bool
+  package struct Result: Encodable, Sendable {
+    package var mover: String
+    package var movers: Int
+    package var seconds: Double
+    package var threads: Int
+    package var pages: Int
+    package var writes: UInt64
+    package var moves: UInt64
+    package var faults: UInt64
+    package var lostUpdates: UInt64
+    package var lostPages: Int
+    package var duplicatedPages: Int
+    package var corruptedPages: Int
+    package var errors: [String]
+    package var verified: Bool
   }
 
   let configuration: Configuration
@@ -75,16 +87,16 @@ final class MoveStress: @unchecked Sendable {
 
   /// Word 0: id (i + 1); word 1: checksum; word 2 + w: writer w's counter.
   static let checksumSeed: UInt64 = 0x5EED_0F_DA7A_C0DE
-  static let maxWriters = 64
+  package static let maxWriters = 64
   /// Pages: at least one per mover batch; at most 1 GiB in each of the two areas.
-  static let minPages = 8
-  static let maxPages = 1 << 18
+  package static let minPages = 8
+  package static let maxPages = 1 << 18
   /// One day: a run is bounded in time.
-  static let maxSeconds = 86_400.0
+  package static let maxSeconds = 86_400.0
   /// Mover threads racing for the same pages.
-  static let maxMovers = 8
+  package static let maxMovers = 8
 
-  init(_ configuration: Configuration) throws {
+  package init(_ configuration: Configuration) throws {
     guard configuration.writers >= 1, configuration.writers <= Self.maxWriters else {
       throw ToolError("--threads must be between 1 and \(Self.maxWriters)")
     }
@@ -136,7 +148,7 @@ final class MoveStress: @unchecked Sendable {
   }
 
   /// Runs for the configured time, reporting progress about once a second.
-  func run(progress: (String) -> Void) -> Result {
+  package func run(progress: (String) -> Void) -> Result {
     let pages = configuration.pages
     let writerCounts = Mutex<[[UInt64]]>(Array(repeating: [], count: configuration.writers))
     let writersDone = DispatchGroup()
@@ -403,8 +415,27 @@ final class MoveStress: @unchecked Sendable {
     return Result(
       mover: configuration.mover.rawValue, movers: configuration.movers, seconds: configuration.seconds, threads: configuration.writers, pages: pages, writes: writes,
       moves: moves.load(ordering: .relaxed), faults: faults.load(ordering: .relaxed),
-      lost_updates: lostUpdates, lost_pages: lostPages, duplicated_pages: duplicated,
-      corrupted_pages: corrupted, errors: errorList,
+      lostUpdates: lostUpdates, lostPages: lostPages, duplicatedPages: duplicated,
+      corruptedPages: corrupted, errors: errorList,
       verified: lostUpdates == 0 && lostPages == 0 && duplicated == 0 && corrupted == 0 && errorList.isEmpty)
+  }
+}
+
+extension MoveStress.Result {
+  /// The result as the tool prints it.
+  package var table: String {
+    var lines = [
+      "UFFDIO_MOVE stress (\(mover) mover x \(movers)): \(threads) writers, \(pages) pages, \(seconds) s",
+      "writes            \(writes)",
+      "moves             \(moves)",
+      "faults            \(faults)",
+      "lost_updates      \(lostUpdates)",
+      "lost_pages        \(lostPages)",
+      "duplicated_pages  \(duplicatedPages)",
+      "corrupted_pages   \(corruptedPages)",
+      "verified          \(verified ? "yes" : "NO")",
+    ]
+    lines += errors.map { "error: \($0)" }
+    return lines.joined(separator: "\n")
   }
 }

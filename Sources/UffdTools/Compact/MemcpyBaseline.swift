@@ -7,9 +7,9 @@ import Userfaultfd
 
 /// The physical limit of compaction: one memcpy of the live bytes. Measured in the same run as the
 /// compaction so both see the same machine state.
-enum MemcpyBaseline {
+package enum MemcpyBaseline {
   /// Median bandwidth (GB/s) of `repetitions` memcpys of `bytes` between two populated buffers.
-  static func gigabytesPerSecond(bytes: Int = 64 << 20, repetitions: Int = 7) throws -> Double {
+  package static func gigabytesPerSecond(bytes: Int = 64 << 20, repetitions: Int = 7) throws -> Double {
     let source = try AnonymousMemory(length: bytes, populate: true)
     let destination = try AnonymousMemory(length: bytes, populate: true)
     source.bytes.initializeMemory(as: UInt8.self, repeating: 0x5A)

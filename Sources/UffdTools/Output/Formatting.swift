@@ -1,5 +1,5 @@
 /// The median of a non-empty sample (mean of the middle two for even counts); 0 for none.
-func median(_ values: [Double]) -> Double {
+package func median(_ values: [Double]) -> Double {
   guard !values.isEmpty else { return 0 }
   let sorted = values.sorted()
   let middle = sorted.count / 2
@@ -7,7 +7,7 @@ func median(_ values: [Double]) -> Double {
 }
 
 /// Formats a table with a header row, columns padded to their widest cell.
-func formatTable(_ header: [String], _ rows: [[String]]) -> String {
+package func formatTable(_ header: [String], _ rows: [[String]]) -> String {
   let all = [header] + rows
   let widths = header.indices.map { column in all.map { $0[column].count }.max() ?? 0 }
   return all.map { row in

@@ -1,0 +1,92 @@
+import CompactingHeap
+import Userfaultfd
+
+/// Which strategies `uffd compact` runs.
+package enum CompactMode: String, CaseIterable, Sendable {
+  /// MOVE only (an error where MOVE is unusable).
+  case move
+  /// COPY only.
+  case copy
+  /// Both, interleaved, for the MOVE/COPY ratio (COPY alone where MOVE is unusable, said so).
+  case both
+
+  var strategies: [MappingStrategy] {
+    switch self {
+    case .move: [.move]
+    case .copy: [.copy]
+    case .both: [.move, .copy]
+    }
+  }
+}
+
+/// `uffd compact`, the project's main job: builds the same fragmented heap from a seed once per
+/// strategy and run, compacts it concurrently with mutators writing, verifies every cycle, and
+/// reports medians with the memcpy bound measured in the same run.
+package struct CompactJob: Sendable {
+  /// The valid heap sizes in MiB: one 2 MiB unit up to half this machine's memory.
+  package static var heapMibRange: ClosedRange<Int> { 2...max(2, Heap.maxCapacity >> 20) }
+  /// The valid mutator counts.
+  package static let mutatorRange = 1...64
+  /// The valid run counts.
+  package static let runRange = 1...100
+  /// The valid mutator block sizes in pages.
+  package static let blockPagesRange = 1...512
+
+  package var heapMib = 256
+  package var mutators = 2
+  package var mode = CompactMode.both
+  package var seed: UInt64 = 1
+  package var faultMode = FaultMode.sigbus
+  package var mutatorBlockPages = 16
+  package var idleMutators = false
+  package var runs = 3
+
+  package init() {}
+
+  /// Runs every cycle and returns the report; `progress` hears each step.
+  package func run(progress: Progress) throws -> CompactReport {
+    var strategies = mode.strategies
+    // Capabilities at setup: without a usable MOVE, `both` runs COPY and says so; `move` is an error.
+    let verdict = PageMover.moveVerdict
+    if !verdict.isUsable && strategies.contains(.move) {
+      guard strategies.count > 1 else {
+        throw ToolError("--mode move needs UFFDIO_MOVE, which is not usable here (\(verdict)); use --mode copy")
+      }
+      strategies.removeAll { $0 == .move }
+      progress("UFFDIO_MOVE is unavailable here (\(verdict)): running the COPY strategy only")
+    }
+    progress("measuring memcpy bandwidth")
+    let memcpyBefore = try MemcpyBaseline.gigabytesPerSecond()
+    var results: [MappingStrategy: [CompactionResult]] = [:]
+    for run in 1...runs {
+      for strategy in strategies {
+        let label = "run \(run)/\(runs), \(strategy.rawValue)"
+        progress("\(label): building a \(heapMib) MiB heap (seed \(seed))")
+        let heap = try Heap(capacity: heapMib << 20, mutators: mutators)
+        try Workload(seed: seed).populate(heap)
+        let compactor = try Compactor(
+          heap: heap,
+          configuration: .init(
+            strategy: strategy, faultMode: faultMode, seed: seed, mutatorBlockPages: mutatorBlockPages,
+            idleMutators: idleMutators))
+        let result = try compactor.run { progress("\(label): \($0)") }
+        progress(
+          "\(label): verified; compaction thread \(milliseconds(result.compactionWallNanoseconds)) ms,"
+            + " pause \(milliseconds(result.pauseNanoseconds)) ms")
+        results[strategy, default: []].append(result)
+      }
+    }
+    // Measured again after the cycles; the better of the two is the bound (this shared machine's
+    // bandwidth varies from run to run).
+    progress("measuring memcpy bandwidth again")
+    let memcpy = max(memcpyBefore, try MemcpyBaseline.gigabytesPerSecond())
+    return CompactReport(
+      heapMib: heapMib, mutators: mutators, idleMutators: idleMutators, blockPages: mutatorBlockPages,
+      seed: seed, faultMode: faultMode, memcpyGBps: memcpy, results: results)
+  }
+
+  private func milliseconds(_ nanoseconds: Int64) -> String {
+    let tenths = (nanoseconds + 50_000) / 100_000
+    return "\(tenths / 10).\(tenths % 10)"
+  }
+}
