@@ -3,7 +3,9 @@ import PackageDescription
 
 let package = Package(
   name: "swift-userfaultfd",
-  platforms: [.macOS(.v15)],  // Linux-only in practice; the platform line keeps Synchronization available.
+  // Linux (glibc) only: userfaultfd is a Linux interface. The platform line keeps Synchronization
+  // available to the manifest.
+  platforms: [.macOS(.v15)],
   products: [
     .library(name: "Userfaultfd", targets: ["Userfaultfd"]),
     .library(name: "CompactingHeap", targets: ["CompactingHeap"]),

@@ -1,8 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 
 /// Waiting for another thread's progress on a page (ART's `BackOff`): yield first, the usual wait
 /// is a few microseconds; then sleep in doubling steps up to 1 ms, so a long wait does not burn a

@@ -1,8 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 import Userfaultfd
 
 /// A private anonymous heap range holding self-describing objects (``ObjectLayout``), with bump

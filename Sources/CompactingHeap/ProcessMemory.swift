@@ -1,8 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 
 /// This process's resident memory, from /proc/self/status, with a resettable peak.
 enum ProcessMemory {

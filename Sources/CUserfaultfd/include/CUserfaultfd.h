@@ -205,6 +205,17 @@ _Static_assert(CUFFD_IOC_POISON == UFFDIO_POISON, "UFFDIO_POISON matches the sys
 #endif
 #endif
 
+// madvise advice (the Linux values; glibc hides the newer ones behind _GNU_SOURCE or lacks them).
+#define CUFFD_MADV_DONTNEED       4
+#define CUFFD_MADV_DONTFORK       10
+#define CUFFD_MADV_DOFORK         11
+#define CUFFD_MADV_HUGEPAGE       14
+#define CUFFD_MADV_NOHUGEPAGE     15
+#define CUFFD_MADV_WIPEONFORK     18  /* Linux 4.14+ */
+#define CUFFD_MADV_KEEPONFORK     19
+#define CUFFD_MADV_POPULATE_READ  22  /* Linux 5.14+ */
+#define CUFFD_MADV_POPULATE_WRITE 23  /* Linux 5.14+ */
+
 // mremap flags (glibc declares them only under _GNU_SOURCE, which Swift's importer lacks).
 #define CUFFD_MREMAP_MAYMOVE   1
 #define CUFFD_MREMAP_FIXED     2

@@ -1,8 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 import Userfaultfd
 
 /// The physical limit of compaction: one memcpy of the live bytes. Measured in the same run as the

@@ -1,3 +1,4 @@
+import CUserfaultfd
 /// An event read from a userfaultfd (`struct uffd_msg`).
 public enum Event: Sendable {
   /// A thread touched a registered page (`UFFD_EVENT_PAGEFAULT`). It sleeps until the page is
@@ -42,10 +43,10 @@ public struct PageFault: Sendable, Hashable {
     /// Creates flags from the kernel's bit mask.
     public init(rawValue: UInt64) { self.rawValue = rawValue }
     /// `UFFD_PAGEFAULT_FLAG_WRITE`: the access was a write.
-    public static let write = Flags(rawValue: 1 << 0)
+    public static let write = Flags(rawValue: CUFFD_PAGEFAULT_FLAG_WRITE)
     /// `UFFD_PAGEFAULT_FLAG_WP`: a write to a write-protected page.
-    public static let writeProtect = Flags(rawValue: 1 << 1)
+    public static let writeProtect = Flags(rawValue: CUFFD_PAGEFAULT_FLAG_WP)
     /// `UFFD_PAGEFAULT_FLAG_MINOR`: a minor fault (page cache has the page, no mapping).
-    public static let minor = Flags(rawValue: 1 << 2)
+    public static let minor = Flags(rawValue: CUFFD_PAGEFAULT_FLAG_MINOR)
   }
 }

@@ -1,8 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 
 /// A dedicated OS thread, for work that may block in a page fault: never a Swift concurrency pool
 /// thread, since a pool thread that faults while the pool is busy can wait on the very thread that

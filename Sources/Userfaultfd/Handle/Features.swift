@@ -1,3 +1,4 @@
+import CUserfaultfd
 /// Optional userfaultfd features, negotiated once per handle with `UFFDIO_API`
 /// (`UFFD_FEATURE_*`, field `uffdio_api.features`).
 public struct Features: OptionSet, Sendable, Hashable, CustomStringConvertible {
@@ -6,40 +7,40 @@ public struct Features: OptionSet, Sendable, Hashable, CustomStringConvertible {
   public init(rawValue: UInt64) { self.rawValue = rawValue }
 
   /// `UFFD_FEATURE_PAGEFAULT_FLAG_WP`: write-protect faults are reported with a flag.
-  public static let pageFaultFlagWP = Features(rawValue: 1 << 0)
+  public static let pageFaultFlagWP = Features(rawValue: CUFFD_FEATURE_PAGEFAULT_FLAG_WP)
   /// `UFFD_FEATURE_EVENT_FORK`: a fork event with the child's userfaultfd.
-  public static let eventFork = Features(rawValue: 1 << 1)
+  public static let eventFork = Features(rawValue: CUFFD_FEATURE_EVENT_FORK)
   /// `UFFD_FEATURE_EVENT_REMAP`: an event when a registered range is mremap'd.
-  public static let eventRemap = Features(rawValue: 1 << 2)
+  public static let eventRemap = Features(rawValue: CUFFD_FEATURE_EVENT_REMAP)
   /// `UFFD_FEATURE_EVENT_REMOVE`: an event on MADV_DONTNEED / MADV_REMOVE of a registered range.
-  public static let eventRemove = Features(rawValue: 1 << 3)
+  public static let eventRemove = Features(rawValue: CUFFD_FEATURE_EVENT_REMOVE)
   /// `UFFD_FEATURE_MISSING_HUGETLBFS`: MISSING mode on hugetlbfs.
-  public static let missingHugetlbfs = Features(rawValue: 1 << 4)
+  public static let missingHugetlbfs = Features(rawValue: CUFFD_FEATURE_MISSING_HUGETLBFS)
   /// `UFFD_FEATURE_MISSING_SHMEM`: MISSING mode on shmem.
-  public static let missingShmem = Features(rawValue: 1 << 5)
+  public static let missingShmem = Features(rawValue: CUFFD_FEATURE_MISSING_SHMEM)
   /// `UFFD_FEATURE_EVENT_UNMAP`: an event when a registered range is unmapped.
-  public static let eventUnmap = Features(rawValue: 1 << 6)
+  public static let eventUnmap = Features(rawValue: CUFFD_FEATURE_EVENT_UNMAP)
   /// `UFFD_FEATURE_SIGBUS`: deliver SIGBUS to the faulting thread instead of a fault event.
-  public static let sigbus = Features(rawValue: 1 << 7)
+  public static let sigbus = Features(rawValue: CUFFD_FEATURE_SIGBUS)
   /// `UFFD_FEATURE_THREAD_ID`: page-fault events carry the faulting thread's id.
-  public static let threadID = Features(rawValue: 1 << 8)
+  public static let threadID = Features(rawValue: CUFFD_FEATURE_THREAD_ID)
   /// `UFFD_FEATURE_MINOR_HUGETLBFS`: MINOR mode on hugetlbfs.
-  public static let minorHugetlbfs = Features(rawValue: 1 << 9)
+  public static let minorHugetlbfs = Features(rawValue: CUFFD_FEATURE_MINOR_HUGETLBFS)
   /// `UFFD_FEATURE_MINOR_SHMEM`: MINOR mode on shmem.
-  public static let minorShmem = Features(rawValue: 1 << 10)
+  public static let minorShmem = Features(rawValue: CUFFD_FEATURE_MINOR_SHMEM)
   /// `UFFD_FEATURE_EXACT_ADDRESS`: fault addresses are not rounded down to the page.
-  public static let exactAddress = Features(rawValue: 1 << 11)
+  public static let exactAddress = Features(rawValue: CUFFD_FEATURE_EXACT_ADDRESS)
   /// `UFFD_FEATURE_WP_HUGETLBFS_SHMEM`: WP mode on hugetlbfs and shmem.
-  public static let wpHugetlbfsShmem = Features(rawValue: 1 << 12)
+  public static let wpHugetlbfsShmem = Features(rawValue: CUFFD_FEATURE_WP_HUGETLBFS_SHMEM)
   /// `UFFD_FEATURE_WP_UNPOPULATED`: WP applies to unpopulated anonymous pages too.
-  public static let wpUnpopulated = Features(rawValue: 1 << 13)
+  public static let wpUnpopulated = Features(rawValue: CUFFD_FEATURE_WP_UNPOPULATED)
   /// `UFFD_FEATURE_POISON`: `UFFDIO_POISON` is supported.
-  public static let poison = Features(rawValue: 1 << 14)
+  public static let poison = Features(rawValue: CUFFD_FEATURE_POISON)
   /// `UFFD_FEATURE_WP_ASYNC`: write-protect faults are resolved by the kernel (no event).
-  public static let wpAsync = Features(rawValue: 1 << 15)
+  public static let wpAsync = Features(rawValue: CUFFD_FEATURE_WP_ASYNC)
   /// `UFFD_FEATURE_MOVE`: `UFFDIO_MOVE` is supported (Linux 6.8+). Advertises support only: MOVE
   /// works without requesting it.
-  public static let move = Features(rawValue: 1 << 16)
+  public static let move = Features(rawValue: CUFFD_FEATURE_MOVE)
 
   /// Every feature with its lower-case name (the C constant without `UFFD_FEATURE_`).
   public static let allNamed: [(feature: Features, name: String)] = [

@@ -1,8 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 
 /// Reads `/proc/self/pagemap`: one 64-bit entry per virtual page (Documentation/admin-guide/mm/
 /// pagemap.rst). Reading never faults pages in, so it is safe on registered ranges.

@@ -1,8 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 import CUserfaultfd
 import SystemPackage
 
@@ -46,26 +42,32 @@ public final class AnonymousMemory: @unchecked Sendable {
   }
 
   /// madvise(2) advice this package uses.
-  public enum Advice: Int32, Sendable, Hashable, CaseIterable {
+  public struct Advice: RawRepresentable, Sendable, Hashable {
+    /// The `MADV_*` value.
+    public let rawValue: Int32
+
+    /// Advice with the `MADV_*` value `rawValue`.
+    public init(rawValue: Int32) { self.rawValue = rawValue }
+
     /// `MADV_DONTNEED`: drop the pages; private memory then reads zero (or faults if registered).
-    case dontNeed = 4
+    public static let dontNeed = Advice(rawValue: CUFFD_MADV_DONTNEED)
     /// `MADV_DONTFORK`: a forked child does not inherit the range, so its pages stay exclusively
     /// mapped and UFFDIO_MOVE keeps working after fork.
-    case dontFork = 10
+    public static let dontFork = Advice(rawValue: CUFFD_MADV_DONTFORK)
     /// `MADV_DOFORK`: undo `dontFork`.
-    case doFork = 11
+    public static let doFork = Advice(rawValue: CUFFD_MADV_DOFORK)
     /// `MADV_HUGEPAGE`: back the range with transparent huge pages where possible.
-    case hugePage = 14
+    public static let hugePage = Advice(rawValue: CUFFD_MADV_HUGEPAGE)
     /// `MADV_NOHUGEPAGE`: never use transparent huge pages here.
-    case noHugePage = 15
+    public static let noHugePage = Advice(rawValue: CUFFD_MADV_NOHUGEPAGE)
     /// `MADV_WIPEONFORK`: a forked child sees the range zero-filled (private memory only).
-    case wipeOnFork = 18
+    public static let wipeOnFork = Advice(rawValue: CUFFD_MADV_WIPEONFORK)
     /// `MADV_KEEPONFORK`: undo `wipeOnFork`.
-    case keepOnFork = 19
+    public static let keepOnFork = Advice(rawValue: CUFFD_MADV_KEEPONFORK)
     /// `MADV_POPULATE_READ` (Linux 5.14+): fault the pages in readable.
-    case populateRead = 22
+    public static let populateRead = Advice(rawValue: CUFFD_MADV_POPULATE_READ)
     /// `MADV_POPULATE_WRITE` (Linux 5.14+): fault the pages in writable, allocating them.
-    case populateWrite = 23
+    public static let populateWrite = Advice(rawValue: CUFFD_MADV_POPULATE_WRITE)
   }
 
   /// The largest alignment: 1 GiB, the largest page size.

@@ -1,8 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 
 /// A page geometry: the base page and the PMD (huge page) size. The running kernel's is
 /// ``PageSize/current``; others exist for tests of boundary arithmetic (arm64 with 16 KiB pages has

@@ -8,9 +8,9 @@ extension Userfaultfd {
     /// Creates options from the kernel's bit mask.
     public init(rawValue: UInt64) { self.rawValue = rawValue }
     /// `UFFDIO_CONTINUE_MODE_DONTWAKE`: leave faulting threads asleep.
-    public static let dontWake = ContinueOptions(rawValue: 1 << 0)
+    public static let dontWake = ContinueOptions(rawValue: CUFFD_CONTINUE_MODE_DONTWAKE)
     /// `UFFDIO_CONTINUE_MODE_WP`: map the pages write-protected.
-    public static let writeProtect = ContinueOptions(rawValue: 1 << 1)
+    public static let writeProtect = ContinueOptions(rawValue: CUFFD_CONTINUE_MODE_WP)
   }
 
   /// Resolves minor faults: maps the pages already in the page cache behind `length` bytes at

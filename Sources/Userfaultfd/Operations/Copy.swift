@@ -8,9 +8,9 @@ extension Userfaultfd {
     /// Creates options from the kernel's bit mask.
     public init(rawValue: UInt64) { self.rawValue = rawValue }
     /// `UFFDIO_COPY_MODE_DONTWAKE`: leave faulting threads asleep.
-    public static let dontWake = CopyOptions(rawValue: 1 << 0)
+    public static let dontWake = CopyOptions(rawValue: CUFFD_COPY_MODE_DONTWAKE)
     /// `UFFDIO_COPY_MODE_WP`: map the new pages write-protected (range registered in WP mode).
-    public static let writeProtect = CopyOptions(rawValue: 1 << 1)
+    public static let writeProtect = CopyOptions(rawValue: CUFFD_COPY_MODE_WP)
   }
 
   /// Fills `length` bytes of missing pages at `destination` with a copy of `source`

@@ -9,10 +9,10 @@ extension Userfaultfd {
     public init(rawValue: UInt64) { self.rawValue = rawValue }
     /// `UFFDIO_MOVE_MODE_DONTWAKE`: leave threads faulting on the destination asleep; call
     /// ``Userfaultfd/wake(_:length:)`` later.
-    public static let dontWake = MoveOptions(rawValue: 1 << 0)
+    public static let dontWake = MoveOptions(rawValue: CUFFD_MOVE_MODE_DONTWAKE)
     /// `UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES`: count source holes as moved instead of failing with
     /// ENOENT.
-    public static let allowSourceHoles = MoveOptions(rawValue: 1 << 1)
+    public static let allowSourceHoles = MoveOptions(rawValue: CUFFD_MOVE_MODE_ALLOW_SRC_HOLES)
   }
 
   /// Moves `length` bytes of anonymous pages from `source` to `destination` without copying

@@ -8,7 +8,7 @@ extension Userfaultfd {
     /// Creates options from the kernel's bit mask.
     public init(rawValue: UInt64) { self.rawValue = rawValue }
     /// `UFFDIO_POISON_MODE_DONTWAKE`: leave faulting threads asleep.
-    public static let dontWake = PoisonOptions(rawValue: 1 << 0)
+    public static let dontWake = PoisonOptions(rawValue: CUFFD_POISON_MODE_DONTWAKE)
   }
 
   /// Marks `length` bytes of missing pages at `start` as poisoned (`UFFDIO_POISON`, Linux 6.6+):

@@ -8,7 +8,7 @@ extension Userfaultfd {
     /// Creates options from the kernel's bit mask.
     public init(rawValue: UInt64) { self.rawValue = rawValue }
     /// `UFFDIO_ZEROPAGE_MODE_DONTWAKE`: leave faulting threads asleep.
-    public static let dontWake = ZeroPageOptions(rawValue: 1 << 0)
+    public static let dontWake = ZeroPageOptions(rawValue: CUFFD_ZEROPAGE_MODE_DONTWAKE)
   }
 
   /// Maps the shared zero page at `length` bytes of missing pages at `start` (`UFFDIO_ZEROPAGE`).

@@ -1,8 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 
 /// Whether to use UFFDIO_MOVE on this machine, decided the way Android ART decides it: the feature
 /// bit is necessary, not sufficient.
