@@ -31,25 +31,26 @@ do {
   let uffd = try Userfaultfd(options: .nonBlocking)
   let region = try AnonymousMemory(length: pages * page)
   let staging = try AnonymousMemory(length: page, populate: true)
-  let regionStart = UInt(bitPattern: region.baseAddress)
+  let regionStart = Address(region.baseAddress)
+  let stagingPage = Address(staging.baseAddress)
   let server = try FaultServer(uffd: uffd) { fault in
-    let offset = Int(fault.pageAddress - regionStart)
+    let offset = fault.pageAddress - regionStart
     // Runs on the server thread, one fault at a time, so one staging page suffices.
     let read = (try? file.read(fromAbsoluteOffset: Int64(offset), into: staging.bytes)) ?? 0
     guard read == page else { return .zeroPage }
-    return .copy(from: staging.baseAddress)
+    return .copy(from: stagingPage)
   }
   defer { server.stop() }
   try server.register(region.baseAddress, length: region.length)
 
   // 3. Touch every third page, from two threads: only those are loaded.
   let touched = stride(from: 0, to: pages, by: 3).map { $0 }
-  let base = UInt(bitPattern: region.baseAddress)
+  let base = Address(region.baseAddress)
   let wrong = Atomic<Int>(0)
   let threads = (0..<2).map { half in
     let thread = Thread {
       for index in touched where index % 2 == half {
-        guard let pointer = UnsafeRawPointer(bitPattern: base + UInt(index * page)) else { continue }
+        guard let pointer = (base + index * page).pointer else { continue }
         let text = String(decoding: UnsafeRawBufferPointer(start: pointer, count: 12), as: UTF8.self)
         if !text.hasPrefix("page \(index) ") { wrong.wrappingAdd(1, ordering: .relaxed) }
       }

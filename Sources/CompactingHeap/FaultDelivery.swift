@@ -23,7 +23,7 @@ final class FaultDelivery {
     case .thread:
       do {
         server = try FaultServer(uffd: uffd) { fault in
-          context.resolveFault(at: fault.pageAddress)
+          context.resolveFault(at: fault.pageAddress.rawValue)
           return .wake  // Mapped already (which woke the mutator); the wake is a no-op then.
         }
       } catch {

@@ -24,7 +24,7 @@ struct EventTests {
     let tid = Atomic<Int32>(0)
     let writer = TestThread {
       tid.store(cuffd_test_gettid(), ordering: .releasing)
-      target.pointer.storeBytes(of: 0x1234, as: UInt64.self)
+      target.mapped.storeBytes(of: 0x1234, as: UInt64.self)
     }
     defer {
       try? uffd.unregister(memory.baseAddress, length: memory.length)
@@ -36,7 +36,7 @@ struct EventTests {
       Issue.record("expected a page fault, got \(events)")
       return
     }
-    #expect(fault.pageAddress == UInt(bitPattern: memory.baseAddress + 2 * page))
+    #expect(fault.pageAddress == Address(memory.baseAddress + 2 * page))
     #expect(fault.flags.contains(.write))
     #expect(!fault.flags.contains(.writeProtect))
     #expect(!fault.flags.contains(.minor))
@@ -54,7 +54,7 @@ struct EventTests {
     let memory = try AnonymousMemory(length: page)
     try uffd.register(memory.baseAddress, length: page, mode: .missing)
     let target = Address(memory.baseAddress)
-    let reader = TestThread { _ = target.pointer.load(as: UInt8.self) }
+    let reader = TestThread { _ = target.mapped.load(as: UInt8.self) }
     defer {
       try? uffd.unregister(memory.baseAddress, length: page)
       _ = reader.join()
@@ -111,8 +111,8 @@ struct EventTests {
       Issue.record("expected a remove event, got \(events)")
       return
     }
-    #expect(start == UInt(bitPattern: memory.baseAddress))
-    #expect(end == start + UInt(memory.length))
+    #expect(start == Address(memory.baseAddress))
+    #expect(end == start + memory.length)
     #expect(madviser.join())
   }
 
@@ -124,7 +124,7 @@ struct EventTests {
     let holder = Holder()
     holder.memory = try AnonymousMemory(length: 2 * page)
     guard let base = holder.memory?.baseAddress else { return }
-    let start = UInt(bitPattern: base)
+    let start = Address(base)
     try uffd.register(base, length: 2 * page, mode: .missing)
     let unmapper = TestThread { holder.memory = nil }
     defer { _ = unmapper.join() }
@@ -134,7 +134,7 @@ struct EventTests {
       return
     }
     #expect(from == start)
-    #expect(to == start + UInt(2 * page))
+    #expect(to == start + 2 * page)
     #expect(unmapper.join())
   }
 }

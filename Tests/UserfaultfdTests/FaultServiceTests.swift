@@ -20,10 +20,10 @@ struct FaultServiceTests {
     let area = try AnonymousMemory(length: pages * page)
     for index in 0..<pages { fill(source.baseAddress + index * page, seed: UInt64(index)) }
     let sourceBase = Address(source.baseAddress)
-    let areaBase = UInt(bitPattern: area.baseAddress)
+    let areaBase = Address(area.baseAddress)
     let server = try FaultServer(uffd: uffd, configuration: configuration) { fault in
-      let offset = Int(fault.pageAddress - areaBase)
-      return useMove ? .move(from: sourceBase.pointer + offset) : .copy(from: sourceBase.pointer + offset)
+      let offset = fault.pageAddress - areaBase
+      return useMove ? .move(from: sourceBase + offset) : .copy(from: sourceBase + offset)
     }
     defer { server.stop() }
     try server.register(area.baseAddress, length: area.length)
@@ -34,7 +34,7 @@ struct FaultServiceTests {
         for step in 0..<pages {
           // Threads start at different pages and go opposite ways: same and different pages at once.
           let index = thread % 2 == 0 ? (step + thread * 8) % pages : (pages - 1 - step + thread * 8) % pages
-          let words = (target.pointer + index * PageSize.base).assumingMemoryBound(to: UInt64.self)
+          let words = (target.mapped + index * PageSize.base).assumingMemoryBound(to: UInt64.self)
           if words[0] != UInt64(index) &* 0x9E37_79B9_7F4A_7C15 { wrong.wrappingAdd(1, ordering: .relaxed) }
         }
       }
@@ -73,7 +73,7 @@ struct FaultServiceTests {
     try server.register(area.baseAddress, length: area.length)
     let target = Address(area.baseAddress)
     let waiters = (0..<4).map { index in
-      TestThread { _ = (target.pointer + index * PageSize.base).load(as: UInt64.self) }
+      TestThread { _ = (target.mapped + index * PageSize.base).load(as: UInt64.self) }
     }
     Thread.sleep(forTimeInterval: 0.1)
     #expect(waiters.allSatisfy { !$0.isFinished }, "nothing resolves their faults")
@@ -146,7 +146,7 @@ struct FaultServiceTests {
     let readers = (0..<4).map { thread in
       TestThread {
         for step in 0..<pages {
-          _ = (target.pointer + ((step + thread * 5) % pages) * PageSize.base).load(as: UInt64.self)
+          _ = (target.mapped + ((step + thread * 5) % pages) * PageSize.base).load(as: UInt64.self)
         }
       }
     }

@@ -149,7 +149,7 @@ struct MoveTests {
     let a = try areas(pages: 2)
     fill(a.source.baseAddress, seed: 42)
     let misaligned = UserfaultfdError.invalidArgument(
-      .move, .misaligned(role: .source, address: UInt(bitPattern: a.source.baseAddress + 8), pageSize: page))
+      .move, .misaligned(role: .source, address: Address(a.source.baseAddress + 8), pageSize: page))
     #expect(throws: misaligned) {
       try a.uffd.move(from: a.source.baseAddress + 8, to: a.destination.baseAddress, length: page)
     }
@@ -181,7 +181,7 @@ struct MoveTests {
     defer { seen.deallocate() }
     let seenAddress = Address(UnsafeMutableRawPointer(seen))
     let reader = TestThread {
-      seenAddress.pointer.storeBytes(of: target.pointer.load(as: UInt64.self), as: UInt64.self)
+      seenAddress.mapped.storeBytes(of: target.mapped.load(as: UInt64.self), as: UInt64.self)
     }
     // Whatever fails below, release the reader before the memory it reads goes away.
     defer {
@@ -193,7 +193,7 @@ struct MoveTests {
       Issue.record("expected a page fault, got \(events)")
       return
     }
-    #expect(fault.pageAddress == target.value)
+    #expect(fault.pageAddress == target)
     try a.uffd.move(from: a.source.baseAddress, to: a.destination.baseAddress, length: page, options: .dontWake)
     #expect(!reader.join(seconds: 0.2), "DONTWAKE: the reader must still be asleep")
     try a.uffd.wake(a.destination.baseAddress, length: page)

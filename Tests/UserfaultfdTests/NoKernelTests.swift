@@ -17,7 +17,7 @@ struct NoKernelTests {
     (0x1000, -4096, .nonPositiveLength(role: .destination, length: -4096)),
     (0x1000, 4097, .lengthNotPageMultiple(role: .destination, length: 4097, pageSize: 4096)),
     (0x1008, 4096, .misaligned(role: .destination, address: 0x1008, pageSize: 4096)),
-    (UInt.max & ~0xFFF, 8192, .wraps(role: .destination, address: UInt.max & ~0xFFF, length: 8192)),
+    (UInt.max & ~0xFFF, 8192, .wraps(role: .destination, address: Address(rawValue: UInt.max & ~0xFFF), length: 8192)),
   ])
   func rangeValidationNamesTheFault(address: UInt, length: Int, expected: InvalidArgument) throws {
     try #require(Self.page == 4096, "the cases are written for 4 KiB pages")
@@ -29,14 +29,14 @@ struct NoKernelTests {
 
   @Test func overlappingPairIsRefusedWithBothRanges() throws {
     let base = try #require(UnsafeRawPointer(bitPattern: UInt(0x10_0000)))
-    let page = UInt(Self.page)
-    #expect(throws: UserfaultfdError.invalidArgument(
-      .move, .overlap(source: 0x10_0000..<(0x10_0000 + 2 * page), destination: (0x10_0000 + page)..<(0x10_0000 + 3 * page))
-    )) {
+    let start: Address = 0x10_0000
+    let page = Self.page
+    let overlap = InvalidArgument.overlap(source: start..<(start + 2 * page), destination: (start + page)..<(start + 3 * page))
+    #expect(throws: UserfaultfdError.invalidArgument(.move, overlap)) {
       _ = try PageRange.pair(source: base, destination: base + Self.page, length: 2 * Self.page, operation: .move)
     }
     let pair = try PageRange.pair(source: base, destination: base + 2 * Self.page, length: 2 * Self.page, operation: .move)
-    #expect(pair.source.start == 0x10_0000 && pair.destination.start == 0x10_0000 + 2 * page)
+    #expect(pair.source.start == 0x10_0000 && pair.destination.start == 0x10_0000 + UInt(2 * page))
   }
 
   // MARK: The reading of kernel answers (the rule in cuffd_answer_classify)

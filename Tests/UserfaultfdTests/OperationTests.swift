@@ -108,7 +108,7 @@ struct OperationTests {
     try uffd.register(destination.baseAddress, length: page, mode: .missing)
     fill(source.baseAddress, seed: 3)
     let target = Address(destination.baseAddress)
-    let reader = TestThread { _ = target.pointer.load(as: UInt64.self) }
+    let reader = TestThread { _ = target.mapped.load(as: UInt64.self) }
     defer {
       try? uffd.unregister(destination.baseAddress, length: page)
       _ = reader.join()
@@ -130,7 +130,7 @@ struct OperationTests {
     #expect(ioctls.contains(.writeProtect))
     try uffd.writeProtect(memory.baseAddress, length: page)
     let target = Address(memory.baseAddress)
-    let writer = TestThread { target.pointer.storeBytes(of: 0xABCD, as: UInt64.self) }
+    let writer = TestThread { target.mapped.storeBytes(of: 0xABCD, as: UInt64.self) }
     defer {
       try? uffd.unregister(memory.baseAddress, length: page)
       _ = writer.join()
@@ -140,7 +140,7 @@ struct OperationTests {
       Issue.record("expected a write-protect fault, got \(events)")
       return
     }
-    #expect(fault.pageAddress == target.value)
+    #expect(fault.pageAddress == target)
     #expect(fault.flags.contains(.writeProtect))
     #expect(fault.flags.contains(.write))
     #expect(!writer.isFinished)
@@ -187,7 +187,7 @@ struct OperationTests {
     try memory.advise(.dontNeed)
     try uffd.register(memory.baseAddress, length: page, mode: .minor)
     let target = Address(memory.baseAddress)
-    let reader = TestThread { _ = target.pointer.load(as: UInt64.self) }
+    let reader = TestThread { _ = target.mapped.load(as: UInt64.self) }
     defer {
       try? uffd.unregister(memory.baseAddress, length: page)
       _ = reader.join()

@@ -171,7 +171,7 @@ struct PageMoverTests {
         var made = 0
         defer { counts.withLock { $0.append(made) } }
         var state = UInt64(writer + 1) &* 0x9E37_79B9_7F4A_7C15
-        let base = source.pointer.assumingMemoryBound(to: UInt64.self)
+        let base = source.mapped.assumingMemoryBound(to: UInt64.self)
         while running.load(ordering: .relaxed) || made < 10_000 {
           state ^= state << 13; state ^= state >> 7; state ^= state << 17
           cuffd_test_atomic_increment(UnsafeMutablePointer(mutating: base + Int(state % UInt64(words))))
@@ -259,7 +259,7 @@ struct PageMoverTests {
     let sourceAddress = Address(source.baseAddress), destinationAddress = Address(destination.baseAddress)
     let mover = TestThread {
       let report = try? PageMover(uffd).move(
-        from: sourceAddress.pointer, to: destinationAddress.pointer, length: 8 * PageSize.base)
+        from: sourceAddress.mapped, to: destinationAddress.mapped, length: 8 * PageSize.base)
       result.withLock { $0 = report }
     }
     usleep(100_000)
@@ -303,7 +303,7 @@ struct PageMoverTests {
     let populated = expectError { () throws(UserfaultfdError) in
       _ = try mover.move(from: s.source.baseAddress, to: s.destination.baseAddress, length: 4 * page)
     }
-    let populatedPage = UInt(bitPattern: s.destination.baseAddress + 2 * page)
+    let populatedPage = Address(s.destination.baseAddress + 2 * page)
     #expect(populated == .invalidArgument(.move, .destinationPopulated(page: 2, address: populatedPage)))
     // Unregistered destination.
     let unregistered = try AnonymousMemory(length: 4 * page)

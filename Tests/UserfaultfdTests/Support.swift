@@ -51,11 +51,12 @@ enum Kernel {
 @Suite("Kernel", .serialized, .enabled(if: Kernel.hasUserfaultfd, "userfaultfd is unavailable here"))
 struct KernelTests {}
 
-/// A pointer that may cross into a test thread. Tests own the memory behind it.
-struct Address: @unchecked Sendable {
-  let pointer: UnsafeMutableRawPointer
-  init(_ pointer: UnsafeMutableRawPointer) { self.pointer = pointer }
-  var value: UInt { UInt(bitPattern: pointer) }
+extension Address {
+  /// A pointer to memory the test mapped there (an `Address` is what crosses into test threads).
+  var mapped: UnsafeMutableRawPointer {
+    guard let pointer else { preconditionFailure("a test address is never 0") }
+    return pointer
+  }
 }
 
 /// A plain OS thread (never Swift's cooperative pool: it may block in a page fault).

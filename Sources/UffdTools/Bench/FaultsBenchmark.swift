@@ -97,14 +97,13 @@ package struct FaultsBenchmark {
   /// The Swift library serves the faults; the mutator loop is Swift too.
   func measureSwift(_ mode: Mode, _ useMove: Bool, _ uffd: Userfaultfd, into histogram: inout Histogram<UInt64>) throws {
     let (source, region) = try memory()
-    let sourceBase = UInt(bitPattern: source.baseAddress)
-    let regionBase = UInt(bitPattern: region.baseAddress)
+    let sourceBase = Address(source.baseAddress)
+    let regionBase = Address(region.baseAddress)
     switch mode {
     case .thread, .busyPoll:
       let server = try FaultServer(uffd: uffd, configuration: .init(busyPoll: mode == .busyPoll)) { fault in
         let from = sourceBase + (fault.pageAddress - regionBase)
-        guard let pointer = UnsafeMutableRawPointer(bitPattern: from) else { return .zeroPage }
-        return useMove ? .move(from: pointer) : .copy(from: pointer)
+        return useMove ? .move(from: from) : .copy(from: from)
       }
       defer { server.stop() }
       try server.register(region.baseAddress, length: region.length)

@@ -303,7 +303,7 @@ package final class MoveStress: @unchecked Sendable {
       if ready > 0 {
         do {
           for event in try uffd.readEvents() {
-            if case .pageFault(let fault) = event { addresses.append(fault.pageAddress) }
+            if case .pageFault(let fault) = event { addresses.append(fault.pageAddress.rawValue) }
           }
         } catch {
           fail("handler: \(error)")
@@ -366,13 +366,13 @@ package final class MoveStress: @unchecked Sendable {
       let report = try PageMover(uffd, usingMove: false).move(from: source, to: destination, length: page, policy: policy)
       if report.holeBytes > 0 {
         throw UserfaultfdError.operationFailed(OperationFailure(
-          operation: .move, errno: .noSuchFileOrDirectory, destination: UInt(bitPattern: destination), length: page))
+          operation: .move, errno: .noSuchFileOrDirectory, destination: Address(destination), length: page))
       }
     } catch {
       guard case .moveStopped(let report) = error else { throw error }
       if report.returnedPages != nil { fail("handler: taken page could not be put back: \(report)") }
       throw .operationFailed(report.stop?.failure ?? OperationFailure(
-        operation: .move, errno: .ioError, destination: UInt(bitPattern: destination), length: page))
+        operation: .move, errno: .ioError, destination: Address(destination), length: page))
     }
   }
 

@@ -18,15 +18,15 @@ public enum InvalidArgument: Sendable, Equatable, CustomStringConvertible {
   /// A range's length is not a whole number of pages.
   case lengthNotPageMultiple(role: RangeRole, length: Int, pageSize: Int)
   /// A range's start is not page-aligned.
-  case misaligned(role: RangeRole, address: UInt, pageSize: Int)
+  case misaligned(role: RangeRole, address: Address, pageSize: Int)
   /// A range runs past the end of the address space.
-  case wraps(role: RangeRole, address: UInt, length: Int)
+  case wraps(role: RangeRole, address: Address, length: Int)
   /// An address is null.
   case nullAddress(role: RangeRole)
   /// The source and destination ranges overlap.
-  case overlap(source: Range<UInt>, destination: Range<UInt>)
+  case overlap(source: Range<Address>, destination: Range<Address>)
   /// The destination of a logical move already holds a page (page `page` of the range).
-  case destinationPopulated(page: Int, address: UInt)
+  case destinationPopulated(page: Int, address: Address)
   /// A mapping's alignment is not a power of two between the page size and the largest supported.
   case badAlignment(Int, pageSize: Int, max: Int)
   /// A mapping is longer than a process can map.
@@ -50,7 +50,7 @@ public enum InvalidArgument: Sendable, Equatable, CustomStringConvertible {
   /// The handle uses ``Features/sigbus``: faults arrive as signals, not as events to serve.
   case handleUsesSigbus
   /// The range overlaps a live ``SigbusRegion``.
-  case overlapsLiveRegion(Range<UInt>)
+  case overlapsLiveRegion(Range<Address>)
   /// Every ``SigbusRegion`` slot is in use.
   case tooManyRegions(max: Int)
   /// The ``FaultServer`` was stopped.
@@ -65,16 +65,16 @@ public enum InvalidArgument: Sendable, Equatable, CustomStringConvertible {
     case .lengthNotPageMultiple(let role, let length, let page):
       return "\(role.rawValue) length \(length) is not a multiple of the page size (\(page) bytes)"
     case .misaligned(let role, let address, let page):
-      return "\(role.rawValue) address \(hex(address)) is not aligned to the page size (\(page) bytes)"
+      return "\(role.rawValue) address \(address) is not aligned to the page size (\(page) bytes)"
     case .wraps(let role, let address, let length):
-      return "\(role.rawValue) range \(hex(address)) + \(length) bytes wraps past the end of the address space"
+      return "\(role.rawValue) range \(address) + \(length) bytes wraps past the end of the address space"
     case .nullAddress(let role):
       return "\(role.rawValue) address is null"
     case .overlap(let source, let destination):
-      return "source \(hex(source.lowerBound))..<\(hex(source.upperBound)) overlaps destination"
-        + " \(hex(destination.lowerBound))..<\(hex(destination.upperBound)); nothing was changed"
+      return "source \(source.lowerBound)..<\(source.upperBound) overlaps destination"
+        + " \(destination.lowerBound)..<\(destination.upperBound); nothing was changed"
     case .destinationPopulated(let page, let address):
-      return "destination partly populated: page \(page) at \(hex(address)) is already present; nothing was moved"
+      return "destination partly populated: page \(page) at \(address) is already present; nothing was moved"
     case .badAlignment(let alignment, let page, let max):
       return "alignment \(alignment) must be a power of two from the page size (\(page)) to \(max >> 30) GiB"
     case .lengthTooLarge(let length, let max):
@@ -98,7 +98,7 @@ public enum InvalidArgument: Sendable, Equatable, CustomStringConvertible {
     case .handleUsesSigbus:
       return "this userfaultfd uses UFFD_FEATURE_SIGBUS: faults arrive as signals, use SigbusRegion"
     case .overlapsLiveRegion(let range):
-      return "range \(hex(range.lowerBound))..<\(hex(range.upperBound)) overlaps a live SigbusRegion; close that region first"
+      return "range \(range.lowerBound)..<\(range.upperBound) overlaps a live SigbusRegion; close that region first"
     case .tooManyRegions(let max):
       return "at most \(max) SIGBUS regions can be active; close one first"
     case .serverStopped:

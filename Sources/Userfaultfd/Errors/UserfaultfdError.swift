@@ -85,9 +85,9 @@ public struct OperationFailure: Sendable, Equatable, CustomStringConvertible {
   /// `bytesDone` to learn the real reason.
   public let errno: Errno
   /// Destination (or only) range start.
-  public let destination: UInt
+  public let destination: Address
   /// Source range start, for copy and move.
-  public let source: UInt?
+  public let source: Address?
   /// Length of the requested range in bytes.
   public let length: Int
   /// Bytes completed before the failure; never negative.
@@ -95,7 +95,7 @@ public struct OperationFailure: Sendable, Equatable, CustomStringConvertible {
 
   /// Creates a failure record.
   public init(
-    operation: Operation, errno: Errno, destination: UInt, source: UInt? = nil, length: Int,
+    operation: Operation, errno: Errno, destination: Address, source: Address? = nil, length: Int,
     bytesDone: Int = 0
   ) {
     self.operation = operation
@@ -129,8 +129,8 @@ public struct OperationFailure: Sendable, Equatable, CustomStringConvertible {
   }
 
   public var description: String {
-    var range = "\(length) bytes at \(hex(destination))"
-    if let source { range = "\(length) bytes from \(hex(source)) to \(hex(destination))" }
+    var range = "\(length) bytes at \(destination)"
+    if let source { range = "\(length) bytes from \(source) to \(destination)" }
     return "\(operation.rawValue) of \(range) failed after \(bytesDone) bytes: "
       + "\(ErrnoName.of(errno)): \(explanation)"
   }

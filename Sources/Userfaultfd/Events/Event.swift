@@ -8,12 +8,12 @@ public enum Event: Sendable {
   /// the child's copy of the registered ranges. The forking thread waits until this is read.
   case fork(child: Userfaultfd)
   /// A registered range was moved by mremap (`UFFD_EVENT_REMAP`, ``Features/eventRemap``).
-  case remap(from: UInt, to: UInt, length: Int)
+  case remap(from: Address, to: Address, length: Int)
   /// Pages in `start..<end` were dropped by MADV_DONTNEED / MADV_REMOVE (`UFFD_EVENT_REMOVE`,
   /// ``Features/eventRemove``); range operations there fail with EAGAIN until this is read.
-  case remove(start: UInt, end: UInt)
+  case remove(start: Address, end: Address)
   /// `start..<end` was unmapped (`UFFD_EVENT_UNMAP`, ``Features/eventUnmap``).
-  case unmap(start: UInt, end: UInt)
+  case unmap(start: Address, end: Address)
   /// An event code this package does not know (a newer kernel).
   case unrecognized(code: UInt8)
 }
@@ -21,21 +21,21 @@ public enum Event: Sendable {
 /// A page fault: where, and what kind.
 public struct PageFault: Sendable, Hashable {
   /// The faulting address, rounded down to the page unless ``Features/exactAddress`` is on.
-  public let address: UInt
+  public let address: Address
   /// What kind of fault.
   public let flags: Flags
   /// The faulting thread's id, when ``Features/threadID`` was negotiated.
   public let threadID: Int32?
 
   /// Creates a page-fault record.
-  public init(address: UInt, flags: Flags, threadID: Int32?) {
+  public init(address: Address, flags: Flags, threadID: Int32?) {
     self.address = address
     self.flags = flags
     self.threadID = threadID
   }
 
   /// The page containing ``address``.
-  public var pageAddress: UInt { address & ~UInt(PageSize.base - 1) }
+  public var pageAddress: Address { address.roundedDown() }
 
   /// Page-fault flags (`UFFD_PAGEFAULT_FLAG_*`).
   public struct Flags: OptionSet, Sendable, Hashable {

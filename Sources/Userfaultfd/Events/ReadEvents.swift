@@ -81,15 +81,15 @@ extension Userfaultfd {
     case CUFFD_EVENT_PAGEFAULT:
       let threadID = threadIDs ? record.loadUnaligned(fromByteOffset: arg + 16, as: Int32.self) : nil
       return .event(.pageFault(PageFault(
-        address: UInt(u64(8)), flags: PageFault.Flags(rawValue: u64(0)), threadID: threadID)))
+        address: Address(rawValue: UInt(u64(8))), flags: PageFault.Flags(rawValue: u64(0)), threadID: threadID)))
     case CUFFD_EVENT_FORK:
       return .fork(descriptor: record.loadUnaligned(fromByteOffset: arg, as: Int32.self))
     case CUFFD_EVENT_REMAP:
-      return .event(.remap(from: UInt(u64(0)), to: UInt(u64(8)), length: Int(truncatingIfNeeded: u64(16))))
+      return .event(.remap(from: Address(rawValue: UInt(u64(0))), to: Address(rawValue: UInt(u64(8))), length: Int(truncatingIfNeeded: u64(16))))
     case CUFFD_EVENT_REMOVE:
-      return .event(.remove(start: UInt(u64(0)), end: UInt(u64(8))))
+      return .event(.remove(start: Address(rawValue: UInt(u64(0))), end: Address(rawValue: UInt(u64(8)))))
     case CUFFD_EVENT_UNMAP:
-      return .event(.unmap(start: UInt(u64(0)), end: UInt(u64(8))))
+      return .event(.unmap(start: Address(rawValue: UInt(u64(0))), end: Address(rawValue: UInt(u64(8)))))
     default:
       return .event(.unrecognized(code: code))
     }

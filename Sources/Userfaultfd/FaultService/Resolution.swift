@@ -1,9 +1,9 @@
 /// How a ``FaultServer`` resolves one page fault.
-public enum Resolution: @unchecked Sendable {
+public enum Resolution: Sendable, Hashable {
   /// Copy one page from `source` into the faulting page (UFFDIO_COPY).
-  case copy(from: UnsafeRawPointer)
+  case copy(from: Address)
   /// Move one page from `source` into the faulting page, zero-copy (UFFDIO_MOVE).
-  case move(from: UnsafeMutableRawPointer)
+  case move(from: Address)
   /// Map the zero page (UFFDIO_ZEROPAGE).
   case zeroPage
   /// Map the page-cache page of a minor fault (UFFDIO_CONTINUE).

@@ -163,7 +163,7 @@ final class ServerCore: @unchecked Sendable {
       case .sourceMissing, .busy, .failed: sink += Int(answer.errno?.rawValue ?? 0)
       }
     }
-    let fault = PageFault(address: 0, flags: [], threadID: nil)
+    let fault = PageFault(address: Address(rawValue: 0), flags: [], threadID: nil)
     for item in [DeliveryItem.fault(fault, uffd: uffd), .failure(address: 0, errno: .deadlock)] {
       sink += Int(item.eventCode) + Int(item.forkDescriptor) + Int(item.errno)
     }
@@ -239,26 +239,27 @@ final class ServerCore: @unchecked Sendable {
   /// Performs one resolution and acts on the kernel's answer.
   private func attempt(_ fault: PageFault) -> Attempt {
     let page = PageSize.base
-    guard fault.pageAddress != 0 else { return .done }
+    let target = fault.pageAddress.rawValue
+    guard target != 0 else { return .done }
     let resolution = resolver(fault)
     let answer: KernelAnswer
     switch resolution {
     case .copy(let source):
-      if isMissingRegisteredPage(UInt(bitPattern: source)) {
+      if isMissingRegisteredPage(source.rawValue) {
         // The kernel would fault on the source inside this thread's own ioctl, and wait for
         // this thread to resolve it.
         fail(fault, errno: .deadlock)
         return .done
       }
-      answer = uffd.copyCore(fault.pageAddress, from: UInt(bitPattern: source), length: page, mode: 0)
+      answer = uffd.copyCore(target, from: source.rawValue, length: page, mode: 0)
     case .move(let source):
-      answer = move(from: UInt(bitPattern: source), to: fault.pageAddress)
+      answer = move(from: source.rawValue, to: target)
     case .zeroPage:
-      answer = uffd.zeroPageCore(fault.pageAddress, length: page, mode: 0)
+      answer = uffd.zeroPageCore(target, length: page, mode: 0)
     case .continueMapping:
-      answer = uffd.continueCore(fault.pageAddress, length: page, mode: 0)
+      answer = uffd.continueCore(target, length: page, mode: 0)
     case .wake:
-      _ = uffd.wakeCore(fault.pageAddress, length: page)
+      _ = uffd.wakeCore(target, length: page)
       counters.alreadyResolved.wrappingAdd(1, ordering: .relaxed)
       return .done
     case .later:
@@ -270,7 +271,7 @@ final class ServerCore: @unchecked Sendable {
       counters.resolved.wrappingAdd(1, ordering: .relaxed)
     case .alreadyPresent:
       counters.alreadyResolved.wrappingAdd(1, ordering: .relaxed)
-      _ = uffd.wakeCore(fault.pageAddress, length: page)
+      _ = uffd.wakeCore(target, length: page)
     case .retryAfterEvents:
       return .retryAfterEvents
     case .processGone:
@@ -312,7 +313,7 @@ final class ServerCore: @unchecked Sendable {
   /// Fails a fault: poisons or zero-fills its page, counts it and reports it.
   private func fail(_ fault: PageFault, errno: Errno) {
     let page = PageSize.base
-    let target = fault.pageAddress
+    let target = fault.pageAddress.rawValue
     var filled = action == .poison
       ? uffd.poisonCore(target, length: page, mode: 0)
       : uffd.zeroPageCore(target, length: page, mode: 0)
@@ -390,7 +391,7 @@ final class ServerCore: @unchecked Sendable {
       continuation.yield(event)
     case .failure:
       let failure = UnresolvedFault(
-        pageAddress: UInt(item.record.0), errno: item.errno == 0 ? nil : item.errno, action: action)
+        pageAddress: Address(rawValue: UInt(item.record.0)), errno: item.errno == 0 ? nil : item.errno, action: action)
       onFailure?(failure)
     }
   }
@@ -417,7 +418,7 @@ struct DeliveryItem {
       bytes.storeBytes(of: UInt8(CUFFD_EVENT_PAGEFAULT), toByteOffset: Int(CUFFD_MSG_OFFSET_EVENT), as: UInt8.self)
       let arg = Int(CUFFD_MSG_OFFSET_ARG)
       bytes.storeBytes(of: fault.flags.rawValue, toByteOffset: arg, as: UInt64.self)
-      bytes.storeBytes(of: UInt64(fault.address), toByteOffset: arg + 8, as: UInt64.self)
+      bytes.storeBytes(of: UInt64(fault.address.rawValue), toByteOffset: arg + 8, as: UInt64.self)
       bytes.storeBytes(of: fault.threadID ?? 0, toByteOffset: arg + 16, as: Int32.self)
     }
     return item
@@ -466,7 +467,7 @@ final class ServerCounters: Sendable {
     guard failed.load(ordering: .acquiring) > 0 else { return nil }
     let errno = lastFailedErrno.load(ordering: .relaxed)
     return UnresolvedFault(
-      pageAddress: lastFailedAddress.load(ordering: .relaxed), errno: errno == 0 ? nil : errno, action: action)
+      pageAddress: Address(rawValue: lastFailedAddress.load(ordering: .relaxed)), errno: errno == 0 ? nil : errno, action: action)
   }
 
   func snapshot() -> FaultServer.Statistics {

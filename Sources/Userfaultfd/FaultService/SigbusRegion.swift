@@ -132,7 +132,7 @@ public final class SigbusRegion: @unchecked Sendable {
       action == .poison ? CUFFD_SIGBUS_FAIL_POISON : CUFFD_SIGBUS_FAIL_ZEROPAGE, resolver, context)
     guard slot >= 0 else {
       if Errno.current == .fileExists {
-        throw .invalidArgument(.register, .overlapsLiveRegion(range.start..<range.end))
+        throw .invalidArgument(.register, .overlapsLiveRegion(Address(rawValue: range.start)..<Address(rawValue: range.end)))
       }
       throw .invalidArgument(.register, .tooManyRegions(max: Int(CUFFD_SIGBUS_MAX_REGIONS)))
     }
@@ -175,7 +175,7 @@ public final class SigbusRegion: @unchecked Sendable {
     let stats = self.stats
     guard stats.failed > 0 else { return nil }
     return UnresolvedFault(
-      pageAddress: stats.last_failed_address,
+      pageAddress: Address(rawValue: stats.last_failed_address),
       errno: stats.last_failed_errno == 0 ? nil : stats.last_failed_errno, action: failureAction)
   }
 

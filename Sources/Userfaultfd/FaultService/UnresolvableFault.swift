@@ -20,14 +20,14 @@ public enum UnresolvableFaultAction: Sendable, Hashable {
 /// One fault that fault service could not fill, and what it did instead.
 public struct UnresolvedFault: Sendable, Hashable, CustomStringConvertible {
   /// The page that faulted.
-  public let pageAddress: UInt
+  public let pageAddress: Address
   /// The errno of the last failed attempt (nil when the resolver itself declined).
   public let errno: Int32?
   /// What was done instead: the page was poisoned or zero-filled.
   public let action: UnresolvableFaultAction
 
   /// Creates a record.
-  public init(pageAddress: UInt, errno: Int32?, action: UnresolvableFaultAction) {
+  public init(pageAddress: Address, errno: Int32?, action: UnresolvableFaultAction) {
     self.pageAddress = pageAddress
     self.errno = errno
     self.action = action
@@ -36,6 +36,6 @@ public struct UnresolvedFault: Sendable, Hashable, CustomStringConvertible {
   public var description: String {
     let cause = errno.map { ErrnoName.of(.init(rawValue: $0)) } ?? "declined by the resolver"
     let done = action == .poison ? "poisoned (the access raises SIGBUS)" : "filled with zeros"
-    return "fault at \(hex(pageAddress)) could not be resolved (\(cause)); the page was \(done)"
+    return "fault at \(pageAddress) could not be resolved (\(cause)); the page was \(done)"
   }
 }

@@ -164,7 +164,7 @@ public final class Userfaultfd: Sendable {
       if error == .invalidArgument && !features.isEmpty {
         throw .featuresUnsupported(requested: features, missing: features)
       }
-      throw .operationFailed(OperationFailure(operation: .api, errno: error, destination: 0, length: 0))
+      throw .operationFailed(OperationFailure(operation: .api, errno: error, destination: Address(rawValue: 0), length: 0))
     }
     return Opened(fd: fd, method: method, features: Features(rawValue: api.features),
                   ioctls: Ioctls(rawValue: api.ioctls))

@@ -98,7 +98,7 @@ extension KernelAnswer {
     guard let errno else { return }
     throw .operationFailed(
       OperationFailure(
-        operation: operation, errno: errno, destination: range.start, source: source,
+        operation: operation, errno: errno, destination: Address(rawValue: range.start), source: source.map(Address.init(rawValue:)),
         length: range.length, bytesDone: bytesDone))
   }
 }
@@ -108,6 +108,6 @@ extension KernelAnswer {
 func check(_ result: Result<Int32, Errno>, operation: Operation, range: PageRange) throws(UserfaultfdError) {
   if case .failure(let error) = result {
     throw .operationFailed(
-      OperationFailure(operation: operation, errno: error, destination: range.start, length: range.length))
+      OperationFailure(operation: operation, errno: error, destination: Address(rawValue: range.start), length: range.length))
   }
 }

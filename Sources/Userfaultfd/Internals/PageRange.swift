@@ -5,6 +5,9 @@ struct PageRange: Sendable, Equatable {
 
   var end: UInt { start &+ UInt(length) }
 
+  /// The range as addresses, for errors.
+  var addresses: Range<Address> { Address(rawValue: start)..<Address(rawValue: end) }
+
   /// Checks `start`/`length` before any system call: page alignment, a positive length, and no
   /// wrap-around past the top of the address space.
   @inline(__always)
@@ -30,8 +33,8 @@ struct PageRange: Sendable, Equatable {
     if length % page != 0 {
       return .invalidArgument(operation, .lengthNotPageMultiple(role: role, length: length, pageSize: page))
     }
-    if address % UInt(page) != 0 { return .invalidArgument(operation, .misaligned(role: role, address: address, pageSize: page)) }
-    return .invalidArgument(operation, .wraps(role: role, address: address, length: length))
+    if address % UInt(page) != 0 { return .invalidArgument(operation, .misaligned(role: role, address: Address(rawValue: address), pageSize: page)) }
+    return .invalidArgument(operation, .wraps(role: role, address: Address(rawValue: address), length: length))
   }
 
   func overlaps(_ other: PageRange) -> Bool {
@@ -46,7 +49,7 @@ struct PageRange: Sendable, Equatable {
     let target = try PageRange(destination, length: length, role: .destination, operation: operation)
     let origin = try PageRange(source, length: length, role: .source, operation: operation)
     guard !target.overlaps(origin) else {
-      throw .invalidArgument(operation, .overlap(source: origin.start..<origin.end, destination: target.start..<target.end))
+      throw .invalidArgument(operation, .overlap(source: origin.addresses, destination: target.addresses))
     }
     return (origin, target)
   }

@@ -21,17 +21,17 @@ extension PageMover.Run {
                  "the userfaultfd handle was closed; every page from here is still in the source")
       }
       guard let origin = Mapping.containing(from) else {
-        try stop(.notAttempted, failure: nil, cause: .sourceUnmapped(from),
+        try stop(.notAttempted, failure: nil, cause: .sourceUnmapped(Address(rawValue: from)),
                  "source page at \(hex(from)) is not mapped: there is nothing to move there")
       }
       guard origin.isPrivateAnonymous else {
-        try stop(.notAttempted, failure: nil, cause: .sourceNotPrivateAnonymous(from),
+        try stop(.notAttempted, failure: nil, cause: .sourceNotPrivateAnonymous(Address(rawValue: from)),
                  "the source at \(hex(from)) is \(origin.isShared ? "shared" : "file-backed") memory: the"
                    + " copy fallback, like UFFDIO_MOVE, needs private anonymous memory (taking a shared"
                    + " page would leave its data in both places); nothing was taken")
       }
       guard let target = Mapping.containing(to) else {
-        try stop(.notAttempted, failure: nil, cause: .destinationUnmapped(to),
+        try stop(.notAttempted, failure: nil, cause: .destinationUnmapped(Address(rawValue: to)),
                  "destination page at \(hex(to)) is not mapped: map and register the destination first;"
                    + " nothing was taken")
       }
@@ -47,7 +47,7 @@ extension PageMover.Run {
         let runEnd = entries[index...].firstIndex { $0.isHole != isHole } ?? count
         if isHole {
           guard policy.holes == .skip else {
-            try stop(.hole, failure: nil, cause: .sourceHole(source + UInt(offset)),
+            try stop(.hole, failure: nil, cause: .sourceHole(Address(rawValue: source + UInt(offset))),
                      "source page at \(hex(source + UInt(offset))) is a hole (never touched, or already"
                        + " moved); pass a policy that skips holes to count them")
           }
@@ -135,8 +135,8 @@ extension PageMover.Run {
       let remaining = runPages * page - done
       let placed = putBack(scratch, at: scratchOffset + done, to: src + done, bytes: remaining)
       let failure = OperationFailure(
-        operation: .copy, errno: answer.errno ?? .ioError, destination: UInt(bitPattern: dst + done),
-        source: UInt(bitPattern: from + done), length: bytes - done)
+        operation: .copy, errno: answer.errno ?? .ioError, destination: Address(dst + done),
+        source: Address(from + done), length: bytes - done)
       let first: PageOutcome = answer.outcome == .alreadyPresent ? .alreadyPresent : .notAttempted
       var outcomes = placed.outcomes
       if !outcomes.isEmpty, outcomes[0].0 == .notAttempted {
@@ -157,7 +157,7 @@ extension PageMover.Run {
         : "\(placed.returned.count) taken page(s) could not go back (the source was repopulated, or is"
           + " registered with another userfaultfd) and are returned to you in report.returnedPages"
       let cause: StopCause = answer.errno == .badFileDescriptor
-        ? .handleClosed : answer.outcome == .alreadyPresent ? .destinationPopulated(UInt(bitPattern: dst + done)) : .refused
+        ? .handleClosed : answer.outcome == .alreadyPresent ? .destinationPopulated(Address(dst + done)) : .refused
       try stop(outcomes: outcomes.filter { $0.1 > 0 }, failure: failure, cause: cause, "\(why); \(whereabouts)")
     }
     advance(.copied, bytes: bytes)

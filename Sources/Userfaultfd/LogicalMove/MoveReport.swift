@@ -85,20 +85,20 @@ public enum StopCause: Sendable, Equatable {
   /// The userfaultfd handle was closed.
   case handleClosed
   /// The source page at this address is not mapped.
-  case sourceUnmapped(UInt)
+  case sourceUnmapped(Address)
   /// The destination page at this address is not mapped.
-  case destinationUnmapped(UInt)
+  case destinationUnmapped(Address)
   /// The source at this address is shared or file-backed memory, which neither MOVE nor the copy
   /// fallback can take.
-  case sourceNotPrivateAnonymous(UInt)
+  case sourceNotPrivateAnonymous(Address)
   /// The source and destination have different protections (MOVE needs them equal).
   case protectionsDiffer
   /// The source page at this address is a hole and the policy does not skip holes.
-  case sourceHole(UInt)
+  case sourceHole(Address)
   /// The source page is not exclusively mapped and the policy does not copy busy pages.
   case busy(BusyReason)
   /// The destination page at this address was populated meanwhile.
-  case destinationPopulated(UInt)
+  case destinationPopulated(Address)
   /// The kernel kept answering "retry after events" (EAGAIN); read the pending events.
   case retriesExhausted
   /// The copy fallback could not map its scratch memory; nothing was taken.

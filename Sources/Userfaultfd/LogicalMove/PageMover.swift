@@ -96,7 +96,7 @@ public struct PageMover: Sendable {
       return  // No pagemap: the kernel's EEXIST still stops the move, with an exact report.
     }
     if let index = entries.firstIndex(where: { !$0.isHole }) {
-      throw .invalidArgument(.move, .destinationPopulated(page: index, address: target.start + UInt(index * PageSize.base)))
+      throw .invalidArgument(.move, .destinationPopulated(page: index, address: Address(rawValue: target.start) + index * PageSize.base))
     }
   }
 }
@@ -173,7 +173,7 @@ extension PageMover {
       case .sourceMissing:
         try checkMapped(failure)
         guard policy.holes == .skip else {
-          try stop(.hole, failure: failure, cause: .sourceHole(source + UInt(offset)),
+          try stop(.hole, failure: failure, cause: .sourceHole(Address(rawValue: source + UInt(offset))),
                    "source page at \(hex(source + UInt(offset))) is a hole (never touched, or already"
                      + " moved); pass a policy that skips holes to count them")
         }
@@ -188,7 +188,7 @@ extension PageMover {
         }
         try fallback(pages: pages)
       case .alreadyPresent:
-        try stop(.alreadyPresent, failure: failure, cause: .destinationPopulated(destination + UInt(offset)), failure.explanation)
+        try stop(.alreadyPresent, failure: failure, cause: .destinationPopulated(Address(rawValue: destination + UInt(offset))), failure.explanation)
       case .refused where failure.errno == .invalidArgument:
         // A range that spans two mappings (after an madvise split one, say) is refused whole:
         // cut the step at the first mapping boundary and go on.
@@ -219,19 +219,19 @@ extension PageMover {
       let to = destination + UInt(offset)
       let from = source + UInt(offset)
       if Mapping.containing(to) == nil {
-        try stop(.notAttempted, failure: failure, cause: .destinationUnmapped(to),
+        try stop(.notAttempted, failure: failure, cause: .destinationUnmapped(Address(rawValue: to)),
                  "destination page at \(hex(to)) is not mapped: map and register the destination first;"
                    + " the source is untouched from here on")
       }
       if Mapping.containing(from) == nil {
-        try stop(.notAttempted, failure: failure, cause: .sourceUnmapped(from),
+        try stop(.notAttempted, failure: failure, cause: .sourceUnmapped(Address(rawValue: from)),
                  "source page at \(hex(from)) is not mapped: there is nothing to move there")
       }
     }
 
     static func explainInvalid(_ from: UInt, _ to: UInt, _ failure: OperationFailure) -> (StopCause, String) {
       if let origin = Mapping.containing(from), !origin.isPrivateAnonymous {
-        return (.sourceNotPrivateAnonymous(from),
+        return (.sourceNotPrivateAnonymous(Address(rawValue: from)),
                 "the source at \(hex(from)) is \(origin.isShared ? "shared" : "file-backed") memory:"
                   + " pages can be moved only out of private anonymous memory; nothing was taken")
       }

@@ -65,8 +65,8 @@ public struct KernelProbe: Sendable {
       }
       if result != 0 {
         throw .operationFailed(OperationFailure(
-          operation: .move, errno: .current, destination: UInt(bitPattern: destination),
-          source: UInt(bitPattern: source), length: page))
+          operation: .move, errno: .current, destination: Address(destination),
+          source: Address(source), length: page))
       }
       guard destination.load(as: UInt64.self) == 0x5EED_F00D,
             source.load(as: UInt64.self) == 0 else {

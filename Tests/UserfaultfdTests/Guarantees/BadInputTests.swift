@@ -261,7 +261,7 @@ struct BadInputTests {
       _ = try PageMover(uffd).move(from: source.baseAddress, to: hole, length: 4 * Self.page)
     }
     guard let report = expectStopped(error) else { return }
-    #expect(report.stop?.cause == .destinationUnmapped(UInt(bitPattern: hole)))
+    #expect(report.stop?.cause == .destinationUnmapped(Address(hole)))
   }
 
   @Test(.enabled(if: Kernel.hasMove, "needs UFFDIO_MOVE (Linux 6.8)"))
@@ -274,7 +274,7 @@ struct BadInputTests {
       _ = try PageMover(uffd).move(from: hole, to: destination.baseAddress, length: 4 * Self.page)
     }
     guard let report = expectStopped(error) else { return }
-    #expect(report.stop?.cause == .sourceUnmapped(UInt(bitPattern: hole)))
+    #expect(report.stop?.cause == .sourceUnmapped(Address(hole)))
   }
 
   @Test func errnoNamesAreSearchable() {
@@ -285,7 +285,7 @@ struct BadInputTests {
   }
 
   @Test func unregisterInvalidMentionsAnotherHandle() {
-    let failure = OperationFailure(operation: .unregister, errno: .invalidArgument, destination: 0, length: Self.page)
+    let failure = OperationFailure(operation: .unregister, errno: .invalidArgument, destination: Address(rawValue: 0), length: Self.page)
     #expect(failure.explanation == Explanation.of(.unregister, .invalidArgument, partial: false, bytesDone: 0))
     #expect(failure.explanation != Explanation.of(.wake, .invalidArgument, partial: false, bytesDone: 0),
             "unregister's EINVAL has its own explanation (another handle may own the range)")

@@ -44,12 +44,12 @@ struct NothingHungTests {
   ) {
     let target = Address(area.baseAddress)
     let seen = Atomic<UInt64>(1)
-    let toucher = TestThread { seen.store(target.pointer.load(as: UInt64.self), ordering: .relaxed) }
+    let toucher = TestThread { seen.store(target.mapped.load(as: UInt64.self), ordering: .relaxed) }
     #expect(toucher.join(), "the faulting thread came back", sourceLocation: sourceLocation)
     #expect(seen.load(ordering: .relaxed) == 0, "it read the zero page", sourceLocation: sourceLocation)
     // The thread wakes as the page is filled, a moment before the server counts the failure.
     #expect(eventually { server.statistics.failed == 1 }, sourceLocation: sourceLocation)
-    #expect(server.lastFailure?.pageAddress == target.value, sourceLocation: sourceLocation)
+    #expect(server.lastFailure?.pageAddress == target, sourceLocation: sourceLocation)
     if let errno { #expect(server.lastFailure?.errno == errno.rawValue, sourceLocation: sourceLocation) }
     #expect(eventually { failures.count == 1 }, "onFailure heard it", sourceLocation: sourceLocation)
     server.stop()
@@ -60,7 +60,7 @@ struct NothingHungTests {
     let hole = try AnonymousMemory(length: page)
     let source = Address(hole.baseAddress)
     let failures = FailureLog()
-    let (server, area) = try serve(failures: failures) { _ in .move(from: source.pointer) }
+    let (server, area) = try serve(failures: failures) { _ in .move(from: source) }
     expectFailedButReleased(server, area, failures: failures, errno: .noSuchFileOrDirectory)
   }
 
@@ -69,7 +69,7 @@ struct NothingHungTests {
     let source = Atomic<UInt>(0)
     let failures = FailureLog()
     let (server, area) = try serve(failures: failures) { _ in
-      .copy(from: UnsafeRawPointer(bitPattern: source.load(ordering: .acquiring)) ?? UnsafeRawPointer(bitPattern: 4096)!)
+      .copy(from: Address(rawValue: source.load(ordering: .acquiring)))
     }
     source.store(UInt(bitPattern: try unmappedRange(pages: 1)), ordering: .releasing)
     expectFailedButReleased(server, area, failures: failures, errno: .badAddress)
@@ -81,7 +81,7 @@ struct NothingHungTests {
     fill(shared.baseAddress, seed: 9)
     let source = Address(shared.baseAddress)
     let failures = FailureLog()
-    let (server, area) = try serve(failures: failures) { _ in .move(from: source.pointer) }
+    let (server, area) = try serve(failures: failures) { _ in .move(from: source) }
     expectFailedButReleased(server, area, failures: failures, errno: .invalidArgument)
   }
 
@@ -89,7 +89,7 @@ struct NothingHungTests {
     let failures = FailureLog()
     let (server, area) = try serve(pages: 2, failures: failures) { fault in
       // The second page of the served area: registered, missing, and only this server fills it.
-      .copy(from: UnsafeRawPointer(bitPattern: fault.pageAddress + UInt(PageSize.base))!)
+      .copy(from: fault.pageAddress + PageSize.base)
     }
     expectFailedButReleased(server, area, failures: failures, errno: .deadlock)
   }
@@ -104,11 +104,11 @@ struct NothingHungTests {
     try #require(child > 0)
     defer { _ = cuffd_test_kill_and_wait(child) }
     let source = Address(staging.baseAddress)
-    let (server, area) = try serve { _ in .move(from: source.pointer) }
+    let (server, area) = try serve { _ in .move(from: source) }
     defer { server.stop() }
     let target = Address(area.baseAddress)
     let right = Atomic<Bool>(false)
-    let toucher = TestThread { right.store(holds(target.pointer, seed: 77), ordering: .relaxed) }
+    let toucher = TestThread { right.store(holds(target.mapped, seed: 77), ordering: .relaxed) }
     #expect(toucher.join())
     let sawTheData = right.load(ordering: .relaxed)
     #expect(sawTheData)
@@ -126,7 +126,7 @@ struct NothingHungTests {
       let hole = try AnonymousMemory(length: PageSize.base)
       let area = try AnonymousMemory(length: PageSize.base)
       let source = Address(hole.baseAddress)
-      let server = try FaultServer(uffd: uffd) { _ in .move(from: source.pointer) }
+      let server = try FaultServer(uffd: uffd) { _ in .move(from: source) }
       try server.register(area.baseAddress, length: area.length)
       #expect(server.failureAction == .poison)
       _ = area.baseAddress.load(as: UInt8.self)
@@ -149,7 +149,7 @@ struct NothingHungTests {
     let server = try FaultServer(uffd: uffd) { _ in .later }
     try uffd.register(area.baseAddress, length: area.length, mode: .missing)
     let target = Address(area.baseAddress)
-    let toucher = TestThread { _ = target.pointer.load(as: UInt8.self) }
+    let toucher = TestThread { _ = target.mapped.load(as: UInt8.self) }
     #expect(eventually { server.statistics.retries > 0 }, "the fault is pending")
     server.stop()
     #expect(toucher.join(), "stop released the waiter")
@@ -162,7 +162,7 @@ struct NothingHungTests {
     let target = Address(area.baseAddress)
     var server: FaultServer? = try FaultServer(uffd: uffd) { _ in .later }
     try server?.register(area.baseAddress, length: area.length)
-    let toucher = TestThread { _ = target.pointer.load(as: UInt8.self) }
+    let toucher = TestThread { _ = target.mapped.load(as: UInt8.self) }
     #expect(eventually { (server?.statistics.retries ?? 1) > 0 })
     server = nil
     #expect(toucher.join(), "the dropped server released the waiter")
@@ -185,8 +185,8 @@ struct NothingHungTests {
     let stopTouching = Atomic<Bool>(false)
     let toucher = TestThread {
       while !stopTouching.load(ordering: .relaxed) {
-        for index in 0..<pages { _ = (base.pointer + index * PageSize.base).load(as: UInt8.self) }
-        _ = madvise(base.pointer, pages * PageSize.base, MADV_DONTNEED)
+        for index in 0..<pages { _ = (base.mapped + index * PageSize.base).load(as: UInt8.self) }
+        _ = madvise(base.mapped, pages * PageSize.base, MADV_DONTNEED)
       }
     }
     let forks = Atomic<Int>(0)
@@ -223,7 +223,7 @@ struct NothingHungTests {
             child.close()
             forkEvents.wrappingAdd(1, ordering: .relaxed)
           case .pageFault(let fault):
-            if let target = UnsafeMutableRawPointer(bitPattern: fault.pageAddress) {
+            if let target = fault.pageAddress.pointer {
               try? uffd.zeroPage(target, length: PageSize.base)
             }
             faults.wrappingAdd(1, ordering: .relaxed)
@@ -234,7 +234,7 @@ struct NothingHungTests {
       }
     }
     let target = Address(area.baseAddress)
-    let toucher = TestThread { _ = target.pointer.load(as: UInt8.self) }
+    let toucher = TestThread { _ = target.mapped.load(as: UInt8.self) }
     #expect(toucher.join(), "the warm-up fault was served")
     #expect(eventually { faults.load(ordering: .relaxed) == 1 }, "the reader counted it (after waking the toucher)")
     let forker = TestThread { for _ in 0..<30 { _ = cuffd_test_fork_and_reap() } }

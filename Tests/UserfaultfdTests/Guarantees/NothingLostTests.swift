@@ -124,7 +124,7 @@ struct NothingLostTests {
       let increments = Atomic<UInt64>(0)
       let word = Address(counterPage)
       let writer = TestThread {
-        let pointer = word.pointer.assumingMemoryBound(to: UInt64.self)
+        let pointer = word.mapped.assumingMemoryBound(to: UInt64.self)
         while !stopWriter.load(ordering: .relaxed) {
           cuffd_test_atomic_increment(UnsafeMutablePointer(OpaquePointer(pointer)))
           increments.wrappingAdd(1, ordering: .relaxed)
@@ -199,7 +199,7 @@ struct NothingLostTests {
     }
     guard let report = expectStopped(error) else { return }
     #expect(report.bytesDone == 0)
-    #expect(report.stop?.cause == .sourceNotPrivateAnonymous(UInt(bitPattern: s.source.baseAddress)))
+    #expect(report.stop?.cause == .sourceNotPrivateAnonymous(Address(s.source.baseAddress)))
     for index in 0..<8 {
       #expect(place(of: index, s, returned: nil) == .source)
       #expect(!isPopulated(s.destination.baseAddress + index * page))
@@ -219,7 +219,7 @@ struct NothingLostTests {
       }
       guard let report = expectStopped(error) else { continue }
       #expect(report.bytesDone == 0)
-      #expect(report.stop?.cause == .sourceUnmapped(UInt(bitPattern: hole)))
+      #expect(report.stop?.cause == .sourceUnmapped(Address(hole)))
     }
   }
 
@@ -237,7 +237,7 @@ struct NothingLostTests {
       }
       #expect(Date().timeIntervalSince(started) < 1.5, "no 2 s of retries")
       guard let report = expectStopped(error) else { continue }
-      #expect(report.stop?.cause == .destinationUnmapped(UInt(bitPattern: hole)))
+      #expect(report.stop?.cause == .destinationUnmapped(Address(hole)))
       for index in 0..<8 { #expect(holds(source.baseAddress + index * page, seed: UInt64(index + 1))) }
     }
   }
@@ -273,7 +273,7 @@ struct NothingLostTests {
       let uffd = s.uffd
       let third = TestThread {
         usleep(UInt32(20 + round * 10))
-        try? uffd.zeroPage(target.pointer + (pages - 1 - round) * PageSize.base, length: PageSize.base)
+        try? uffd.zeroPage(target.mapped + (pages - 1 - round) * PageSize.base, length: PageSize.base)
       }
       let (report, error) = fallbackMove(s, pages: pages, batch: 8)
       #expect(third.join())

@@ -22,7 +22,7 @@ struct SigbusModeGuaranteeTests {
     defer { region.close() }
     #expect(area.baseAddress.load(as: UInt64.self) == 0)
     #expect(region.failedResolutions == 1)
-    #expect(region.lastFailure?.pageAddress == UInt(bitPattern: area.baseAddress))
+    #expect(region.lastFailure?.pageAddress == Address(area.baseAddress))
     #expect(region.resolvedCount == 0)
   }
 
@@ -72,8 +72,8 @@ struct SigbusModeGuaranteeTests {
     let first = try SigbusRegion(uffd: uffd, start: area.baseAddress, length: 4 * page,
                                  source: .copy(from: source.baseAddress))
     defer { first.close() }
-    let start = UInt(bitPattern: area.baseAddress + 2 * page)
-    #expect(throws: UserfaultfdError.invalidArgument(.register, .overlapsLiveRegion(start..<(start + UInt(2 * page))))) {
+    let start = Address(area.baseAddress + 2 * page)
+    #expect(throws: UserfaultfdError.invalidArgument(.register, .overlapsLiveRegion(start..<(start + 2 * page)))) {
       _ = try SigbusRegion(uffd: uffd, start: area.baseAddress + 2 * page, length: 2 * page, source: .zeroPage)
     }
     // The refused region must not have unregistered the first one's pages.
@@ -107,7 +107,7 @@ struct SigbusModeGuaranteeTests {
         let workers = (0..<4).map { worker in
           TestThread {
             for index in 0..<pages {
-              _ = (base.pointer + ((index + worker * 16) % pages) * PageSize.base).load(as: UInt8.self)
+              _ = (base.mapped + ((index + worker * 16) % pages) * PageSize.base).load(as: UInt8.self)
             }
           }
         }
