@@ -6,6 +6,8 @@ import Userfaultfd
 /// mutators, as raw pointers and integers: trivially copyable, no reference counting, no
 /// allocation, so the same code runs in a SIGBUS handler. ``CompactionResources`` owns the memory.
 struct CompactionContext: @unchecked Sendable {
+  // @unchecked: raw pointers into CompactionResources, which outlives the cycle; every shared
+  // word they reach is an Atomic or is handed over by a page state's acquire/release.
   let layout: PageLayout
   /// From-space: the heap's old pages, at the same offsets.
   let from: UnsafeMutablePointer<UInt64>
@@ -156,6 +158,8 @@ struct CompactionContext: @unchecked Sendable {
 
 /// Owns the raw memory a ``CompactionContext`` points into, for one cycle.
 final class CompactionResources: @unchecked Sendable {
+  // @unchecked: allocates and frees the raw memory; everything shared is reached through
+  // `context` (see its rules); the pointers themselves never change.
   let context: CompactionContext
   private let states: UnsafeMutablePointer<Atomic<UInt64>>
   private let pageCount: Int

@@ -3,6 +3,7 @@ import Userfaultfd
 /// Where each to-space page's content comes from, computed before the pause from the live map,
 /// and kept in raw memory so the page-compaction routine can run inside a signal handler.
 final class CompactionPlan: @unchecked Sendable {
+  // @unchecked: the storage is written in init and only read afterwards, by every thread.
   /// The view the page-compaction routine reads.
   let layout: PageLayout
   private let storage: UnsafeMutableRawPointer
@@ -47,6 +48,8 @@ final class CompactionPlan: @unchecked Sendable {
 /// The compaction plan as raw pointers and integers: trivially copyable, no reference counting,
 /// so ``compactPage(_:fromSpace:into:)`` is safe to call from a SIGBUS handler.
 struct PageLayout: @unchecked Sendable {
+  // @unchecked: pointers into a CompactionPlan's storage, which is read-only after its init and
+  // outlives every cycle that uses this view.
   /// The heap's first byte: to-space addresses are `start + offset`, from-space offsets match.
   let start: UInt
   /// Bytes per page.

@@ -16,7 +16,7 @@ public enum FaultMode: String, Sendable, CaseIterable {
   /// `UFFD_FEATURE_SIGBUS`: the faulting mutator compacts the page in its own signal handler
   /// (ART's production design; the fastest path).
   case sigbus
-  /// A ``FaultServer`` thread compacts the faulting page and wakes the mutator.
+  /// A `FaultServer` thread compacts the faulting page and wakes the mutator.
   case thread
 }
 
@@ -58,8 +58,10 @@ public struct CompactionConfiguration: Sendable {
 /// rewrites the roots, moves all the heap's pages to a from-space with `mremap(MREMAP_DONTUNMAP)`
 /// and registers the emptied heap; then a GC thread fills the heap page by page, top down, while
 /// mutators run, and a mutator touching a page not yet there faults into the same page-compaction
-/// routine. Every cycle is verified before ``run()`` returns.
+/// routine. Every cycle is verified before ``run(progress:)`` returns.
 public final class Compactor: @unchecked Sendable {
+  // @unchecked: immutable after init; run() drives one cycle at a time on the calling thread
+  // (the Heap's rules apply to the heap it changes).
   let heap: Heap
   let configuration: CompactionConfiguration
 

@@ -4,6 +4,7 @@ import Userfaultfd
 /// What a cycle counts, in raw atomics: updated from the GC thread, the fault-server thread and
 /// SIGBUS handlers alike (no allocation, no locks).
 struct CycleCounters: @unchecked Sendable {
+  // @unchecked: a pointer to atomics CompactionResources owns for the cycle.
   /// Named counters.
   enum Name: Int, CaseIterable {
     case pagesByGC, pagesByMutators, mutatorFaults, recycledPages, bufferPages

@@ -6,6 +6,9 @@ import Userfaultfd
 /// whole page tables) and `MADV_DONTFORK` (a fork elsewhere in the process must not make its pages
 /// busy for UFFDIO_MOVE).
 public final class Heap: @unchecked Sendable {
+  // @unchecked: the mutable state (`top`, `roots`, `nextID`, the objects) is changed only by the
+  // thread that owns the heap while no cycle runs, or, during a cycle, by the Compactor's phases
+  // in order; mutator threads touch only their own root set and the objects reachable from it.
   /// The mapping.
   public let memory: AnonymousMemory
   /// First byte of the heap.
@@ -14,10 +17,10 @@ public final class Heap: @unchecked Sendable {
   public var capacity: Int { memory.length }
   /// The allocation frontier: bytes in use from `start`.
   public internal(set) var top: Int = 0
-  /// Per-mutator roots: addresses of objects (0 = empty slot). Set by the workload and rewritten
-  /// by compaction. Checked before every compaction (``validateRoots()``): a root that is not the
-  /// start of an object in the heap is an error, never a crash.
-  public var roots: [[UInt]]
+  /// Per-mutator roots: addresses of objects (0 = empty slot). Set by the workload or
+  /// ``addRoot(_:forMutator:)`` and rewritten by compaction. Checked again before every compaction
+  /// (``validateRoots()``): a root that is not the start of an object is an error, never a crash.
+  public internal(set) var roots: [[UInt]]
   /// Next id to hand out.
   var nextID: UInt64 = 1
 
@@ -89,9 +92,38 @@ public final class Heap: @unchecked Sendable {
     return address
   }
 
+  /// Adds `address` to mutator `mutator`'s roots.
+  ///
+  /// - Throws: ``HeapError/invalidConfiguration(_:)`` when there is no such mutator or `address` is
+  ///   neither 0 nor the start of an object in the heap; the roots are unchanged then.
+  public func addRoot(_ address: UInt, forMutator mutator: Int) throws(HeapError) {
+    guard roots.indices.contains(mutator) else {
+      throw .invalidConfiguration("mutator \(mutator) does not exist (the heap has \(roots.count))")
+    }
+    let starts = try objectStarts()
+    guard address == 0 || isObjectStart(address, in: starts) else {
+      throw .invalidConfiguration(
+        "root 0x\(String(address, radix: 16)) is not the start of an object in the heap"
+          + " (0x\(String(start, radix: 16)) + \(top) bytes in use)")
+    }
+    roots[mutator].append(address)
+  }
+
   /// Throws ``HeapError/invalidConfiguration(_:)`` unless every root is 0 or the start of an
   /// object below ``top``. One pass over the heap's headers.
   public func validateRoots() throws(HeapError) {
+    let starts = try objectStarts()
+    for (mutator, set) in roots.enumerated() {
+      for root in set where root != 0 && !isObjectStart(root, in: starts) {
+        throw .invalidConfiguration(
+          "mutator \(mutator)'s root 0x\(String(root, radix: 16)) is not the start of an object in the heap"
+            + " (0x\(String(start, radix: 16)) + \(top) bytes in use)")
+      }
+    }
+  }
+
+  /// One bit per word below ``top``: set where an object starts. Walks the headers once.
+  private func objectStarts() throws(HeapError) -> [UInt64] {
     let words = top / ObjectLayout.wordSize
     var starts = [UInt64](repeating: 0, count: words / 64 + 1)
     var offset = 0
@@ -102,17 +134,15 @@ public final class Heap: @unchecked Sendable {
       starts[word / 64] |= 1 << UInt64(word % 64)
       offset += size * ObjectLayout.wordSize
     }
-    for (mutator, set) in roots.enumerated() {
-      for root in set where root != 0 {
-        let inside = root >= start && root < start + UInt(top) && (root - start) % UInt(ObjectLayout.wordSize) == 0
-        let word = inside ? Int(root - start) / ObjectLayout.wordSize : 0
-        guard inside, starts[word / 64] & (1 << UInt64(word % 64)) != 0 else {
-          throw .invalidConfiguration(
-            "mutator \(mutator)'s root 0x\(String(root, radix: 16)) is not the start of an object in the heap"
-              + " (0x\(String(start, radix: 16)) + \(top) bytes in use)")
-        }
-      }
+    return starts
+  }
+
+  private func isObjectStart(_ address: UInt, in starts: [UInt64]) -> Bool {
+    guard address >= start, address < start + UInt(top), (address - start) % UInt(ObjectLayout.wordSize) == 0 else {
+      return false
     }
+    let word = Int(address - start) / ObjectLayout.wordSize
+    return starts[word / 64] & (1 << UInt64(word % 64)) != 0
   }
 
   /// Calls `body` with each object's address, in address order, from `start` to `top`.

@@ -4,6 +4,8 @@ import Synchronization
 /// last write. A fixed-capacity open-addressing table allocated and touched before the cycle, so
 /// logging neither allocates while pages fault nor counts against the cycle's peak RSS.
 final class WriteLog: @unchecked Sendable {
+  // @unchecked: a log is written by its one mutator thread during the cycle and read by the
+  // verifying thread after that thread has been joined.
   struct Entry {
     var address: UInt  // 0: empty slot
     var original: UInt64

@@ -13,6 +13,9 @@ import Userfaultfd
 /// always exists in exactly one area. At the end every page must be in exactly one place, carry
 /// its id and checksum, and hold exactly the increments its writers made.
 package final class MoveStress: @unchecked Sendable {
+  // @unchecked: configuration and areas are immutable after init; the shared state is atomics
+  // (`location`, counters, flags) and a Mutex (`errors`); page contents are shared through the
+  // kernel by design (that is what the test checks).
   /// How the mover thread relocates pages.
   package enum Mover: String, CaseIterable, Sendable {
     /// UFFDIO_MOVE: atomic, zero-copy.

@@ -39,6 +39,7 @@ public struct PageFault: Sendable, Hashable {
 
   /// Page-fault flags (`UFFD_PAGEFAULT_FLAG_*`).
   public struct Flags: OptionSet, Sendable, Hashable {
+    /// The raw value, as the kernel interface spells it.
     public let rawValue: UInt64
     /// Creates flags from the kernel's bit mask.
     public init(rawValue: UInt64) { self.rawValue = rawValue }

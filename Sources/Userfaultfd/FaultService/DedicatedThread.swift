@@ -1,11 +1,15 @@
 import Glibc
+import Synchronization
 
 /// A dedicated OS thread, for work that may block in a page fault: never a Swift concurrency pool
 /// thread, since a pool thread that faults while the pool is busy can wait on the very thread that
 /// should resolve its fault.
 public final class DedicatedThread: @unchecked Sendable {
+  // @unchecked: `thread` is written once in init, before the object is shared, then only read;
+  // `body` is immutable; `joined` makes join() join the thread once, whoever calls it.
   private var thread = pthread_t()
   private let body: () -> Void
+  private let joined = Atomic<Bool>(false)
 
   /// Starts `body` on a new thread.
   public init(_ body: @escaping () -> Void) throws(UserfaultfdError) {
@@ -23,8 +27,11 @@ public final class DedicatedThread: @unchecked Sendable {
     }
   }
 
-  /// Waits for the body to return. Call once.
+  /// Waits for the body to return. Later calls (from any thread) return at once.
   public func join() {
+    guard joined.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else {
+      return
+    }
     _ = pthread_join(thread, nil)
   }
 }

@@ -2,6 +2,7 @@ import CUserfaultfd
 /// Optional userfaultfd features, negotiated once per handle with `UFFDIO_API`
 /// (`UFFD_FEATURE_*`, field `uffdio_api.features`).
 public struct Features: OptionSet, Sendable, Hashable, CustomStringConvertible {
+  /// The raw value, as the kernel interface spells it.
   public let rawValue: UInt64
   /// Creates a feature set from the kernel's bit mask.
   public init(rawValue: UInt64) { self.rawValue = rawValue }

@@ -1,6 +1,7 @@
 /// A set of userfaultfd ioctls, as the kernel reports them: the bit for `_UFFDIO_X` is set when
 /// `UFFDIO_X` may be used (`uffdio_api.ioctls`, `uffdio_register.ioctls`).
 public struct Ioctls: OptionSet, Sendable, Hashable, CustomStringConvertible {
+  /// The raw value, as the kernel interface spells it.
   public let rawValue: UInt64
   /// Creates a set from the kernel's bit mask.
   public init(rawValue: UInt64) { self.rawValue = rawValue }

@@ -1,6 +1,7 @@
 import CUserfaultfd
 /// Which faults a registered range reports (`UFFDIO_REGISTER_MODE_*`).
 public struct RegisterMode: OptionSet, Sendable, Hashable {
+  /// The raw value, as the kernel interface spells it.
   public let rawValue: UInt64
   /// Creates a mode from the kernel's bit mask.
   public init(rawValue: UInt64) { self.rawValue = rawValue }

@@ -33,6 +33,7 @@ public final class Userfaultfd: Sendable {
 
   /// Opening options.
   public struct Options: OptionSet, Sendable, Hashable {
+    /// The raw value, as the kernel interface spells it.
     public let rawValue: Int32
     /// Creates options from raw bits.
     public init(rawValue: Int32) { self.rawValue = rawValue }

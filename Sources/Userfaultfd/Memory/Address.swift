@@ -35,8 +35,8 @@ public struct Address: RawRepresentable, Hashable, Comparable, Sendable, CustomS
     Address(rawValue: rawValue & ~UInt(pageSize &- 1))
   }
 
-  /// The address `offset` bytes on, wrapping at the end of the address space (compare ranges with
-  /// ``Range`` before relying on this).
+  /// The address `offset` bytes on, wrapping at the end of the address space (operations check
+  /// their ranges for wrap-around before using them).
   @inlinable
   public static func + (address: Address, offset: Int) -> Address {
     Address(rawValue: address.rawValue &+ UInt(bitPattern: offset))

@@ -9,6 +9,8 @@ import SystemPackage
 /// The mapping is shared freely between threads: it is plain memory, and synchronising access to
 /// its bytes is the caller's business.
 public final class AnonymousMemory: @unchecked Sendable {
+  // @unchecked: the stored properties are immutable; the bytes behind them are the caller's to
+  // share, as with any memory (the package's own threads touch them only through the kernel).
   /// The first byte of the mapping, aligned as requested.
   public let baseAddress: UnsafeMutableRawPointer
   /// The mapping's length in bytes: a multiple of the page size.
@@ -26,6 +28,7 @@ public final class AnonymousMemory: @unchecked Sendable {
 
   /// Page protections (`PROT_*`).
   public struct Protection: OptionSet, Sendable, Hashable {
+    /// The raw value, as the kernel interface spells it.
     public let rawValue: Int32
     /// Creates protections from `PROT_*` bits.
     public init(rawValue: Int32) { self.rawValue = rawValue }
@@ -81,6 +84,8 @@ public final class AnonymousMemory: @unchecked Sendable {
   ///   - length: 1 to ``maxLength`` bytes.
   ///   - alignment: a power of two from the page size to ``maxAlignment``; use ``PageSize/huge``
   ///     for memory that should move as whole 2 MiB pages.
+  ///   - protection: the pages' protection (read and write unless given).
+  ///   - sharing: private (copy-on-write across fork; what MOVE needs) or shared.
   ///   - populate: allocate every page now (`MADV_POPULATE_WRITE`) instead of on first touch.
   public init(
     length: Int, alignment: Int = PageSize.base, protection: Protection = .readWrite,

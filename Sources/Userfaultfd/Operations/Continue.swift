@@ -4,6 +4,7 @@ import SystemPackage
 extension Userfaultfd {
   /// Options for ``Userfaultfd/continue(_:length:options:)`` (`UFFDIO_CONTINUE_MODE_*`).
   public struct ContinueOptions: OptionSet, Sendable, Hashable {
+    /// The raw value, as the kernel interface spells it.
     public let rawValue: UInt64
     /// Creates options from the kernel's bit mask.
     public init(rawValue: UInt64) { self.rawValue = rawValue }

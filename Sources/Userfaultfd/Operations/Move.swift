@@ -4,6 +4,7 @@ import SystemPackage
 extension Userfaultfd {
   /// Options for ``Userfaultfd/move(from:to:length:options:)`` (`UFFDIO_MOVE_MODE_*`).
   public struct MoveOptions: OptionSet, Sendable, Hashable {
+    /// The raw value, as the kernel interface spells it.
     public let rawValue: UInt64
     /// Creates options from the kernel's bit mask.
     public init(rawValue: UInt64) { self.rawValue = rawValue }

@@ -4,6 +4,7 @@ import SystemPackage
 extension Userfaultfd {
   /// Options for ``Userfaultfd/poison(_:length:options:)`` (`UFFDIO_POISON_MODE_*`).
   public struct PoisonOptions: OptionSet, Sendable, Hashable {
+    /// The raw value, as the kernel interface spells it.
     public let rawValue: UInt64
     /// Creates options from the kernel's bit mask.
     public init(rawValue: UInt64) { self.rawValue = rawValue }

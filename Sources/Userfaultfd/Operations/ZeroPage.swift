@@ -4,6 +4,7 @@ import SystemPackage
 extension Userfaultfd {
   /// Options for ``Userfaultfd/zeroPage(_:length:options:)`` (`UFFDIO_ZEROPAGE_MODE_*`).
   public struct ZeroPageOptions: OptionSet, Sendable, Hashable {
+    /// The raw value, as the kernel interface spells it.
     public let rawValue: UInt64
     /// Creates options from the kernel's bit mask.
     public init(rawValue: UInt64) { self.rawValue = rawValue }

@@ -1,5 +1,5 @@
 import ArgumentParser
-import CompactingHeap
+@testable import CompactingHeap
 import CUserfaultfdTestSupport
 import Foundation
 import SystemPackage
@@ -301,7 +301,10 @@ struct HeapRootTests {
     let heap = try Heap(capacity: 2 << 20, mutators: 1)
     try Workload(seed: 5).populate(heap)
     let bogus = offsetOrAddress == UInt(8) ? heap.start + 8 : offsetOrAddress  // inside an object, or outside
-    heap.roots[0].append(bogus)
+    #expect(throws: HeapError.self) { try heap.addRoot(bogus, forMutator: 0) }
+    #expect(throws: HeapError.self) { try heap.addRoot(heap.start, forMutator: 1) }
+    #expect(heap.roots[0].allSatisfy { $0 != bogus }, "a refused root is not added")
+    heap.roots[0].append(bogus)  // as if it had been corrupted after it was added
     #expect(throws: HeapError.self) { try heap.validateRoots() }
     #expect(throws: HeapError.self) { _ = try Compactor(heap: heap, configuration: .init(strategy: .copy, faultMode: .thread)).run() }
     _ = LiveMap(marking: heap)  // skips what is outside; no trap
