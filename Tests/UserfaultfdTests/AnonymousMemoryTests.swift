@@ -54,7 +54,7 @@ struct AnonymousMemoryTests {
 
   @Test func badArgumentsAreClearErrors() throws {
     for (length, alignment) in [(0, page), (-5, page), (page, 3 * page), (page, page / 2), (Int.max, page)] {
-      let error = expectError { () throws(UserfaultfdError) in
+      let error = #expect(throws: UserfaultfdError.self) {
         _ = try AnonymousMemory(length: length, alignment: alignment)
       }
       #expect({ if case .invalidArgument(.memory, _)? = error { true } else { false } }(),
@@ -62,7 +62,7 @@ struct AnonymousMemoryTests {
     }
     let memory = try AnonymousMemory(length: 2 * page)
     for (offset, length) in [(1, page), (-page, page), (page, 2 * page), (3 * page, page), (0, 0)] {
-      let error = expectError { () throws(UserfaultfdError) in
+      let error = #expect(throws: UserfaultfdError.self) {
         try memory.advise(.dontNeed, offset: offset, length: length)
       }
       #expect({ if case .invalidArgument(.memory, _)? = error { true } else { false } }(),
@@ -73,7 +73,7 @@ struct AnonymousMemoryTests {
   @Test func unsupportedAdviceIsASystemCallError() throws {
     // MADV_WIPEONFORK is for private memory only: shared memory gets EINVAL from the kernel.
     let shared = try AnonymousMemory(length: page, sharing: .shared)
-    let error = expectError { () throws(UserfaultfdError) in try shared.advise(.wipeOnFork) }
+    let error = #expect(throws: UserfaultfdError.self) { try shared.advise(.wipeOnFork) }
     #expect(error?.errno == .invalidArgument)
     #expect({ if case .systemCallFailed(let call, _)? = error { call.hasPrefix("madvise") } else { false } }())
   }
@@ -107,11 +107,11 @@ struct ValidationTests {
       ("read events none", { () throws(UserfaultfdError) in _ = try uffd.readEvents(maxCount: 0) }),
     ]
     for (name, body) in cases {
-      let error = expectError(body)
+      let error = #expect(throws: UserfaultfdError.self, "\(name)") { try body() }
       #expect({ if case .invalidArgument? = error { true } else { false } }(), "\(name): \(String(describing: error))")
     }
     // And a valid call on the closed handle says so.
-    let closed = expectError { () throws(UserfaultfdError) in try uffd.wake(base, length: page) }
+    let closed = #expect(throws: UserfaultfdError.self) { try uffd.wake(base, length: page) }
     #expect(closed == .closed(.wake))
   }
 }

@@ -26,7 +26,7 @@ struct HandleTests {
 
   @Test func unsupportedFeatureIsNamedNotDropped() throws {
     let unknown = Features(rawValue: 1 << 40)
-    let error = expectError { () throws(UserfaultfdError) in _ = try Userfaultfd(features: [.sigbus, unknown]) }
+    let error = #expect(throws: UserfaultfdError.self) { _ = try Userfaultfd(features: [.sigbus, unknown]) }
     #expect(error == .featuresUnsupported(requested: [.sigbus, unknown], missing: unknown))
     #expect(unknown.names == ["bit40"], "an unknown bit is named, not dropped")
   }
@@ -38,7 +38,7 @@ struct HandleTests {
     uffd.close()
     #expect(uffd.isClosed)
     #expect(uffd.fileDescriptor.rawValue == -1)
-    let error = expectError { () throws(UserfaultfdError) in
+    let error = #expect(throws: UserfaultfdError.self) {
       try uffd.register(memory.baseAddress, length: memory.length, mode: .missing)
     }
     #expect(error == .closed(.register))

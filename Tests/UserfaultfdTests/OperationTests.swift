@@ -27,7 +27,7 @@ struct OperationTests {
     let second = try Userfaultfd()
     let memory = try AnonymousMemory(length: page)
     try first.register(memory.baseAddress, length: page, mode: .missing)
-    let error = expectError { () throws(UserfaultfdError) in
+    let error = #expect(throws: UserfaultfdError.self) {
       try second.register(memory.baseAddress, length: page, mode: .missing)
     }
     let f = try #require(error.flatMap(failure))
@@ -38,20 +38,20 @@ struct OperationTests {
   @Test func registerRejectsBadModesAndRanges() throws {
     let uffd = try Userfaultfd()
     let memory = try AnonymousMemory(length: page)
-    let empty = expectError { () throws(UserfaultfdError) in
+    let empty = #expect(throws: UserfaultfdError.self) {
       try uffd.register(memory.baseAddress, length: page, mode: [])
     }
     #expect({ if case .invalidArgument(.register, _)? = empty { true } else { false } }())
-    let unknown = expectError { () throws(UserfaultfdError) in
+    let unknown = #expect(throws: UserfaultfdError.self) {
       try uffd.register(memory.baseAddress, length: page, mode: RegisterMode(rawValue: 1 << 9))
     }
     #expect({ if case .invalidArgument(.register, _)? = unknown { true } else { false } }())
-    let unaligned = expectError { () throws(UserfaultfdError) in
+    let unaligned = #expect(throws: UserfaultfdError.self) {
       try uffd.register(memory.baseAddress + 1, length: page, mode: .missing)
     }
     #expect({ if case .invalidArgument(.register, _)? = unaligned { true } else { false } }())
     // MINOR mode needs shmem or hugetlbfs: the kernel refuses private anonymous memory.
-    let minor = expectError { () throws(UserfaultfdError) in
+    let minor = #expect(throws: UserfaultfdError.self) {
       try uffd.register(memory.baseAddress, length: page, mode: .minor)
     }
     #expect(minor.flatMap(failure)?.errno == .invalidArgument)
@@ -68,7 +68,7 @@ struct OperationTests {
     #expect(holds(destination.baseAddress, seed: 1))
     #expect(holds(destination.baseAddress + page, seed: 2))
     #expect(holds(source.baseAddress, seed: 1), "COPY leaves the source as it was")
-    let again = expectError { () throws(UserfaultfdError) in
+    let again = #expect(throws: UserfaultfdError.self) {
       try uffd.copy(from: source.baseAddress, to: destination.baseAddress, length: page)
     }
     #expect(again.flatMap(failure)?.errno == .fileExists)
@@ -78,7 +78,7 @@ struct OperationTests {
     let uffd = try Userfaultfd()
     let source = try AnonymousMemory(length: page)
     let destination = try AnonymousMemory(length: page)
-    let error = expectError { () throws(UserfaultfdError) in
+    let error = #expect(throws: UserfaultfdError.self) {
       try uffd.copy(from: source.baseAddress, to: destination.baseAddress, length: page)
     }
     let f = try #require(error.flatMap(failure))
@@ -92,7 +92,7 @@ struct OperationTests {
     try uffd.register(memory.baseAddress, length: memory.length, mode: .missing)
     try uffd.zeroPage(memory.baseAddress, length: 2 * page)
     #expect(isZero(memory.baseAddress, length: 2 * page))
-    let again = expectError { () throws(UserfaultfdError) in
+    let again = #expect(throws: UserfaultfdError.self) {
       try uffd.zeroPage(memory.baseAddress, length: page)
     }
     #expect(again.flatMap(failure)?.errno == .fileExists)
@@ -154,7 +154,7 @@ struct OperationTests {
     let uffd = try Userfaultfd()
     let memory = try AnonymousMemory(length: page, populate: true)
     try uffd.register(memory.baseAddress, length: page, mode: .missing)
-    let error = expectError { () throws(UserfaultfdError) in
+    let error = #expect(throws: UserfaultfdError.self) {
       try uffd.writeProtect(memory.baseAddress, length: page)
     }
     let f = try #require(error.flatMap(failure))
@@ -173,7 +173,7 @@ struct OperationTests {
     #expect(ioctls.contains(.continue))
     try uffd.continue(memory.baseAddress, length: page)
     #expect(holds(memory.baseAddress, seed: 5), "CONTINUE mapped the existing page-cache page")
-    let again = expectError { () throws(UserfaultfdError) in
+    let again = #expect(throws: UserfaultfdError.self) {
       try uffd.continue(memory.baseAddress, length: page)
     }
     #expect(again.flatMap(failure)?.errno == .fileExists)
@@ -213,7 +213,7 @@ struct OperationTests {
     let first = memory.baseAddress.assumingMemoryBound(to: UInt8.self)
     // Touch it in a child: the child dies of SIGBUS, as on a hardware memory error.
     #expect(cuffd_test_child_touch(first) == SIGBUS)
-    let again = expectError { () throws(UserfaultfdError) in
+    let again = #expect(throws: UserfaultfdError.self) {
       try uffd.poison(memory.baseAddress, length: page)
     }
     #expect(again.flatMap(failure)?.errno == .fileExists)

@@ -32,23 +32,6 @@ struct PageMoverTests {
     return nil
   }
 
-  @Test func strictMoveOfPopulatedPagesReportsEveryPageMoved() throws {
-    let s = try setup(pages: 32)
-    for index in 0..<32 { fill(s.source.baseAddress + index * page, seed: UInt64(index)) }
-    var policy = MovePolicy.strict
-    policy.recordPages = true
-    let report = try s.mover.move(from: s.source.baseAddress, to: s.destination.baseAddress,
-                                  length: 32 * page, policy: policy)
-    #expect(report.isComplete)
-    #expect(report.bytesMoved == 32 * page)
-    #expect(report.bytesCopied == 0)
-    #expect(report.runs == [PageRun(outcome: .moved, firstPage: 0, count: 32)])
-    for index in 0..<32 {
-      #expect(holds(s.destination.baseAddress + index * page, seed: UInt64(index)))
-    }
-    #expect(isZero(s.source.baseAddress, length: 32 * page))
-  }
-
   @Test func batchesAreCutByMaxPagesAndTwoMiBBoundaries() throws {
     let pages = 1024  // 4 MiB, 2 MiB-aligned: two 2 MiB source windows
     let s = try setup(pages: pages, alignment: PageSize.huge)
@@ -65,66 +48,6 @@ struct PageMoverTests {
                                    length: pages * page, policy: policy)
     #expect(batched.moveIoctls == 16)
     #expect(batched.bytesMoved == pages * page)
-  }
-
-  @Test func strictStopsAtAHoleAndSaysSo() throws {
-    let s = try setup(pages: 6)
-    for index in [0, 1, 3, 4, 5] { fill(s.source.baseAddress + index * page, seed: UInt64(index)) }
-    var policy = MovePolicy.strict
-    policy.recordPages = true
-    let error = expectError { () throws(UserfaultfdError) in
-      _ = try s.mover.move(from: s.source.baseAddress, to: s.destination.baseAddress, length: 6 * page,
-                           policy: policy)
-    }
-    let report = try #require(stopped(error))
-    #expect(report.bytesMoved == 2 * page)
-    #expect(report.stop?.offset == 2 * page)
-    #expect(report.stop?.failure?.errno == .noSuchFileOrDirectory)
-    #expect(report.runs == [
-      PageRun(outcome: .moved, firstPage: 0, count: 2), PageRun(outcome: .hole, firstPage: 2, count: 1),
-      PageRun(outcome: .notAttempted, firstPage: 3, count: 3),
-    ])
-    for index in [3, 4, 5] { #expect(holds(s.source.baseAddress + index * page, seed: UInt64(index))) }
-  }
-
-  @Test func allowSourceHolesSkipsAndCountsHoles() throws {
-    let s = try setup(pages: 8)
-    for index in [0, 3, 4, 7] { fill(s.source.baseAddress + index * page, seed: UInt64(index)) }
-    var policy = MovePolicy.allowSourceHoles
-    policy.recordPages = true
-    let report = try s.mover.move(from: s.source.baseAddress, to: s.destination.baseAddress,
-                                  length: 8 * page, policy: policy)
-    #expect(report.isComplete)
-    #expect(report.bytesMoved == 4 * page)
-    #expect(report.holeBytes == 4 * page)
-    #expect(report.runs == [
-      PageRun(outcome: .moved, firstPage: 0, count: 1), PageRun(outcome: .hole, firstPage: 1, count: 2),
-      PageRun(outcome: .moved, firstPage: 3, count: 2), PageRun(outcome: .hole, firstPage: 5, count: 2),
-      PageRun(outcome: .moved, firstPage: 7, count: 1),
-    ])
-    for index in [0, 3, 4, 7] { #expect(holds(s.destination.baseAddress + index * page, seed: UInt64(index))) }
-    #expect(isZero(s.source.baseAddress, length: 8 * page))
-  }
-
-  @Test func strictStopsAtABusyPageAndExplainsTheFork() throws {
-    let s = try setup(pages: 4)
-    fill(s.source.baseAddress, seed: 1)
-    let child = cuffd_test_fork_holder()
-    try #require(child > 0)
-    defer { _ = cuffd_test_kill_and_wait(child) }
-    // Unshare page 0 by writing it; pages 1-3 are touched after fork (fresh, exclusive) except 2.
-    fill(s.source.baseAddress + page, seed: 2)  // COW-broken... page 1 was a hole: fresh page
-    let error = expectError { () throws(UserfaultfdError) in
-      _ = try s.mover.move(from: s.source.baseAddress, to: s.destination.baseAddress, length: 2 * page)
-    }
-    let report = try #require(stopped(error))
-    #expect(report.stop?.offset == 0)
-    #expect(report.stop?.failure?.errno == .resourceBusy)
-    #expect(report.stop?.busyReason == .sharedWithForkedChild)
-    #expect(report.busy == [BusyRun(offset: 0, pages: 1, reason: .sharedWithForkedChild)])
-    #expect(report.stop?.cause == .busy(.sharedWithForkedChild))
-    #expect(holds(s.source.baseAddress, seed: 1), "the busy page is still in the source")
-    #expect(holds(s.source.baseAddress + page, seed: 2), "pages after the stop are untouched")
   }
 
   @Test func copyFallbackCopiesBusyPagesAndEmptiesTheSource() throws {
@@ -206,7 +129,7 @@ struct PageMoverTests {
     let noMove = PageMover(s.uffd, usingMove: false)
     #expect(!noMove.usesMove)
     for policy in [MovePolicy.strict, .allowSourceHoles] {
-      let error = expectError { () throws(UserfaultfdError) in
+      let error = #expect(throws: UserfaultfdError.self) {
         _ = try noMove.move(from: s.source.baseAddress, to: s.destination.baseAddress, length: 4 * page,
                             policy: policy)
       }
@@ -284,15 +207,15 @@ struct PageMoverTests {
     func intact() -> Bool { (0..<4).allSatisfy { holds(s.source.baseAddress + $0 * page, seed: UInt64(50 + $0)) } }
     let mover = s.mover
     // Overlap, misalignment, overflow: rejected before any system call.
-    let overlap = expectError { () throws(UserfaultfdError) in
+    let overlap = #expect(throws: UserfaultfdError.self) {
       _ = try mover.move(from: s.source.baseAddress, to: s.source.baseAddress + page, length: 2 * page)
     }
     #expect({ if case .invalidArgument(.move, .overlap)? = overlap { true } else { false } }())
-    let unaligned = expectError { () throws(UserfaultfdError) in
+    let unaligned = #expect(throws: UserfaultfdError.self) {
       _ = try mover.move(from: s.source.baseAddress + 1, to: s.destination.baseAddress, length: page)
     }
     #expect({ if case .invalidArgument(.move, _)? = unaligned { true } else { false } }())
-    let overflow = expectError { () throws(UserfaultfdError) in
+    let overflow = #expect(throws: UserfaultfdError.self) {
       _ = try mover.move(from: s.source.baseAddress, to: s.destination.baseAddress, length: Int.max - page + 1)
     }
     #expect({ if case .invalidArgument(.move, _)? = overflow { true } else { false } }())
@@ -300,14 +223,14 @@ struct PageMoverTests {
     let other = try AnonymousMemory(length: page)
     fill(other.baseAddress, seed: 9)
     try s.uffd.move(from: other.baseAddress, to: s.destination.baseAddress + 2 * page, length: page)
-    let populated = expectError { () throws(UserfaultfdError) in
+    let populated = #expect(throws: UserfaultfdError.self) {
       _ = try mover.move(from: s.source.baseAddress, to: s.destination.baseAddress, length: 4 * page)
     }
     let populatedPage = Address(s.destination.baseAddress + 2 * page)
     #expect(populated == .invalidArgument(.move, .destinationPopulated(page: 2, address: populatedPage)))
     // Unregistered destination.
     let unregistered = try AnonymousMemory(length: 4 * page)
-    let notRegistered = expectError { () throws(UserfaultfdError) in
+    let notRegistered = #expect(throws: UserfaultfdError.self) {
       _ = try mover.move(from: s.source.baseAddress, to: unregistered.baseAddress, length: 4 * page)
     }
     #expect(stopped(notRegistered)?.stop?.failure?.errno == .invalidArgument)
@@ -318,7 +241,7 @@ struct PageMoverTests {
   @Test func differentProtectionsOrSharedSourceAreRefusedWithNothingMoved() throws {
     let readOnly = try setup(pages: 2, destinationProtection: .read)
     fill(readOnly.source.baseAddress, seed: 60)
-    let protections = expectError { () throws(UserfaultfdError) in
+    let protections = #expect(throws: UserfaultfdError.self) {
       _ = try readOnly.mover.move(from: readOnly.source.baseAddress, to: readOnly.destination.baseAddress,
                                   length: 2 * page, policy: .copyFallback)
     }
@@ -328,7 +251,7 @@ struct PageMoverTests {
 
     let shared = try setup(pages: 2, sourceSharing: .shared)
     fill(shared.source.baseAddress, seed: 61)
-    let sharedError = expectError { () throws(UserfaultfdError) in
+    let sharedError = #expect(throws: UserfaultfdError.self) {
       _ = try shared.mover.move(from: shared.source.baseAddress, to: shared.destination.baseAddress,
                                 length: 2 * page)
     }

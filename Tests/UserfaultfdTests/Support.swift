@@ -115,19 +115,6 @@ func failure(_ error: UserfaultfdError) -> OperationFailure? {
   return nil
 }
 
-/// Runs `body`, expecting it to throw a UserfaultfdError, and returns that error.
-func expectError(
-  _ body: () throws(UserfaultfdError) -> Void, sourceLocation: SourceLocation = #_sourceLocation
-) -> UserfaultfdError? {
-  do {
-    try body()
-    Issue.record("expected an error, got success", sourceLocation: sourceLocation)
-    return nil
-  } catch {
-    return error
-  }
-}
-
 /// Waits up to `seconds` for `condition` (the kernel releases a waiting thread as soon as an event
 /// is read, a moment before the reader has handled it).
 func eventually(seconds: Double = 5, _ condition: () -> Bool) -> Bool {

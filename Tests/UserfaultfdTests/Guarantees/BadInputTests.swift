@@ -257,7 +257,7 @@ struct BadInputTests {
     let source = try AnonymousMemory(length: 4 * Self.page)
     try source.advise(.populateWrite)
     let hole = try unmappedRange(pages: 4)
-    let error = expectError { () throws(UserfaultfdError) in
+    let error = #expect(throws: UserfaultfdError.self) {
       _ = try PageMover(uffd).move(from: source.baseAddress, to: hole, length: 4 * Self.page)
     }
     guard let report = expectStopped(error) else { return }
@@ -270,7 +270,7 @@ struct BadInputTests {
     let destination = try AnonymousMemory(length: 4 * Self.page)
     try uffd.register(destination.baseAddress, length: destination.length, mode: .missing)
     let hole = try unmappedRange(pages: 4)
-    let error = expectError { () throws(UserfaultfdError) in
+    let error = #expect(throws: UserfaultfdError.self) {
       _ = try PageMover(uffd).move(from: hole, to: destination.baseAddress, length: 4 * Self.page)
     }
     guard let report = expectStopped(error) else { return }

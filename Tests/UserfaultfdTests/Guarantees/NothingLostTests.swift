@@ -91,7 +91,7 @@ struct NothingLostTests {
     var policy = MovePolicy.copyFallback
     policy.checkDestinationEmpty = false
     policy.recordPages = true
-    let error = expectError { () throws(UserfaultfdError) in
+    let error = #expect(throws: UserfaultfdError.self) {
       _ = try PageMover(s.uffd, usingMove: useMove).move(
         from: s.source.baseAddress, to: s.destination.baseAddress, length: 8 * page, policy: policy)
     }
@@ -134,7 +134,7 @@ struct NothingLostTests {
       var policy = MovePolicy.copyFallback
       policy.checkDestinationEmpty = false
       policy.recordPages = true
-      let error = expectError { () throws(UserfaultfdError) in
+      let error = #expect(throws: UserfaultfdError.self) {
         _ = try PageMover(s.uffd, usingMove: false).move(
           from: s.source.baseAddress, to: s.destination.baseAddress, length: 8 * page, policy: policy)
       }
@@ -157,7 +157,7 @@ struct NothingLostTests {
     let s = try setup(pages: 8)
     s.uffd.close()
     for useMove in [false, true] {
-      let error = expectError { () throws(UserfaultfdError) in
+      let error = #expect(throws: UserfaultfdError.self) {
         _ = try PageMover(s.uffd, usingMove: useMove).move(
           from: s.source.baseAddress, to: s.destination.baseAddress, length: 8 * page, policy: .copyFallback)
       }
@@ -193,7 +193,7 @@ struct NothingLostTests {
     let s = try setup(pages: 8, sourceSharing: .shared)
     var policy = MovePolicy.copyFallback
     policy.recordPages = true
-    let error = expectError { () throws(UserfaultfdError) in
+    let error = #expect(throws: UserfaultfdError.self) {
       _ = try PageMover(s.uffd, usingMove: useMove).move(
         from: s.source.baseAddress, to: s.destination.baseAddress, length: 8 * page, policy: policy)
     }
@@ -213,7 +213,7 @@ struct NothingLostTests {
     try uffd.register(destination.baseAddress, length: destination.length, mode: .missing)
     let hole = try unmappedRange(pages: 8)
     for useMove in [false, Kernel.hasMove] {
-      let error = expectError { () throws(UserfaultfdError) in
+      let error = #expect(throws: UserfaultfdError.self) {
         _ = try PageMover(uffd, usingMove: useMove).move(
           from: hole, to: destination.baseAddress, length: 8 * page, policy: .copyFallback)
       }
@@ -231,7 +231,7 @@ struct NothingLostTests {
     let hole = try unmappedRange(pages: 8)
     for useMove in [false, Kernel.hasMove] {
       let started = Date()
-      let error = expectError { () throws(UserfaultfdError) in
+      let error = #expect(throws: UserfaultfdError.self) {
         _ = try PageMover(uffd, usingMove: useMove).move(
           from: source.baseAddress, to: hole, length: 8 * page, policy: .copyFallback)
       }
