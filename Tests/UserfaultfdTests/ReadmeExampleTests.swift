@@ -18,9 +18,9 @@ struct ReadmeExampleTests {
       // Zero-copy: the pages themselves change address; the source becomes a hole.
       try uffd.move(from: source.baseAddress, to: destination.baseAddress, length: 16 * page)
     } catch {
-      // `error` is a UserfaultfdError. Its description says what happened in plain words, e.g.
-      // EBUSY: "source page not exclusively mapped: shared with a forked child, merged by KSM,
-      // or pinned"; `bytesDone` says how far the move got, so it can be resumed.
+      // `error` is a UserfaultfdError: decide by its case and `failureKind` (.busy: shared with a
+      // forked child, merged by KSM or pinned; .alreadyPresent; .partial: resume at bytesDone; ...),
+      // print its description for a person. Never match on the text.
       print("moved \(error.bytesDone) bytes, then: \(error)")
       throw error
     }
