@@ -30,6 +30,7 @@ let package = Package(
       dependencies: [
         "CUserfaultfd",
         .product(name: "SystemPackage", package: "swift-system"),
+        .product(name: "Histogram", package: "hdrhistogram-swift"),  // the snapshot server's fault latencies
       ]
     ),
     // A concurrent compacting heap: the seed thread's use case.

@@ -266,6 +266,7 @@ int cuffd_ioctl_move_noting_sigsys(int fd, struct cuffd_move *arg, int *sigsys);
 static inline void *cuffd_map_failed(void) { return MAP_FAILED; }
 
 #include "CUserfaultfdAnswer.h"
+#include "CUserfaultfdSocket.h"
 #include "CUserfaultfdSigbus.h"
 #include "CUserfaultfdMaps.h"
 

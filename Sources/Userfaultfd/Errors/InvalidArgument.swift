@@ -55,6 +55,12 @@ public enum InvalidArgument: Sendable, Equatable, CustomStringConvertible {
   case tooManyRegions(max: Int)
   /// The ``FaultServer`` was stopped.
   case serverStopped
+  /// A received message carried no descriptor.
+  case noDescriptorAttached
+  /// The descriptor is not a userfaultfd (its `/proc/self/fd` link says what it is).
+  case notAUserfaultfd(descriptor: Int32, actually: String)
+  /// A snapshot-restore message could not be understood.
+  case badRegions(String)
 
   public var description: String {
     switch self {
@@ -103,6 +109,12 @@ public enum InvalidArgument: Sendable, Equatable, CustomStringConvertible {
       return "at most \(max) SIGBUS regions can be active; close one first"
     case .serverStopped:
       return "the fault server is stopped: start a new one to serve this range"
+    case .noDescriptorAttached:
+      return "the message carried no descriptor: the sender must attach its userfaultfd (SCM_RIGHTS)"
+    case .notAUserfaultfd(let descriptor, let actually):
+      return "descriptor \(descriptor) is not a userfaultfd (it is \(actually.isEmpty ? "closed" : actually))"
+    case .badRegions(let reason):
+      return "guest memory regions: \(reason)"
     }
   }
 }

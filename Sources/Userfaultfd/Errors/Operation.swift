@@ -26,4 +26,10 @@ public enum Operation: String, Sendable, Hashable, CaseIterable {
   case readEvents = "read"
   /// Mapping, advising or protecting memory (`AnonymousMemory`).
   case memory = "memory"
+  /// Sending or receiving on a Unix socket (``UnixSocket``).
+  case socket = "socket"
+  /// Adopting a userfaultfd another process opened.
+  case adopt = "adopt"
+  /// Serving another process's memory from a snapshot (``SnapshotServer``).
+  case serve = "serve"
 }

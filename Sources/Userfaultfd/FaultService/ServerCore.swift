@@ -63,7 +63,7 @@ final class ServerCore: @unchecked Sendable {
     self.onFailure = onFailure
     self.continuation = continuation
     // Decided at setup, like every capability: MOVE where the feature bit and the verdict allow it.
-    self.hasMove = uffd.supportedFeatures.contains(.move) && PageMover.moveVerdict.isUsable
+    self.hasMove = uffd.supportedFeatures.contains(.move) && PageMover.moveVerdict.isUsable && !uffd.servesAnotherProcess
     self.wakePipe = wake
     self.deliveryPipe = delivery
     self.records = .allocate(byteCount: configuration.batchSize * Userfaultfd.eventSize, alignment: 8)

@@ -12,6 +12,9 @@ public enum OpenMethod: String, Sendable, Hashable, CaseIterable {
   case devUserfaultfd = "/dev/userfaultfd"
   /// Received from the kernel in a fork event.
   case forkEvent = "fork-event"
+  /// Adopted: opened elsewhere (another process, usually) and handed over, e.g. over a Unix
+  /// socket (``Userfaultfd/init(adopting:origin:)``).
+  case adopted = "adopted"
 
   /// Whether a descriptor opened this way serves faults the kernel itself takes on registered
   /// memory (a `read(2)` into it, io_uring, KVM). A user-mode-only descriptor does not: those

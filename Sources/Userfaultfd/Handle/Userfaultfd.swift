@@ -28,6 +28,11 @@ public final class Userfaultfd: Sendable {
   public let ioctls: Ioctls
   /// Whether `read` returns at once when no event is pending (`O_NONBLOCK`).
   public let isNonBlocking: Bool
+  /// Whether the memory this handle serves belongs to another process (an adopted descriptor):
+  /// COPY, ZEROPAGE, WAKE, CONTINUE, POISON and WRITEPROTECT work across processes, their
+  /// sources read from this one; MOVE moves pages only within the process that created the
+  /// descriptor, so it is refused here.
+  public let servesAnotherProcess: Bool
   /// What this handle registered and has not unregistered.
   let registrations = Mutex(RegisteredRanges())
 
@@ -75,6 +80,42 @@ public final class Userfaultfd: Sendable {
     self.supportedFeatures = probe.features
     self.ioctls = opened.ioctls
     self.isNonBlocking = options.contains(.nonBlocking)
+    self.servesAnotherProcess = false
+  }
+
+  /// Where an adopted descriptor comes from.
+  public enum Origin: Sendable, Hashable {
+    /// Another process opened it (a VMM, a restoring process) and sent it over a socket: its
+    /// registered memory is that process's.
+    case anotherProcess
+    /// This process opened it (handed between components, or inherited).
+    case thisProcess
+  }
+
+  /// Adopts `descriptor`, a userfaultfd opened elsewhere and handed over (usually received with
+  /// ``UnixSocket/receive(capacity:timeout:)``). The handle owns it from now on and closes it.
+  ///
+  /// Checks that it really is a userfaultfd (its `/proc/self/fd` link is
+  /// `anon_inode:[userfaultfd]`) and reads what it was opened with from `/proc/self/fdinfo`, so the
+  /// features and ioctls are known without a second `UFFDIO_API` (which the kernel would refuse).
+  ///
+  /// - Throws: ``UserfaultfdError/invalidArgument(_:_:)`` with
+  ///   ``InvalidArgument/notAUserfaultfd(descriptor:actually:)`` when it is not one (the
+  ///   descriptor is left open: it is still yours then).
+  public init(adopting descriptor: FileDescriptor, origin: Origin = .anotherProcess) throws(UserfaultfdError) {
+    let fd = descriptor.rawValue
+    let kind = fd >= 0 ? (readLink("/proc/self/fd/\(fd)") ?? "") : ""
+    guard kind == "anon_inode:[userfaultfd]" else {
+      throw .invalidArgument(.adopt, .notAUserfaultfd(descriptor: fd, actually: kind))
+    }
+    let info = AdoptedDescriptorInfo(fdinfo: readSmallFile("/proc/self/fdinfo/\(fd)") ?? "")
+    self.descriptor = Atomic(fd)
+    self.openMethod = .adopted
+    self.features = info.features
+    self.supportedFeatures = (try? Self.probeSupportedFeatures().features) ?? info.features
+    self.ioctls = info.ioctls
+    self.isNonBlocking = fcntl(fd, F_GETFL) & O_NONBLOCK != 0
+    self.servesAnotherProcess = origin == .anotherProcess
   }
 
   /// Adopts a descriptor the kernel handed over in a fork event; it inherits `parent`'s features.
@@ -86,6 +127,7 @@ public final class Userfaultfd: Sendable {
     self.ioctls = parent.ioctls
     // The kernel creates fork descriptors with the parent's O_NONBLOCK / O_CLOEXEC flags.
     self.isNonBlocking = parent.isNonBlocking
+    self.servesAnotherProcess = parent.servesAnotherProcess
     // The child's copy of every range the parent registered is registered with this descriptor.
     self.registrations.withLock { $0 = parent.registrations.withLock { $0 } }
   }

@@ -41,7 +41,7 @@ public struct PageMover: Sendable {
   /// copy-fallback policy works, and copies every page.
   public init(_ uffd: Userfaultfd) {
     self.uffd = uffd
-    self.usesMove = uffd.supportedFeatures.contains(.move) && Self.moveVerdict.isUsable
+    self.usesMove = uffd.supportedFeatures.contains(.move) && Self.moveVerdict.isUsable && !uffd.servesAnotherProcess
   }
 
   /// This process's verdict on UFFDIO_MOVE, from one probe (cached).
@@ -52,7 +52,7 @@ public struct PageMover: Sendable {
   /// and for machines where copying wins).
   public init(_ uffd: Userfaultfd, usingMove: Bool) {
     self.uffd = uffd
-    self.usesMove = usingMove && uffd.supportedFeatures.contains(.move)
+    self.usesMove = usingMove && uffd.supportedFeatures.contains(.move) && !uffd.servesAnotherProcess
   }
 
   /// Most retries of an ioctl that made no progress with EAGAIN (events pending) before giving up.

@@ -36,7 +36,18 @@ extension Userfaultfd {
     let (origin, target) = try PageRange.pair(
       source: source, destination: destination, length: length, operation: .move)
     _ = try fd(for: .move)
+    guard !servesAnotherProcess else { throw Self.moveAcrossProcesses }
     try moveCore(target.start, from: origin.start, length: length, mode: options.rawValue)
       .check(.move, range: target, source: origin.start)
+  }
+}
+
+extension Userfaultfd {
+  /// Why MOVE is refused on a handle serving another process.
+  static var moveAcrossProcesses: UserfaultfdError {
+    .notSupported(
+      .move,
+      "this userfaultfd serves another process's memory: UFFDIO_MOVE moves pages only within the process"
+        + " that created it, so this process's pages cannot be its source; resolve with copy")
   }
 }

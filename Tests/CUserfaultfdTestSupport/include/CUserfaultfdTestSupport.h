@@ -48,4 +48,6 @@ static inline void cuffd_test_atomic_increment(unsigned long long *word) {
   __atomic_fetch_add(word, 1, __ATOMIC_RELAXED);
 }
 
+#include "CUserfaultfdTestVMM.h"
+
 #endif

@@ -1,0 +1,351 @@
+import CUserfaultfd
+import Glibc
+import Histogram
+import Synchronization
+import SystemPackage
+
+/// Serves another process's memory from a snapshot file, lazily: the page server of a VM or
+/// process snapshot restore (what Firecracker's and CRIU's lazy-restore handlers do).
+///
+/// Each missing-page fault is answered with `UFFDIO_COPY` from the mapped snapshot, in the
+/// region's page size (4 KiB, or 2 MiB for hugetlbfs guest memory), and with its neighbours when
+/// the faults run sequentially (adaptive fault-around: the window doubles on each sequential
+/// fault up to ``Configuration/faultAroundPages`` and falls back to one page on a jump). A page
+/// the client released (`MADV_DONTNEED`, a balloon: a REMOVE event) is served as zeros next time,
+/// never as stale snapshot data: every batch of events is applied before the faults read with it,
+/// and a copy that meets a pending REMOVE (EAGAIN) waits for it to be read. An optional background
+/// thread streams the untouched rest while faults keep priority.
+///
+/// ```swift
+/// let listener = try UnixSocket.listen(at: path)
+/// let snapshot = try SnapshotFile(path: "memory.snap")
+/// guard let (server, client) = try SnapshotServer.accept(on: listener, snapshot: snapshot) else { return }
+/// let summary = server.run(client: client)   // returns when the client hangs up
+/// ```
+public final class SnapshotServer: Sendable {
+  /// How a server serves.
+  public struct Configuration: Sendable, Hashable {
+    /// The most pages one fault brings in (1: demand faults only). Default 16.
+    public var faultAroundPages: Int
+    /// Stream every untouched page in the background, faults first.
+    public var prefetch: Bool
+    /// Pages the prefetcher copies per ioctl (1 to 4096). Default 64 (256 KiB of base pages).
+    public var prefetchPages: Int
+    /// What a fault that cannot be served gets (the snapshot page could not be copied).
+    public var onUnresolvable: UnresolvableFaultAction
+
+    /// A configuration.
+    public init(faultAroundPages: Int = 16, prefetch: Bool = false, prefetchPages: Int = 64,
+                onUnresolvable: UnresolvableFaultAction = .poison) {
+      self.faultAroundPages = faultAroundPages
+      self.prefetch = prefetch
+      self.prefetchPages = prefetchPages
+      self.onUnresolvable = onUnresolvable
+    }
+
+    /// The valid fault-around window.
+    public static let faultAroundRange = 1...4096
+    /// The valid prefetch chunk.
+    public static let prefetchRange = 1...4096
+  }
+
+  /// The handle of the memory being served.
+  public let uffd: Userfaultfd
+  /// The regions being served, as the client described them.
+  public let regions: [GuestRegion]
+  /// Where page contents come from.
+  public let snapshot: SnapshotFile
+  /// The settings.
+  public let configuration: Configuration
+
+  private let state: Mutex<ServingState>
+  private let faultsWaiting = Atomic<Int>(0)
+  private let stopping = Atomic<Bool>(false)
+  private let wakeup: (read: Int32, write: Int32)
+  /// Zeros in the largest page size, for zero-filling pages ZEROPAGE cannot (hugetlbfs).
+  private let zeros: AnonymousMemory
+
+  /// Serves `regions` of the memory behind `uffd` from `snapshot`.
+  ///
+  /// - Throws: ``UserfaultfdError/invalidArgument(_:_:)`` for regions that are misaligned, overlap,
+  ///   or reach beyond the snapshot, or settings out of range, before anything is served.
+  public init(uffd: Userfaultfd, regions: [GuestRegion], snapshot: SnapshotFile,
+              configuration: Configuration = Configuration()) throws(UserfaultfdError) {
+    guard Configuration.faultAroundRange.contains(configuration.faultAroundPages) else {
+      throw .invalidArgument(.serve, .outOfRange(
+        parameter: "faultAroundPages", value: configuration.faultAroundPages, valid: Configuration.faultAroundRange))
+    }
+    guard Configuration.prefetchRange.contains(configuration.prefetchPages) else {
+      throw .invalidArgument(.serve, .outOfRange(
+        parameter: "prefetchPages", value: configuration.prefetchPages, valid: Configuration.prefetchRange))
+    }
+    let map = try RestorePageMap(regions, snapshotLength: snapshot.length)
+    var fds: [Int32] = [-1, -1]
+    guard cuffd_pipe_nonblocking(&fds) == 0 else { throw .systemCallFailed("pipe2", .current) }
+    let largest = map.regions.map(\.pageSize).max() ?? PageSize.base
+    do {
+      zeros = try AnonymousMemory(length: largest)
+    } catch {
+      _ = close(fds[0])
+      _ = close(fds[1])
+      throw error
+    }
+    self.uffd = uffd
+    self.regions = regions
+    self.snapshot = snapshot
+    self.configuration = configuration
+    self.wakeup = (fds[0], fds[1])
+    let action = configuration.onUnresolvable.effective(on: uffd)
+    state = Mutex(ServingState(map: map, action: action, window: 1))
+  }
+
+  deinit {
+    _ = close(wakeup.read)
+    _ = close(wakeup.write)
+  }
+
+  /// Accepts one client on `listener` (waiting up to `timeout`), receives its userfaultfd and the
+  /// JSON array of its regions in one message (Firecracker's handshake), and returns a server for
+  /// them with the connection, which the client keeps open while it runs. Nil on timeout.
+  public static func accept(
+    on listener: UnixSocket, snapshot: SnapshotFile, configuration: Configuration = Configuration(),
+    timeout: Duration? = nil
+  ) throws(UserfaultfdError) -> (server: SnapshotServer, client: UnixSocket)? {
+    guard let client = try listener.accept(timeout: timeout) else { return nil }
+    guard let message = try client.receive(timeout: .seconds(30)) else {
+      throw .invalidArgument(.serve, .badRegions("the client hung up before sending its regions"))
+    }
+    let regions = try decodeRegions(message.bytes)
+    let uffd = try Userfaultfd(adopting: try message.takeDescriptor(), origin: .anotherProcess)
+    return (try SnapshotServer(uffd: uffd, regions: regions, snapshot: snapshot, configuration: configuration), client)
+  }
+
+  /// Asks a running ``run(client:progress:)`` to finish (from any thread).
+  public func stop() {
+    stopping.store(true, ordering: .releasing)
+    var byte: UInt8 = 1
+    _ = write(wakeup.write, &byte, 1)
+  }
+
+  /// A snapshot of the counters (any thread, any time).
+  public var statistics: Statistics { state.withLock { $0.statistics } }
+
+  /// Serves until `client` hangs up, the process whose memory this is exits, or ``stop()``;
+  /// returns the summary. `progress` hears the counters about once a second. Runs on the calling
+  /// thread, which must not be one whose faults this server resolves.
+  public func run(client: UnixSocket? = nil, progress: ((Statistics) -> Void)? = nil) -> Statistics {
+    let clock = ContinuousClock()
+    let start = clock.now
+    state.withLock { $0.start = start }
+    let prefetcher: DedicatedThread? = configuration.prefetch ? try? DedicatedThread { [self] in prefetch() } : nil
+    guard let buffer = try? EventBuffer(capacity: 256) else {
+      stop()
+      prefetcher?.join()
+      return finish(clock: clock, start: start, reason: .failed)
+    }
+    var deferred: [PageFault] = []
+    var lastReport = start
+    var reason = Statistics.EndReason.stopped
+    loop: while !stopping.load(ordering: .acquiring) {
+      var entries = [
+        pollfd(fd: uffd.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0),
+        pollfd(fd: wakeup.read, events: Int16(POLLIN), revents: 0),
+        pollfd(fd: client?.fileDescriptor.rawValue ?? -1, events: Int16(POLLIN), revents: 0),
+      ]
+      let ready = poll(&entries, 3, deferred.isEmpty ? 200 : 1)
+      if ready < 0 && errno != EINTR { reason = .failed; break }
+      if entries[2].revents != 0, let client, (try? client.peerHasHungUp()) != false {
+        reason = .clientHungUp
+        break
+      }
+      if entries[0].revents & Int16(POLLERR | POLLHUP) != 0 { reason = .processGone; break }
+      // Every event read in this batch is applied before any fault: a REMOVE that precedes a
+      // fault causally may arrive after it (faults are read first).
+      var faults = deferred
+      deferred.removeAll(keepingCapacity: true)
+      while let count = try? uffd.readEvents(into: buffer), count > 0 {
+        let readAt = clock.now
+        for index in 0..<count {
+          switch buffer.event(at: index, of: uffd) {
+          case .pageFault(let fault):
+            faults.append(fault)
+            faultsWaiting.add(1, ordering: .relaxed)
+            state.withLock { $0.readAt[fault.pageAddress.rawValue] = readAt }
+          case .remove(let start, let end), .unmap(let start, let end):
+            state.withLock { $0.release(start: start.rawValue, end: end.rawValue) }
+          case .fork(let child):
+            child.close()
+          case .remap, .unrecognized:
+            state.withLock { $0.statistics.otherEvents += 1 }
+          }
+        }
+      }
+      for fault in faults {
+        switch serve(fault, clock: clock) {
+        case .done:
+          faultsWaiting.subtract(1, ordering: .relaxed)
+        case .retry:
+          deferred.append(fault)
+        case .gone:
+          reason = .processGone
+          break loop
+        }
+      }
+      if let progress, clock.now - lastReport >= .seconds(1) {
+        lastReport = clock.now
+        progress(statistics)
+      }
+    }
+    stop()
+    prefetcher?.join()
+    return finish(clock: clock, start: start, reason: reason)
+  }
+
+  private func finish(clock: ContinuousClock, start: ContinuousClock.Instant, reason: Statistics.EndReason) -> Statistics {
+    state.withLock { serving in
+      serving.statistics.elapsed = clock.now - start
+      serving.statistics.endReason = reason
+      serving.statistics.untouchedPages = serving.map.untouched
+      serving.statistics.faultLatencyP50 = .nanoseconds(Int64(serving.latency.valueAtPercentile(50)))
+      serving.statistics.faultLatencyP99 = .nanoseconds(Int64(serving.latency.valueAtPercentile(99)))
+      return serving.statistics
+    }
+  }
+
+  private enum Served { case done, retry, gone }
+
+  /// Serves one fault: from the snapshot with fault-around, zeros for a released page, a wake for
+  /// a page the prefetcher filled meanwhile.
+  private func serve(_ fault: PageFault, clock: ContinuousClock) -> Served {
+    let address = fault.address.rawValue
+    return state.withLock { serving in
+      let map = serving.map
+      guard let region = map.region(containing: address) else {
+        // Not a page of any region: the client registered more than it described. Fail it.
+        serving.fail(address: fault.pageAddress.rawValue, errno: .invalidArgument, uffd: uffd, zeros: zeros)
+        return .done
+      }
+      let page = map.page(of: address, in: region)
+      let pageSize = map.regions[region].pageSize
+      let target = map.address(ofPage: page, in: region)
+      let answer: KernelAnswer
+      var pages = 1
+      var fromSnapshot = false
+      switch map.states[page] {
+      case .served, .zeroFilled:
+        // Filled meanwhile (by the prefetcher, or a fault-around): the thread only needs waking.
+        _ = RangeIoctl.wake(uffd.coreDescriptor, target, length: pageSize)
+        serving.statistics.wakes += 1
+        serving.recordLatency(of: target, clock: clock)
+        return .done
+      case .released:
+        answer = serving.zeroFill(target, pageSize: pageSize, uffd: uffd, zeros: zeros)
+      case .untouched:
+        pages = serving.window(for: target, pageSize: pageSize, limit: configuration.faultAroundPages)
+        pages = max(1, map.untouchedRun(from: page, in: region, limit: pages))
+        let source = snapshot.address(at: map.fileOffset(ofPage: page, in: region)).rawValue
+        answer = RangeIoctl.copy(uffd.coreDescriptor, target, from: source, length: pages * pageSize)
+        fromSnapshot = true
+      }
+      let done = answer.bytesDone / pageSize
+      if done > 0 {
+        serving.map.mark(page..<(page + done), fromSnapshot ? .served : .zeroFilled)
+        if fromSnapshot { serving.statistics.pagesByFault += done } else { serving.statistics.zeroPages += done }
+        serving.statistics.bytesServed += done * pageSize
+      }
+      switch answer.outcome {
+      case .done:
+        break
+      case .partial where done > 0:
+        break
+      case .alreadyPresent:
+        // The page at `done` is mapped already (a racing fill): it is resident.
+        serving.map.mark((page + done)..<(page + done + 1), .served)
+        if done == 0 { _ = RangeIoctl.wake(uffd.coreDescriptor, target, length: pageSize) }
+      case .retryAfterEvents, .partial:
+        serving.statistics.eagainRetries += 1
+        return .retry
+      case .processGone:
+        return .gone
+      case .sourceMissing, .busy, .failed:
+        serving.fail(address: target, errno: answer.errno ?? .ioError, uffd: uffd, zeros: zeros)
+        return .done
+      }
+      serving.statistics.faults += 1
+      serving.recordLatency(of: target, clock: clock)
+      serving.noteResidency(clock: clock)
+      return .done
+    }
+  }
+
+  /// The background prefetcher: walks every region in order, copying runs of untouched pages, and
+  /// steps aside whenever a fault is waiting.
+  private func prefetch() {
+    let clock = ContinuousClock()
+    var next = 0
+    var backOff = 0
+    while !stopping.load(ordering: .acquiring) {
+      if faultsWaiting.load(ordering: .relaxed) > 0 {
+        usleep(50)
+        continue
+      }
+      let step: PrefetchStep = state.withLock { serving in
+        let map = serving.map
+        while next < map.states.count && map.states[next] != .untouched { next += 1 }
+        guard next < map.states.count, let region = map.regions.lastIndex(where: { $0.firstPage <= next }) else {
+          return .finished
+        }
+        let pageSize = map.regions[region].pageSize
+        let pages = max(1, map.untouchedRun(from: next, in: region, limit: configuration.prefetchPages))
+        let source = snapshot.address(at: map.fileOffset(ofPage: next, in: region)).rawValue
+        let target = map.address(ofPage: next, in: region)
+        let answer = RangeIoctl.copy(uffd.coreDescriptor, target, from: source, length: pages * pageSize)
+        let done = answer.bytesDone / pageSize
+        if done > 0 {
+          serving.map.mark(next..<(next + done), .served)
+          serving.statistics.pagesByPrefetch += done
+          serving.statistics.bytesServed += done * pageSize
+          serving.noteResidency(clock: clock)
+        }
+        switch answer.outcome {
+        case .done:
+          next += done
+          return .copied
+        case .partial where done > 0:
+          next += done
+          return .copied
+        case .alreadyPresent:
+          serving.map.mark((next + done)..<(next + done + 1), .served)
+          next += done + 1
+          return .copied
+        case .retryAfterEvents, .partial:
+          return .wait  // A REMOVE is pending: the serving thread reads it first.
+        case .processGone:
+          return .finished
+        case .sourceMissing, .busy, .failed:
+          serving.statistics.prefetchErrors += 1
+          next += max(done, 1)  // Left for a fault, which fails it visibly if it must.
+          return .copied
+        }
+      }
+      switch step {
+      case .finished: return
+      case .copied: backOff = 0
+      case .wait:
+        backOff = min(backOff + 1, 10)
+        usleep(UInt32(10 << backOff))
+      }
+    }
+  }
+
+  private enum PrefetchStep { case copied, wait, finished }
+
+  /// Parses the JSON array of regions a client sends.
+  static func decodeRegions(_ bytes: [UInt8]) throws(UserfaultfdError) -> [GuestRegion] {
+    do {
+      return try RegionsJSON.decode(bytes)
+    } catch {
+      throw .invalidArgument(.serve, .badRegions("not a JSON array of regions: \(error)"))
+    }
+  }
+}

@@ -1,0 +1,151 @@
+import CUserfaultfdTestSupport
+import Foundation
+import Glibc
+import Synchronization
+import SystemPackage
+import Testing
+@testable import Userfaultfd
+
+/// Snapshot restore into a separate process that behaves like a VMM (Firecracker's handshake): it
+/// sends its userfaultfd and regions over a Unix socket, reads its memory in user mode and through
+/// system calls, releases pages like a balloon, and exits or dies.
+extension KernelTests {
+@Suite("Snapshot server")
+struct SnapshotServerTests {
+  /// A snapshot file of `pages` pages of `pageSize` bytes, each page's bytes derived from its index.
+  final class Snapshot {
+    let path: String
+    init(pages: Int, pageSize: Int, name: String) throws {
+      path = "/tmp/uffd-test-\(getpid())-\(name).snap"
+      let fd = try FileDescriptor.open(FilePath(path), .writeOnly, options: [.create, .truncate], permissions: .ownerReadWrite)
+      defer { try? fd.close() }
+      var page = [UInt8](repeating: 0, count: pageSize)
+      for index in 0..<pages {
+        for offset in stride(from: 0, to: pageSize, by: 8) {
+          let word = UInt64(index) &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(offset)
+          withUnsafeBytes(of: word) { page.replaceSubrange(offset..<(offset + 8), with: $0) }
+        }
+        _ = try page.withUnsafeBytes { try fd.writeAll(toAbsoluteOffset: Int64(index * pageSize), $0) }
+      }
+    }
+    deinit { unlink(path) }
+  }
+
+  /// Runs one restore: the server on its own thread, the client in a child; returns the client's
+  /// exit status and the server's summary. Every wait is bounded.
+  func restore(
+    pages: Int, huge: Bool = false, script: cuffd_test_vmm_script = CUFFD_TEST_VMM_FULL,
+    configuration: SnapshotServer.Configuration = .init(), name: String
+  ) throws -> (status: Int32, statistics: SnapshotServer.Statistics?) {
+    let pageSize = huge ? PageSize.huge : PageSize.base
+    let snapshot = try Snapshot(pages: pages, pageSize: pageSize, name: name)
+    let socketPath = "/tmp/uffd-test-\(getpid())-\(name).sock"
+    unlink(socketPath)
+    defer { unlink(socketPath) }
+    let listener = try UnixSocket.listen(at: socketPath)
+    let child = cuffd_test_vmm_client(socketPath, snapshot.path, pages * pageSize, huge ? 1 : 0, Int32(script.rawValue))
+    try #require(child > 0)
+    guard let (server, client) = try SnapshotServer.accept(
+      on: listener, snapshot: try SnapshotFile(path: snapshot.path), configuration: configuration, timeout: .seconds(20))
+    else {
+      _ = cuffd_test_wait(child, 0)
+      Issue.record("the client never connected")
+      return (-1, nil)
+    }
+    #expect(server.uffd.servesAnotherProcess)
+    #expect(client.peerProcessID == child)
+    let result = Mutex<SnapshotServer.Statistics?>(nil)
+    let thread = try DedicatedThread { result.withLock { $0 = server.run(client: client) } }
+    let status = cuffd_test_wait(child, 120_000)
+    // The client is gone: the server must notice by itself.
+    let finished = eventually(seconds: 10) { result.withLock { $0 != nil } }
+    #expect(finished, "the server returned after the client went away")
+    if !finished { server.stop() }
+    thread.join()
+    return (status, result.withLock { $0 })
+  }
+
+  @Test func restoresEveryByteAndServesReleasedPagesAsZeros() throws {
+    let (status, statistics) = try restore(pages: 64, name: "full")
+    #expect(status == 0, "the client's checks passed (exit code names the failing step)")
+    let s = try #require(statistics)
+    #expect(s.endReason == .clientHungUp)
+    #expect(s.pagesByFault == 64, "every page was served once")
+    #expect(s.releasedPages == 4 && s.zeroPages == 4, "the released pages came back as zeros")
+    #expect(s.failedFaults == 0)
+    #expect(s.fullResidency != nil)
+  }
+
+  @Test func demandFaultsOnlyAreOnePagePerFault() throws {
+    let (status, statistics) = try restore(pages: 32, configuration: .init(faultAroundPages: 1), name: "demand")
+    #expect(status == 0)
+    let s = try #require(statistics)
+    #expect(s.faults >= 32 && s.pagesByFault == 32)
+  }
+
+  @Test func prefetchStreamsWhatFaultsDidNotTouch() throws {
+    let (status, statistics) = try restore(
+      pages: 512, configuration: .init(faultAroundPages: 16, prefetch: true, prefetchPages: 64), name: "prefetch")
+    #expect(status == 0)
+    let s = try #require(statistics)
+    #expect(s.pagesByFault + s.pagesByPrefetch == 512, "each page came in exactly once")
+    #expect(s.zeroPages == 4)
+  }
+
+  @Test func aClientKilledMidRestoreEndsTheServerCleanly() throws {
+    let (status, statistics) = try restore(pages: 64, script: CUFFD_TEST_VMM_DIE, name: "killed")
+    #expect(status == 128 + SIGKILL)
+    let s = try #require(statistics)
+    #expect(s.endReason == .clientHungUp || s.endReason == .processGone)
+    #expect(s.failedFaults == 0)
+  }
+
+  @Test(.enabled(if: HugePages.canReserve, "needs 2 MiB hugetlb pages: none could be reserved (vm.nr_hugepages)"))
+  func restoresHugetlbfsMemoryInTwoMiBPages() throws {
+    try HugePages.withReserved(8) {
+      let (status, statistics) = try restore(pages: 4, huge: true, name: "huge")
+      #expect(status == 0)
+      let s = try #require(statistics)
+      #expect(s.pagesByFault == 4, "four 2 MiB pages, each one copy")
+      #expect(s.bytesServed == 4 * PageSize.huge)
+    }
+  }
+}
+}
+
+/// Reserving 2 MiB hugetlb pages for a test, and giving them back afterwards, even on failure.
+enum HugePages {
+  static let path = "/proc/sys/vm/nr_hugepages"
+
+  static func read() -> Int? {
+    guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
+    return Int(text.trimmingCharacters(in: .whitespacesAndNewlines))
+  }
+
+  static func write(_ count: Int) -> Bool {
+    guard let fd = try? FileDescriptor.open(FilePath(path), .writeOnly) else { return false }
+    defer { try? fd.close() }
+    return (try? fd.writeAll(Array("\(count)\n".utf8))) != nil
+  }
+
+  static var free: Int? {
+    guard let text = try? String(contentsOfFile: "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages", encoding: .utf8)
+    else { return nil }
+    return Int(text.trimmingCharacters(in: .whitespacesAndNewlines))
+  }
+
+  /// Whether 8 pages can be reserved now (tries, and gives them back).
+  static var canReserve: Bool {
+    guard PageSize.huge == 2 << 20, let before = read() else { return false }
+    defer { _ = write(before) }
+    guard write(before + 8) else { return false }
+    return (free ?? 0) >= 8
+  }
+
+  static func withReserved(_ count: Int, _ body: () throws -> Void) throws {
+    guard let before = read() else { throw UserfaultfdError.systemCallFailed("read \(path)", .noSuchFileOrDirectory) }
+    defer { _ = write(before) }
+    _ = write(before + count)
+    try body()
+  }
+}
