@@ -73,6 +73,15 @@ let package = Package(
       ],
       path: "Examples/LazyFile"
     ),
+    // The client side of `uffd serve`: a process restoring its memory lazily, like a VMM.
+    .executableTarget(
+      name: "RestoreClientExample",
+      dependencies: [
+        "Userfaultfd",
+        .product(name: "SystemPackage", package: "swift-system"),
+      ],
+      path: "Examples/RestoreClient"
+    ),
     // Process-level helpers only tests need (fork a child that holds pages, touch memory in a child).
     .target(
       name: "CUserfaultfdTestSupport",

@@ -1,6 +1,7 @@
 // Lazy loading: a region whose pages are filled from a file on first touch, the way VM snapshot
 // restore (Firecracker) and CRIU's lazy pages use userfaultfd. Only the pages a program touches
-// are ever read from the file.
+// (and their neighbours, when it reads sequentially) are ever read from the file. The serving is
+// the library's SnapshotServer, the same one `uffd serve` runs for another process.
 //
 //   swift run LazyFileExample [pages]
 import Foundation
@@ -9,7 +10,7 @@ import SystemPackage
 import Userfaultfd
 
 let page = PageSize.base
-let pages = CommandLine.arguments.dropFirst().first.flatMap(Int.init) ?? 256
+let pages = max(3, min(CommandLine.arguments.dropFirst().first.flatMap(Int.init) ?? 256, 1 << 20))
 
 do {
   // 1. A "snapshot" file: page i holds the text "page i" repeated.
@@ -26,46 +27,42 @@ do {
     _ = try content.withUnsafeBytes { try file.writeAll(toAbsoluteOffset: Int64(index * page), $0) }
   }
 
-  // 2. An empty region the size of the file, served by a fault server that reads each missing
-  //    page from the file into a staging page and copies it in.
-  let uffd = try Userfaultfd(options: .nonBlocking)
+  // 2. An empty region the size of the file, registered with a userfaultfd, and a snapshot server
+  //    for it on its own thread (never a thread that may fault on the region).
+  let uffd = try Userfaultfd(features: [.eventRemove], options: .nonBlocking)
   let region = try AnonymousMemory(length: pages * page)
-  let staging = try AnonymousMemory(length: page, populate: true)
-  let regionStart = Address(region.baseAddress)
-  let stagingPage = Address(staging.baseAddress)
-  let server = try FaultServer(uffd: uffd) { fault in
-    let offset = fault.pageAddress - regionStart
-    // Runs on the server thread, one fault at a time, so one staging page suffices.
-    let read = (try? file.read(fromAbsoluteOffset: Int64(offset), into: staging.bytes)) ?? 0
-    guard read == page else { return .zeroPage }
-    return .copy(from: stagingPage)
-  }
-  defer { server.stop() }
-  try server.register(region.baseAddress, length: region.length)
+  try uffd.register(region.baseAddress, length: region.length, mode: .missing)
+  let server = try SnapshotServer(
+    uffd: uffd, regions: [GuestRegion(base: Address(region.baseAddress), size: region.length, offset: 0)],
+    snapshot: SnapshotFile(path: path.string), configuration: .init(faultAroundPages: 1))
+  let summary = Mutex<SnapshotServer.Statistics?>(nil)
+  let serving = try DedicatedThread { summary.withLock { $0 = server.run() } }
 
   // 3. Touch every third page, from two threads: only those are loaded.
   let touched = stride(from: 0, to: pages, by: 3).map { $0 }
   let base = Address(region.baseAddress)
   let wrong = Atomic<Int>(0)
-  let threads = (0..<2).map { half in
-    let thread = Thread {
+  let threads = try (0..<2).map { half in
+    try DedicatedThread {
       for index in touched where index % 2 == half {
         guard let pointer = (base + index * page).pointer else { continue }
         let text = String(decoding: UnsafeRawBufferPointer(start: pointer, count: 12), as: UTF8.self)
         if !text.hasPrefix("page \(index) ") { wrong.wrappingAdd(1, ordering: .relaxed) }
       }
     }
-    thread.start()
-    return thread
   }
-  while threads.contains(where: { !$0.isFinished }) { usleep(1000) }
+  threads.forEach { $0.join() }
+  server.stop()
+  serving.join()
 
-  server.stop()  // Joins the server thread: its counters are final.
-  let loaded = Int(server.statistics.resolved)
+  guard let statistics = summary.withLock({ $0 }) else { throw CocoaError(.featureUnsupported) }
   print("region of \(pages) pages backed by \(path.string)")
-  print("touched \(touched.count) pages; \(loaded) loaded from the file on first touch; \(pages - loaded) never read")
-  print("server: \(server.statistics)")
-  guard loaded == touched.count, wrong.load(ordering: .relaxed) == 0 else {
+  print("touched \(touched.count) pages; \(statistics.pagesByFault) loaded from the file on first touch;"
+    + " \(statistics.untouchedPages) never read")
+  let (seconds, attoseconds) = statistics.faultLatencyP50.components
+  let microseconds = Double(seconds) * 1e6 + Double(attoseconds) / 1e12
+  print("server: \(statistics.faults) faults, median service \(String(format: "%.1f", microseconds)) µs")
+  guard statistics.pagesByFault == touched.count, wrong.load(ordering: .relaxed) == 0 else {
     print("error: expected \(touched.count) loads with the right content")
     exit(1)
   }

@@ -17,6 +17,10 @@ struct CommandLineTests {
     ["stress", "--seconds", "-1"], ["stress", "--seconds", "0"], ["stress", "--threads", "0"],
     ["stress", "--threads", "65"], ["stress", "--mover", "teleport"], ["stress", "--movers", "9"],
     ["bench", "--reps", "0"], ["bench", "--reps", "100000"], ["frobnicate"],
+    ["serve"], ["serve", "--socket", "/tmp/x"], ["serve", "--socket", "/tmp/x", "--snapshot", "s", "--fault-around", "0"],
+    ["serve", "--socket", "/tmp/x", "--snapshot", "s", "--prefetch-pages", "5000"],
+    ["serve", "--socket", "/tmp/x", "--snapshot", "s", "--accept-timeout", "-1"],
+    ["serve", "--socket", "/tmp/x", "--snapshot", "s", "--accept-timeout", "nan"],
   ])
   func badCommandLinesAreUsageErrors(arguments: [String]) {
     do {
@@ -30,7 +34,7 @@ struct CommandLineTests {
 
   @Test func thereIsNoDefaultSubcommand() throws {
     #expect(UffdCommand.configuration.defaultSubcommand == nil, "an unknown word must not run a subcommand")
-    #expect(UffdCommand.configuration.subcommands.map { $0.configuration.commandName } == ["probe", "compact", "bench", "stress"])
+    #expect(UffdCommand.configuration.subcommands.map { $0.configuration.commandName } == ["probe", "compact", "bench", "stress", "serve"])
     #expect(try UffdCommand.parseAsRoot(["probe"]) is ProbeCommand)
   }
 

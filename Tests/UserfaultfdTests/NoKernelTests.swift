@@ -191,3 +191,96 @@ struct NoKernelTests {
     #expect(ErrnoName.of(Int32(100_000)) == "errno 100000")
   }
 }
+
+/// The snapshot server's input, checked without a kernel: the handshake's JSON and its regions.
+@Suite("Snapshot regions, without a kernel")
+struct SnapshotRegionTests {
+  static let page = UInt64(PageSize.base)
+
+  @Test func firecrackersJSONDecodes() throws {
+    let json = #"[{"base_host_virt_addr":140000000000,"size":8192,"offset":4096,"page_size":4096,"page_size_kib":4},"#
+      + #"{"base_host_virt_addr":140000100000,"size":2097152,"offset":0,"page_size_kib":2048}]"#
+    let regions = try SnapshotServer.decodeRegions(Array(json.utf8))
+    #expect(regions.count == 2)
+    #expect(regions[0].baseHostVirtAddr == 140_000_000_000 && regions[0].size == 8192 && regions[0].offset == 4096)
+    #expect(regions[0].effectivePageSize == 4096)
+    #expect(regions[1].effectivePageSize == 2 << 20, "page_size_kib alone still says 2 MiB")
+  }
+
+  @Test(arguments: ["", "{}", "[{\"size\":1}]", "[1,2]", "not json"])
+  func malformedHandshakesAreTypedErrors(text: String) {
+    #expect(throws: UserfaultfdError.self) { _ = try SnapshotServer.decodeRegions(Array(text.utf8)) }
+  }
+
+  func region(_ base: UInt64, _ size: UInt64, _ offset: UInt64, page: UInt64? = page) -> GuestRegion {
+    var region = GuestRegion(base: 0, size: 0, offset: 0)
+    (region.baseHostVirtAddr, region.size, region.offset) = (base, size, offset)
+    region.pageSize = page
+    region.pageSizeKib = nil
+    return region
+  }
+
+  @Test func badRegionsAreRefusedBeforeServing() {
+    let p = Self.page
+    let cases: [[GuestRegion]] = [
+      [],  // none
+      [region(0x10000, 0, 0)],  // empty
+      [region(0x10001, p, 0)],  // misaligned base
+      [region(0x10000, p + 1, 0)],  // ragged size
+      [region(0x10000, p, 1)],  // misaligned offset
+      [region(0x10000, 16 * p, 0)],  // beyond an 8-page snapshot
+      [region(0x10000, p, UInt64.max - p + 1)],  // offset + size overflows
+      [region(UInt64.max - p + 1, 2 * p, 0)],  // wraps the address space
+      [region(0x10000, 4 * p, 0), region(0x10000 + 2 * p, 2 * p, 0)],  // overlap
+      [region(0x10000, p, 0, page: 3000)],  // not a power of two
+      [region(0x10000, p, 0, page: 512)],  // below the base page
+    ]
+    for regions in cases {
+      #expect(throws: UserfaultfdError.self, "\(regions)") { _ = try RestorePageMap(regions, snapshotLength: Int(8 * p)) }
+    }
+  }
+
+  @Test func releasesAreTrackedPerPage() throws {
+    let p = UInt(Self.page)
+    var map = try RestorePageMap([region(0x100000, 8 * Self.page, 0), region(0x10000, 2 * Self.page, 0)], snapshotLength: Int(8 * p))
+    #expect(map.regions.map(\.base) == [0x10000, 0x100000], "sorted, indices follow")
+    #expect(map.untouched == 10)
+    #expect(map.region(containing: 0x10000 + p) == 0 && map.region(containing: 0x100000 + 7 * p) == 1)
+    #expect(map.region(containing: 0x10000 + 2 * p) == nil && map.region(containing: 0) == nil)
+    #expect(map.release(start: 0x100000 + p, end: 0x100000 + 3 * p) == 2)
+    #expect(map.states[3] == .released && map.states[4] == .released && map.states[5] == .untouched)
+    #expect(map.untouched == 8)
+    #expect(map.untouchedRun(from: 5, in: 1, limit: 100) == 5, "stops at the region's end")
+    #expect(map.release(start: 0x100000 + 5 * p, end: 0x100000 + 3 * p) == 0, "an inverted range releases nothing")
+  }
+
+  @Test func anyRegionsFromAClientAreRefusedOrServedNeverATrap() {
+    var state: UInt64 = 0x5EED
+    func next() -> UInt64 {
+      state &+= 0x9E37_79B9_7F4A_7C15
+      var z = state
+      z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+      z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+      return z ^ (z >> 31)
+    }
+    // Mostly hostile values, some plausible ones, so both paths run.
+    func value() -> UInt64 { next() % 3 == 0 ? next() : (next() % 64) * Self.page }
+    var accepted = 0
+    for _ in 0..<3000 {
+      let count = Int(next() % 4) + 1
+      let regions = (0..<count).map { _ in region(value(), value(), value(), page: next() % 5 == 0 ? next() : Self.page) }
+      guard var map = try? RestorePageMap(regions, snapshotLength: Int(64 * Self.page)) else { continue }
+      accepted += 1
+      _ = map.release(start: UInt(truncatingIfNeeded: next()), end: UInt(truncatingIfNeeded: next()))
+      _ = map.region(containing: UInt(truncatingIfNeeded: next()))
+    }
+    #expect(accepted > 0, "some random region sets are valid, and were exercised")
+  }
+
+  @Test func fdinfoTellsFeaturesAndIoctls() {
+    let info = AdoptedDescriptorInfo(fdinfo: "pos:\t0\nflags:\t02004002\nmnt_id:\t15\nino:\t1057\npending:\t0\ntotal:\t0\nAPI:\taa:80000008:c000000000000003\n")
+    #expect(info.features == [.eventRemove], "the kernel's own INITIALIZED bit is not a feature")
+    #expect(info.ioctls.rawValue == 0xc000000000000003)
+    #expect(AdoptedDescriptorInfo(fdinfo: "garbage").features == [])
+  }
+}

@@ -6,13 +6,14 @@ import Synchronization
 /// should resolve its fault.
 public final class DedicatedThread: @unchecked Sendable {
   // @unchecked: `thread` is written once in init, before the object is shared, then only read;
-  // `body` is immutable; `joined` makes join() join the thread once, whoever calls it.
+  // `body` is immutable and Sendable (it runs on the new thread, never on the creator's actor);
+  // `joined` makes join() join the thread once, whoever calls it.
   private var thread = pthread_t()
-  private let body: () -> Void
+  private let body: @Sendable () -> Void
   private let joined = Atomic<Bool>(false)
 
   /// Starts `body` on a new thread.
-  public init(_ body: @escaping () -> Void) throws(UserfaultfdError) {
+  public init(_ body: @escaping @Sendable () -> Void) throws(UserfaultfdError) {
     self.body = body
     let context = Unmanaged.passRetained(self).toOpaque()
     let result = pthread_create(&thread, nil, { context in

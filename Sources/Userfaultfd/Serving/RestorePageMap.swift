@@ -114,6 +114,7 @@ struct RestorePageMap {
 
   /// Marks every page overlapping `start ..< end` released; returns how many were.
   mutating func release(start: UInt, end: UInt) -> Int {
+    guard start < end else { return 0 }
     var released = 0
     for (index, region) in regions.enumerated() where region.base < end && start < region.end {
       let low = max(start, region.base), high = min(end, region.end)
