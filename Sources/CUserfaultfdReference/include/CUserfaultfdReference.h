@@ -43,4 +43,42 @@ enum cuffd_ref_fault_mode {
 int cuffd_ref_fault_latency(int mode, int use_move, int uffd, char *region, char *source,
                             size_t pages, int64_t *latencies_ns);
 
+// MARK: - Snapshot restore (`uffd bench restore`)
+
+#include <sys/types.h>
+
+/// Access patterns of the restore client.
+enum cuffd_ref_restore_pattern {
+  CUFFD_REF_SEQUENTIAL = 0,     ///< every page, in order
+  CUFFD_REF_RANDOM_10PCT = 1,   ///< a tenth of the pages as randomly placed 64 KiB runs, in random order
+  CUFFD_REF_SCATTERED_10PCT = 2, ///< a tenth of the pages, each alone, scattered (no locality at all)
+};
+
+/// What the restore client measured, written to its report pipe.
+struct cuffd_ref_restore_result {
+  int64_t first_byte_ns;  ///< from sending the handshake to the first page read
+  int64_t complete_ns;    ///< from sending the handshake to the last page read
+  int64_t pages_touched;
+  int64_t status;         ///< 0, or the step that failed
+};
+
+/// Forks the restore client: maps `size` bytes of guest memory, registers them (MISSING, with
+/// EVENT_REMOVE) with a new userfaultfd that handles kernel-mode faults, connects to
+/// `socket_path`, sends the JSON array with its region and the userfaultfd in one message
+/// (Firecracker's handshake), reads one byte of every page of `pattern`, writes a
+/// `cuffd_ref_restore_result` to `report_fd` and exits. Returns its pid or -1.
+pid_t cuffd_ref_restore_client(const char *socket_path, size_t size, int pattern, int report_fd);
+
+/// A page server doing what Firecracker's example handler does: accepts one client on
+/// `listener`, receives its userfaultfd and region, and answers each fault with one UFFDIO_COPY
+/// of the faulting 4 KiB page from `snapshot` (no fault-around, no prefetch) until the client
+/// hangs up. Stores each fault's service time (read to COPY done) in `latencies_ns` (up to
+/// `capacity`) and the fault count in `*faults`. Returns 0 or -errno.
+int cuffd_ref_restore_server(int listener, const char *snapshot, size_t snapshot_length, int64_t *latencies_ns,
+                             size_t capacity, size_t *faults);
+
+/// Waits up to `milliseconds` for `pid`; kills it when it has not ended. Returns its exit code,
+/// 128 + its signal, or -1.
+int cuffd_ref_wait(pid_t pid, int milliseconds);
+
 #endif

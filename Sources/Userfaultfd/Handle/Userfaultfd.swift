@@ -112,7 +112,7 @@ public final class Userfaultfd: Sendable {
     self.descriptor = Atomic(fd)
     self.openMethod = .adopted
     self.features = info.features
-    self.supportedFeatures = (try? Self.probeSupportedFeatures().features) ?? info.features
+    self.supportedFeatures = Self.supportedFeaturesOnce ?? info.features
     self.ioctls = info.ioctls
     self.isNonBlocking = fcntl(fd, F_GETFL) & O_NONBLOCK != 0
     self.servesAnotherProcess = origin == .anotherProcess
@@ -136,6 +136,10 @@ public final class Userfaultfd: Sendable {
     let fd = descriptor.exchange(-1, ordering: .acquiringAndReleasing)
     if fd >= 0 { _ = Glibc.close(fd) }
   }
+
+  /// The kernel's features, probed once per process (they do not change while it runs): what an
+  /// adopted descriptor, which cannot be asked again, is measured against.
+  private static let supportedFeaturesOnce: Features? = try? probeSupportedFeatures().features
 
   /// The features this kernel offers, probed on a throwaway descriptor (which is closed again).
   public static func probeSupportedFeatures() throws(UserfaultfdError) -> (features: Features, method: OpenMethod) {

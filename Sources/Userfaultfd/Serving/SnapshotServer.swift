@@ -96,7 +96,7 @@ public final class SnapshotServer: Sendable {
     self.configuration = configuration
     self.wakeup = (fds[0], fds[1])
     let action = configuration.onUnresolvable.effective(on: uffd)
-    state = Mutex(ServingState(map: map, action: action, window: 1))
+    state = Mutex(ServingState(map: map, action: action, window: min(ServingState.initialWindow, configuration.faultAroundPages)))
   }
 
   deinit {
@@ -111,6 +111,10 @@ public final class SnapshotServer: Sendable {
     on listener: UnixSocket, snapshot: SnapshotFile, configuration: Configuration = Configuration(),
     timeout: Duration? = nil
   ) throws(UserfaultfdError) -> (server: SnapshotServer, client: UnixSocket)? {
+    // Everything a first fault runs, once, before a client waits for its first page: the first
+    // use of the JSON decoder, the page map and the latency histogram instantiates runtime
+    // metadata, which costs hundreds of microseconds a restore's first byte should not pay.
+    warmUp(snapshot)
     guard let client = try listener.accept(timeout: timeout) else { return nil }
     guard let message = try client.receive(timeout: .seconds(30)) else {
       throw .invalidArgument(.serve, .badRegions("the client hung up before sending its regions"))
@@ -118,6 +122,16 @@ public final class SnapshotServer: Sendable {
     let regions = try decodeRegions(message.bytes)
     let uffd = try Userfaultfd(adopting: try message.takeDescriptor(), origin: .anotherProcess)
     return (try SnapshotServer(uffd: uffd, regions: regions, snapshot: snapshot, configuration: configuration), client)
+  }
+
+  private static func warmUp(_ snapshot: SnapshotFile) {
+    let sample = #"[{"base_host_virt_addr":4096,"size":4096,"offset":0,"page_size":4096}]"#
+    guard let regions = try? RegionsJSON.decode(Array(sample.utf8)),
+          let map = try? RestorePageMap(regions, snapshotLength: max(snapshot.length, 4096))
+    else { return }
+    var state = ServingState(map: map, action: .zeroPage, window: 1)
+    state.recordLatency(since: ContinuousClock.now, clock: ContinuousClock())
+    _ = state.window(for: 4096, pageSize: 4096, limit: 1)
   }
 
   /// Asks a running ``run(client:progress:)`` to finish (from any thread).
@@ -143,7 +157,7 @@ public final class SnapshotServer: Sendable {
       prefetcher?.join()
       return finish(clock: clock, start: start, reason: .failed)
     }
-    var deferred: [PageFault] = []
+    var deferred: [(fault: PageFault, readAt: ContinuousClock.Instant)] = []
     var lastReport = start
     var reason = Statistics.EndReason.stopped
     loop: while !stopping.load(ordering: .acquiring) {
@@ -168,9 +182,8 @@ public final class SnapshotServer: Sendable {
         for index in 0..<count {
           switch buffer.event(at: index, of: uffd) {
           case .pageFault(let fault):
-            faults.append(fault)
+            faults.append((fault, readAt))
             faultsWaiting.add(1, ordering: .relaxed)
-            state.withLock { $0.readAt[fault.pageAddress.rawValue] = readAt }
           case .remove(let start, let end), .unmap(let start, let end):
             state.withLock { $0.release(start: start.rawValue, end: end.rawValue) }
           case .fork(let child):
@@ -180,12 +193,12 @@ public final class SnapshotServer: Sendable {
           }
         }
       }
-      for fault in faults {
-        switch serve(fault, clock: clock) {
+      for item in faults {
+        switch serve(item.fault, readAt: item.readAt, clock: clock) {
         case .done:
           faultsWaiting.subtract(1, ordering: .relaxed)
         case .retry:
-          deferred.append(fault)
+          deferred.append(item)
         case .gone:
           reason = .processGone
           break loop
@@ -216,7 +229,7 @@ public final class SnapshotServer: Sendable {
 
   /// Serves one fault: from the snapshot with fault-around, zeros for a released page, a wake for
   /// a page the prefetcher filled meanwhile.
-  private func serve(_ fault: PageFault, clock: ContinuousClock) -> Served {
+  private func serve(_ fault: PageFault, readAt: ContinuousClock.Instant, clock: ContinuousClock) -> Served {
     let address = fault.address.rawValue
     return state.withLock { serving in
       let map = serving.map
@@ -236,7 +249,7 @@ public final class SnapshotServer: Sendable {
         // Filled meanwhile (by the prefetcher, or a fault-around): the thread only needs waking.
         _ = RangeIoctl.wake(uffd.coreDescriptor, target, length: pageSize)
         serving.statistics.wakes += 1
-        serving.recordLatency(of: target, clock: clock)
+        serving.recordLatency(since: readAt, clock: clock)
         return .done
       case .released:
         answer = serving.zeroFill(target, pageSize: pageSize, uffd: uffd, zeros: zeros)
@@ -272,7 +285,7 @@ public final class SnapshotServer: Sendable {
         return .done
       }
       serving.statistics.faults += 1
-      serving.recordLatency(of: target, clock: clock)
+      serving.recordLatency(since: readAt, clock: clock)
       serving.noteResidency(clock: clock)
       return .done
     }

@@ -1,0 +1,204 @@
+import CUserfaultfdReference
+import Foundation
+import Histogram
+import Userfaultfd
+
+/// `uffd bench restore`: a snapshot file restored lazily into a separate client process over a
+/// Unix socket (Firecracker's handshake), by the library's ``SnapshotServer`` three ways (demand
+/// faults only; adaptive fault-around; fault-around plus background prefetch) and, beside it in
+/// the same run, by a C handler doing what Firecracker's example handler does (one UFFDIO_COPY per
+/// 4 KiB fault). Three access patterns: every page in order; a working set of a tenth of the
+/// pages in randomly placed 64 KiB runs; a tenth of the pages scattered with no locality at all.
+/// The bound: one memcpy of the snapshot from the page cache.
+package struct RestoreBenchmark {
+  /// One benchmark row (medians over the repetitions).
+  package struct Row: Encodable, Sendable {
+    package var handler: String
+    package var strategy: String
+    package var pattern: String
+    package var firstByteUs: Double
+    package var completeMs: Double
+    package var gbps: Double
+    package var faults: Int
+    package var faultP50Us: Double
+    package var faultP99Us: Double
+  }
+
+  /// The whole report.
+  package struct Report: Encodable, Sendable {
+    package var mib: Int
+    package var reps: Int
+    package var memcpyGbps: Double
+    package var rows: [Row]
+  }
+
+  package enum Strategy: String, CaseIterable, Sendable {
+    case demand, faultAround = "fault-around", prefetch
+  }
+
+  /// How the client reads its memory.
+  package enum Pattern: String, CaseIterable, Sendable {
+    /// Every page, in order (a full restore).
+    case sequential
+    /// A working set: a tenth of the pages, as randomly placed 64 KiB runs read in random order.
+    case random10pct = "random-10pct"
+    /// A tenth of the pages, each alone and scattered: no locality at all (fault-around's worst case).
+    case scattered10pct = "scattered-10pct"
+
+    var reference: Int32 {
+      switch self {
+      case .sequential: Int32(CUFFD_REF_SEQUENTIAL.rawValue)
+      case .random10pct: Int32(CUFFD_REF_RANDOM_10PCT.rawValue)
+      case .scattered10pct: Int32(CUFFD_REF_SCATTERED_10PCT.rawValue)
+      }
+    }
+  }
+
+  package let mib: Int
+  package let reps: Int
+
+  /// Snapshot sizes the benchmark accepts, in MiB.
+  package static let mibRange = 4...65536
+
+  package init(mib: Int, reps: Int) {
+    self.mib = mib
+    self.reps = reps
+  }
+
+  package func run(progress: Progress) throws -> Report {
+    let size = mib << 20
+    let path = NSTemporaryDirectory() + "uffd-bench-restore-\(getpid()).snap"
+    progress("writing a \(mib) MiB snapshot to \(path)")
+    try writeSnapshot(path: path, size: size)
+    defer { unlink(path) }
+    let snapshot = try SnapshotFile(path: path)
+    let memcpy = try memcpyBound(snapshot)
+    progress(String(format: "memcpy from the page cache: %.2f GB/s", memcpy))
+    var samples: [String: [Sample]] = [:]
+    let rows: [(handler: String, strategy: Strategy, pattern: Pattern)] =
+      Pattern.allCases.flatMap { pattern in
+        Strategy.allCases.map { ("swift", $0, pattern) } + [("c-reference", .demand, pattern)]
+      }
+    for rep in 1...reps {
+      for row in rows {  // interleaved: every row once per repetition
+        let key = "\(row.handler)/\(row.strategy.rawValue)/\(row.pattern.rawValue)"
+        progress("rep \(rep)/\(reps): \(key)")
+        samples[key, default: []].append(try measure(row.handler, row.strategy, row.pattern, snapshot: snapshot))
+      }
+    }
+    return Report(mib: mib, reps: reps, memcpyGbps: memcpy, rows: rows.map { row in
+      let key = "\(row.handler)/\(row.strategy.rawValue)/\(row.pattern.rawValue)"
+      let runs = samples[key] ?? []
+      let complete = median(runs.map(\.completeMs))
+      let bytes = Double(runs.first?.pagesTouched ?? 0) * Double(PageSize.base)
+      return Row(
+        handler: row.handler, strategy: row.strategy.rawValue, pattern: row.pattern.rawValue,
+        firstByteUs: median(runs.map(\.firstByteUs)), completeMs: complete,
+        gbps: complete > 0 ? bytes / (complete / 1000) / 1e9 : 0,
+        faults: Int(median(runs.map { Double($0.faults) })),
+        faultP50Us: median(runs.map(\.p50Us)), faultP99Us: median(runs.map(\.p99Us)))
+    })
+  }
+
+  /// The rows as the tool prints them.
+  package static func table(_ report: Report) -> String {
+    "Snapshot restore into another process, \(report.mib) MiB, medians of \(report.reps) (memcpy bound "
+      + String(format: "%.2f GB/s", report.memcpyGbps) + ")\n"
+      + formatTable(
+        ["handler", "strategy", "pattern", "first byte µs", "complete ms", "GB/s", "x memcpy", "faults", "fault p50 µs", "p99 µs"],
+        report.rows.map {
+          [$0.handler, $0.strategy, $0.pattern, String(format: "%.0f", $0.firstByteUs), String(format: "%.1f", $0.completeMs),
+           String(format: "%.2f", $0.gbps), String(format: "%.2f", report.memcpyGbps > 0 ? $0.gbps / report.memcpyGbps : 0),
+           "\($0.faults)", String(format: "%.1f", $0.faultP50Us), String(format: "%.1f", $0.faultP99Us)]
+        })
+  }
+
+  struct Sample {
+    var firstByteUs: Double
+    var completeMs: Double
+    var pagesTouched: Int
+    var faults: Int
+    var p50Us: Double
+    var p99Us: Double
+  }
+
+  /// One restore: a client process, and the Swift or C server in this one.
+  func measure(_ handler: String, _ strategy: Strategy, _ pattern: Pattern, snapshot: SnapshotFile) throws -> Sample {
+    let socketPath = NSTemporaryDirectory() + "uffd-bench-restore-\(getpid()).sock"
+    unlink(socketPath)
+    defer { unlink(socketPath) }
+    let listener = try UnixSocket.listen(at: socketPath)
+    var report: [Int32] = [-1, -1]
+    guard pipe(&report) == 0 else { throw ToolError("pipe: \(String(cString: strerror(errno)))") }
+    defer { close(report[0]); close(report[1]) }
+    let child = cuffd_ref_restore_client(socketPath, snapshot.length, pattern.reference, report[1])
+    guard child > 0 else { throw ToolError("fork: \(String(cString: strerror(errno)))") }
+    var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+    if handler == "swift" {
+      var configuration = SnapshotServer.Configuration(faultAroundPages: strategy == .demand ? 1 : 256)
+      configuration.prefetch = strategy == .prefetch
+      configuration.prefetchPages = 1024
+      guard let (server, client) = try SnapshotServer.accept(
+        on: listener, snapshot: snapshot, configuration: configuration, timeout: .seconds(30))
+      else {
+        _ = cuffd_ref_wait(child, 0)
+        throw ToolError("the restore client never connected")
+      }
+      let statistics = server.run(client: client)
+      let status = cuffd_ref_wait(child, 60_000)
+      guard status == 0 else { throw ToolError("the restore client failed (status \(status))") }
+      return try finish(report[0], faults: statistics.faults, p50: statistics.faultLatencyP50.microseconds,
+                        p99: statistics.faultLatencyP99.microseconds)
+    } else {
+      var latencies = [Int64](repeating: 0, count: snapshot.length / PageSize.base + 1)
+      var count = 0
+      let result = snapshot.bytes.baseAddress.map { base in
+        latencies.withUnsafeMutableBufferPointer {
+          cuffd_ref_restore_server(listener.fileDescriptor.rawValue, base.assumingMemoryBound(to: CChar.self),
+                                   snapshot.length, $0.baseAddress, $0.count, &count)
+        }
+      } ?? -EINVAL
+      let status = cuffd_ref_wait(child, 60_000)
+      guard result == 0, status == 0 else { throw ToolError("the C reference restore failed (\(result), client \(status))") }
+      for latency in latencies.prefix(count) { _ = histogram.record(UInt64(max(0, latency))) }
+      return try finish(report[0], faults: count, p50: Double(histogram.valueAtPercentile(50)) / 1000,
+                        p99: Double(histogram.valueAtPercentile(99)) / 1000)
+    }
+  }
+
+  private func finish(_ fd: Int32, faults: Int, p50: Double, p99: Double) throws -> Sample {
+    var result = cuffd_ref_restore_result()
+    guard read(fd, &result, MemoryLayout<cuffd_ref_restore_result>.size) == MemoryLayout<cuffd_ref_restore_result>.size,
+          result.status == 0
+    else { throw ToolError("the restore client reported no result (status \(result.status))") }
+    return Sample(
+      firstByteUs: Double(result.first_byte_ns) / 1000, completeMs: Double(result.complete_ns) / 1e6,
+      pagesTouched: Int(result.pages_touched), faults: faults, p50Us: p50, p99Us: p99)
+  }
+
+  /// A snapshot of `size` bytes with a different word everywhere, left in the page cache.
+  private func writeSnapshot(path: String, size: Int) throws {
+    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    guard fd >= 0 else { throw ToolError("cannot create \(path): \(String(cString: strerror(errno)))") }
+    defer { close(fd) }
+    var chunk = [UInt64](repeating: 0, count: 1 << 17)  // 1 MiB
+    for block in 0..<(size >> 20) {
+      for index in chunk.indices { chunk[index] = UInt64(block << 17 | index) &* 0x9E37_79B9_7F4A_7C15 }
+      let written = chunk.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+      guard written == 1 << 20 else { throw ToolError("writing \(path): \(String(cString: strerror(errno)))") }
+    }
+  }
+
+  /// One memcpy of the whole snapshot from the page cache into resident memory: the best of 3.
+  private func memcpyBound(_ snapshot: SnapshotFile) throws -> Double {
+    let target = try AnonymousMemory(length: snapshot.length, populate: true)
+    guard let source = snapshot.bytes.baseAddress else { return 0 }
+    var best = Double.infinity
+    for _ in 0..<3 {
+      let start = cuffd_ref_now_ns()
+      memcpy(target.baseAddress, source, snapshot.length)
+      best = min(best, Double(cuffd_ref_now_ns() - start))
+    }
+    return Double(snapshot.length) / best
+  }
+}
