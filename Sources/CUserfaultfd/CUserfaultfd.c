@@ -27,6 +27,13 @@ _Static_assert(CUFFD_MADV_POPULATE_READ == MADV_POPULATE_READ, "MADV_POPULATE_RE
 _Static_assert(CUFFD_MADV_POPULATE_WRITE == MADV_POPULATE_WRITE, "MADV_POPULATE_WRITE");
 #endif
 
+#ifdef MAP_HUGE_2MB
+_Static_assert(CUFFD_MAP_HUGE_2MB == MAP_HUGE_2MB, "MAP_HUGE_2MB");
+#endif
+#ifdef MFD_CLOEXEC
+_Static_assert(CUFFD_MFD_CLOEXEC == MFD_CLOEXEC, "MFD_CLOEXEC");
+#endif
+
 int cuffd_pipe_nonblocking(int fds[2]) { return pipe2(fds, O_CLOEXEC | O_NONBLOCK); }
 
 #include <signal.h>

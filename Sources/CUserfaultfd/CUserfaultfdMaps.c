@@ -159,3 +159,28 @@ int cuffd_vma_has_flag(uintptr_t address, const char *flag) {
   lines_close(&l);
   return result;
 }
+
+long cuffd_vma_kernel_page_size(uintptr_t address) {
+  struct lines l;
+  if (lines_open(&l, "/proc/self/smaps") < 0) return -1;
+  int inside = 0;
+  long result = 0;
+  char *line;
+  while ((line = lines_next(&l)) != NULL) {
+    struct cuffd_vma vma;
+    if (strncmp(line, "KernelPageSize:", 15) == 0) {
+      if (!inside) continue;
+      long kib = 0;
+      for (const char *p = line + 15; *p; p++) {
+        if (*p >= '0' && *p <= '9') kib = kib * 10 + (*p - '0');
+        else if (kib > 0) break;
+      }
+      result = kib * 1024;
+      break;
+    }
+    if (strchr(line, ':') != NULL && strchr(line, '-') == NULL) continue;  // a "Key: value" line
+    if (parse_header(line, &vma)) inside = vma.start <= address && address < vma.end;
+  }
+  lines_close(&l);
+  return result;
+}

@@ -262,6 +262,19 @@ int cuffd_pipe_nonblocking(int fds[2]);
 /// ioctl (SECCOMP_RET_TRAP) would otherwise kill a probe. `*sigsys` is 1 when it fired.
 int cuffd_ioctl_move_noting_sigsys(int fd, struct cuffd_move *arg, int *sigsys);
 
+/// `memfd_create(name, flags)` through the system call (glibc declares it only under _GNU_SOURCE).
+static inline int cuffd_memfd_create(const char *name, unsigned int flags) {
+#ifdef SYS_memfd_create
+  return (int)syscall(SYS_memfd_create, name, flags);
+#else
+  errno = ENOSYS;
+  return -1;
+#endif
+}
+#define CUFFD_MFD_CLOEXEC 1U
+/// MAP_HUGE_2MB: 21 (log2 of 2 MiB) in the MAP_HUGE_SHIFT (26) bits.
+#define CUFFD_MAP_HUGE_2MB (21 << 26)
+
 /// MAP_FAILED as a value Swift can compare against.
 static inline void *cuffd_map_failed(void) { return MAP_FAILED; }
 

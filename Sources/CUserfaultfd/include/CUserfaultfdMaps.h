@@ -28,4 +28,9 @@ int cuffd_vma_lookup(uintptr_t address, struct cuffd_vma *out);
 /// KSM-mergeable) in /proc/self/smaps. Returns 1 or 0, -1 when unknown.
 int cuffd_vma_has_flag(uintptr_t address, const char *flag);
 
+/// The page size the kernel uses for the mapping containing `address` (smaps `KernelPageSize`):
+/// 4096 for ordinary memory, 2 MiB or 1 GiB for hugetlbfs. 0 when no mapping contains it, -1 when
+/// /proc/self/smaps cannot be read.
+long cuffd_vma_kernel_page_size(uintptr_t address);
+
 #endif

@@ -61,6 +61,8 @@ public enum InvalidArgument: Sendable, Equatable, CustomStringConvertible {
   case notAUserfaultfd(descriptor: Int32, actually: String)
   /// A snapshot-restore message could not be understood.
   case badRegions(String)
+  /// The memory has no file behind it to map again (only ``AnonymousMemory/memfd(length:)`` has).
+  case notFileBacked
 
   public var description: String {
     switch self {
@@ -115,6 +117,8 @@ public enum InvalidArgument: Sendable, Equatable, CustomStringConvertible {
       return "descriptor \(descriptor) is not a userfaultfd (it is \(actually.isEmpty ? "closed" : actually))"
     case .badRegions(let reason):
       return "guest memory regions: \(reason)"
+    case .notFileBacked:
+      return "this memory has no file behind it: create it with AnonymousMemory.memfd(length:) to map it again"
     }
   }
 }

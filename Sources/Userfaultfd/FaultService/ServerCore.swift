@@ -31,6 +31,9 @@ final class ServerCore: @unchecked Sendable {
   private let attempts: UnsafeMutableBufferPointer<Int>
   private let pollDescriptors: UnsafeMutablePointer<pollfd>
   private let pagemap: Int32
+  /// 2 MiB of zeros (mapped, never touched: no memory), for zero-filling a hugetlbfs page, which
+  /// has no zero page; allocated at setup because the serving thread must not allocate.
+  private let hugeZeros: UInt
   // The delivery ring: the serving thread produces, the delivery thread consumes.
   private let ring: UnsafeMutableBufferPointer<DeliveryItem>
   private let ringHead = Atomic<Int>(0)
@@ -72,6 +75,8 @@ final class ServerCore: @unchecked Sendable {
     self.ring = .allocate(capacity: Self.ringCapacity)
     self.pollDescriptors = .allocate(capacity: 2)
     self.pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)
+    let zeros = mmap(nil, PageSize.huge, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+    self.hugeZeros = zeros == nil || zeros == cuffd_map_failed() ? 0 : UInt(bitPattern: zeros)
     pollDescriptors[0] = pollfd(fd: uffd.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0)
     pollDescriptors[1] = pollfd(fd: wake.read, events: Int16(POLLIN), revents: 0)
   }
@@ -87,6 +92,7 @@ final class ServerCore: @unchecked Sendable {
       if item.kind == .event, item.eventCode == UInt8(CUFFD_EVENT_FORK) { _ = close(item.forkDescriptor) }
       tail += 1
     }
+    if hugeZeros != 0, let zeros = UnsafeMutableRawPointer(bitPattern: hugeZeros) { _ = munmap(zeros, PageSize.huge) }
     records.deallocate()
     pending.deallocate()
     attempts.deallocate()
@@ -168,6 +174,8 @@ final class ServerCore: @unchecked Sendable {
       sink += Int(item.eventCode) + Int(item.forkDescriptor) + Int(item.errno)
     }
     sink += isMissingRegisteredPage(0) ? 1 : 0
+    sink += uffd.registeredPageSize(at: 0) ?? 0
+    sink += zeroFill(0, page: PageSize.base).bytesDone + zeroFill(0, page: PageSize.huge).bytesDone
     pending[0] = fault
     attempts[0] = sink
     counters.recordFailure(address: 0, errno: .deadlock)
@@ -220,7 +228,8 @@ final class ServerCore: @unchecked Sendable {
       case .retryAfterEvents:
         tries += 1
         if tries >= configuration.maxAttempts {
-          fail(fault, errno: .resourceTemporarilyUnavailable)
+          let page = uffd.registeredPageSize(at: fault.address.rawValue) ?? PageSize.base
+          fail(fault.address.rawValue & ~UInt(page - 1), page: page, errno: .resourceTemporarilyUnavailable)
           continue
         }
       case .later:
@@ -236,10 +245,11 @@ final class ServerCore: @unchecked Sendable {
 
   private enum Attempt { case done, retryAfterEvents, later }
 
-  /// Performs one resolution and acts on the kernel's answer.
+  /// Performs one resolution and acts on the kernel's answer, in the page size of the registered
+  /// memory (2 MiB or 1 GiB on hugetlbfs).
   private func attempt(_ fault: PageFault) -> Attempt {
-    let page = PageSize.base
-    let target = fault.pageAddress.rawValue
+    let page = uffd.registeredPageSize(at: fault.address.rawValue) ?? PageSize.base
+    let target = fault.address.rawValue & ~UInt(page - 1)
     guard target != 0 else { return .done }
     let resolution = resolver(fault)
     let answer: KernelAnswer
@@ -248,14 +258,14 @@ final class ServerCore: @unchecked Sendable {
       if isMissingRegisteredPage(source.rawValue) {
         // The kernel would fault on the source inside this thread's own ioctl, and wait for
         // this thread to resolve it.
-        fail(fault, errno: .deadlock)
+        fail(target, page: page, errno: .deadlock)
         return .done
       }
       answer = uffd.copyCore(target, from: source.rawValue, length: page, mode: 0)
     case .move(let source):
-      answer = move(from: source.rawValue, to: target)
+      answer = move(from: source.rawValue, to: target, page: page)
     case .zeroPage:
-      answer = uffd.zeroPageCore(target, length: page, mode: 0)
+      answer = zeroFill(target, page: page)
     case .continueMapping:
       answer = uffd.continueCore(target, length: page, mode: 0)
     case .wake:
@@ -277,15 +287,21 @@ final class ServerCore: @unchecked Sendable {
     case .processGone:
       counters.abandoned.wrappingAdd(1, ordering: .relaxed)
     case .sourceMissing, .busy, .failed:
-      fail(fault, errno: answer.errno ?? .ioError)
+      fail(target, page: page, errno: answer.errno ?? .ioError)
     }
     return .done
   }
 
+  /// Zeros for a page: ZEROPAGE, or on hugetlbfs (no zero page) a copy of zeros.
+  private func zeroFill(_ target: UInt, page: Int) -> KernelAnswer {
+    if page == PageSize.base { return uffd.zeroPageCore(target, length: page, mode: 0) }
+    guard page <= PageSize.huge, hugeZeros != 0 else { return KernelAnswer(.zeroPage, failed: .invalidArgument, length: page) }
+    return uffd.copyCore(target, from: hugeZeros, length: page, mode: 0)
+  }
+
   /// UFFDIO_MOVE of one page; as COPY then dropping the source where the kernel has no MOVE or
   /// refuses it with EBUSY (the source page is shared with a forked child).
-  private func move(from source: UInt, to target: UInt) -> KernelAnswer {
-    let page = PageSize.base
+  private func move(from source: UInt, to target: UInt, page: Int) -> KernelAnswer {
     if hasMove {
       let moved = uffd.moveCore(target, from: source, length: page, mode: 0)
       guard moved.outcome == .busy else { return moved }
@@ -310,15 +326,12 @@ final class ServerCore: @unchecked Sendable {
     return entry & (1 << 63 | 1 << 62) == 0
   }
 
-  /// Fails a fault: poisons or zero-fills its page, counts it and reports it.
-  private func fail(_ fault: PageFault, errno: Errno) {
-    let page = PageSize.base
-    let target = fault.pageAddress.rawValue
-    var filled = action == .poison
-      ? uffd.poisonCore(target, length: page, mode: 0)
-      : uffd.zeroPageCore(target, length: page, mode: 0)
+  /// Fails a fault: poisons or zero-fills its page (`page` bytes at `target`), counts it and
+  /// reports it.
+  private func fail(_ target: UInt, page: Int, errno: Errno) {
+    var filled = action == .poison ? uffd.poisonCore(target, length: page, mode: 0) : zeroFill(target, page: page)
     if action == .poison, filled.outcome == .failed {
-      filled = uffd.zeroPageCore(target, length: page, mode: 0)
+      filled = zeroFill(target, page: page)
     }
     switch filled.outcome {
     case .alreadyPresent:

@@ -1,46 +1,55 @@
-/// The address ranges a handle has registered and not unregistered: sorted, disjoint, merged.
-/// Kept so a fault server can release every waiter when it stops, and can refuse a resolution
-/// whose source is itself a registered missing page (the kernel would fault on it inside the
-/// server's own ioctl and wait for the server: a deadlock).
+/// The address ranges a handle has registered and not unregistered, with the page size of the
+/// memory behind each (4 KiB, or 2 MiB / 1 GiB for hugetlbfs): sorted, disjoint, merged where
+/// the page size agrees. Kept so a fault server can resolve each fault in its memory's page size,
+/// release every waiter when it stops, and refuse a resolution whose source is itself a
+/// registered missing page (the kernel would fault on it inside the server's own ioctl and wait
+/// for the server: a deadlock).
 struct RegisteredRanges: Sendable {
-  private(set) var ranges: [(start: UInt, end: UInt)] = []
+  struct Range: Sendable {
+    var start: UInt
+    var end: UInt
+    var pageSize: Int
+  }
 
-  /// Adds `start..<end`, merging with neighbours.
-  mutating func insert(_ start: UInt, _ end: UInt) {
+  private(set) var ranges: [Range] = []
+
+  /// Adds `start..<end` of memory with pages of `pageSize` bytes, merging with neighbours of the
+  /// same page size.
+  mutating func insert(_ start: UInt, _ end: UInt, pageSize: Int = PageSize.base) {
     var lower = start
     var upper = end
-    var kept: [(start: UInt, end: UInt)] = []
+    var kept: [Range] = []
     kept.reserveCapacity(ranges.count + 1)
     for range in ranges {
-      if range.end < lower || range.start > upper {
+      if range.end < lower || range.start > upper || range.pageSize != pageSize {
         kept.append(range)
       } else {
         lower = min(lower, range.start)
         upper = max(upper, range.end)
       }
     }
-    kept.append((lower, upper))
+    kept.append(Range(start: lower, end: upper, pageSize: pageSize))
     kept.sort { $0.start < $1.start }
     ranges = kept
   }
 
   /// Removes `start..<end`, splitting ranges that straddle it.
   mutating func remove(_ start: UInt, _ end: UInt) {
-    var kept: [(start: UInt, end: UInt)] = []
+    var kept: [Range] = []
     kept.reserveCapacity(ranges.count + 1)
     for range in ranges {
       if range.end <= start || range.start >= end {
         kept.append(range)
         continue
       }
-      if range.start < start { kept.append((range.start, start)) }
-      if range.end > end { kept.append((end, range.end)) }
+      if range.start < start { kept.append(Range(start: range.start, end: start, pageSize: range.pageSize)) }
+      if range.end > end { kept.append(Range(start: end, end: range.end, pageSize: range.pageSize)) }
     }
     ranges = kept
   }
 
-  /// Whether `address` lies in a registered range. Allocation-free.
-  func contains(_ address: UInt) -> Bool {
+  /// The registered range holding `address`. Allocation-free.
+  func range(containing address: UInt) -> Range? {
     var low = 0
     var high = ranges.count
     while low < high {
@@ -50,9 +59,12 @@ struct RegisteredRanges: Sendable {
       } else if ranges[middle].start > address {
         high = middle
       } else {
-        return true
+        return ranges[middle]
       }
     }
-    return false
+    return nil
   }
+
+  /// Whether `address` lies in a registered range. Allocation-free.
+  func contains(_ address: UInt) -> Bool { range(containing: address) != nil }
 }

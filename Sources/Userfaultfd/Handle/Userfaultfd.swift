@@ -172,6 +172,12 @@ public final class Userfaultfd: Sendable {
     registrations.withLock { $0.contains(address) }
   }
 
+  /// The page size of the registered memory at `address` (allocation-free); nil when this handle
+  /// did not register it.
+  func registeredPageSize(at address: UInt) -> Int? {
+    registrations.withLock { $0.range(containing: address)?.pageSize }
+  }
+
   /// Whether `close()` has run.
   public var isClosed: Bool { descriptor.load(ordering: .acquiring) < 0 }
 

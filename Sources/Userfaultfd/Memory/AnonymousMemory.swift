@@ -17,6 +17,12 @@ public final class AnonymousMemory: @unchecked Sendable {
   public let length: Int
   /// Whether the mapping is private (copy-on-write across fork) or shared (shmem).
   public let sharing: Sharing
+  /// The size of the pages behind the mapping: the base page, or 2 MiB for
+  /// ``hugePages(length:sharing:)``. Userfaultfd operations on it work in whole pages of this size.
+  public let pageSize: Int
+  /// For ``memfd(length:)`` memory: the memfd behind it, so the same pages can be mapped again
+  /// (``mapAgain()``), as MINOR faults and CONTINUE need. Closed with the mapping.
+  public let file: FileDescriptor?
 
   /// Private or shared anonymous memory.
   public enum Sharing: Sendable, Hashable {
@@ -121,11 +127,90 @@ public final class AnonymousMemory: @unchecked Sendable {
     self.baseAddress = raw + head
     self.length = mapped
     self.sharing = sharing
+    self.pageSize = page
+    self.file = nil
     if populate { try populateAll() }
+  }
+
+  private init(adopting base: UnsafeMutableRawPointer, length: Int, sharing: Sharing, pageSize: Int, file: FileDescriptor?) {
+    self.baseAddress = base
+    self.length = length
+    self.sharing = sharing
+    self.pageSize = pageSize
+    self.file = file
+  }
+
+  /// Maps `length` bytes (rounded up to 2 MiB) of hugetlbfs memory in 2 MiB pages
+  /// (`MAP_HUGETLB`), private or shared. The pages come from the kernel's reserved pool, and the
+  /// mapping fails at once (`ENOMEM`) when the pool has too few free pages.
+  ///
+  /// - Throws: ``UserfaultfdError/systemCallFailed(_:_:)`` naming `vm.nr_hugepages` when no huge
+  ///   pages are free.
+  public static func hugePages(length: Int, sharing: Sharing = .private) throws(UserfaultfdError) -> AnonymousMemory {
+    let huge = 2 << 20
+    guard length > 0, length <= maxLength else {
+      throw .invalidArgument(.memory, length <= 0 ? .nonPositiveLength(role: .range, length: length) : .lengthTooLarge(length, max: maxLength))
+    }
+    let rounded = (length + huge - 1) & ~(huge - 1)
+    let flags = MAP_ANONYMOUS | MAP_HUGETLB | Int32(CUFFD_MAP_HUGE_2MB) | (sharing == .private ? MAP_PRIVATE : MAP_SHARED)
+    guard let raw = mmap(nil, rounded, PROT_READ | PROT_WRITE, flags, -1, 0), raw != cuffd_map_failed() else {
+      throw .systemCallFailed(
+        "mmap(MAP_HUGETLB, \(rounded >> 21) x 2 MiB: reserve them with vm.nr_hugepages)", .current)
+    }
+    return AnonymousMemory(adopting: raw, length: rounded, sharing: sharing, pageSize: huge, file: nil)
+  }
+
+  /// Maps `length` bytes (rounded up to whole pages) of a new memfd: shared memory (shmem) with a
+  /// descriptor, ``file``, so the same pages can be mapped a second time (``mapAgain()``). One view
+  /// registered in MINOR mode and another that fills the page cache is how UFFDIO_CONTINUE is used.
+  public static func memfd(length: Int) throws(UserfaultfdError) -> AnonymousMemory {
+    let page = PageSize.base
+    guard length > 0, length <= maxLength else {
+      throw .invalidArgument(.memory, length <= 0 ? .nonPositiveLength(role: .range, length: length) : .lengthTooLarge(length, max: maxLength))
+    }
+    let rounded = (length + page - 1) & ~(page - 1)
+    let fd = cuffd_memfd_create("userfaultfd", UInt32(CUFFD_MFD_CLOEXEC))
+    guard fd >= 0 else { throw .systemCallFailed("memfd_create", .current) }
+    guard ftruncate(fd, off_t(rounded)) == 0 else {
+      let error = Errno.current
+      _ = close(fd)
+      throw .systemCallFailed("ftruncate(memfd, \(rounded))", error)
+    }
+    do {
+      return try map(file: fd, length: rounded)
+    } catch {
+      _ = close(fd)
+      throw error
+    }
+  }
+
+  /// A second mapping of the same ``memfd(length:)`` pages (it keeps its own duplicate of the
+  /// descriptor).
+  ///
+  /// - Throws: ``UserfaultfdError/invalidArgument(_:_:)`` for memory that is not memfd-backed.
+  public func mapAgain() throws(UserfaultfdError) -> AnonymousMemory {
+    guard let file else { throw .invalidArgument(.memory, .notFileBacked) }
+    let copy = dup(file.rawValue)
+    guard copy >= 0 else { throw .systemCallFailed("dup", .current) }
+    do {
+      return try Self.map(file: copy, length: length)
+    } catch {
+      _ = close(copy)
+      throw error
+    }
+  }
+
+  private static func map(file fd: Int32, length: Int) throws(UserfaultfdError) -> AnonymousMemory {
+    guard let raw = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), raw != cuffd_map_failed() else {
+      throw .systemCallFailed("mmap(memfd)", .current)
+    }
+    return AnonymousMemory(
+      adopting: raw, length: length, sharing: .shared, pageSize: PageSize.base, file: FileDescriptor(rawValue: fd))
   }
 
   deinit {
     _ = munmap(baseAddress, length)
+    if let file { _ = close(file.rawValue) }
   }
 
   /// Allocates every page of the fresh mapping now: `MADV_POPULATE_WRITE` (Linux 5.14+), or on

@@ -24,7 +24,10 @@ extension Userfaultfd {
       mode: mode.rawValue, ioctls: 0)
     try check(valueOrErrno(retryOnInterrupt: true) { cuffd_ioctl_register(fd, &arg) },
               operation: .register, range: range)
-    registrations.withLock { $0.insert(range.start, range.end) }
+    // The memory's own page size (hugetlbfs: 2 MiB or 1 GiB), so faults there are resolved whole.
+    let kernelPageSize = cuffd_vma_kernel_page_size(range.start)
+    let pageSize = kernelPageSize > 0 ? Int(kernelPageSize) : PageSize.base
+    registrations.withLock { $0.insert(range.start, range.end, pageSize: pageSize) }
     return Ioctls(rawValue: arg.ioctls)
   }
 

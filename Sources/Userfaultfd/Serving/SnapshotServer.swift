@@ -151,10 +151,12 @@ public final class SnapshotServer: Sendable {
     let clock = ContinuousClock()
     let start = clock.now
     state.withLock { $0.start = start }
-    let prefetcher: DedicatedThread? = configuration.prefetch ? try? DedicatedThread { [self] in prefetch() } : nil
+    // The prefetcher starts once the first fault is served (or after 5 ms without one), so a
+    // restore's first byte never waits behind its start-up or its first copy.
+    var prefetcher: DedicatedThread?
+    var prefetchDue = configuration.prefetch
     guard let buffer = try? EventBuffer(capacity: 256) else {
       stop()
-      prefetcher?.join()
       return finish(clock: clock, start: start, reason: .failed)
     }
     var deferred: [(fault: PageFault, readAt: ContinuousClock.Instant)] = []
@@ -166,7 +168,7 @@ public final class SnapshotServer: Sendable {
         pollfd(fd: wakeup.read, events: Int16(POLLIN), revents: 0),
         pollfd(fd: client?.fileDescriptor.rawValue ?? -1, events: Int16(POLLIN), revents: 0),
       ]
-      let ready = poll(&entries, 3, deferred.isEmpty ? 200 : 1)
+      let ready = poll(&entries, 3, !deferred.isEmpty ? 1 : prefetchDue ? 5 : 200)
       if ready < 0 && errno != EINTR { reason = .failed; break }
       if entries[2].revents != 0, let client, (try? client.peerHasHungUp()) != false {
         reason = .clientHungUp
@@ -203,6 +205,10 @@ public final class SnapshotServer: Sendable {
           reason = .processGone
           break loop
         }
+      }
+      if prefetchDue, state.withLock({ $0.statistics.faults > 0 }) || clock.now - start >= .milliseconds(5) {
+        prefetchDue = false
+        prefetcher = try? DedicatedThread { [self] in prefetch() }
       }
       if let progress, clock.now - lastReport >= .seconds(1) {
         lastReport = clock.now
