@@ -1,3 +1,4 @@
+import CUserfaultfd
 /// A set of userfaultfd ioctls, as the kernel reports them: the bit for `_UFFDIO_X` is set when
 /// `UFFDIO_X` may be used (`uffdio_api.ioctls`, `uffdio_register.ioctls`).
 public struct Ioctls: OptionSet, Sendable, Hashable, CustomStringConvertible {
@@ -7,26 +8,26 @@ public struct Ioctls: OptionSet, Sendable, Hashable, CustomStringConvertible {
   public init(rawValue: UInt64) { self.rawValue = rawValue }
 
   /// `UFFDIO_REGISTER` (bit `_UFFDIO_REGISTER` = 0).
-  public static let register = Ioctls(rawValue: 1 << 0)
+  public static let register = Ioctls(rawValue: 1 << UInt64(CUFFD__UFFDIO_REGISTER))
   /// `UFFDIO_UNREGISTER` (bit 1).
-  public static let unregister = Ioctls(rawValue: 1 << 1)
+  public static let unregister = Ioctls(rawValue: 1 << UInt64(CUFFD__UFFDIO_UNREGISTER))
   /// `UFFDIO_WAKE` (bit 2).
-  public static let wake = Ioctls(rawValue: 1 << 2)
+  public static let wake = Ioctls(rawValue: 1 << UInt64(CUFFD__UFFDIO_WAKE))
   /// `UFFDIO_COPY` (bit 3).
-  public static let copy = Ioctls(rawValue: 1 << 3)
+  public static let copy = Ioctls(rawValue: 1 << UInt64(CUFFD__UFFDIO_COPY))
   /// `UFFDIO_ZEROPAGE` (bit 4).
-  public static let zeroPage = Ioctls(rawValue: 1 << 4)
+  public static let zeroPage = Ioctls(rawValue: 1 << UInt64(CUFFD__UFFDIO_ZEROPAGE))
   /// `UFFDIO_MOVE` (bit 5). Reported for any non-hugetlb range: it alone does not prove MOVE
   /// works on that memory (shmem is refused with EINVAL).
-  public static let move = Ioctls(rawValue: 1 << 5)
+  public static let move = Ioctls(rawValue: 1 << UInt64(CUFFD__UFFDIO_MOVE))
   /// `UFFDIO_WRITEPROTECT` (bit 6).
-  public static let writeProtect = Ioctls(rawValue: 1 << 6)
+  public static let writeProtect = Ioctls(rawValue: 1 << UInt64(CUFFD__UFFDIO_WRITEPROTECT))
   /// `UFFDIO_CONTINUE` (bit 7).
-  public static let `continue` = Ioctls(rawValue: 1 << 7)
+  public static let `continue` = Ioctls(rawValue: 1 << UInt64(CUFFD__UFFDIO_CONTINUE))
   /// `UFFDIO_POISON` (bit 8).
-  public static let poison = Ioctls(rawValue: 1 << 8)
+  public static let poison = Ioctls(rawValue: 1 << UInt64(CUFFD__UFFDIO_POISON))
   /// `UFFDIO_API` (bit `_UFFDIO_API` = 0x3F).
-  public static let api = Ioctls(rawValue: 1 << 0x3F)
+  public static let api = Ioctls(rawValue: 1 << UInt64(CUFFD__UFFDIO_API))
 
   /// Every ioctl with its lower-case name (the C constant without `UFFDIO_`).
   public static let allNamed: [(ioctl: Ioctls, name: String)] = [

@@ -24,8 +24,11 @@ extension Userfaultfd {
       mode: mode.rawValue, ioctls: 0)
     try check(valueOrErrno(retryOnInterrupt: true) { cuffd_ioctl_register(fd, &arg) },
               operation: .register, range: range)
-    // The memory's own page size (hugetlbfs: 2 MiB or 1 GiB), so faults there are resolved whole.
-    let kernelPageSize = cuffd_vma_kernel_page_size(range.start)
+    // The memory's own page size, so faults there are resolved whole. Only hugetlbfs ranges are
+    // registered without ZEROPAGE (it has no zero page); for those alone smaps, which is slow to
+    // read in a large process, says whether the pages are 2 MiB or 1 GiB.
+    let ioctls = Ioctls(rawValue: arg.ioctls)
+    let kernelPageSize = ioctls.contains(.zeroPage) ? 0 : cuffd_vma_kernel_page_size(range.start)
     let pageSize = kernelPageSize > 0 ? Int(kernelPageSize) : PageSize.base
     registrations.withLock { $0.insert(range.start, range.end, pageSize: pageSize) }
     return Ioctls(rawValue: arg.ioctls)
