@@ -32,7 +32,13 @@ do {
   // A descriptor that serves kernel-mode faults too (write(2) from guest memory below).
   let uffd = try Userfaultfd(features: [.eventRemove], options: .nonBlocking)
   try uffd.register(guest.baseAddress, length: guest.length, mode: .missing)
-  let socket = try UnixSocket.connect(to: socketPath)
+  // The server may still be starting: try for up to ten seconds.
+  var connected: UnixSocket?
+  for _ in 0..<1000 where connected == nil {
+    connected = try? UnixSocket.connect(to: socketPath)
+    if connected == nil { usleep(10_000) }
+  }
+  guard let socket = connected else { fail("no server is listening at \(socketPath)") }
   let region = GuestRegion(base: Address(guest.baseAddress), size: guest.length, offset: 0)
   let json = try JSONEncoder().encode([region])
   try socket.send(Array(json), descriptor: uffd.fileDescriptor)

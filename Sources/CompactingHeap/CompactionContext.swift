@@ -27,6 +27,9 @@ struct CompactionContext: @unchecked Sendable {
   /// fewer, longer runs for the GC's MOVEs.
   let blockPages: Int
   let counters: CycleCounters
+  /// Every mutator fault's service time (SIGBUS handler entry to return; in thread mode, the
+  /// fault server's resolution).
+  let stalls: StallHistogram
   /// The userfaultfd's descriptor (the handle outlives the cycle's resources).
   let uffd: Int32
   /// MOVE strategy: compact into recycled pages and move them; otherwise buffer and COPY.
@@ -95,6 +98,8 @@ struct CompactionContext: @unchecked Sendable {
   /// maps it if the GC compacted it and has not mapped it yet, waits while someone else is at it.
   /// Async-signal-safe: called from SIGBUS handlers and from the fault-server thread.
   func resolveFault(at address: UInt) {
+    let start = CycleClock.now()
+    defer { stalls.record(nanoseconds: Int(CycleClock.now() - start)) }
     counters.add(.mutatorFaults)
     let index = Int(bitPattern: (address &- layout.start)) / layout.pageSize
     guard index >= 0, index < layout.pageCount else {
@@ -177,7 +182,7 @@ final class CompactionResources: @unchecked Sendable {
     bufferMemory = try AnonymousMemory(length: bufferCount * blockPages * layout.pageSize, populate: true)
     states = .allocate(capacity: pageCount)
     for index in 0..<pageCount { (states + index).initialize(to: Atomic(PageState.unprocessed.rawValue)) }
-    atomicCount = 2 + CycleCounters.slotCount
+    atomicCount = 2 + CycleCounters.slotCount + StallHistogram.slotCount
     atomics = .allocate(capacity: atomicCount)
     for index in 0..<atomicCount { (atomics + index).initialize(to: Atomic(0)) }
     atomics[0].store(layout.fromPages - 1, ordering: .relaxed)  // The recycle cursor.
@@ -188,7 +193,8 @@ final class CompactionResources: @unchecked Sendable {
       layout: layout, from: fromSpace.baseAddress.assumingMemoryBound(to: UInt64.self),
       states: PageStates(words: states), recycleCursor: atomics, gcIndex: atomics + 1,
       buffers: bufferMemory.baseAddress.assumingMemoryBound(to: UInt64.self), bufferBusy: busy,
-      bufferCount: bufferCount, blockPages: blockPages, counters: CycleCounters(slots: atomics + 2), uffd: uffd.coreDescriptor,
+      bufferCount: bufferCount, blockPages: blockPages, counters: CycleCounters(slots: atomics + 2),
+      stalls: StallHistogram(slots: atomics + 2 + CycleCounters.slotCount), uffd: uffd.coreDescriptor,
       useMove: strategy == .move)
   }
 

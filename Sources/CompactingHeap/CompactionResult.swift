@@ -50,9 +50,31 @@ public struct CompactionResult: Sendable {
   public var peakResident: Int
   /// The cycle verified (a failure throws instead).
   public var verified: Bool
+  /// How long mutator faults stalled the mutators (each fault's service time): the median,
+  /// 99th and 99.9th percentiles and the longest, in nanoseconds.
+  public var mutatorStall = MutatorStall()
 
   /// Live bytes per nanosecond of the compaction thread's wall time (= GB/s).
   public var compactionGBps: Double {
     Double(liveBytes) / Swift.max(1, Double(compactionWallNanoseconds))
   }
+}
+
+/// Mutator fault stalls of one cycle (``CompactionResult/mutatorStall``), in nanoseconds.
+public struct MutatorStall: Sendable, Hashable {
+  /// The median fault's stall.
+  public var p50: Int64 = 0
+  /// The 99th percentile.
+  public var p99: Int64 = 0
+  /// The 99.9th percentile.
+  public var p999: Int64 = 0
+  /// The longest.
+  public var max: Int64 = 0
+  /// All stalls added up.
+  public var total: Int64 = 0
+  /// Faults measured.
+  public var count: Int = 0
+
+  /// Creates an empty record.
+  public init() {}
 }

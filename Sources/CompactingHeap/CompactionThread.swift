@@ -5,7 +5,9 @@ import Userfaultfd
 /// - MOVE: compact into a recycled dead from-space page and leave it `processed`; pages whose
 ///   staging pages are contiguous form a run that one UFFDIO_MOVE maps (up to
 ///   ``maxPagesPerMove``). With no dead page free yet (early on), a buffer and UFFDIO_COPY.
-/// - COPY: compact into a buffer, UFFDIO_COPY it, and release from-space with MADV_DONTNEED in
+/// - COPY: compact contiguous pages into a buffer and map each run with one UFFDIO_COPY (up to
+///   ``maxPagesPerMove`` pages, as ART's `MapMovingSpacePages` batches COPY too; one page per
+///   ioctl for ``MappingStrategy/copySinglePage``), and release from-space with MADV_DONTNEED in
 ///   steps of at least 8 MiB once no page below needs it.
 struct CompactionThread {
   /// The longest run mapped by one UFFDIO_MOVE (256 KiB): long enough to amortize the ioctl and
@@ -16,7 +18,10 @@ struct CompactionThread {
 
   let context: CompactionContext
   let fromSpace: AnonymousMemory
+  /// Room for ``maxPagesPerMove`` compacted pages waiting to be copied in as one run.
   let buffer: UnsafeMutablePointer<UInt64>
+  /// Pages per UFFDIO_COPY run: ``maxPagesPerMove``, or 1 for the one-page COPY variant.
+  let copyRunPages: Int
 
   /// A run of compacted, unmapped pages: to-space `low ..< low + count` from staging pages
   /// `stagingLow ..< stagingLow + count` (both grow downward as the GC goes).
@@ -24,10 +29,17 @@ struct CompactionThread {
     var low = 0, stagingLow = 0, count = 0
   }
 
+  /// Compacted pages in ``buffer`` waiting for one UFFDIO_COPY: to-space `low ..< low + count`,
+  /// filled top down, so page `low + k` sits at buffer slot `maxPagesPerMove - count + k`.
+  private struct CopyRun {
+    var low = 0, count = 0
+  }
+
   /// Compacts every to-space page, top down, and returns once every page is mapped.
   func run() {
     let layout = context.layout
     var run = Run()
+    var copyRun = CopyRun()
     var reserved = (low: 0, count: 0)  // Dead from-space pages reserved, used from the top.
     var released = layout.fromPages  // COPY: from-space pages at and above this are released.
     for index in stride(from: layout.pageCount - 1, through: 0, by: -1) {
@@ -38,11 +50,17 @@ struct CompactionThread {
       let compacted = context.compactWithStateChange(index, claim: .processing) {
         context.counters.add(.pagesByGC)
         guard reserved.count > 0 else {
-          // No dead page free yet (or COPY): a buffer, mapped at once.
-          layout.compactPage(index, fromSpace: context.from, into: buffer)
-          context.mapPages(at: index, count: 1, from: buffer, move: false)
+          // No dead page free yet (or COPY): into the buffer, copied in with its run. It stays
+          // `processing` until then; a mutator touching it waits the few microseconds that takes.
+          if copyRun.count > 0 && (copyRun.low != index + 1 || copyRun.count == copyRunPages) {
+            mapCopyRun(copyRun)
+            copyRun = CopyRun()
+          }
+          copyRun.low = index
+          copyRun.count += 1
+          layout.compactPage(index, fromSpace: context.from, into: bufferSlot(Self.maxPagesPerMove - copyRun.count))
           context.counters.add(.bufferPages)
-          return .mapped
+          return .processing
         }
         reserved.count -= 1
         let staging = reserved.low + reserved.count
@@ -59,16 +77,30 @@ struct CompactionThread {
       }
       if !compacted {
         // A mutator is compacting it: it reads from-space up to lastSource[index], so wait before
-        // the GC moves on and lets the pages above that be recycled.
+        // the GC moves on and lets the pages above that be recycled. Pages waiting in the copy
+        // buffer go in first: the mutator may need them.
+        mapCopyRun(copyRun)
+        copyRun = CopyRun()
         BackOff.wait { context.states.load(index).kind == .mutatorProcessing }
       }
       if !context.useMove { released = releaseFromSpace(neededBelow: index, releasedFrom: released) }
     }
     mapProcessedRun(run)
+    mapCopyRun(copyRun)
     // Pages a mutator claimed after the GC passed are mapped by that mutator; wait for them.
     for index in 0..<layout.pageCount {
       BackOff.wait { context.states.load(index) != .mapped }
     }
+  }
+
+  @inline(__always)
+  private func bufferSlot(_ slot: Int) -> UnsafeMutablePointer<UInt64> { buffer + slot &* context.layout.wordsPerPage }
+
+  /// Copies a run of buffered pages in with one UFFDIO_COPY and publishes them mapped.
+  private func mapCopyRun(_ run: CopyRun) {
+    guard run.count > 0 else { return }
+    context.mapPages(at: run.low, count: run.count, from: bufferSlot(Self.maxPagesPerMove - run.count), move: false)
+    for index in run.low..<(run.low + run.count) { context.states.publish(.mapped, at: index) }
   }
 
   /// COPY: gives back (MADV_DONTNEED) the from-space pages no page at or below `index` reads any

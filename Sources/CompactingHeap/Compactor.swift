@@ -7,8 +7,11 @@ public enum MappingStrategy: String, Sendable, CaseIterable {
   /// allocation, no memcpy in the kernel, no madvise, RSS never doubles. A buffer and COPY early
   /// on, when no dead page is free yet; COPY for a page MOVE refuses with EBUSY.
   case move
-  /// Compact into a buffer, UFFDIO_COPY it in, release from-space with MADV_DONTNEED in 8 MiB steps.
+  /// Compact into a buffer, UFFDIO_COPY contiguous runs in with one ioctl each (as ART's collector
+  /// maps COPY), release from-space with MADV_DONTNEED in 8 MiB steps.
   case copy
+  /// ``copy`` with one page per UFFDIO_COPY: the unbatched variant, kept for comparison.
+  case copySinglePage = "copy-1"
 }
 
 /// How mutator faults reach the page-compaction routine.
@@ -128,7 +131,18 @@ public final class Compactor: @unchecked Sendable {
       copyIoctls: counters.calls(.copy), pagesCopied: counters.pages(.copy),
       zeroPageIoctls: counters.calls(.zeroPage), busyFallbacks: counters.load(.busyFallbacks),
       errnoCounts: counters.errnoCounts(), mutatorWrites: writes, residentBefore: residentBefore,
-      peakResident: peak, verified: true)
+      peakResident: peak, verified: true, mutatorStall: Self.stall(cycle.resources.context.stalls))
+  }
+
+  private static func stall(_ histogram: StallHistogram) -> MutatorStall {
+    var stall = MutatorStall()
+    stall.p50 = Int64(histogram.nanoseconds(atPercentile: 50))
+    stall.p99 = Int64(histogram.nanoseconds(atPercentile: 99))
+    stall.p999 = Int64(histogram.nanoseconds(atPercentile: 99.9))
+    stall.max = Int64(histogram.maxNanoseconds)
+    stall.total = Int64(histogram.totalNanoseconds)
+    stall.count = histogram.count
+    return stall
   }
 
   /// Everything one cycle's concurrent phase uses, allocated and touched before the pause.
@@ -165,7 +179,7 @@ public final class Compactor: @unchecked Sendable {
         layout: plan.layout, fromSpace: fromSpace, uffd: uffd,
         strategy: configuration.strategy, buffers: heap.roots.count + 1,
         blockPages: configuration.mutatorBlockPages)
-      gcBuffer = try AnonymousMemory(length: PageSize.base, populate: true)
+      gcBuffer = try AnonymousMemory(length: CompactionThread.maxPagesPerMove * PageSize.base, populate: true)
     } catch {
       throw .system(error)
     }
@@ -208,7 +222,8 @@ public final class Compactor: @unchecked Sendable {
     let done = StopFlag()
     let gc = CompactionThread(
       context: context, fromSpace: cycle.fromSpace,
-      buffer: cycle.gcBuffer.baseAddress.assumingMemoryBound(to: UInt64.self))
+      buffer: cycle.gcBuffer.baseAddress.assumingMemoryBound(to: UInt64.self),
+      copyRunPages: configuration.strategy == .copySinglePage ? 1 : CompactionThread.maxPagesPerMove)
     var threads: [DedicatedThread] = []
     let idle = configuration.idleMutators
     let running = Atomic<Int>(0)

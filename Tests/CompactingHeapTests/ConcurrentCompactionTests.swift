@@ -12,7 +12,9 @@ private let canCompact = offered.map { $0.contains(.move) && $0.contains(.sigbus
 @Suite("Compacting heap: concurrent cycles", .serialized,
        .enabled(if: canCompact, "needs userfaultfd with UFFDIO_MOVE and UFFD_FEATURE_SIGBUS (Linux 6.8+) and permission to use it"))
 struct ConcurrentCompactionTests {
-  static let modes: [(MappingStrategy, FaultMode)] = [(.move, .sigbus), (.move, .thread), (.copy, .sigbus), (.copy, .thread)]
+  static let modes: [(MappingStrategy, FaultMode)] = MappingStrategy.allCases.flatMap { strategy in
+    FaultMode.allCases.map { (strategy, $0) }
+  }
 
   @Test(arguments: modes, [UInt64(1), 2, 3])
   func cycleVerifies(mode: (MappingStrategy, FaultMode), seed: UInt64) throws {
@@ -32,10 +34,15 @@ struct ConcurrentCompactionTests {
       #expect(result.pagesMoved + result.pagesCopied == pages)
       #expect(result.moveIoctls > 0)
       #expect(result.recycledPages >= result.pagesMoved)
-    case .copy:
+    case .copy, .copySinglePage:
       #expect(result.moveIoctls == 0)
       #expect(result.pagesCopied == pages)
     }
+    // Every mutator fault was timed, and the percentiles are ordered.
+    let stall = result.mutatorStall
+    #expect(stall.count == result.mutatorFaults)
+    #expect(stall.p50 <= stall.p99 && stall.p99 <= stall.p999 && stall.p999 <= stall.max)
+    #expect(stall.count == 0 || stall.total > 0)
     // The compacted heap is a normal heap again: nothing became garbage, the graph still checks.
     let map = LiveMap(marking: heap)
     #expect(map.liveBytes == heap.top)
@@ -83,5 +90,23 @@ struct ConcurrentCompactionTests {
     #expect(throws: HeapError.self) { try Compactor(heap: heap, configuration: .init(mutatorBlockPages: 0)) }
     #expect(throws: HeapError.self) { try Compactor(heap: heap, configuration: .init(mutatorBlockPages: 513)) }
     #expect(throws: HeapError.self) { try Compactor(heap: heap, configuration: .init(loggedWordsPerMutator: 0)) }
+  }
+
+  /// COPY maps the GC's contiguous runs with one ioctl each, as ART does; the one-page variant
+  /// issues one per page.
+  @Test func copyIsBatchedAndCopyOneIsNot() throws {
+    var ioctls: [MappingStrategy: (calls: Int, pages: Int)] = [:]
+    for strategy in [MappingStrategy.copy, .copySinglePage] {
+      let heap = try Heap(capacity: 16 << 20, mutators: 2)
+      try Workload(seed: 5).populate(heap)
+      let result = try Compactor(
+        heap: heap, configuration: .init(strategy: strategy, seed: 5, idleMutators: true)).run()
+      #expect(result.verified)
+      ioctls[strategy] = (result.copyIoctls, result.pagesCopied)
+    }
+    let batched = try #require(ioctls[.copy]), single = try #require(ioctls[.copySinglePage])
+    #expect(single.calls == single.pages, "one page per ioctl")
+    #expect(batched.pages == single.pages)
+    #expect(batched.calls * 8 < batched.pages, "runs of many pages per ioctl")
   }
 }

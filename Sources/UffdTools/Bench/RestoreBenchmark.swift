@@ -1,6 +1,7 @@
 import CUserfaultfdReference
 import Foundation
 import Histogram
+import Synchronization
 import Userfaultfd
 
 /// `uffd bench restore`: a snapshot file restored lazily into a separate client process over a
@@ -15,6 +16,9 @@ package struct RestoreBenchmark {
   package struct Row: Encodable, Sendable {
     package var handler: String
     package var strategy: String
+    /// How pages were installed: `copy` from the mapped snapshot, or read(2) into a staging page
+    /// then `read+copy` / `read+move` (in-process rows only).
+    package var install: String
     package var pattern: String
     package var firstByteUs: Double
     package var completeMs: Double
@@ -75,24 +79,36 @@ package struct RestoreBenchmark {
     let memcpy = try memcpyBound(snapshot)
     progress(String(format: "memcpy from the page cache: %.2f GB/s", memcpy))
     var samples: [String: [Sample]] = [:]
-    let rows: [(handler: String, strategy: Strategy, pattern: Pattern)] =
+    typealias Install = SnapshotServer.Configuration.Install
+    let installs: [Install] = PageMover.moveVerdict.isUsable ? Install.allCases : [.copyFromMapping, .readAndCopy]
+    if !PageMover.moveVerdict.isUsable { progress("read+move rows unavailable here (\(PageMover.moveVerdict))") }
+    let rows: [(handler: String, strategy: Strategy, install: Install, pattern: Pattern)] =
       Pattern.allCases.flatMap { pattern in
-        Strategy.allCases.map { ("swift", $0, pattern) } + [("c-reference", .demand, pattern)]
+        Strategy.allCases.map { ("swift", $0, Install.copyFromMapping, pattern) }
+          + [("c-reference", .demand, .copyFromMapping, pattern)]
       }
+      + [Pattern.sequential, .random10pct].flatMap { pattern in
+        installs.map { ("swift-in-process", Strategy.faultAround, $0, pattern) }
+      }
+    func key(_ row: (handler: String, strategy: Strategy, install: Install, pattern: Pattern)) -> String {
+      "\(row.handler)/\(row.strategy.rawValue)/\(row.install.rawValue)/\(row.pattern.rawValue)"
+    }
     for rep in 1...reps {
       for row in rows {  // interleaved: every row once per repetition
-        let key = "\(row.handler)/\(row.strategy.rawValue)/\(row.pattern.rawValue)"
-        progress("rep \(rep)/\(reps): \(key)")
-        samples[key, default: []].append(try measure(row.handler, row.strategy, row.pattern, snapshot: snapshot))
+        progress("rep \(rep)/\(reps): \(key(row))")
+        let sample = row.handler == "swift-in-process"
+          ? try measureInProcess(row.install, row.pattern, snapshot: snapshot)
+          : try measure(row.handler, row.strategy, row.pattern, snapshot: snapshot)
+        samples[key(row), default: []].append(sample)
       }
     }
     return Report(mib: mib, reps: reps, memcpyGbps: memcpy, rows: rows.map { row in
-      let key = "\(row.handler)/\(row.strategy.rawValue)/\(row.pattern.rawValue)"
+      let key = key(row)
       let runs = samples[key] ?? []
       let complete = median(runs.map(\.completeMs))
       let bytes = Double(runs.first?.pagesTouched ?? 0) * Double(PageSize.base)
       return Row(
-        handler: row.handler, strategy: row.strategy.rawValue, pattern: row.pattern.rawValue,
+        handler: row.handler, strategy: row.strategy.rawValue, install: row.install.rawValue, pattern: row.pattern.rawValue,
         firstByteUs: median(runs.map(\.firstByteUs)), completeMs: complete,
         gbps: complete > 0 ? bytes / (complete / 1000) / 1e9 : 0,
         faults: Int(median(runs.map { Double($0.faults) })),
@@ -105,9 +121,9 @@ package struct RestoreBenchmark {
     "Snapshot restore into another process, \(report.mib) MiB, medians of \(report.reps) (memcpy bound "
       + String(format: "%.2f GB/s", report.memcpyGbps) + ")\n"
       + formatTable(
-        ["handler", "strategy", "pattern", "first byte µs", "complete ms", "GB/s", "x memcpy", "faults", "fault p50 µs", "p99 µs"],
+        ["handler", "strategy", "install", "pattern", "first byte µs", "complete ms", "GB/s", "x memcpy", "faults", "fault p50 µs", "p99 µs"],
         report.rows.map {
-          [$0.handler, $0.strategy, $0.pattern, String(format: "%.0f", $0.firstByteUs), String(format: "%.1f", $0.completeMs),
+          [$0.handler, $0.strategy, $0.install, $0.pattern, String(format: "%.0f", $0.firstByteUs), String(format: "%.1f", $0.completeMs),
            String(format: "%.2f", $0.gbps), String(format: "%.2f", report.memcpyGbps > 0 ? $0.gbps / report.memcpyGbps : 0),
            "\($0.faults)", String(format: "%.1f", $0.faultP50Us), String(format: "%.1f", $0.faultP99Us)]
         })
@@ -165,6 +181,44 @@ package struct RestoreBenchmark {
       return try finish(report[0], faults: count, p50: Double(histogram.valueAtPercentile(50)) / 1000,
                         p99: Double(histogram.valueAtPercentile(99)) / 1000)
     }
+  }
+
+  /// An in-process restore: the faulting reader is a thread of this process, so the loader may
+  /// install by MOVE. The server runs on its own thread; this thread reads the pattern.
+  func measureInProcess(_ install: SnapshotServer.Configuration.Install, _ pattern: Pattern, snapshot: SnapshotFile) throws -> Sample {
+    let page = PageSize.base
+    let uffd = try Userfaultfd(features: [.eventRemove], options: .nonBlocking)
+    let region = try AnonymousMemory(length: snapshot.length)
+    try uffd.register(region.baseAddress, length: region.length, mode: .missing)
+    let server = try SnapshotServer(
+      uffd: uffd, regions: [GuestRegion(base: Address(region.baseAddress), size: region.length, offset: 0)],
+      snapshot: snapshot, configuration: .init(faultAroundPages: 256, install: install))
+    let result = Mutex<SnapshotServer.Statistics?>(nil)
+    let serving = try DedicatedThread { result.withLock { $0 = server.run() } }
+    let pages = snapshot.length / page
+    let count = pattern == .sequential ? pages : pages / 10
+    let run = 16, slots = pages / run
+    var sum: UInt64 = 0
+    var firstByte: Int64 = 0
+    let start = cuffd_ref_now_ns()
+    for i in 0..<count {
+      // The same walks as the C client (an odd multiplier permutes a power-of-two count).
+      var index = i
+      if pattern == .scattered10pct { index = (i &* 0x9E37_79B1) % pages }
+      if pattern == .random10pct { index = ((i / run) &* 0x9E37_79B1) % slots * run + i % run }
+      sum &+= UInt64(region.baseAddress.load(fromByteOffset: index * page, as: UInt8.self))
+      if i == 0 { firstByte = cuffd_ref_now_ns() - start }
+    }
+    let complete = cuffd_ref_now_ns() - start
+    server.stop()
+    serving.join()
+    guard let statistics = result.withLock({ $0 }), statistics.failedFaults == 0 else {
+      throw ToolError("the in-process restore (\(install.rawValue)) failed a fault")
+    }
+    _ = sum
+    return Sample(
+      firstByteUs: Double(firstByte) / 1000, completeMs: Double(complete) / 1e6, pagesTouched: count,
+      faults: statistics.faults, p50Us: statistics.faultLatencyP50.microseconds, p99Us: statistics.faultLatencyP99.microseconds)
   }
 
   private func finish(_ fd: Int32, faults: Int, p50: Double, p99: Double) throws -> Sample {

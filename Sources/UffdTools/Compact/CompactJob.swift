@@ -5,16 +5,23 @@ import Userfaultfd
 package enum CompactMode: String, CaseIterable, Sendable {
   /// MOVE only (an error where MOVE is unusable).
   case move
-  /// COPY only.
+  /// COPY only, batched (one UFFDIO_COPY per contiguous run, as ART maps).
   case copy
-  /// Both, interleaved, for the MOVE/COPY ratio (COPY alone where MOVE is unusable, said so).
+  /// COPY with one page per ioctl (the unbatched variant).
+  case copy1 = "copy-1"
+  /// MOVE and batched COPY, interleaved, for the MOVE/COPY ratio (COPY alone where MOVE is
+  /// unusable, said so).
   case both
+  /// MOVE, batched COPY and one-page COPY, interleaved.
+  case all
 
   var strategies: [MappingStrategy] {
     switch self {
     case .move: [.move]
     case .copy: [.copy]
+    case .copy1: [.copySinglePage]
     case .both: [.move, .copy]
+    case .all: [.move, .copy, .copySinglePage]
     }
   }
 }

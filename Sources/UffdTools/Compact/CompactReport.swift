@@ -12,6 +12,14 @@ package struct CompactReport: Encodable, Sendable {
     package var peakRssMib: Double
   }
 
+  /// Stall percentiles in microseconds (`mutator_stall_us.{p50,p99,p999,max}`).
+  package struct Stall: Encodable, Sendable {
+    package var p50: Double
+    package var p99: Double
+    package var p999: Double
+    package var max: Double
+  }
+
   package struct Mode: Encodable, Sendable {
     package var pauseMs: Double
     package var markMs: Double
@@ -37,6 +45,10 @@ package struct CompactReport: Encodable, Sendable {
     package var peakRssMib: Double
     package var peakRssRatio: Double
     package var verified: Bool
+    /// Mutator fault stalls (median run's percentiles, medians over runs for the total).
+    package var mutatorStallUs: Stall
+    /// Time each mutator spent stalled in faults, on average.
+    package var mutatorStallMsPerMutator: Double
     package var runs: [Sample]
   }
 
@@ -82,6 +94,10 @@ package struct CompactReport: Encodable, Sendable {
         mutatorWritesPerMs: Double(typical.mutatorWrites) / max(1e-9, Double(typical.compactionWallNanoseconds) / 1e6),
         rssBeforeMib: before, peakRssMib: peak, peakRssRatio: before > 0 ? peak / before : 0,
         verified: runs.allSatisfy(\.verified),
+        mutatorStallUs: Stall(
+          p50: median(runs.map { Double($0.mutatorStall.p50) / 1000 }), p99: median(runs.map { Double($0.mutatorStall.p99) / 1000 }),
+          p999: median(runs.map { Double($0.mutatorStall.p999) / 1000 }), max: median(runs.map { Double($0.mutatorStall.max) / 1000 })),
+        mutatorStallMsPerMutator: median(runs.map { Double($0.mutatorStall.total) / 1e6 / Double(max(1, mutators)) }),
         runs: runs.map {
           Sample(pauseMs: Double($0.pauseNanoseconds) / 1e6,
                  compactionThreadMs: Double($0.compactionWallNanoseconds) / 1e6,
@@ -117,7 +133,7 @@ package struct CompactReport: Encodable, Sendable {
       heapMib, liveMib, liveObjects, mutators, idleMutators ? "idle (not touching the heap)" : "writing",
       faultMode, mutatorBlockPages, seed))
     lines.append("Medians of \(runs) runs per strategy (strategies interleaved); counts from the median run.")
-    let names = ["move", "copy"].filter { modes[$0] != nil }
+    let names = ["move", "copy", "copy-1"].filter { modes[$0] != nil }
     lines.append(formatTable(
       ["", "pause ms", "GC wall ms", "GC cpu ms", "GB/s live", "x memcpy", "pages GC", "pages mutators",
        "MOVE ioctls/pages", "COPY ioctls/pages", "RSS before MiB", "peak MiB", "peak/before", "verified"],
@@ -133,6 +149,10 @@ package struct CompactReport: Encodable, Sendable {
     for name in names {
       guard let m = modes[name] else { continue }
       let errnos = m.errnos.isEmpty ? "none" : m.errnos.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+      let stall = m.mutatorStallUs
+      lines.append(String(
+        format: "%@: mutator stall per fault p50 %.1f µs, p99 %.1f µs, p99.9 %.1f µs, max %.1f µs; %.1f ms stalled per mutator; %.0f writes/ms",
+        name, stall.p50, stall.p99, stall.p999, stall.max, m.mutatorStallMsPerMutator, m.mutatorWritesPerMs))
       lines.append("\(name): \(m.mutatorFaults) mutator faults, \(m.recycledPages) recycled pages, "
         + "\(m.bufferPages) GC buffer pages, \(m.busyFallbacks) EBUSY fallbacks, \(m.mutatorWrites) mutator writes verified (\(Int(m.mutatorWritesPerMs))/ms); "
         + "ioctl errnos (all handled): \(errnos)")

@@ -9,6 +9,7 @@ public final class SnapshotFile: Sendable {
   /// The file's path.
   public let path: String
   private let base: UInt  // The mapping (0 for an empty file); read-only, unmapped in deinit.
+  private let descriptor: Int32  // Open for read(2) installs; closed in deinit.
 
   /// Maps the file at `path` read-only.
   ///
@@ -16,26 +17,51 @@ public final class SnapshotFile: Sendable {
   public init(path: String) throws(UserfaultfdError) {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { throw .systemCallFailed("open(\(path))", .current) }
-    defer { _ = close(fd) }
     var info = stat()
-    guard fstat(fd, &info) == 0 else { throw .systemCallFailed("fstat(\(path))", .current) }
+    guard fstat(fd, &info) == 0 else {
+      let error = Errno.current
+      _ = close(fd)
+      throw .systemCallFailed("fstat(\(path))", error)
+    }
     guard info.st_size >= 0, info.st_size <= Int64(AnonymousMemory.maxLength) else {
+      _ = close(fd)
       throw .invalidArgument(.serve, .lengthTooLarge(Int(truncatingIfNeeded: info.st_size), max: AnonymousMemory.maxLength))
     }
     self.path = path
     length = Int(info.st_size)
+    descriptor = fd
     guard length > 0 else {
       base = 0
       return
     }
     guard let mapped = mmap(nil, length, PROT_READ, MAP_PRIVATE, fd, 0), mapped != MAP_FAILED else {
-      throw .systemCallFailed("mmap(\(path))", .current)
+      let error = Errno.current
+      _ = close(fd)
+      throw .systemCallFailed("mmap(\(path))", error)
     }
     base = UInt(bitPattern: mapped)
   }
 
   deinit {
     if base != 0, let pointer = UnsafeMutableRawPointer(bitPattern: base) { _ = munmap(pointer, length) }
+    _ = close(descriptor)
+  }
+
+  /// read(2)s `count` bytes from `offset` into `buffer` (a handler producing content itself);
+  /// false when the file ends first or a read fails.
+  func read(_ count: Int, at offset: Int, into buffer: UnsafeMutableRawPointer) -> Bool {
+    var done = 0
+    while done < count {
+      let got = pread(descriptor, buffer + done, count - done, off_t(offset + done))
+      if got > 0 {
+        done += got
+      } else if got < 0 && errno == EINTR {
+        continue
+      } else {
+        return false
+      }
+    }
+    return true
   }
 
   /// The address of byte `offset` of the file in this process (the source of a copy).

@@ -33,14 +33,31 @@ public final class SnapshotServer: Sendable {
     public var prefetchPages: Int
     /// What a fault that cannot be served gets (the snapshot page could not be copied).
     public var onUnresolvable: UnresolvableFaultAction
+    /// How a faulting page's content is installed.
+    public var install: Install
+
+    /// How a page's content gets into the faulting memory.
+    public enum Install: String, Sendable, Hashable, CaseIterable {
+      /// UFFDIO_COPY straight from the mapped snapshot: one copy, from the page cache. Works
+      /// across processes.
+      case copyFromMapping = "copy"
+      /// read(2) the content into a staging page (as a handler does that produces content itself:
+      /// decompressing, fetching), then UFFDIO_COPY it in: two copies. Works across processes.
+      case readAndCopy = "read+copy"
+      /// read(2) into a staging page, then UFFDIO_MOVE it in: the second copy disappears. Only
+      /// when the memory is this process's own (MOVE moves within one process), the kernel's
+      /// MOVE is usable, and the pages are base pages; checked when the server is set up.
+      case readAndMove = "read+move"
+    }
 
     /// A configuration.
     public init(faultAroundPages: Int = 16, prefetch: Bool = false, prefetchPages: Int = 64,
-                onUnresolvable: UnresolvableFaultAction = .poison) {
+                onUnresolvable: UnresolvableFaultAction = .poison, install: Install = .copyFromMapping) {
       self.faultAroundPages = faultAroundPages
       self.prefetch = prefetch
       self.prefetchPages = prefetchPages
       self.onUnresolvable = onUnresolvable
+      self.install = install
     }
 
     /// The valid fault-around window.
@@ -64,6 +81,8 @@ public final class SnapshotServer: Sendable {
   private let wakeup: (read: Int32, write: Int32)
   /// Zeros in the largest page size, for zero-filling pages ZEROPAGE cannot (hugetlbfs).
   private let zeros: AnonymousMemory
+  /// Where read(2) puts a fault-around window's content before it is installed (read installs).
+  private let staging: AnonymousMemory?
 
   /// Serves `regions` of the memory behind `uffd` from `snapshot`.
   ///
@@ -83,8 +102,23 @@ public final class SnapshotServer: Sendable {
     var fds: [Int32] = [-1, -1]
     guard cuffd_pipe_nonblocking(&fds) == 0 else { throw .systemCallFailed("pipe2", .current) }
     let largest = map.regions.map(\.pageSize).max() ?? PageSize.base
+    if configuration.install == .readAndMove {
+      // Capabilities at setup: MOVE moves within the process that created the descriptor, base
+      // pages only, and only where this kernel's MOVE can be trusted.
+      guard !uffd.servesAnotherProcess, largest == PageSize.base,
+            uffd.supportedFeatures.contains(.move), PageMover.moveVerdict.isUsable
+      else {
+        _ = close(fds[0])
+        _ = close(fds[1])
+        throw .notSupported(
+          .move, "read+move installs need this process's own base-page memory and a usable UFFDIO_MOVE"
+            + " (Linux 6.8+; here: \(PageMover.moveVerdict)); use read+copy or copy")
+      }
+    }
     do {
       zeros = try AnonymousMemory(length: largest)
+      staging = configuration.install == .copyFromMapping
+        ? nil : try AnonymousMemory(length: configuration.faultAroundPages * largest)
     } catch {
       _ = close(fds[0])
       _ = close(fds[1])
@@ -262,8 +296,7 @@ public final class SnapshotServer: Sendable {
       case .untouched:
         pages = serving.window(for: target, pageSize: pageSize, limit: configuration.faultAroundPages)
         pages = max(1, map.untouchedRun(from: page, in: region, limit: pages))
-        let source = snapshot.address(at: map.fileOffset(ofPage: page, in: region)).rawValue
-        answer = RangeIoctl.copy(uffd.coreDescriptor, target, from: source, length: pages * pageSize)
+        answer = install(pages * pageSize, at: target, fileOffset: map.fileOffset(ofPage: page, in: region))
         fromSnapshot = true
       }
       let done = answer.bytesDone / pageSize
@@ -295,6 +328,24 @@ public final class SnapshotServer: Sendable {
       serving.noteResidency(clock: clock)
       return .done
     }
+  }
+
+  /// Installs `length` bytes of the snapshot from `fileOffset` at `target`, as configured.
+  private func install(_ length: Int, at target: UInt, fileOffset: Int) -> KernelAnswer {
+    let fd = uffd.coreDescriptor
+    guard configuration.install != .copyFromMapping, let staging else {
+      return RangeIoctl.copy(fd, target, from: snapshot.address(at: fileOffset).rawValue, length: length)
+    }
+    guard snapshot.read(length, at: fileOffset, into: staging.baseAddress) else {
+      return KernelAnswer(.copy, failed: .ioError, length: length)
+    }
+    let from = Address(staging.baseAddress).rawValue
+    guard configuration.install == .readAndMove else { return RangeIoctl.copy(fd, target, from: from, length: length) }
+    let moved = RangeIoctl.move(fd, target, from: from, length: length)
+    // A staging page is this thread's alone, so MOVE should never find it busy; if it does, the
+    // content is still there to copy.
+    guard moved.outcome == .busy else { return moved }
+    return RangeIoctl.copy(fd, target + UInt(moved.bytesDone), from: from + UInt(moved.bytesDone), length: length - moved.bytesDone)
   }
 
   /// The background prefetcher: walks every region in order, copying runs of untouched pages, and

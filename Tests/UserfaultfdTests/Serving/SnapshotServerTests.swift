@@ -100,6 +100,52 @@ struct SnapshotServerTests {
     #expect(s.failedFaults == 0)
   }
 
+  @Test(arguments: SnapshotServer.Configuration.Install.allCases)
+  func inProcessInstallsDeliverTheSnapshot(install: SnapshotServer.Configuration.Install) throws {
+    if install == .readAndMove && !PageMover.moveVerdict.isUsable {
+      print("SKIP read+move: UFFDIO_MOVE is not usable here (needs Linux 6.8+): \(PageMover.moveVerdict)")
+      return
+    }
+    let page = PageSize.base
+    let snapshot = try Snapshot(pages: 64, pageSize: page, name: "install-\(install.rawValue)")
+    let uffd = try Userfaultfd(features: [.eventRemove], options: .nonBlocking)
+    let region = try AnonymousMemory(length: 64 * page)
+    try uffd.register(region.baseAddress, length: region.length, mode: .missing)
+    let server = try SnapshotServer(
+      uffd: uffd, regions: [GuestRegion(base: Address(region.baseAddress), size: region.length, offset: 0)],
+      snapshot: try SnapshotFile(path: snapshot.path), configuration: .init(faultAroundPages: 8, install: install))
+    let result = Mutex<SnapshotServer.Statistics?>(nil)
+    let serving = try DedicatedThread { result.withLock { $0 = server.run() } }
+    let expected = try SnapshotFile(path: snapshot.path)
+    let base = Address(region.baseAddress)
+    let right = Atomic<Bool>(false)
+    let reader = TestThread {
+      let same = (0..<64).allSatisfy { index in
+        guard let snapshotBytes = expected.bytes.baseAddress else { return false }
+        return memcmp((base + index * page).mapped, snapshotBytes + index * page, page) == 0
+      }
+      right.store(same, ordering: .relaxed)
+    }
+    #expect(reader.join())
+    server.stop()
+    serving.join()
+    let same = right.load(ordering: .relaxed)
+    #expect(same, "every byte as in the snapshot")
+    #expect(result.withLock { $0?.pagesByFault } == 64)
+  }
+
+  @Test func readAndMoveIsRefusedAtSetupForAnotherProcess() throws {
+    let original = try Userfaultfd()
+    let adopted = try Userfaultfd(adopting: FileDescriptor(rawValue: dup(original.fileDescriptor.rawValue)))
+    let snapshot = try Snapshot(pages: 4, pageSize: PageSize.base, name: "refuse")
+    let error = #expect(throws: UserfaultfdError.self) {
+      _ = try SnapshotServer(
+        uffd: adopted, regions: [GuestRegion(base: 0x10_0000, size: 4 * PageSize.base, offset: 0)],
+        snapshot: try SnapshotFile(path: snapshot.path), configuration: .init(install: .readAndMove))
+    }
+    #expect({ if case .notSupported(.move, _)? = error { true } else { false } }())
+  }
+
   @Test(.enabled(if: HugePages.canReserve, "needs 2 MiB hugetlb pages: none could be reserved (vm.nr_hugepages)"))
   func restoresHugetlbfsMemoryInTwoMiBPages() throws {
     try HugePages.withReserved(8) {
