@@ -72,6 +72,9 @@ struct EventTests {
 
   @Test func forkEventHandsOverTheChildsUserfaultfd() throws {
     let uffd = try Userfaultfd(features: [.eventFork], options: .nonBlocking)
+    // Closed explicitly at the end: an EVENT_FORK descriptor left open with a registered range
+    // would make every later fork in the test process wait for a reader that is gone.
+    defer { uffd.close() }
     let memory = try AnonymousMemory(length: page)
     try uffd.register(memory.baseAddress, length: page, mode: .missing)
     // With EVENT_FORK the forking thread waits until the event is read, so fork on a thread, and

@@ -85,6 +85,7 @@ struct FaultServiceTests {
 
   @Test func forkEventReachesTheHandlerAndTheAsyncSequence() async throws {
     let uffd = try Userfaultfd(features: [.eventFork], options: .nonBlocking)
+    defer { uffd.close() }  // see EventTests: never leave an EVENT_FORK descriptor behind
     let area = try AnonymousMemory(length: page)
     let seen = Mutex<[String]>([])
     let server = try FaultServer(uffd: uffd, onEvent: { event in

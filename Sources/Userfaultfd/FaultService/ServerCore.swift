@@ -175,6 +175,11 @@ final class ServerCore: @unchecked Sendable {
     }
     sink += isMissingRegisteredPage(0) ? 1 : 0
     sink += uffd.registeredPageSize(at: 0) ?? 0
+    // The lookups' found-a-range paths too, on a private table: a fork's malloc locks may be
+    // held the first time a real fault takes them.
+    var ranges = RegisteredRanges()
+    ranges.insert(UInt(PageSize.base), UInt(2 * PageSize.base))
+    sink += ranges.pageSize(at: UInt(PageSize.base)) + (ranges.contains(UInt(PageSize.base)) ? 1 : 0)
     sink += zeroFill(0, page: PageSize.base).bytesDone + zeroFill(0, page: PageSize.huge).bytesDone
     pending[0] = fault
     attempts[0] = sink

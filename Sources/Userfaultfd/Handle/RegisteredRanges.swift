@@ -48,8 +48,10 @@ struct RegisteredRanges: Sendable {
     ranges = kept
   }
 
-  /// The registered range holding `address`. Allocation-free.
-  func range(containing address: UInt) -> Range? {
+  /// The index of the registered range holding `address`, or -1. Allocation-free, and free of
+  /// optionals of this file's types: the fault server's serving thread calls it, and must not be
+  /// the first to use a type (the runtime allocates its metadata then).
+  func index(containing address: UInt) -> Int {
     var low = 0
     var high = ranges.count
     while low < high {
@@ -59,12 +61,18 @@ struct RegisteredRanges: Sendable {
       } else if ranges[middle].start > address {
         high = middle
       } else {
-        return ranges[middle]
+        return middle
       }
     }
-    return nil
+    return -1
+  }
+
+  /// The page size of the registered memory at `address`; 0 when it is not registered.
+  func pageSize(at address: UInt) -> Int {
+    let index = index(containing: address)
+    return index >= 0 ? ranges[index].pageSize : 0
   }
 
   /// Whether `address` lies in a registered range. Allocation-free.
-  func contains(_ address: UInt) -> Bool { range(containing: address) != nil }
+  func contains(_ address: UInt) -> Bool { index(containing: address) >= 0 }
 }

@@ -175,7 +175,8 @@ public final class Userfaultfd: Sendable {
   /// The page size of the registered memory at `address` (allocation-free); nil when this handle
   /// did not register it.
   func registeredPageSize(at address: UInt) -> Int? {
-    registrations.withLock { $0.range(containing: address)?.pageSize }
+    let size = registrations.withLock { $0.pageSize(at: address) }
+    return size > 0 ? size : nil
   }
 
   /// Whether `close()` has run.

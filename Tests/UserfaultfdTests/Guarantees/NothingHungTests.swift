@@ -180,7 +180,10 @@ struct NothingHungTests {
   @Test func forksUnderEventForkNeverDeadlockTheServer() throws {
     let pages = 64
     let (server, area) = try serve(pages: pages, features: [.eventFork]) { _ in .zeroPage }
-    defer { server.stop() }
+    defer {
+      server.stop()
+      server.uffd.close()  // never leave an EVENT_FORK descriptor behind for later forks
+    }
     let base = Address(area.baseAddress)
     let stopTouching = Atomic<Bool>(false)
     let toucher = TestThread {
@@ -206,6 +209,7 @@ struct NothingHungTests {
   /// which must not happen for the first time while a forking thread holds malloc's locks.)
   @Test func readEventsLoopSurvivesForks() throws {
     let uffd = try Userfaultfd(features: [.eventFork], options: .nonBlocking)
+    defer { uffd.close() }  // never leave an EVENT_FORK descriptor behind for later forks
     let area = try AnonymousMemory(length: page)
     try uffd.register(area.baseAddress, length: area.length, mode: .missing)
     let stopReading = Atomic<Bool>(false)
