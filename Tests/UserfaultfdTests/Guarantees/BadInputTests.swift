@@ -261,7 +261,14 @@ struct BadInputTests {
       _ = try PageMover(uffd).move(from: source.baseAddress, to: hole, length: 4 * Self.page)
     }
     guard let report = expectStopped(error) else { return }
-    #expect(report.stop?.cause == .destinationUnmapped(Address(hole)))
+    #expect(report.bytesDone == 0)
+    if Mapping.containing(UInt(bitPattern: hole)) == nil {
+      #expect(report.stop?.cause == .destinationUnmapped(Address(hole)))
+    } else {
+      // Another thread's mmap landed in the hole meanwhile (seen under qemu): the destination is
+      // then mapped but not registered, and the move is refused without taking anything.
+      #expect(report.stop?.cause != .sourceHole(Address(source.baseAddress)))
+    }
   }
 
   @Test(.enabled(if: Kernel.hasMove, "needs UFFDIO_MOVE (Linux 6.8)"))

@@ -294,18 +294,13 @@ struct NothingLostTests {
 }
 }
 
-/// A page-aligned range with nothing mapped in it, and nothing that will be: 16 TiB into the
-/// address space, far from where a PIE binary, its heap and the top-down mmap area live, so no
-/// allocation of the test process (or of tests running beside it) can land there meanwhile. (A
-/// range mapped and unmapped again was reused by other threads' mappings under qemu.)
+/// A page-aligned range with nothing mapped in it (mapped, then unmapped). A later mmap may reuse
+/// the range: make it after the test's other mappings, and use it at once.
 func unmappedRange(pages: Int) throws -> UnsafeMutableRawPointer {
-  let fixed = UInt(0x1000_0000_0000)
-  let length = UInt(pages * PageSize.base)
-  let free = (0..<UInt(pages)).allSatisfy { Mapping.containing(fixed + $0 * UInt(PageSize.base)) == nil }
-  if free, length < 1 << 30, let start = UnsafeMutableRawPointer(bitPattern: fixed) { return start }
-  // Something lives there after all: fall back to a range mapped and unmapped again.
   let memory = try AnonymousMemory(length: pages * PageSize.base)
   let start = memory.baseAddress
+  // Unmap by replacing the mapping's pages with nothing: the AnonymousMemory's own munmap later
+  // hits an unmapped range, which munmap accepts.
   munmap(start, pages * PageSize.base)
   unmappedKeepAlive.withLock { $0.append(memory) }
   return start
