@@ -1,3 +1,4 @@
+import SystemPackage
 /// A reusable buffer for reading events without allocating: for a handler loop that must keep
 /// working while other threads fork (with ``Features/eventFork`` a forking thread holds glibc's
 /// malloc locks until its fork event is read, so a loop that calls malloc before reading, or frees
@@ -39,6 +40,18 @@ public final class EventBuffer: @unchecked Sendable {
   public func event(at index: Int, of uffd: Userfaultfd) -> Event {
     guard index >= 0, index < capacity else { return .unrecognized(code: 0) }
     return uffd.decodeEvent(uffd.record(index, in: UnsafeRawBufferPointer(records)))
+  }
+
+  /// The child's descriptor when the `index`th event of the last read is a fork, without creating
+  /// a handle for it (which allocates): for readers that must never allocate under EVENT_FORK,
+  /// where the next fork may hold malloc's locks at any moment. The descriptor is the caller's to
+  /// close or adopt. Nil for other events.
+  public func forkedDescriptor(at index: Int) -> FileDescriptor? {
+    guard index >= 0, index < capacity else { return nil }
+    let record = UnsafeRawBufferPointer(start: records.baseAddress.map { UnsafeRawPointer($0) + index * Userfaultfd.eventSize },
+                                        count: Userfaultfd.eventSize)
+    guard case .fork(let descriptor) = Userfaultfd.decodeRecord(record, threadIDs: false) else { return nil }
+    return FileDescriptor(rawValue: descriptor)
   }
 }
 

@@ -15,9 +15,11 @@ extension Userfaultfd {
   /// an empty array when none is pending: that is not an error. Interrupted reads are retried.
   ///
   /// Nothing is allocated before the read: the records land in a stack buffer, and the array is
-  /// built after `read(2)` returned. With ``Features/eventFork`` that matters: a thread inside
-  /// `fork()` holds glibc's malloc locks until its fork event is read, so a reader that called
-  /// malloc first would wait for it forever.
+  /// built after `read(2)` returned. With ``Features/eventFork`` that is not enough for a loop: a
+  /// thread inside `fork()` holds glibc's malloc locks until its fork event is read, and freeing
+  /// the previous batch (or a forked child's handle) may meet the next fork and wait for it
+  /// forever. Loops under EVENT_FORK read with ``readEvents(into:)`` and take fork descriptors
+  /// with ``EventBuffer/forkedDescriptor(at:)``, or use a ``FaultServer``, which does.
   ///
   /// - Parameter maxCount: 1 or more; values above ``maxEventsPerRead`` read that many.
   public func readEvents(maxCount: Int = Userfaultfd.maxEventsPerRead) throws(UserfaultfdError) -> [Event] {
