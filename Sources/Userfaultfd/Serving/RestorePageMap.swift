@@ -12,8 +12,9 @@ struct RestorePageMap {
     let end: UInt
     let pageSize: Int
     let fileOffset: Int
-    /// Index of the region's first page in ``RestorePageMap/states``.
-    let firstPage: Int
+    /// Index of the region's first page in ``RestorePageMap/states`` (set once the regions are
+    /// sorted by address).
+    var firstPage = 0
     var pageCount: Int { Int((end - base) / UInt(pageSize)) }
   }
 
@@ -49,19 +50,18 @@ struct RestorePageMap {
       guard !overflow, end <= UInt64(UInt.max) else { throw bad("wraps past the end of the address space") }
       let count = Int(region.size / page)
       built.append(Region(
-        base: UInt(region.baseHostVirtAddr), end: UInt(end), pageSize: Int(page), fileOffset: Int(region.offset),
-        firstPage: pages))
+        base: UInt(region.baseHostVirtAddr), end: UInt(end), pageSize: Int(page), fileOffset: Int(region.offset)))
       pages += count
       guard pages <= 1 << 28 else { throw bad("more than 2^28 pages in all") }
     }
     built.sort { $0.base < $1.base }
     // Page indices follow the sorted order.
     var first = 0
-    regions = built.map { region in
-      defer { first += region.pageCount }
-      return Region(base: region.base, end: region.end, pageSize: region.pageSize, fileOffset: region.fileOffset,
-                    firstPage: first)
+    for index in built.indices {
+      built[index].firstPage = first
+      first += built[index].pageCount
     }
+    regions = built
     for (previous, next) in zip(regions, regions.dropFirst()) where next.base < previous.end {
       throw .invalidArgument(.serve, .badRegions("regions at 0x\(String(previous.base, radix: 16)) and 0x\(String(next.base, radix: 16)) overlap"))
     }
