@@ -34,6 +34,13 @@ struct CompactionContext: @unchecked Sendable {
   let uffd: Int32
   /// MOVE strategy: compact into recycled pages and move them; otherwise buffer and COPY.
   let useMove: Bool
+  /// Under MOVE, faulting mutators MOVE too once the GC thread's page is below this index, and
+  /// COPY before (``MutatorMapping``: -1 never, `Int.max` always).
+  let mutatorsMoveBelow: Int
+
+  /// Whether a faulting mutator maps with MOVE now.
+  @inline(__always)
+  var mutatorsMove: Bool { useMove && gcIndex[0].load(ordering: .relaxed) < mutatorsMoveBelow }
 
   @inline(__always)
   func fromPage(_ page: Int) -> UnsafeMutablePointer<UInt64> { from + page &* layout.wordsPerPage }
@@ -53,6 +60,23 @@ struct CompactionContext: @unchecked Sendable {
       let taken = Swift.min(count, top &- limit)
       if recycleCursor[0].compareExchange(expected: top, desired: top &- taken, ordering: .acquiringAndReleasing).exchanged {
         counters.add(.recycledPages, taken)
+        return (top &- taken &+ 1, taken)
+      }
+    }
+  }
+
+  /// Takes the dead from-space pages beyond `spare` still free to recycle, when there are at
+  /// least `minimum` of them, from the top (the same cursor ``reserveRecycledPages(upTo:)`` takes
+  /// from, so nobody recycles a page once it is taken): returns the lowest and how many (0: none).
+  /// Under MOVE with mutators copying, more pages die than the GC recycles; these are released.
+  @inline(__always)
+  func takeSpareRecycledPages(keeping spare: Int, minimum: Int) -> (low: Int, count: Int) {
+    while true {
+      let top = recycleCursor[0].load(ordering: .relaxed)
+      let limit = layout.lastSource[gcIndex[0].load(ordering: .acquiring)]
+      let taken = top &- limit &- spare
+      guard taken >= minimum, taken > 0 else { return (0, 0) }
+      if recycleCursor[0].compareExchange(expected: top, desired: top &- taken, ordering: .acquiringAndReleasing).exchanged {
         return (top &- taken &+ 1, taken)
       }
     }
@@ -127,7 +151,8 @@ struct CompactionContext: @unchecked Sendable {
         if compacted { return }
       case .processed:
         guard states.claim(index, from: state, to: .mapping) else { continue }
-        mapPages(at: index, count: 1, from: fromPage(state.staging), move: true)
+        // COPY leaves the staging page behind (dead, released with from-space): no TLB flush.
+        mapPages(at: index, count: 1, from: fromPage(state.staging), move: mutatorsMove)
         states.publish(.mapped, at: index)
         return
       case .mapped:
@@ -138,11 +163,11 @@ struct CompactionContext: @unchecked Sendable {
     }
   }
 
-  /// A mutator's compaction of pages `low ..< low + count`: into recycled pages and one MOVE as
-  /// far as dead pages are free, the rest into a buffer and one COPY.
+  /// A mutator's compaction of pages `low ..< low + count`: when mutators MOVE, into recycled
+  /// pages and one MOVE as far as dead pages are free; the rest into a buffer and one COPY.
   private func compactForMutator(_ low: Int, count: Int) {
     var done = 0
-    if useMove {
+    if mutatorsMove {
       let recycled = reserveRecycledPages(upTo: count)
       for offset in 0..<recycled.count {
         layout.compactPage(low &+ offset, fromSpace: from, into: fromPage(recycled.low &+ offset))
@@ -176,7 +201,7 @@ final class CompactionResources: @unchecked Sendable {
   private let bufferMemory: AnonymousMemory
 
   init(layout: PageLayout, fromSpace: AnonymousMemory, uffd: Userfaultfd, strategy: MappingStrategy,
-       buffers: Int, blockPages: Int) throws(UserfaultfdError) {
+       mutatorMapping: MutatorMapping, buffers: Int, blockPages: Int) throws(UserfaultfdError) {
     pageCount = Swift.max(layout.pageCount, 1)
     bufferCount = Swift.max(buffers, 1)
     bufferMemory = try AnonymousMemory(length: bufferCount * blockPages * layout.pageSize, populate: true)
@@ -195,7 +220,15 @@ final class CompactionResources: @unchecked Sendable {
       buffers: bufferMemory.baseAddress.assumingMemoryBound(to: UInt64.self), bufferBusy: busy,
       bufferCount: bufferCount, blockPages: blockPages, counters: CycleCounters(slots: atomics + 2),
       stalls: StallHistogram(slots: atomics + 2 + CycleCounters.slotCount), uffd: uffd.coreDescriptor,
-      useMove: strategy == .move)
+      useMove: strategy == .move, mutatorsMoveBelow: Self.mutatorsMoveBelow(mutatorMapping, pageCount: layout.pageCount))
+  }
+
+  private static func mutatorsMoveBelow(_ mapping: MutatorMapping, pageCount: Int) -> Int {
+    switch mapping {
+    case .copy: -1
+    case .copyEarly: pageCount / 2  // The GC goes top down: the second half of its pages.
+    case .move: Int.max
+    }
   }
 
   deinit {

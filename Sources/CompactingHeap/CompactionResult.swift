@@ -53,6 +53,9 @@ public struct CompactionResult: Sendable {
   /// How long mutator faults stalled the mutators (each fault's service time): the median,
   /// 99th and 99.9th percentiles and the longest, in nanoseconds.
   public var mutatorStall = MutatorStall()
+  /// From-space pages given back (MADV_DONTNEED) during the concurrent phase: under COPY every
+  /// page once nothing reads it; under MOVE the dead pages beyond what the GC recycles.
+  public var releasedPages: Int = 0
 
   /// Live bytes per nanosecond of the compaction thread's wall time (= GB/s).
   public var compactionGBps: Double {

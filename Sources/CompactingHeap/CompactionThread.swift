@@ -4,23 +4,24 @@ import Userfaultfd
 ///
 /// - MOVE: compact into a recycled dead from-space page and leave it `processed`; pages whose
 ///   staging pages are contiguous form a run that one UFFDIO_MOVE maps (up to
-///   ``maxPagesPerMove``). With no dead page free yet (early on), a buffer and UFFDIO_COPY.
+///   ``runPages``). With no dead page free yet (early on), a buffer and UFFDIO_COPY.
 /// - COPY: compact contiguous pages into a buffer and map each run with one UFFDIO_COPY (up to
-///   ``maxPagesPerMove`` pages, as ART's `MapMovingSpacePages` batches COPY too; one page per
+///   ``runPages`` pages, as ART's `MapMovingSpacePages` batches COPY too; one page per
 ///   ioctl for ``MappingStrategy/copySinglePage``), and release from-space with MADV_DONTNEED in
 ///   steps of at least 8 MiB once no page below needs it.
 struct CompactionThread {
-  /// The longest run mapped by one UFFDIO_MOVE (256 KiB): long enough to amortize the ioctl and
-  /// its TLB flush, short enough that mutators rarely find pages compacted but not mapped.
-  static let maxPagesPerMove = 64
   /// COPY releases from-space in steps of at least this many bytes (as ART does).
   static let releaseStep = 8 << 20
 
   let context: CompactionContext
   let fromSpace: AnonymousMemory
-  /// Room for ``maxPagesPerMove`` compacted pages waiting to be copied in as one run.
+  /// Room for ``runPages`` compacted pages waiting to be copied in as one run.
   let buffer: UnsafeMutablePointer<UInt64>
-  /// Pages per UFFDIO_COPY run: ``maxPagesPerMove``, or 1 for the one-page COPY variant.
+  /// The longest run one ioctl maps (``CompactionConfiguration/gcRunPages``): long enough to
+  /// amortize the ioctl and, under MOVE, its TLB flush; short enough that mutators rarely find
+  /// pages compacted but not mapped.
+  let runPages: Int
+  /// Pages per UFFDIO_COPY run: ``runPages``, or 1 for the one-page COPY variant.
   let copyRunPages: Int
 
   /// A run of compacted, unmapped pages: to-space `low ..< low + count` from staging pages
@@ -30,7 +31,7 @@ struct CompactionThread {
   }
 
   /// Compacted pages in ``buffer`` waiting for one UFFDIO_COPY: to-space `low ..< low + count`,
-  /// filled top down, so page `low + k` sits at buffer slot `maxPagesPerMove - count + k`.
+  /// filled top down, so page `low + k` sits at buffer slot `runPages - count + k`.
   private struct CopyRun {
     var low = 0, count = 0
   }
@@ -45,7 +46,7 @@ struct CompactionThread {
     for index in stride(from: layout.pageCount - 1, through: 0, by: -1) {
       context.gcIndex[0].store(index, ordering: .releasing)
       if context.useMove && reserved.count == 0 {
-        reserved = context.reserveRecycledPages(upTo: Self.maxPagesPerMove)
+        reserved = context.reserveRecycledPages(upTo: runPages)
       }
       let compacted = context.compactWithStateChange(index, claim: .processing) {
         context.counters.add(.pagesByGC)
@@ -58,14 +59,14 @@ struct CompactionThread {
           }
           copyRun.low = index
           copyRun.count += 1
-          layout.compactPage(index, fromSpace: context.from, into: bufferSlot(Self.maxPagesPerMove - copyRun.count))
+          layout.compactPage(index, fromSpace: context.from, into: bufferSlot(runPages - copyRun.count))
           context.counters.add(.bufferPages)
           return .processing
         }
         reserved.count -= 1
         let staging = reserved.low + reserved.count
         layout.compactPage(index, fromSpace: context.from, into: context.fromPage(staging))
-        if run.count > 0 && run.low == index + 1 && run.stagingLow == staging + 1 && run.count < Self.maxPagesPerMove {
+        if run.count > 0 && run.low == index + 1 && run.stagingLow == staging + 1 && run.count < runPages {
           run.low = index
           run.stagingLow = staging
           run.count += 1
@@ -83,7 +84,11 @@ struct CompactionThread {
         copyRun = CopyRun()
         BackOff.wait { context.states.load(index).kind == .mutatorProcessing }
       }
-      if !context.useMove { released = releaseFromSpace(neededBelow: index, releasedFrom: released) }
+      if context.useMove {
+        releaseSpareRecycledPages()
+      } else {
+        released = releaseFromSpace(neededBelow: index, releasedFrom: released)
+      }
     }
     mapProcessedRun(run)
     mapCopyRun(copyRun)
@@ -99,7 +104,7 @@ struct CompactionThread {
   /// Copies a run of buffered pages in with one UFFDIO_COPY and publishes them mapped.
   private func mapCopyRun(_ run: CopyRun) {
     guard run.count > 0 else { return }
-    context.mapPages(at: run.low, count: run.count, from: bufferSlot(Self.maxPagesPerMove - run.count), move: false)
+    context.mapPages(at: run.low, count: run.count, from: bufferSlot(runPages - run.count), move: false)
     for index in run.low..<(run.low + run.count) { context.states.publish(.mapped, at: index) }
   }
 
@@ -114,8 +119,25 @@ struct CompactionThread {
       return released
     }
     try? fromSpace.advise(.dontNeed, offset: needed * pageBytes, length: (released - needed) * pageBytes)
+    context.counters.add(.releasedPages, released - needed)
     return needed
   }
+
+  /// MOVE: gives back (MADV_DONTNEED) dead from-space pages nobody will recycle, in steps of at
+  /// least ``releaseStep``, keeping ``spareRecycledPages(runPages:)`` for the GC's next runs:
+  /// pages mutators COPY in use no recycled page, so without this from-space would stay resident
+  /// to the end of the cycle beside the pages they allocate.
+  private func releaseSpareRecycledPages() {
+    let pageBytes = context.layout.pageSize
+    let spare = context.takeSpareRecycledPages(
+      keeping: Self.spareRecycledPages(runPages: runPages), minimum: Self.releaseStep / pageBytes)
+    guard spare.count > 0 else { return }
+    try? fromSpace.advise(.dontNeed, offset: spare.low * pageBytes, length: spare.count * pageBytes)
+    context.counters.add(.releasedPages, spare.count)
+  }
+
+  /// Dead pages kept free for recycling under MOVE: two runs, at least 128 (as ART keeps).
+  static func spareRecycledPages(runPages: Int) -> Int { Swift.max(128, 2 * runPages) }
 
   /// Maps a run of processed pages with as few UFFDIO_MOVEs as possible (ART:
   /// `MapMovingSpacePages`): pages a faulting mutator claimed meanwhile (and moved itself) split it.

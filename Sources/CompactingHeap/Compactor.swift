@@ -14,6 +14,21 @@ public enum MappingStrategy: String, Sendable, CaseIterable {
   case copySinglePage = "copy-1"
 }
 
+/// How a faulting mutator maps the pages it compacts under the ``MappingStrategy/move`` strategy
+/// (the GC thread maps with MOVE either way).
+public enum MutatorMapping: String, Sendable, CaseIterable {
+  /// Compact into a buffer and UFFDIO_COPY, and COPY a page the GC compacted but has not mapped
+  /// yet from its staging page: no TLB flush, so no inter-processor interrupt lands on the other
+  /// threads (each MOVE interrupts every other CPU running the process).
+  case copy
+  /// As ``copy`` while the GC thread is in the upper half of the heap, then as ``move`` (ART lets
+  /// mutators COPY early in the phase, when concurrent MOVEs contend on from-space).
+  case copyEarly = "copy-early"
+  /// Compact into recycled dead from-space pages and UFFDIO_MOVE them in; MOVE a page the GC
+  /// compacted but has not mapped yet.
+  case move
+}
+
 /// How mutator faults reach the page-compaction routine.
 public enum FaultMode: String, Sendable, CaseIterable {
   /// `UFFD_FEATURE_SIGBUS`: the faulting mutator compacts the page in its own signal handler
@@ -42,17 +57,34 @@ public struct CompactionConfiguration: Sendable {
   /// Mutator threads run but never touch the heap: the compaction thread's cost alone (with the
   /// other CPUs busy in the same process, so TLB flushes still interrupt them). No faults.
   public var idleMutators: Bool
+  /// The longest run of contiguous pages the GC thread maps with one ioctl (1 to
+  /// ``maxGCRunPages``): 64 pages (256 KiB) by default; ART maps up to about 8 MiB at a time
+  /// (2048 pages). Longer runs mean fewer TLB flushes under MOVE, but pages wait longer compacted
+  /// and unmapped. ``MappingStrategy/copySinglePage`` maps one page per ioctl whatever this says.
+  public var gcRunPages: Int
+  /// The longest ``gcRunPages`` (8 MiB of 4 KiB pages).
+  public static let maxGCRunPages = 2048
+  /// How faulting mutators map pages under the MOVE strategy.
+  public var mutatorMapping: MutatorMapping
+  /// Register the heap with the userfaultfd before moving its pages out (ART's order) instead of
+  /// after. Either way no mutator runs in between (the pause is stop-the-world); registered first,
+  /// the mremap must move page-table entries one by one, so the pause grows with the heap.
+  public var registerBeforeRemap: Bool
 
   /// Creates a configuration.
   public init(strategy: MappingStrategy = .move, faultMode: FaultMode = .sigbus, seed: UInt64 = 1,
               loggedWordsPerMutator: Int = 1 << 16, mutatorBlockPages: Int = 16,
-              idleMutators: Bool = false) {
+              idleMutators: Bool = false, gcRunPages: Int = 64, mutatorMapping: MutatorMapping = .copy,
+              registerBeforeRemap: Bool = false) {
     self.strategy = strategy
     self.faultMode = faultMode
     self.seed = seed
     self.loggedWordsPerMutator = loggedWordsPerMutator
     self.mutatorBlockPages = mutatorBlockPages
     self.idleMutators = idleMutators
+    self.gcRunPages = gcRunPages
+    self.mutatorMapping = mutatorMapping
+    self.registerBeforeRemap = registerBeforeRemap
   }
 }
 
@@ -80,6 +112,10 @@ public final class Compactor: @unchecked Sendable {
     }
     guard (1...512).contains(configuration.mutatorBlockPages) else {
       throw .invalidConfiguration("mutatorBlockPages must be between 1 and 512, got \(configuration.mutatorBlockPages)")
+    }
+    guard (1...CompactionConfiguration.maxGCRunPages).contains(configuration.gcRunPages) else {
+      throw .invalidConfiguration(
+        "gcRunPages must be between 1 and \(CompactionConfiguration.maxGCRunPages), got \(configuration.gcRunPages)")
     }
     let offered: Features
     do {
@@ -131,7 +167,8 @@ public final class Compactor: @unchecked Sendable {
       copyIoctls: counters.calls(.copy), pagesCopied: counters.pages(.copy),
       zeroPageIoctls: counters.calls(.zeroPage), busyFallbacks: counters.load(.busyFallbacks),
       errnoCounts: counters.errnoCounts(), mutatorWrites: writes, residentBefore: residentBefore,
-      peakResident: peak, verified: true, mutatorStall: Self.stall(cycle.resources.context.stalls))
+      peakResident: peak, verified: true, mutatorStall: Self.stall(cycle.resources.context.stalls),
+      releasedPages: counters.load(.releasedPages))
   }
 
   private static func stall(_ histogram: StallHistogram) -> MutatorStall {
@@ -177,9 +214,10 @@ public final class Compactor: @unchecked Sendable {
       fromSpace = try AnonymousMemory(length: heap.capacity, alignment: PageSize.huge)
       resources = try CompactionResources(
         layout: plan.layout, fromSpace: fromSpace, uffd: uffd,
-        strategy: configuration.strategy, buffers: heap.roots.count + 1,
+        strategy: configuration.strategy, mutatorMapping: configuration.mutatorMapping,
+        buffers: heap.roots.count + 1,
         blockPages: configuration.mutatorBlockPages)
-      gcBuffer = try AnonymousMemory(length: CompactionThread.maxPagesPerMove * PageSize.base, populate: true)
+      gcBuffer = try AnonymousMemory(length: configuration.gcRunPages * PageSize.base, populate: true)
     } catch {
       throw .system(error)
     }
@@ -192,27 +230,64 @@ public final class Compactor: @unchecked Sendable {
   /// Phase 3, the pause: rewrite the roots, move every page to from-space in one mremap, register
   /// the emptied heap. Returns its length. On failure every page is put back and the roots restored.
   ///
-  /// The mremap comes first: on a range registered without EVENT_REMAP the kernel moves page
-  /// tables entry by entry (it must clear uffd bits), so the pause would grow with the heap;
-  /// unregistered and 2 MiB-aligned, whole page tables move. No mutator runs in between, so none
-  /// can touch the emptied heap before it is registered.
+  /// By default the mremap comes first: on a range registered without EVENT_REMAP the kernel moves
+  /// page tables entry by entry (it must clear uffd bits), so the pause would grow with the heap;
+  /// unregistered and 2 MiB-aligned, whole page tables move. That order is safe because nothing
+  /// touches the heap in the pause (the mutators are stopped; here they have not started), and it
+  /// is checked: a page found in the emptied heap once it is registered means something did
+  /// (I/O into the heap, another process), and the cycle fails before any page is compacted.
+  /// ``CompactionConfiguration/registerBeforeRemap`` takes ART's order instead.
   private func pause(_ cycle: Cycle, roots: [[UInt]]) throws(HeapError) -> Int64 {
     let start = CycleClock.now()
     let originalRoots = heap.roots
     heap.roots = roots
     do throws(UserfaultfdError) {
-      try heap.memory.movePages(to: cycle.fromSpace)
-      do {
+      if configuration.registerBeforeRemap {
         try cycle.delivery.register(heap.memory.baseAddress, length: heap.capacity)
-      } catch {
-        try? cycle.fromSpace.movePages(to: heap.memory)  // Put every page back: nothing lost.
-        throw error
+        do {
+          try heap.memory.movePages(to: cycle.fromSpace)
+        } catch {
+          cycle.delivery.close()  // Nothing moved: the heap is as it was, unregistered.
+          throw error
+        }
+      } else {
+        try heap.memory.movePages(to: cycle.fromSpace)
+        do {
+          try cycle.delivery.register(heap.memory.baseAddress, length: heap.capacity)
+        } catch {
+          try? cycle.fromSpace.movePages(to: heap.memory)  // Put every page back: nothing lost.
+          throw error
+        }
       }
     } catch {
       heap.roots = originalRoots
       throw .system(error)
     }
+    if !configuration.registerBeforeRemap {
+      try checkGapStayedEmpty(cycle, originalRoots: originalRoots)
+    }
     return CycleClock.now() - start
+  }
+
+  /// The mremap-first order's proof, inside the pause: the emptied heap has no page once
+  /// registered (mincore over page tables the mremap took away: a short walk). If one appeared,
+  /// the heap is unregistered, its pages put back over the intruder and the roots restored.
+  private func checkGapStayedEmpty(_ cycle: Cycle, originalRoots: [[UInt]]) throws(HeapError) {
+    let resident: Int
+    do {
+      resident = try heap.memory.residentPageCount()
+    } catch {
+      resident = 0  // mincore cannot fail on our own mapping; if it did, the verification still runs.
+    }
+    guard resident == 0 else {
+      cycle.delivery.close()
+      try? cycle.fromSpace.movePages(to: heap.memory)
+      heap.roots = originalRoots
+      throw .compactionFailed(
+        "\(resident) pages were mapped into the heap between moving its pages out and registering it:"
+          + " something touched the heap during the pause (I/O into it, another process);"
+          + " run with registerBeforeRemap")
+    }
   }
 
   /// Phase 4: the mutators run while the GC thread compacts every page; returns the GC thread's
@@ -223,7 +298,8 @@ public final class Compactor: @unchecked Sendable {
     let gc = CompactionThread(
       context: context, fromSpace: cycle.fromSpace,
       buffer: cycle.gcBuffer.baseAddress.assumingMemoryBound(to: UInt64.self),
-      copyRunPages: configuration.strategy == .copySinglePage ? 1 : CompactionThread.maxPagesPerMove)
+      runPages: configuration.gcRunPages,
+      copyRunPages: configuration.strategy == .copySinglePage ? 1 : configuration.gcRunPages)
     var threads: [DedicatedThread] = []
     let idle = configuration.idleMutators
     let running = Atomic<Int>(0)

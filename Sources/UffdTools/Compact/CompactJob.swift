@@ -47,6 +47,19 @@ package struct CompactJob: Sendable {
   package var mutatorBlockPages = 16
   package var idleMutators = false
   package var runs = 3
+  /// The valid GC run lengths in pages.
+  package static var gcRunPagesRange: ClosedRange<Int> { 1...CompactionConfiguration.maxGCRunPages }
+  package var gcRunPages = 64
+  package var mutatorMapping = MutatorMapping.copy
+  package var registerBeforeRemap = false
+
+  /// The cycle configuration for `strategy`.
+  func configuration(_ strategy: MappingStrategy) -> CompactionConfiguration {
+    CompactionConfiguration(
+      strategy: strategy, faultMode: faultMode, seed: seed, mutatorBlockPages: mutatorBlockPages,
+      idleMutators: idleMutators, gcRunPages: gcRunPages, mutatorMapping: mutatorMapping,
+      registerBeforeRemap: registerBeforeRemap)
+  }
 
   package init() {}
 
@@ -71,11 +84,7 @@ package struct CompactJob: Sendable {
         progress("\(label): building a \(heapMib) MiB heap (seed \(seed))")
         let heap = try Heap(capacity: heapMib << 20, mutators: mutators)
         try Workload(seed: seed).populate(heap)
-        let compactor = try Compactor(
-          heap: heap,
-          configuration: .init(
-            strategy: strategy, faultMode: faultMode, seed: seed, mutatorBlockPages: mutatorBlockPages,
-            idleMutators: idleMutators))
+        let compactor = try Compactor(heap: heap, configuration: configuration(strategy))
         let result = try compactor.run { progress("\(label): \($0)") }
         progress(
           "\(label): verified; compaction thread \(milliseconds(result.compactionWallNanoseconds)) ms,"

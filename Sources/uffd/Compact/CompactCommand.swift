@@ -28,6 +28,12 @@ struct CompactCommand: ParsableCommand {
   var mutatorBlockPages = 16
   @Flag(help: "Mutators spin without touching the heap: the compaction thread's cost alone, no faults.")
   var idleMutators = false
+  @Option(parsing: .unconditional, help: "The longest run of pages the GC thread maps with one ioctl (1-2048; ART maps up to about 8 MiB, 2048 pages).")
+  var gcRunPages = 64
+  @Option(help: "How faulting mutators map pages under MOVE: copy (no TLB flush), copy-early (COPY while the GC is in the upper half), move.")
+  var mutatorMapping = MutatorMapping.copy
+  @Flag(help: "Register the heap before moving its pages out (ART's order; the pause then grows with the heap).")
+  var registerBeforeRemap = false
   @Option(parsing: .unconditional, help: "Cycles per strategy (1-100, strategies interleaved); the table shows medians.")
   var runs = 3
   @OptionGroup var output: OutputOptions
@@ -37,6 +43,7 @@ struct CompactCommand: ParsableCommand {
     try check(mutators, in: CompactJob.mutatorRange, "--mutators")
     try check(mutatorBlockPages, in: CompactJob.blockPagesRange, "--mutator-block-pages")
     try check(runs, in: CompactJob.runRange, "--runs")
+    try check(gcRunPages, in: CompactJob.gcRunPagesRange, "--gc-run-pages")
   }
 
   func run() throws {
@@ -49,6 +56,9 @@ struct CompactCommand: ParsableCommand {
     job.mutatorBlockPages = mutatorBlockPages
     job.idleMutators = idleMutators
     job.runs = runs
+    job.gcRunPages = gcRunPages
+    job.mutatorMapping = mutatorMapping
+    job.registerBeforeRemap = registerBeforeRemap
     let report = try job.run(progress: Progress("compact"))
     print(output.json ? try JSONOutput.string(report) : report.table)
   }

@@ -6,6 +6,7 @@ import UffdTools
 // in --help).
 extension CompactMode: ExpressibleByArgument {}
 extension FaultMode: ExpressibleByArgument {}
+extension MutatorMapping: ExpressibleByArgument {}
 extension MoveStress.Mover: ExpressibleByArgument {}
 
 /// Options every subcommand that prints results shares.
