@@ -1,7 +1,7 @@
 import Glibc
 
 /// Waiting for another thread's progress on a page (ART's `BackOff`): yield first, the usual wait
-/// is a few microseconds; then sleep in doubling steps up to 1 ms, so a long wait does not burn a
+/// is a few microseconds; then sleep in doubling steps up to 50 µs (ART sleeps in 10 µs steps), so a long wait does not burn a
 /// CPU another thread needs. Async-signal-safe (sched_yield and nanosleep only).
 struct BackOff {
   /// Yields before the first sleep.
@@ -15,7 +15,7 @@ struct BackOff {
     if attempts <= Self.yields {
       sched_yield()
     } else {
-      var step = timespec(tv_sec: 0, tv_nsec: Int(Swift.min(1_000_000, 1_000 &<< Swift.min(attempts &- Self.yields, 10))))
+      var step = timespec(tv_sec: 0, tv_nsec: Int(Swift.min(50_000, 1_000 &<< Swift.min(attempts &- Self.yields, 10))))
       nanosleep(&step, nil)
     }
   }

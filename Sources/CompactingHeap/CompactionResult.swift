@@ -57,6 +57,12 @@ public struct CompactionResult: Sendable {
   /// page once nothing reads it; under MOVE the dead pages beyond what the GC recycles.
   public var releasedPages: Int = 0
 
+  /// Live bytes per nanosecond of the compaction thread's CPU time (= GB/s): the routine's own
+  /// speed, whatever share of a CPU the thread got.
+  public var compactionCPUGBps: Double {
+    Double(liveBytes) / Swift.max(1, Double(compactionCPUNanoseconds))
+  }
+
   /// Live bytes per nanosecond of the compaction thread's wall time (= GB/s).
   public var compactionGBps: Double {
     Double(liveBytes) / Swift.max(1, Double(compactionWallNanoseconds))

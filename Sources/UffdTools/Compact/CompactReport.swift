@@ -27,6 +27,9 @@ package struct CompactReport: Encodable, Sendable {
     package var compactionThreadCpuMs: Double
     package var compactionGbps: Double
     package var memcpyFraction: Double
+    /// Live bytes per second of the compaction thread's CPU time, and that over memcpy.
+    package var compactionCpuGbps: Double
+    package var memcpyFractionCpu: Double
     package var pagesByGc: Int
     package var pagesByMutators: Int
     package var mutatorFaults: Int
@@ -77,6 +80,7 @@ package struct CompactReport: Encodable, Sendable {
       let typical = byTime[byTime.count / 2]
       let wall = median(runs.map { Double($0.compactionWallNanoseconds) / 1e6 })
       let gbps = median(runs.map(\.compactionGBps))
+      let cpuGbps = median(runs.map(\.compactionCPUGBps))
       let before = median(runs.map { Double($0.residentBefore) / mib })
       let peak = median(runs.map { Double($0.peakResident) / mib })
       modes[strategy.rawValue] = Mode(
@@ -85,6 +89,7 @@ package struct CompactReport: Encodable, Sendable {
         compactionThreadMs: wall,
         compactionThreadCpuMs: median(runs.map { Double($0.compactionCPUNanoseconds) / 1e6 }),
         compactionGbps: gbps, memcpyFraction: memcpyGBps > 0 ? gbps / memcpyGBps : 0,
+        compactionCpuGbps: cpuGbps, memcpyFractionCpu: memcpyGBps > 0 ? cpuGbps / memcpyGBps : 0,
         pagesByGc: typical.pagesByGC, pagesByMutators: typical.pagesByMutators,
         mutatorFaults: typical.mutatorFaults, recycledPages: typical.recycledPages,
         bufferPages: typical.bufferPages, moveIoctls: typical.moveIoctls, pagesMoved: typical.pagesMoved,
@@ -135,13 +140,13 @@ package struct CompactReport: Encodable, Sendable {
     lines.append("Medians of \(runs) runs per strategy (strategies interleaved); counts from the median run.")
     let names = ["move", "copy", "copy-1"].filter { modes[$0] != nil }
     lines.append(formatTable(
-      ["", "pause ms", "GC wall ms", "GC cpu ms", "GB/s live", "x memcpy", "pages GC", "pages mutators",
+      ["", "pause ms", "GC wall ms", "GC cpu ms", "GB/s live", "x memcpy", "x memcpy (cpu)", "pages GC", "pages mutators",
        "MOVE ioctls/pages", "COPY ioctls/pages", "RSS before MiB", "peak MiB", "peak/before", "verified"],
       names.compactMap { name in
         guard let m = modes[name] else { return nil }
         return [name, String(format: "%.2f", m.pauseMs), String(format: "%.1f", m.compactionThreadMs),
                 String(format: "%.1f", m.compactionThreadCpuMs), String(format: "%.2f", m.compactionGbps),
-                String(format: "%.2f", m.memcpyFraction), "\(m.pagesByGc)", "\(m.pagesByMutators)",
+                String(format: "%.2f", m.memcpyFraction), String(format: "%.2f", m.memcpyFractionCpu), "\(m.pagesByGc)", "\(m.pagesByMutators)",
                 "\(m.moveIoctls)/\(m.pagesMoved)", "\(m.copyIoctls)/\(m.pagesCopied)",
                 String(format: "%.0f", m.rssBeforeMib), String(format: "%.0f", m.peakRssMib),
                 String(format: "%.3f", m.peakRssRatio), m.verified ? "yes" : "NO"]
