@@ -56,6 +56,11 @@ public struct CompactionResult: Sendable {
   /// From-space pages given back (MADV_DONTNEED) during the concurrent phase: under COPY every
   /// page once nothing reads it; under MOVE the dead pages beyond what the GC recycles.
   public var releasedPages: Int = 0
+  /// To-space pages found already present when their claimer mapped them: only the claimer maps
+  /// a page, so something outside the compaction touched the heap between the mremap and the
+  /// registration (I/O into it, another process). The compacted content was written over each in
+  /// place (nothing of the heap lost; what the intruder wrote there is gone). 0 in every normal cycle.
+  public var intrudedPages: Int = 0
 
   /// Live bytes per nanosecond of the compaction thread's CPU time (= GB/s): the routine's own
   /// speed, whatever share of a CPU the thread got.

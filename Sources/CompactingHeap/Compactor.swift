@@ -168,7 +168,7 @@ public final class Compactor: @unchecked Sendable {
       zeroPageIoctls: counters.calls(.zeroPage), busyFallbacks: counters.load(.busyFallbacks),
       errnoCounts: counters.errnoCounts(), mutatorWrites: writes, residentBefore: residentBefore,
       peakResident: peak, verified: true, mutatorStall: Self.stall(cycle.resources.context.stalls),
-      releasedPages: counters.load(.releasedPages))
+      releasedPages: counters.load(.releasedPages), intrudedPages: counters.load(.intrudedPages))
   }
 
   private static func stall(_ histogram: StallHistogram) -> MutatorStall {
@@ -233,9 +233,9 @@ public final class Compactor: @unchecked Sendable {
   /// By default the mremap comes first: on a range registered without EVENT_REMAP the kernel moves
   /// page tables entry by entry (it must clear uffd bits), so the pause would grow with the heap;
   /// unregistered and 2 MiB-aligned, whole page tables move. That order is safe because nothing
-  /// touches the heap in the pause (the mutators are stopped; here they have not started), and it
-  /// is checked: a page found in the emptied heap once it is registered means something did
-  /// (I/O into the heap, another process), and the cycle fails before any page is compacted.
+  /// touches the heap in the pause (the mutators are stopped; here they have not started). Had
+  /// something touched it (I/O into the heap), the page it got is found when that page is mapped
+  /// (EEXIST where only the claimer maps) and overwritten in place: ``CompactionResult/intrudedPages``.
   /// ``CompactionConfiguration/registerBeforeRemap`` takes ART's order instead.
   private func pause(_ cycle: Cycle, roots: [[UInt]]) throws(HeapError) -> Int64 {
     let start = CycleClock.now()
@@ -263,31 +263,7 @@ public final class Compactor: @unchecked Sendable {
       heap.roots = originalRoots
       throw .system(error)
     }
-    if !configuration.registerBeforeRemap {
-      try checkGapStayedEmpty(cycle, originalRoots: originalRoots)
-    }
     return CycleClock.now() - start
-  }
-
-  /// The mremap-first order's proof, inside the pause: the emptied heap has no page once
-  /// registered (mincore over page tables the mremap took away: a short walk). If one appeared,
-  /// the heap is unregistered, its pages put back over the intruder and the roots restored.
-  private func checkGapStayedEmpty(_ cycle: Cycle, originalRoots: [[UInt]]) throws(HeapError) {
-    let resident: Int
-    do {
-      resident = try heap.memory.residentPageCount()
-    } catch {
-      resident = 0  // mincore cannot fail on our own mapping; if it did, the verification still runs.
-    }
-    guard resident == 0 else {
-      cycle.delivery.close()
-      try? cycle.fromSpace.movePages(to: heap.memory)
-      heap.roots = originalRoots
-      throw .compactionFailed(
-        "\(resident) pages were mapped into the heap between moving its pages out and registering it:"
-          + " something touched the heap during the pause (I/O into it, another process);"
-          + " run with registerBeforeRemap")
-    }
   }
 
   /// Phase 4: the mutators run while the GC thread compacts every page; returns the GC thread's

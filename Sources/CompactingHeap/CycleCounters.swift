@@ -8,7 +8,7 @@ struct CycleCounters: @unchecked Sendable {
   /// Named counters.
   enum Name: Int, CaseIterable {
     case pagesByGC, pagesByMutators, mutatorFaults, recycledPages, bufferPages
-    case busyFallbacks, eagainRetries, failures, releasedPages
+    case busyFallbacks, eagainRetries, failures, releasedPages, intrudedPages
   }
 
   /// The map ioctls, for the per-errno table.
@@ -23,7 +23,7 @@ struct CycleCounters: @unchecked Sendable {
   static var errnoSlots: Int { 256 }
   /// Per ioctl: calls, pages mapped, then one slot per errno.
   static var ioctlSlots: Int { 2 + errnoSlots }
-  static var nameCount: Int { 9 }
+  static var nameCount: Int { 10 }
   static var slotCount: Int { nameCount + 3 * ioctlSlots }
 
   let slots: UnsafeMutablePointer<Atomic<Int>>

@@ -6,7 +6,9 @@ import Userfaultfd
 extension CompactionContext {
   /// Maps `count` to-space pages from `index` on with the pages at `source` (contiguous):
   /// UFFDIO_MOVE when `move`, else UFFDIO_COPY. Resumes after partial progress. A page already
-  /// present was mapped by someone else; a page MOVE refuses as busy is copied instead. A page that
+  /// present cannot have been mapped by the compaction (only a page's claimer maps it): something
+  /// touched the heap in the pause; the content is written over it in place (present, so the
+  /// write does not fault) and counted. A page MOVE refuses as busy is copied instead. A page that
   /// cannot be mapped at all gets a zero page so no thread waits forever, and counts as a failure
   /// (the cycle then reports it).
   func mapPages(at index: Int, count: Int, from source: UnsafeMutablePointer<UInt64>, move: Bool) {
@@ -41,7 +43,10 @@ extension CompactionContext {
           backOff.pause()
         }
       case .alreadyPresent:
-        done &+= 1  // Someone else mapped it.
+        counters.add(.intrudedPages)
+        UnsafeMutableRawPointer(bitPattern: destination)?
+          .copyMemory(from: source + done &* layout.wordsPerPage, byteCount: page)
+        done &+= 1
       case .busy:
         // Not exclusively mapped (a fork, KSM, a pin): the content is still at the source.
         counters.add(.busyFallbacks)

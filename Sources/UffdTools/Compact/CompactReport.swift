@@ -41,6 +41,10 @@ package struct CompactReport: Encodable, Sendable {
     package var pagesCopied: Int
     package var zeropageIoctls: Int
     package var busyFallbacks: Int
+    /// Pages found present where only the compaction maps (something touched the heap in the pause).
+    package var intrudedPages: Int
+    /// From-space pages released during the concurrent phase.
+    package var releasedPages: Int
     package var errnos: [String: Int]
     package var mutatorWrites: Int
     package var mutatorWritesPerMs: Double
@@ -95,6 +99,7 @@ package struct CompactReport: Encodable, Sendable {
         bufferPages: typical.bufferPages, moveIoctls: typical.moveIoctls, pagesMoved: typical.pagesMoved,
         copyIoctls: typical.copyIoctls, pagesCopied: typical.pagesCopied,
         zeropageIoctls: typical.zeroPageIoctls, busyFallbacks: typical.busyFallbacks,
+        intrudedPages: runs.map(\.intrudedPages).max() ?? 0, releasedPages: typical.releasedPages,
         errnos: typical.errnoCounts, mutatorWrites: typical.mutatorWrites,
         mutatorWritesPerMs: Double(typical.mutatorWrites) / max(1e-9, Double(typical.compactionWallNanoseconds) / 1e6),
         rssBeforeMib: before, peakRssMib: peak, peakRssRatio: before > 0 ? peak / before : 0,
@@ -159,7 +164,8 @@ package struct CompactReport: Encodable, Sendable {
         format: "%@: mutator stall per fault p50 %.1f µs, p99 %.1f µs, p99.9 %.1f µs, max %.1f µs; %.1f ms stalled per mutator; %.0f writes/ms",
         name, stall.p50, stall.p99, stall.p999, stall.max, m.mutatorStallMsPerMutator, m.mutatorWritesPerMs))
       lines.append("\(name): \(m.mutatorFaults) mutator faults, \(m.recycledPages) recycled pages, "
-        + "\(m.bufferPages) GC buffer pages, \(m.busyFallbacks) EBUSY fallbacks, \(m.mutatorWrites) mutator writes verified (\(Int(m.mutatorWritesPerMs))/ms); "
+        + "\(m.bufferPages) GC buffer pages, \(m.releasedPages) from-space pages released early, \(m.busyFallbacks) EBUSY fallbacks, "
+        + "\(m.intrudedPages) pages found mapped outside the compaction, \(m.mutatorWrites) mutator writes verified (\(Int(m.mutatorWritesPerMs))/ms); "
         + "ioctl errnos (all handled): \(errnos)")
     }
     lines.append(String(format: "memcpy here: %.1f GB/s", memcpyGbps))

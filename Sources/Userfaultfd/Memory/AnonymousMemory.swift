@@ -272,28 +272,6 @@ public final class AnonymousMemory: @unchecked Sendable {
     if result == cuffd_map_failed() { throw .systemCallFailed("mremap(MREMAP_DONTUNMAP)", .current) }
   }
 
-  /// How many pages of `length` bytes at `offset` (the whole mapping by default) have memory
-  /// behind them (`mincore(2)`): after ``movePages(to:)`` an emptied mapping has none, so a
-  /// non-zero count proves something touched it since.
-  public func residentPageCount(offset: Int = 0, length: Int? = nil) throws(UserfaultfdError) -> Int {
-    let (start, count) = try subrange(offset, length, "mincore")
-    let page = PageSize.base
-    let chunkPages = 1 << 16
-    var vector = [UInt8](repeating: 0, count: Swift.min(chunkPages, (count + page - 1) / page))
-    var resident = 0
-    var done = 0
-    while done < count {
-      let bytes = Swift.min(count - done, chunkPages * page)
-      try vector.withUnsafeMutableBufferPointer { (buffer) throws(UserfaultfdError) in
-        try nothingOrErrno(retryOnInterrupt: true) { mincore(start + done, bytes, buffer.baseAddress) }
-          .get(systemCall: "mincore")
-        for index in 0..<((bytes + page - 1) / page) where buffer[index] & 1 != 0 { resident += 1 }
-      }
-      done += bytes
-    }
-    return resident
-  }
-
   /// The mapping as raw bytes.
   public var bytes: UnsafeMutableRawBufferPointer {
     UnsafeMutableRawBufferPointer(start: baseAddress, count: length)

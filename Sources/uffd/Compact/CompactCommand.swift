@@ -34,6 +34,8 @@ struct CompactCommand: ParsableCommand {
   var mutatorMapping = MutatorMapping.copy
   @Flag(help: "Register the heap before moving its pages out (ART's order; the pause then grows with the heap).")
   var registerBeforeRemap = false
+  @Flag(help: "Run ART's techniques on and off instead (a row per variant, each against batched COPY); --mode, --gc-run-pages, --mutator-mapping and --register-before-remap are then set per row.")
+  var variants = false
   @Option(parsing: .unconditional, help: "Cycles per strategy (1-100, strategies interleaved); the table shows medians.")
   var runs = 3
   @OptionGroup var output: OutputOptions
@@ -47,6 +49,18 @@ struct CompactCommand: ParsableCommand {
   }
 
   func run() throws {
+    if variants {
+      var job = CompactVariantsJob()
+      job.heapMib = heapMib
+      job.mutators = mutators
+      job.seed = seed
+      job.faultMode = faultMode
+      job.mutatorBlockPages = mutatorBlockPages
+      job.runs = runs
+      let report = try job.run(progress: Progress("compact"))
+      print(output.json ? try JSONOutput.string(report) : report.table)
+      return
+    }
     var job = CompactJob()
     job.heapMib = heapMib
     job.mutators = mutators

@@ -1,0 +1,153 @@
+import CompactingHeap
+import Foundation
+import Userfaultfd
+
+/// One compaction setting in `uffd compact --variants`: ART's techniques, each turned on or off
+/// against the defaults, so each row differs from the MOVE default in one thing.
+package struct CompactVariant: Sendable {
+  /// The row's name.
+  package var name: String
+  /// What it changes, for the table's legend.
+  package var change: String
+  package var strategy: MappingStrategy
+  package var gcRunPages = 64
+  package var mutatorMapping = MutatorMapping.copy
+  package var registerBeforeRemap = false
+
+  /// The rows, in the order they run within each round. The first (batched COPY at the default
+  /// run length) is the reference every ratio is taken against.
+  package static var all: [CompactVariant] {
+    [
+      CompactVariant(name: "copy", change: "ART's batched COPY (64-page runs)", strategy: .copy),
+      CompactVariant(name: "move", change: "the MOVE default: mutators COPY, 64-page runs, mremap then register",
+                     strategy: .move),
+      CompactVariant(name: "move, 8 MiB runs", change: "GC maps up to 2048 pages per ioctl (ART's ~8 MiB cadence)",
+                     strategy: .move, gcRunPages: 2048),
+      CompactVariant(name: "copy, 8 MiB runs", change: "batched COPY with 2048-page runs", strategy: .copy, gcRunPages: 2048),
+      CompactVariant(name: "move, mutators move", change: "faulting mutators MOVE too (each MOVE flushes the TLB)",
+                     strategy: .move, mutatorMapping: .move),
+      CompactVariant(name: "move, mutators copy early", change: "mutators COPY while the GC is in the upper half, then MOVE",
+                     strategy: .move, mutatorMapping: .copyEarly),
+      CompactVariant(name: "move, register first", change: "register the heap before the mremap (ART's order)",
+                     strategy: .move, registerBeforeRemap: true),
+    ]
+  }
+}
+
+/// `uffd compact --variants`: every ``CompactVariant`` on the same heap, rounds interleaved,
+/// medians per row and ratios against batched COPY.
+package struct CompactVariantsJob: Sendable {
+  package var heapMib = 256
+  package var mutators = 2
+  package var seed: UInt64 = 1
+  package var faultMode = FaultMode.sigbus
+  package var mutatorBlockPages = 16
+  package var runs = 3
+  /// Which rows to run (all by default).
+  package var variants = CompactVariant.all
+
+  package init() {}
+
+  /// Runs every round and returns the report; `progress` hears each cycle.
+  package func run(progress: Progress) throws -> CompactVariantsReport {
+    let verdict = PageMover.moveVerdict
+    let variants = verdict.isUsable ? variants : variants.filter { $0.strategy != .move }
+    if !verdict.isUsable { progress("UFFDIO_MOVE is unavailable here (\(verdict)): COPY rows only") }
+    var results = Array(repeating: [CompactionResult](), count: variants.count)
+    for run in 1...runs {
+      for (index, variant) in variants.enumerated() {
+        let heap = try Heap(capacity: heapMib << 20, mutators: mutators)
+        try Workload(seed: seed).populate(heap)
+        let configuration = CompactionConfiguration(
+          strategy: variant.strategy, faultMode: faultMode, seed: seed, mutatorBlockPages: mutatorBlockPages,
+          gcRunPages: variant.gcRunPages, mutatorMapping: variant.mutatorMapping,
+          registerBeforeRemap: variant.registerBeforeRemap)
+        let result = try Compactor(heap: heap, configuration: configuration).run()
+        progress("round \(run)/\(runs), \(variant.name): verified, GC \(String(format: "%.1f", Double(result.compactionWallNanoseconds) / 1e6)) ms")
+        results[index].append(result)
+      }
+    }
+    return CompactVariantsReport(
+      heapMib: heapMib, mutators: mutators, faultMode: faultMode, runs: runs, variants: variants, results: results)
+  }
+}
+
+/// What `uffd compact --variants` prints: one row per variant (medians over the rounds).
+package struct CompactVariantsReport: Encodable, Sendable {
+  package struct Row: Encodable, Sendable {
+    package var name: String
+    package var change: String
+    package var pauseMs: Double
+    package var compactionThreadMs: Double
+    package var compactionThreadCpuMs: Double
+    /// GC-thread wall time over batched COPY's (the first row), median of per-round ratios.
+    package var vsCopy: Double
+    /// GC-thread CPU time over batched COPY's, the same way.
+    package var vsCopyCpu: Double
+    package var moveIoctls: Int
+    package var copyIoctls: Int
+    package var mutatorStallUs: CompactReport.Stall
+    package var mutatorWritesPerMs: Double
+    package var peakRssRatio: Double
+    package var verified: Bool
+  }
+
+  package var heapMib: Int
+  package var mutators: Int
+  package var faultMode: String
+  package var runs: Int
+  package var rows: [Row]
+
+  init(heapMib: Int, mutators: Int, faultMode: FaultMode, runs: Int, variants: [CompactVariant],
+       results: [[CompactionResult]]) {
+    self.heapMib = heapMib
+    self.mutators = mutators
+    self.faultMode = faultMode.rawValue
+    self.runs = runs
+    let reference = results.first ?? []
+    rows = zip(variants, results).map { variant, runs in
+      let typical = runs.sorted { $0.compactionWallNanoseconds < $1.compactionWallNanoseconds }[runs.count / 2]
+      let ratios = zip(runs, reference).map {
+        Double($0.compactionWallNanoseconds) / max(1, Double($1.compactionWallNanoseconds))
+      }
+      let cpuRatios = zip(runs, reference).map {
+        Double($0.compactionCPUNanoseconds) / max(1, Double($1.compactionCPUNanoseconds))
+      }
+      return Row(
+        name: variant.name, change: variant.change,
+        pauseMs: median(runs.map { Double($0.pauseNanoseconds) / 1e6 }),
+        compactionThreadMs: median(runs.map { Double($0.compactionWallNanoseconds) / 1e6 }),
+        compactionThreadCpuMs: median(runs.map { Double($0.compactionCPUNanoseconds) / 1e6 }),
+        vsCopy: median(ratios), vsCopyCpu: median(cpuRatios), moveIoctls: typical.moveIoctls, copyIoctls: typical.copyIoctls,
+        mutatorStallUs: CompactReport.Stall(
+          p50: median(runs.map { Double($0.mutatorStall.p50) / 1000 }), p99: median(runs.map { Double($0.mutatorStall.p99) / 1000 }),
+          p999: median(runs.map { Double($0.mutatorStall.p999) / 1000 }), max: median(runs.map { Double($0.mutatorStall.max) / 1000 })),
+        mutatorWritesPerMs: median(runs.map {
+          Double($0.mutatorWrites) / max(1e-9, Double($0.compactionWallNanoseconds) / 1e6)
+        }),
+        peakRssRatio: median(runs.map { Double($0.peakResident) / max(1, Double($0.residentBefore)) }),
+        verified: runs.allSatisfy(\.verified))
+    }
+  }
+
+  /// The human-readable form.
+  package var table: String {
+    var lines = [
+      "ART's techniques on and off: \(heapMib) MiB heap, \(mutators) mutators writing, fault mode \(faultMode);"
+        + " medians of \(runs) interleaved rounds (ratios per round against batched COPY, then the median).",
+    ]
+    lines.append(formatTable(
+      ["variant", "GC ms", "GC cpu ms", "x copy", "x copy (cpu)", "pause ms", "MOVE/COPY ioctls", "stall p50/p99/p99.9 µs", "writes/ms",
+       "peak RSS", "verified"],
+      rows.map { row in
+        let stall = row.mutatorStallUs
+        return [row.name, String(format: "%.1f", row.compactionThreadMs), String(format: "%.1f", row.compactionThreadCpuMs),
+                String(format: "%.2f", row.vsCopy), String(format: "%.2f", row.vsCopyCpu), String(format: "%.2f", row.pauseMs), "\(row.moveIoctls)/\(row.copyIoctls)",
+                String(format: "%.0f / %.0f / %.0f", stall.p50, stall.p99, stall.p999),
+                String(format: "%.0f", row.mutatorWritesPerMs), String(format: "%.3f", row.peakRssRatio),
+                row.verified ? "yes" : "NO"]
+      }))
+    for row in rows { lines.append("  \(row.name): \(row.change)") }
+    return lines.joined(separator: "\n")
+  }
+}
