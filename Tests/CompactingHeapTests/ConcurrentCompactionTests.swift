@@ -90,6 +90,84 @@ struct ConcurrentCompactionTests {
     #expect(throws: HeapError.self) { try Compactor(heap: heap, configuration: .init(mutatorBlockPages: 0)) }
     #expect(throws: HeapError.self) { try Compactor(heap: heap, configuration: .init(mutatorBlockPages: 513)) }
     #expect(throws: HeapError.self) { try Compactor(heap: heap, configuration: .init(loggedWordsPerMutator: 0)) }
+    #expect(throws: HeapError.self) { try Compactor(heap: heap, configuration: .init(gcRunPages: 0)) }
+    #expect(throws: HeapError.self) {
+      try Compactor(heap: heap, configuration: .init(gcRunPages: CompactionConfiguration.maxGCRunPages + 1))
+    }
+  }
+
+  static let variantModes: [(MutatorMapping, FaultMode)] = MutatorMapping.allCases.flatMap { mapping in
+    FaultMode.allCases.map { (mapping, $0) }
+  }
+
+  /// ART's techniques as variants (`uffd compact --variants`): each mutator mapping under MOVE,
+  /// in both fault modes, with ART's 8 MiB runs and with the default 64 pages: every cycle
+  /// verifies, every page is mapped once, nothing is found mapped outside the compaction.
+  @Test(arguments: variantModes, [64, CompactionConfiguration.maxGCRunPages])
+  func variantsVerify(mode: (MutatorMapping, FaultMode), gcRunPages: Int) throws {
+    let (mapping, faultMode) = mode
+    let heap = try Heap(capacity: 8 << 20, mutators: 2)
+    try Workload(seed: 7).populate(heap)
+    let result = try Compactor(
+      heap: heap,
+      configuration: .init(strategy: .move, faultMode: faultMode, seed: 7, gcRunPages: gcRunPages, mutatorMapping: mapping)
+    ).run()
+    let pages = (result.liveBytes + PageSize.base - 1) / PageSize.base
+    #expect(result.verified)
+    #expect(result.pagesByGC + result.pagesByMutators == pages)
+    #expect(result.pagesMoved + result.pagesCopied == pages)
+    #expect(result.errnoCounts.isEmpty, "\(result.errnoCounts)")
+    #expect(result.intrudedPages == 0)
+    #expect(result.mutatorWrites > 0)
+    if mapping == .copy {
+      #expect(result.pagesMoved <= result.pagesByGC, "mutators copy: every moved page is the GC's")
+    }
+  }
+
+  /// The GC's run length is the cap on pages per ioctl: 2048-page runs (ART's ~8 MiB cadence)
+  /// need fewer UFFDIO_MOVEs than 64-page runs for the same heap, and both strategies verify.
+  @Test func longerRunsMeanFewerIoctls() throws {
+    var moves: [Int: Int] = [:]
+    for runPages in [64, CompactionConfiguration.maxGCRunPages] {
+      for strategy in [MappingStrategy.move, .copy] {
+        let heap = try Heap(capacity: 32 << 20, mutators: 1)
+        try Workload(seed: 9).populate(heap)
+        let result = try Compactor(
+          heap: heap, configuration: .init(strategy: strategy, seed: 9, idleMutators: true, gcRunPages: runPages)).run()
+        #expect(result.verified)
+        if strategy == .move { moves[runPages] = result.moveIoctls }
+        let longest = strategy == .move ? result.pagesMoved : result.pagesCopied
+        let calls = strategy == .move ? result.moveIoctls : result.copyIoctls
+        #expect(calls * runPages >= longest, "no ioctl maps more than \(runPages) pages")
+      }
+    }
+    let short = try #require(moves[64]), long = try #require(moves[CompactionConfiguration.maxGCRunPages])
+    #expect(long < short, "\(long) MOVEs with 2048-page runs vs \(short) with 64")
+  }
+
+  /// Under MOVE more from-space pages die than the GC recycles; those beyond a spare are given
+  /// back during the cycle (as COPY gives back its from-space), so RSS does not wait for the end.
+  @Test func moveReleasesDeadPagesItWillNotRecycle() throws {
+    let heap = try Heap(capacity: 64 << 20, mutators: 1)
+    try Workload(seed: 4).populate(heap)
+    let result = try Compactor(heap: heap, configuration: .init(strategy: .move, idleMutators: true)).run()
+    #expect(result.verified)
+    #expect(result.releasedPages > 0)
+    let fromPages = (result.usedBytesBefore + PageSize.base - 1) / PageSize.base
+    #expect(result.releasedPages + result.recycledPages <= fromPages, "no page both released and recycled")
+  }
+
+  /// ART's order (register, then mremap) verifies in both fault modes; the pause is then longer
+  /// (entries move one by one), which `uffd compact --variants` measures.
+  @Test(arguments: FaultMode.allCases)
+  func registerBeforeRemapVerifies(faultMode: FaultMode) throws {
+    let heap = try Heap(capacity: 8 << 20, mutators: 2)
+    try Workload(seed: 8).populate(heap)
+    let result = try Compactor(
+      heap: heap, configuration: .init(strategy: .move, faultMode: faultMode, seed: 8, registerBeforeRemap: true)).run()
+    #expect(result.verified)
+    #expect(result.errnoCounts.isEmpty, "\(result.errnoCounts)")
+    #expect(result.intrudedPages == 0)
   }
 
   /// COPY maps the GC's contiguous runs with one ioctl each, as ART does; the one-page variant

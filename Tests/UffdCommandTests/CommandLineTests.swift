@@ -12,7 +12,8 @@ struct CommandLineTests {
     ["compact", "--mutators", "0"], ["compact", "--mutators", "65"], ["compact", "--mode", "sideways"],
     ["compact", "--fault-mode", "poll"], ["compact", "--runs", "0"], ["compact", "--runs", "-3"],
     ["compact", "--runs", "101"], ["compact", "--mutator-block-pages", "0"], ["compact", "--mutator-block-pages", "513"],
-    ["compact", "--seed", "-1"], ["stress", "--pages", "2251799813685248"], ["stress", "--pages", "0"],
+    ["compact", "--seed", "-1"], ["compact", "--gc-run-pages", "0"], ["compact", "--gc-run-pages", "2049"],
+    ["compact", "--mutator-mapping", "teleport"], ["stress", "--pages", "2251799813685248"], ["stress", "--pages", "0"],
     ["stress", "--pages", "-8"], ["stress", "--seconds", "inf"], ["stress", "--seconds", "nan"],
     ["stress", "--seconds", "-1"], ["stress", "--seconds", "0"], ["stress", "--threads", "0"],
     ["stress", "--threads", "65"], ["stress", "--mover", "teleport"], ["stress", "--movers", "9"],
@@ -42,6 +43,9 @@ struct CommandLineTests {
     let compact = try CompactCommand.parse(["--mode", "copy", "--fault-mode", "thread"])
     #expect(compact.mode == .copy)
     #expect(compact.faultMode == .thread)
+    let variant = try CompactCommand.parse(["--mutator-mapping", "copy-early", "--gc-run-pages", "2048", "--register-before-remap"])
+    #expect(variant.mutatorMapping == .copyEarly)
+    #expect(variant.gcRunPages == 2048 && variant.registerBeforeRemap)
     let stress = try StressCommand.parse(["--mover", "logical-copy"])
     #expect(stress.mover == .logicalCopy)
   }

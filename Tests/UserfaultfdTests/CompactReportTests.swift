@@ -31,5 +31,22 @@ struct CompactCommandTests {
     }
     #expect(report.moveVsCopyRatio != nil, "both strategies ran: the table has the ratio row")
   }
+
+  /// `uffd compact --variants` runs every variant on the same heap and verifies each; the first
+  /// row is batched COPY, the reference of every ratio.
+  @Test func variantsReportOneVerifiedRowPerVariant() throws {
+    var job = CompactVariantsJob()
+    job.heapMib = 4
+    job.runs = 1
+    let report = try job.run(progress: Progress("test"))
+    #expect(report.rows.map(\.name) == CompactVariant.all.map(\.name))
+    #expect(report.rows.allSatisfy { $0.verified })
+    #expect(report.rows.first?.vsCopy == 1)
+    let json = try #require(JSONSerialization.jsonObject(with: Data(JSONOutput.string(report).utf8)) as? [String: Any])
+    let rows = try #require(json["rows"] as? [[String: Any]])
+    for key in ["name", "vs_copy", "vs_copy_cpu", "pause_ms", "mutator_stall_us", "mutator_writes_per_ms", "peak_rss_ratio"] {
+      #expect(rows.first?[key] != nil, "missing rows[].\(key)")
+    }
+  }
 }
 }
