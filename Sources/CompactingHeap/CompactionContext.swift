@@ -30,6 +30,11 @@ struct CompactionContext: @unchecked Sendable {
   /// Every mutator fault's service time (SIGBUS handler entry to return; in thread mode, the
   /// fault server's resolution).
   let stalls: StallHistogram
+  /// Per to-space page, when it was mapped and by whom (see ``recordMapped(_:byMutator:)``); 0 until
+  /// then. Each page's word is written once, by the page's claimer, and read after the cycle.
+  let mappedAt: UnsafeMutablePointer<UInt32>
+  /// The concurrent phase's start (CycleClock nanoseconds), for ``mappedAt``.
+  let phaseStart: UnsafeMutablePointer<Atomic<Int>>
   /// The userfaultfd's descriptor (the handle outlives the cycle's resources).
   let uffd: Int32
   /// MOVE strategy: compact into recycled pages and move them; otherwise buffer and COPY.
@@ -103,6 +108,16 @@ struct CompactionContext: @unchecked Sendable {
   @inline(__always)
   func releaseBuffer(_ slot: Int) { bufferBusy[slot].store(false, ordering: .releasing) }
 
+  /// Notes that pages `range` were just mapped, by a mutator's fault or by the GC thread: the
+  /// microsecond since the phase started, shifted left once, plus one; the low bit says
+  /// "mutator". One clock read per call (a run or a fault). Async-signal-safe.
+  @inline(__always)
+  func recordMapped(_ range: Range<Int>, byMutator: Bool) {
+    let elapsed = Swift.max(0, Int(CycleClock.now()) &- phaseStart[0].load(ordering: .relaxed)) / 1000
+    let word = UInt32(truncatingIfNeeded: Swift.min(elapsed, Int(UInt32.max >> 2)) &+ 1) &<< 1 | (byMutator ? 1 : 0)
+    for index in range { mappedAt[index] = word }
+  }
+
   // MARK: Claim, compact, publish
 
   /// Claims to-space page `index` (``PageState/Kind/unprocessed`` to `claim`), runs `compact`,
@@ -144,6 +159,7 @@ struct CompactionContext: @unchecked Sendable {
           while high < blockEnd && states.claim(high, from: .unprocessed, to: .mutatorProcessing) { high &+= 1 }
           while low > blockStart && states.claim(low &- 1, from: .unprocessed, to: .mutatorProcessing) { low &-= 1 }
           compactForMutator(low, count: high &- low)
+          recordMapped(low..<high, byMutator: true)
           for page in low..<high where page != index { states.publish(.mapped, at: page) }
           counters.add(.pagesByMutators, high &- low)
           return .mapped
@@ -153,6 +169,7 @@ struct CompactionContext: @unchecked Sendable {
         guard states.claim(index, from: state, to: .mapping) else { continue }
         // COPY leaves the staging page behind (dead, released with from-space): no TLB flush.
         mapPages(at: index, count: 1, from: fromPage(state.staging), move: mutatorsMove)
+        recordMapped(index..<(index &+ 1), byMutator: true)
         states.publish(.mapped, at: index)
         return
       case .mapped:
@@ -197,6 +214,7 @@ final class CompactionResources: @unchecked Sendable {
   private let atomicCount: Int
   private let busy: UnsafeMutablePointer<Atomic<Bool>>
   private let bufferCount: Int
+  private let mappedAt: UnsafeMutablePointer<UInt32>
   /// Page-aligned (UFFDIO_COPY wants an aligned source) and populated before the cycle.
   private let bufferMemory: AnonymousMemory
 
@@ -207,7 +225,9 @@ final class CompactionResources: @unchecked Sendable {
     bufferMemory = try AnonymousMemory(length: bufferCount * blockPages * layout.pageSize, populate: true)
     states = .allocate(capacity: pageCount)
     for index in 0..<pageCount { (states + index).initialize(to: Atomic(PageState.unprocessed.rawValue)) }
-    atomicCount = 2 + CycleCounters.slotCount + StallHistogram.slotCount
+    mappedAt = .allocate(capacity: pageCount)
+    mappedAt.initialize(repeating: 0, count: pageCount)
+    atomicCount = 3 + CycleCounters.slotCount + StallHistogram.slotCount
     atomics = .allocate(capacity: atomicCount)
     for index in 0..<atomicCount { (atomics + index).initialize(to: Atomic(0)) }
     atomics[0].store(layout.fromPages - 1, ordering: .relaxed)  // The recycle cursor.
@@ -219,7 +239,8 @@ final class CompactionResources: @unchecked Sendable {
       states: PageStates(words: states), recycleCursor: atomics, gcIndex: atomics + 1,
       buffers: bufferMemory.baseAddress.assumingMemoryBound(to: UInt64.self), bufferBusy: busy,
       bufferCount: bufferCount, blockPages: blockPages, counters: CycleCounters(slots: atomics + 2),
-      stalls: StallHistogram(slots: atomics + 2 + CycleCounters.slotCount), uffd: uffd.coreDescriptor,
+      stalls: StallHistogram(slots: atomics + 2 + CycleCounters.slotCount), mappedAt: mappedAt,
+      phaseStart: atomics + 2 + CycleCounters.slotCount + StallHistogram.slotCount, uffd: uffd.coreDescriptor,
       useMove: strategy == .move, mutatorsMoveBelow: Self.mutatorsMoveBelow(mutatorMapping, pageCount: layout.pageCount))
   }
 
@@ -238,5 +259,6 @@ final class CompactionResources: @unchecked Sendable {
     atomics.deallocate()
     busy.deinitialize(count: bufferCount)
     busy.deallocate()
+    mappedAt.deallocate()
   }
 }

@@ -61,6 +61,8 @@ public struct CompactionResult: Sendable {
   /// registration (I/O into it, another process). The compacted content was written over each in
   /// place (nothing of the heap lost; what the intruder wrote there is gone). 0 in every normal cycle.
   public var intrudedPages: Int = 0
+  /// When the pages were mapped over the concurrent phase, by the GC thread and by mutators.
+  public var timeline = MappingTimeline()
 
   /// Live bytes per nanosecond of the compaction thread's CPU time (= GB/s): the routine's own
   /// speed, whatever share of a CPU the thread got.
@@ -88,6 +90,9 @@ public struct MutatorStall: Sendable, Hashable {
   public var total: Int64 = 0
   /// Faults measured.
   public var count: Int = 0
+  /// Faults by stall, in powers of two of microseconds: element `k` counts the stalls from
+  /// 2^k up to 2^(k+1) µs (element 0 also those under 1 µs; the last also everything longer).
+  public var countsByPowerOfTwoMicroseconds: [Int] = []
 
   /// Creates an empty record.
   public init() {}

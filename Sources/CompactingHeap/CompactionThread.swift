@@ -105,6 +105,7 @@ struct CompactionThread {
   private func mapCopyRun(_ run: CopyRun) {
     guard run.count > 0 else { return }
     context.mapPages(at: run.low, count: run.count, from: bufferSlot(runPages - run.count), move: false)
+    context.recordMapped(run.low..<(run.low + run.count), byMutator: false)
     for index in run.low..<(run.low + run.count) { context.states.publish(.mapped, at: index) }
   }
 
@@ -154,6 +155,7 @@ struct CompactionThread {
         let count = offset - claimedLow
         context.mapPages(at: run.low + claimedLow, count: count,
                          from: context.fromPage(run.stagingLow + claimedLow), move: true)
+        context.recordMapped((run.low + claimedLow)..<(run.low + offset), byMutator: false)
         for index in (run.low + claimedLow)..<(run.low + offset) {
           context.states.publish(.mapped, at: index)
         }

@@ -168,8 +168,15 @@ public final class Compactor: @unchecked Sendable {
       zeroPageIoctls: counters.calls(.zeroPage), busyFallbacks: counters.load(.busyFallbacks),
       errnoCounts: counters.errnoCounts(), mutatorWrites: writes, residentBefore: residentBefore,
       peakResident: peak, verified: true, mutatorStall: Self.stall(cycle.resources.context.stalls),
-      releasedPages: counters.load(.releasedPages), intrudedPages: counters.load(.intrudedPages))
+      releasedPages: counters.load(.releasedPages), intrudedPages: counters.load(.intrudedPages),
+      timeline: MappingTimeline(
+        records: cycle.resources.context.mappedAt, count: marked.plan.layout.pageCount, bins: Self.timelineBins))
   }
+
+  /// Time bins in ``CompactionResult/timeline``.
+  static var timelineBins: Int { 60 }
+  /// Powers of two of microseconds in ``MutatorStall/countsByPowerOfTwoMicroseconds`` (1 µs to 16 ms and over).
+  static var stallBuckets: Int { 15 }
 
   private static func stall(_ histogram: StallHistogram) -> MutatorStall {
     var stall = MutatorStall()
@@ -179,6 +186,7 @@ public final class Compactor: @unchecked Sendable {
     stall.max = Int64(histogram.maxNanoseconds)
     stall.total = Int64(histogram.totalNanoseconds)
     stall.count = histogram.count
+    stall.countsByPowerOfTwoMicroseconds = histogram.countsByPowerOfTwoMicroseconds(buckets: stallBuckets)
     return stall
   }
 
@@ -270,6 +278,7 @@ public final class Compactor: @unchecked Sendable {
   /// wall and CPU time. Ends with every page mapped, the mutators joined and the heap unregistered.
   private func compactConcurrently(_ cycle: Cycle) throws(HeapError) -> (wall: Int64, cpu: Int64) {
     let context = cycle.resources.context
+    context.phaseStart[0].store(Int(CycleClock.now()), ordering: .relaxed)  // Before any mutator runs.
     let done = StopFlag()
     let gc = CompactionThread(
       context: context, fromSpace: cycle.fromSpace,

@@ -57,6 +57,20 @@ struct StallHistogram: @unchecked Sendable {
   /// The longest.
   var maxNanoseconds: Int { slots[maxSlot].load(ordering: .relaxed) }
 
+  /// Stall counts in `buckets` powers of two of microseconds (see
+  /// ``MutatorStall/countsByPowerOfTwoMicroseconds``), each slot placed by its upper bound.
+  func countsByPowerOfTwoMicroseconds(buckets: Int) -> [Int] {
+    var counts = Array(repeating: 0, count: buckets)
+    for slot in 0..<totalSlot {
+      let stalls = slots[slot].load(ordering: .relaxed)
+      guard stalls > 0 else { continue }
+      let microseconds = Self.upperBound(of: slot) / 1000
+      let bucket = microseconds > 0 ? Int.bitWidth - 1 - microseconds.leadingZeroBitCount : 0
+      counts[min(bucket, buckets - 1)] += stalls
+    }
+    return counts
+  }
+
   /// The value at `percentile` (0-100): the upper bound of the bucket it falls in; 0 with none.
   func nanoseconds(atPercentile percentile: Double) -> Int {
     let total = count

@@ -1,6 +1,10 @@
 import ArgumentParser
 import CompactingHeap
 import Foundation
+#if canImport(FoundationXML)
+import FoundationXML
+#endif
+import Userfaultfd
 import Testing
 @testable import UffdTools
 
@@ -30,6 +34,20 @@ struct CompactCommandTests {
       }
     }
     #expect(report.moveVsCopyRatio != nil, "both strategies ran: the table has the ratio row")
+    // Every page is in the timeline once, by the GC or a mutator; every fault in the stall counts.
+    for (strategy, runs) in results {
+      let result = try #require(runs.first)
+      let timeline = result.timeline
+      #expect(timeline.pagesByGC.reduce(0, +) + timeline.pagesByMutators.reduce(0, +)
+                == (result.liveBytes + PageSize.base - 1) / PageSize.base, "\(strategy)")
+      #expect(timeline.pagesByGC.reduce(0, +) <= result.pagesByGC, "the GC maps at most what it compacted: \(strategy)")
+      #expect(result.mutatorStall.countsByPowerOfTwoMicroseconds.reduce(0, +) == result.mutatorFaults, "\(strategy)")
+    }
+    // --svg: well-formed XML, one row per strategy.
+    let svg = CompactPicture.svg(report)
+    let parser = XMLParser(data: Data(svg.utf8))
+    #expect(parser.parse(), "\(parser.parserError.map { "\($0)" } ?? "")")
+    for name in ["move:", "copy:", "copy-1:"] { #expect(svg.contains(name)) }
   }
 
   /// `uffd compact --variants` runs every variant on the same heap and verifies each; the first

@@ -20,6 +20,13 @@ package struct CompactReport: Encodable, Sendable {
     package var max: Double
   }
 
+  /// When pages were mapped, by the GC thread and by mutators (the median run's).
+  package struct Timeline: Encodable, Sendable {
+    package var binMs: Double
+    package var pagesByGc: [Int]
+    package var pagesByMutators: [Int]
+  }
+
   package struct Mode: Encodable, Sendable {
     package var pauseMs: Double
     package var markMs: Double
@@ -56,6 +63,9 @@ package struct CompactReport: Encodable, Sendable {
     package var mutatorStallUs: Stall
     /// Time each mutator spent stalled in faults, on average.
     package var mutatorStallMsPerMutator: Double
+    /// The median run's stalls by powers of two of microseconds (element k: 2^k to 2^(k+1) µs).
+    package var mutatorStallCountsPow2Us: [Int]
+    package var mappingTimeline: Timeline
     package var runs: [Sample]
   }
 
@@ -108,6 +118,10 @@ package struct CompactReport: Encodable, Sendable {
           p50: median(runs.map { Double($0.mutatorStall.p50) / 1000 }), p99: median(runs.map { Double($0.mutatorStall.p99) / 1000 }),
           p999: median(runs.map { Double($0.mutatorStall.p999) / 1000 }), max: median(runs.map { Double($0.mutatorStall.max) / 1000 })),
         mutatorStallMsPerMutator: median(runs.map { Double($0.mutatorStall.total) / 1e6 / Double(max(1, mutators)) }),
+        mutatorStallCountsPow2Us: typical.mutatorStall.countsByPowerOfTwoMicroseconds,
+        mappingTimeline: Timeline(
+          binMs: Double(typical.timeline.binNanoseconds) / 1e6, pagesByGc: typical.timeline.pagesByGC,
+          pagesByMutators: typical.timeline.pagesByMutators),
         runs: runs.map {
           Sample(pauseMs: Double($0.pauseNanoseconds) / 1e6,
                  compactionThreadMs: Double($0.compactionWallNanoseconds) / 1e6,

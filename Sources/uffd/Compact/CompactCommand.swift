@@ -34,6 +34,8 @@ struct CompactCommand: ParsableCommand {
   var mutatorMapping = MutatorMapping.copy
   @Flag(help: "Register the heap before moving its pages out (ART's order; the pause then grows with the heap).")
   var registerBeforeRemap = false
+  @Option(help: "Also draw the median runs as SVG into this file: pages mapped over time by the GC thread vs by mutators, and the mutator stall histogram.")
+  var svg: String?
   @Flag(help: "Run ART's techniques on and off instead (a row per variant, each against batched COPY); --mode, --gc-run-pages, --mutator-mapping and --register-before-remap are then set per row.")
   var variants = false
   @Option(parsing: .unconditional, help: "Cycles per strategy (1-100, strategies interleaved); the table shows medians.")
@@ -75,5 +77,8 @@ struct CompactCommand: ParsableCommand {
     job.registerBeforeRemap = registerBeforeRemap
     let report = try job.run(progress: Progress("compact"))
     print(output.json ? try JSONOutput.string(report) : report.table)
+    if let svg {
+      try CompactPicture.write(report, to: svg)
+    }
   }
 }
