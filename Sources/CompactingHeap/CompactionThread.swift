@@ -23,6 +23,9 @@ struct CompactionThread {
   let runPages: Int
   /// Pages per UFFDIO_COPY run: ``runPages``, or 1 for the one-page COPY variant.
   let copyRunPages: Int
+  /// MOVE: runs shorter than this are copied from their staging pages instead
+  /// (``CompactionConfiguration/minimumMoveRun``).
+  let minimumMoveRun: Int
 
   /// A run of compacted, unmapped pages: to-space `low ..< low + count` from staging pages
   /// `stagingLow ..< stagingLow + count` (both grow downward as the GC goes).
@@ -153,8 +156,10 @@ struct CompactionThread {
         if claimedLow < 0 { claimedLow = offset }
       } else if claimedLow >= 0 {
         let count = offset - claimedLow
+        // A short run is copied from its staging pages: one MOVE's TLB flush interrupts every
+        // other CPU running the process, which costs more than copying a few pages.
         context.mapPages(at: run.low + claimedLow, count: count,
-                         from: context.fromPage(run.stagingLow + claimedLow), move: true)
+                         from: context.fromPage(run.stagingLow + claimedLow), move: count >= minimumMoveRun)
         context.recordMapped((run.low + claimedLow)..<(run.low + offset), byMutator: false)
         for index in (run.low + claimedLow)..<(run.low + offset) {
           context.states.publish(.mapped, at: index)

@@ -52,13 +52,14 @@ package struct CompactJob: Sendable {
   package var gcRunPages = 64
   package var mutatorMapping = MutatorMapping.copy
   package var registerBeforeRemap = false
+  package var minimumMoveRun = 16
 
   /// The cycle configuration for `strategy`.
   func configuration(_ strategy: MappingStrategy) -> CompactionConfiguration {
     CompactionConfiguration(
       strategy: strategy, faultMode: faultMode, seed: seed, mutatorBlockPages: mutatorBlockPages,
       idleMutators: idleMutators, gcRunPages: gcRunPages, mutatorMapping: mutatorMapping,
-      registerBeforeRemap: registerBeforeRemap)
+      registerBeforeRemap: registerBeforeRemap, minimumMoveRun: minimumMoveRun)
   }
 
   package init() {}

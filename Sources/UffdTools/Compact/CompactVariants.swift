@@ -13,14 +13,19 @@ package struct CompactVariant: Sendable {
   package var gcRunPages = 64
   package var mutatorMapping = MutatorMapping.copy
   package var registerBeforeRemap = false
+  package var minimumMoveRun = 16
+  /// Pages a mutator's fault compacts (nil: the job's setting).
+  package var mutatorBlockPages: Int?
 
   /// The rows, in the order they run within each round. The first (batched COPY at the default
   /// run length) is the reference every ratio is taken against.
   package static var all: [CompactVariant] {
     [
       CompactVariant(name: "copy", change: "ART's batched COPY (64-page runs)", strategy: .copy),
-      CompactVariant(name: "move", change: "the MOVE default: mutators COPY, 64-page runs, mremap then register",
+      CompactVariant(name: "move", change: "the MOVE default: mutators COPY, 64-page runs, runs under 16 pages copied, mremap then register",
                      strategy: .move),
+      CompactVariant(name: "move, every run moved", change: "the GC moves runs of any length (ART)",
+                     strategy: .move, minimumMoveRun: 1),
       CompactVariant(name: "move, 8 MiB runs", change: "GC maps up to 2048 pages per ioctl (ART's ~8 MiB cadence)",
                      strategy: .move, gcRunPages: 2048),
       CompactVariant(name: "copy, 8 MiB runs", change: "batched COPY with 2048-page runs", strategy: .copy, gcRunPages: 2048),
@@ -30,6 +35,12 @@ package struct CompactVariant: Sendable {
                      strategy: .move, mutatorMapping: .copyEarly),
       CompactVariant(name: "move, register first", change: "register the heap before the mremap (ART's order)",
                      strategy: .move, registerBeforeRemap: true),
+      CompactVariant(name: "move, 1-page faults", change: "a mutator's fault compacts one page (ART), not a 16-page block",
+                     strategy: .move, mutatorBlockPages: 1),
+      CompactVariant(name: "move, 1-page faults, every run moved", change: "both ART choices: one page per fault, every run moved",
+                     strategy: .move, minimumMoveRun: 1, mutatorBlockPages: 1),
+      CompactVariant(name: "copy, 1-page faults", change: "batched COPY with one page per fault (ART)",
+                     strategy: .copy, mutatorBlockPages: 1),
     ]
   }
 }
@@ -59,9 +70,10 @@ package struct CompactVariantsJob: Sendable {
         let heap = try Heap(capacity: heapMib << 20, mutators: mutators)
         try Workload(seed: seed).populate(heap)
         let configuration = CompactionConfiguration(
-          strategy: variant.strategy, faultMode: faultMode, seed: seed, mutatorBlockPages: mutatorBlockPages,
-          gcRunPages: variant.gcRunPages, mutatorMapping: variant.mutatorMapping,
-          registerBeforeRemap: variant.registerBeforeRemap)
+          strategy: variant.strategy, faultMode: faultMode, seed: seed,
+          mutatorBlockPages: variant.mutatorBlockPages ?? mutatorBlockPages, gcRunPages: variant.gcRunPages,
+          mutatorMapping: variant.mutatorMapping, registerBeforeRemap: variant.registerBeforeRemap,
+          minimumMoveRun: variant.minimumMoveRun)
         let result = try Compactor(heap: heap, configuration: configuration).run()
         progress("round \(run)/\(runs), \(variant.name): verified, GC \(String(format: "%.1f", Double(result.compactionWallNanoseconds) / 1e6)) ms")
         results[index].append(result)
@@ -88,6 +100,8 @@ package struct CompactVariantsReport: Encodable, Sendable {
     package var copyIoctls: Int
     package var mutatorStallUs: CompactReport.Stall
     package var mutatorWritesPerMs: Double
+    /// Time each mutator spent stalled in faults, on average.
+    package var mutatorStallMsPerMutator: Double
     package var peakRssRatio: Double
     package var verified: Bool
   }
@@ -125,6 +139,7 @@ package struct CompactVariantsReport: Encodable, Sendable {
         mutatorWritesPerMs: median(runs.map {
           Double($0.mutatorWrites) / max(1e-9, Double($0.compactionWallNanoseconds) / 1e6)
         }),
+        mutatorStallMsPerMutator: median(runs.map { Double($0.mutatorStall.total) / 1e6 / Double(max(1, mutators)) }),
         peakRssRatio: median(runs.map { Double($0.peakResident) / max(1, Double($0.residentBefore)) }),
         verified: runs.allSatisfy(\.verified))
     }
@@ -137,14 +152,15 @@ package struct CompactVariantsReport: Encodable, Sendable {
         + " medians of \(runs) interleaved rounds (ratios per round against batched COPY, then the median).",
     ]
     lines.append(formatTable(
-      ["variant", "GC ms", "GC cpu ms", "x copy", "x copy (cpu)", "pause ms", "MOVE/COPY ioctls", "stall p50/p99/p99.9 µs", "writes/ms",
+      ["variant", "GC ms", "GC cpu ms", "x copy", "x copy (cpu)", "pause ms", "MOVE/COPY ioctls", "stall p50/p99/p99.9 µs", "stalled ms", "writes/ms",
        "peak RSS", "verified"],
       rows.map { row in
         let stall = row.mutatorStallUs
         return [row.name, String(format: "%.1f", row.compactionThreadMs), String(format: "%.1f", row.compactionThreadCpuMs),
                 String(format: "%.2f", row.vsCopy), String(format: "%.2f", row.vsCopyCpu), String(format: "%.2f", row.pauseMs), "\(row.moveIoctls)/\(row.copyIoctls)",
                 String(format: "%.0f / %.0f / %.0f", stall.p50, stall.p99, stall.p999),
-                String(format: "%.0f", row.mutatorWritesPerMs), String(format: "%.3f", row.peakRssRatio),
+                String(format: "%.1f", row.mutatorStallMsPerMutator), String(format: "%.0f", row.mutatorWritesPerMs),
+                String(format: "%.3f", row.peakRssRatio),
                 row.verified ? "yes" : "NO"]
       }))
     for row in rows { lines.append("  \(row.name): \(row.change)") }

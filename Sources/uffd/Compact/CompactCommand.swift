@@ -32,6 +32,8 @@ struct CompactCommand: ParsableCommand {
   var gcRunPages = 64
   @Option(help: "How faulting mutators map pages under MOVE: copy (no TLB flush), copy-early (COPY while the GC is in the upper half), move.")
   var mutatorMapping = MutatorMapping.copy
+  @Option(parsing: .unconditional, help: "Under MOVE, the GC copies runs shorter than this many pages instead of moving them (1-2048; 1: always MOVE).")
+  var minimumMoveRun = 16
   @Flag(help: "Register the heap before moving its pages out (ART's order; the pause then grows with the heap).")
   var registerBeforeRemap = false
   @Option(help: "Also draw the median runs as SVG into this file: pages mapped over time by the GC thread vs by mutators, and the mutator stall histogram.")
@@ -48,6 +50,7 @@ struct CompactCommand: ParsableCommand {
     try check(mutatorBlockPages, in: CompactJob.blockPagesRange, "--mutator-block-pages")
     try check(runs, in: CompactJob.runRange, "--runs")
     try check(gcRunPages, in: CompactJob.gcRunPagesRange, "--gc-run-pages")
+    try check(minimumMoveRun, in: CompactJob.gcRunPagesRange, "--minimum-move-run")
   }
 
   func run() throws {
@@ -75,6 +78,7 @@ struct CompactCommand: ParsableCommand {
     job.gcRunPages = gcRunPages
     job.mutatorMapping = mutatorMapping
     job.registerBeforeRemap = registerBeforeRemap
+    job.minimumMoveRun = minimumMoveRun
     let report = try job.run(progress: Progress("compact"))
     print(output.json ? try JSONOutput.string(report) : report.table)
     if let svg {
