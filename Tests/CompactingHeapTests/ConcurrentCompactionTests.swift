@@ -21,8 +21,12 @@ struct ConcurrentCompactionTests {
     let (strategy, faultMode) = mode
     let heap = try Heap(capacity: 8 << 20, mutators: 2)
     try Workload(seed: seed).populate(heap)
+    // Every run moved and mutators moving too, so MOVEs race MOVEs (the other mutator mappings:
+    // variantsVerify).
     let result = try Compactor(
-      heap: heap, configuration: .init(strategy: strategy, faultMode: faultMode, seed: seed)).run()
+      heap: heap,
+      configuration: .init(strategy: strategy, faultMode: faultMode, seed: seed, mutatorMapping: .move, minimumMoveRun: 1)
+    ).run()
     #expect(result.verified)
     #expect(result.liveBytes == heap.top)
     let pages = (result.liveBytes + PageSize.base - 1) / PageSize.base
@@ -79,7 +83,8 @@ struct ConcurrentCompactionTests {
   @Test func moveModeRecyclesInsteadOfAllocating() throws {
     let heap = try Heap(capacity: 16 << 20, mutators: 1)
     try Workload(seed: 2).populate(heap)
-    let result = try Compactor(heap: heap, configuration: .init(strategy: .move, idleMutators: true)).run()
+    let result = try Compactor(
+      heap: heap, configuration: .init(strategy: .move, idleMutators: true, minimumMoveRun: 1)).run()
     #expect(result.pagesCopied == result.bufferPages)
     #expect(result.pagesCopied * 20 < result.pagesMoved,
             "most pages moved, few copied: \(result.pagesCopied) of \(result.pagesMoved + result.pagesCopied)")
@@ -91,6 +96,7 @@ struct ConcurrentCompactionTests {
     #expect(throws: HeapError.self) { try Compactor(heap: heap, configuration: .init(mutatorBlockPages: 513)) }
     #expect(throws: HeapError.self) { try Compactor(heap: heap, configuration: .init(loggedWordsPerMutator: 0)) }
     #expect(throws: HeapError.self) { try Compactor(heap: heap, configuration: .init(gcRunPages: 0)) }
+    #expect(throws: HeapError.self) { try Compactor(heap: heap, configuration: .init(minimumMoveRun: 0)) }
     #expect(throws: HeapError.self) {
       try Compactor(heap: heap, configuration: .init(gcRunPages: CompactionConfiguration.maxGCRunPages + 1))
     }
@@ -143,6 +149,25 @@ struct ConcurrentCompactionTests {
     }
     let short = try #require(moves[64]), long = try #require(moves[CompactionConfiguration.maxGCRunPages])
     #expect(long < short, "\(long) MOVEs with 2048-page runs vs \(short) with 64")
+  }
+
+  /// Runs shorter than `minimumMoveRun` are copied from their staging pages: with every run
+  /// shorter than that, nothing is moved; with 1, every recycled run is moved. Both verify.
+  @Test func shortRunsAreCopiedNotMoved() throws {
+    for minimum in [1, CompactionConfiguration.maxGCRunPages] {
+      let heap = try Heap(capacity: 16 << 20, mutators: 1)
+      try Workload(seed: 6).populate(heap)
+      let result = try Compactor(
+        heap: heap, configuration: .init(strategy: .move, seed: 6, idleMutators: true, minimumMoveRun: minimum)).run()
+      let pages = (result.liveBytes + PageSize.base - 1) / PageSize.base
+      #expect(result.verified)
+      #expect(result.pagesMoved + result.pagesCopied == pages)
+      if minimum == 1 {
+        #expect(result.pagesCopied == result.bufferPages, "every page compacted into a recycled one moved")
+      } else {
+        #expect(result.pagesMoved == 0 && result.moveIoctls == 0, "64-page runs are all under \(minimum) pages")
+      }
+    }
   }
 
   /// Under MOVE more from-space pages die than the GC recycles; those beyond a spare are given
