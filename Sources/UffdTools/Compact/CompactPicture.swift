@@ -7,12 +7,12 @@ import Foundation
 package enum CompactPicture {
   private static let gcColor = "#3b6fb6", mutatorColor = "#e08a2c"
   private static let rowHeight = 190.0, top = 64.0
-  private static let timeX = 70.0, timeWidth = 520.0, stallX = 680.0, stallWidth = 300.0, plotHeight = 130.0
+  private static let timeX = 70.0, timeWidth = 520.0, stallX = 660.0, stallWidth = 330.0, plotHeight = 130.0
 
   /// The picture of `report`'s median runs.
   package static func svg(_ report: CompactReport) -> String {
     let names = ["move", "copy", "copy-1"].filter { report.modes[$0] != nil }
-    let width = 1010.0, height = top + rowHeight * Double(names.count) + 16
+    let width = 1040.0, height = top + rowHeight * Double(names.count) + 16
     // Shared scales: the longest phase, the fullest bin, the most stalls in a bucket.
     let longest = names.compactMap { report.modes[$0] }.map {
       $0.mappingTimeline.binMs * Double($0.mappingTimeline.pagesByGc.count)
@@ -36,8 +36,8 @@ package enum CompactPicture {
       let base = y0 + plotHeight
       let timeline = mode.mappingTimeline
       let gcPages = timeline.pagesByGc.reduce(0, +), mutatorPages = timeline.pagesByMutators.reduce(0, +)
-      svg += "<text x=\"\(timeX)\" y=\"\(y0 - 4)\" font-weight=\"bold\">\(name): GC thread \(format(mode.compactionThreadMs, 1)) ms,"
-        + " \(gcPages) pages mapped by the GC, \(mutatorPages) by mutators; \(Int(mode.mutatorWritesPerMs)) mutator writes/ms</text>\n"
+      svg += "<text x=\"\(timeX)\" y=\"\(y0 - 4)\" font-weight=\"bold\">\(name): GC thread \(format(mode.compactionThreadMs, 1)) ms;"
+        + " pages mapped: \(gcPages) by the GC, \(mutatorPages) by mutators</text>\n"
       svg += axes(x: timeX, y: y0, width: timeWidth, height: plotHeight)
       let barWidth = timeWidth / Double(max(1, timeline.pagesByGc.count)) * (timeline.binMs * Double(timeline.pagesByGc.count) / longest)
       for (bin, (gc, mutators)) in zip(timeline.pagesByGc, timeline.pagesByMutators).enumerated() {
@@ -64,7 +64,7 @@ package enum CompactPicture {
       }
       let stall = mode.mutatorStallUs
       svg += "<text x=\"\(stallX - 6)\" y=\"\(y0 + 10)\" text-anchor=\"end\">\(mostStalls)</text><text x=\"\(stallX - 6)\" y=\"\(base)\" text-anchor=\"end\">1</text>\n"
-      svg += "<text x=\"\(stallX + stallWidth)\" y=\"\(y0 - 4)\" text-anchor=\"end\">p50 \(format(stall.p50, 0)) µs · p99 \(format(stall.p99, 0)) µs · p99.9 \(format(stall.p999, 0)) µs</text>\n"
+      svg += "<text x=\"\(stallX)\" y=\"\(y0 - 4)\">\(Int(mode.mutatorWritesPerMs)) writes/ms · p50 \(format(stall.p50, 0)) µs · p99 \(format(stall.p99, 0)) µs · p99.9 \(format(stall.p999, 0)) µs</text>\n"
     }
     svg += "</svg>\n"
     return svg

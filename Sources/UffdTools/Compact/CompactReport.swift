@@ -111,7 +111,8 @@ package struct CompactReport: Encodable, Sendable {
         zeropageIoctls: typical.zeroPageIoctls, busyFallbacks: typical.busyFallbacks,
         intrudedPages: runs.map(\.intrudedPages).max() ?? 0, releasedPages: typical.releasedPages,
         errnos: typical.errnoCounts, mutatorWrites: typical.mutatorWrites,
-        mutatorWritesPerMs: Double(typical.mutatorWrites) / max(1e-9, Double(typical.compactionWallNanoseconds) / 1e6),
+        // A median over the runs: one run's rate swings with how the scheduler shared the CPUs.
+        mutatorWritesPerMs: median(runs.map { Double($0.mutatorWrites) / max(1e-9, Double($0.compactionWallNanoseconds) / 1e6) }),
         rssBeforeMib: before, peakRssMib: peak, peakRssRatio: before > 0 ? peak / before : 0,
         verified: runs.allSatisfy(\.verified),
         mutatorStallUs: Stall(
