@@ -12,6 +12,8 @@ import Userfaultfd
 struct CompactionThread {
   /// COPY releases from-space in steps of at least this many bytes (as ART does).
   static let releaseStep = 8 << 20
+  /// Mutator-held pages the GC goes past before it waits for one.
+  static let maxSkippedPages = 4096
 
   let context: CompactionContext
   let fromSpace: AnonymousMemory
@@ -46,8 +48,11 @@ struct CompactionThread {
     var copyRun = CopyRun()
     var reserved = (low: 0, count: 0)  // Dead from-space pages reserved, used from the top.
     var released = layout.fromPages  // COPY: from-space pages at and above this are released.
+    var skipped = SkippedPages(capacity: Self.maxSkippedPages)
     for index in stride(from: layout.pageCount - 1, through: 0, by: -1) {
-      context.gcIndex[0].store(index, ordering: .releasing)
+      // Nothing above the highest page still being compacted reads from-space any more.
+      let pending = skipped.highestUnfinished(in: context.states)
+      context.gcIndex[0].store(Swift.max(index, pending), ordering: .releasing)
       if context.useMove && reserved.count == 0 {
         reserved = context.reserveRecycledPages(upTo: runPages)
       }
@@ -80,17 +85,22 @@ struct CompactionThread {
         return .processed(staging: staging)
       }
       if !compacted {
-        // A mutator is compacting it: it reads from-space up to lastSource[index], so wait before
-        // the GC moves on and lets the pages above that be recycled. Pages waiting in the copy
-        // buffer go in first: the mutator may need them.
+        // A mutator is compacting it. Pages waiting in the copy buffer go in first (the mutator
+        // may be waiting for one of them in another fault). Then the GC goes on below it: the
+        // mutator reads from-space up to lastSource[index], so until it is done ``gcIndex`` stays
+        // at this page and nothing it may read is recycled or released. (A mutator preempted
+        // mid-fault used to hold the GC for a scheduler tick, ~4 ms, on an oversubscribed machine.)
         mapCopyRun(copyRun)
         copyRun = CopyRun()
-        BackOff.wait { context.states.load(index).kind == .mutatorProcessing }
+        if context.states.load(index).kind == .mutatorProcessing && !skipped.append(index) {
+          BackOff.wait { context.states.load(index).kind == .mutatorProcessing }  // Full: wait.
+        }
       }
+      let stillReading = Swift.max(index - 1, skipped.highest)
       if context.useMove {
         releaseSpareRecycledPages()
       } else {
-        released = releaseFromSpace(neededBelow: index, releasedFrom: released)
+        released = releaseFromSpace(upTo: stillReading, releasedFrom: released, last: index == 0)
       }
     }
     mapProcessedRun(run)
@@ -112,14 +122,14 @@ struct CompactionThread {
     for index in run.low..<(run.low + run.count) { context.states.publish(.mapped, at: index) }
   }
 
-  /// COPY: gives back (MADV_DONTNEED) the from-space pages no page at or below `index` reads any
-  /// more, in steps of at least ``releaseStep``; from-space from `releasedFrom` up is already
-  /// released. Returns the new release boundary.
-  private func releaseFromSpace(neededBelow index: Int, releasedFrom released: Int) -> Int {
+  /// COPY: gives back (MADV_DONTNEED) the from-space pages no to-space page up to `stillReading`
+  /// (-1: none) reads any more, in steps of at least ``releaseStep`` (any size when `last`);
+  /// from-space from `releasedFrom` up is already released. Returns the new release boundary.
+  private func releaseFromSpace(upTo stillReading: Int, releasedFrom released: Int, last: Bool) -> Int {
     let layout = context.layout
     let pageBytes = layout.pageSize
-    let needed = index > 0 ? layout.lastSource[index - 1] + 1 : 0
-    guard needed < released && ((released - needed) * pageBytes >= Self.releaseStep || index == 0) else {
+    let needed = stillReading >= 0 ? layout.lastSource[stillReading] + 1 : 0
+    guard needed < released && ((released - needed) * pageBytes >= Self.releaseStep || last) else {
       return released
     }
     try? fromSpace.advise(.dontNeed, offset: needed * pageBytes, length: (released - needed) * pageBytes)
@@ -167,5 +177,36 @@ struct CompactionThread {
         claimedLow = -1
       }
     }
+  }
+}
+
+/// The pages the GC went past while a mutator was compacting them, highest first (the GC's index
+/// only falls). Preallocated: appending never allocates.
+private struct SkippedPages {
+  private var pages: [Int]
+  private var first = 0, count = 0
+
+  init(capacity: Int) { pages = Array(repeating: -1, count: capacity) }
+
+  /// The highest skipped page, finished or not; -1 with none.
+  var highest: Int { count > 0 ? pages[first] : -1 }
+
+  /// Adds `index` (lower than every page already in); false when full.
+  mutating func append(_ index: Int) -> Bool {
+    guard count < pages.count else { return false }
+    pages[(first + count) % pages.count] = index
+    count += 1
+    return true
+  }
+
+  /// Drops finished pages from the top and returns the highest page a mutator is still
+  /// compacting; -1 with none. (A finished page below an unfinished one stays until that one is
+  /// done: only the highest matters.)
+  mutating func highestUnfinished(in states: PageStates) -> Int {
+    while count > 0 && states.load(pages[first]).kind != .mutatorProcessing {
+      first = (first + 1) % pages.count
+      count -= 1
+    }
+    return highest
   }
 }

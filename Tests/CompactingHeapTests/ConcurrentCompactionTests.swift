@@ -130,6 +130,23 @@ struct ConcurrentCompactionTests {
     }
   }
 
+  /// Many mutators faulting one page at a time: the GC keeps meeting pages a mutator is still
+  /// compacting and goes on below them, holding back recycling and release until they are done.
+  /// Every cycle verifies (a page recycled too early would corrupt an object).
+  @Test(arguments: [MappingStrategy.move, .copy], FaultMode.allCases)
+  func theGCGoesPastPagesMutatorsHold(strategy: MappingStrategy, faultMode: FaultMode) throws {
+    let heap = try Heap(capacity: 16 << 20, mutators: 6)
+    try Workload(seed: 12).populate(heap)
+    let result = try Compactor(
+      heap: heap,
+      configuration: .init(strategy: strategy, faultMode: faultMode, seed: 12, mutatorBlockPages: 1,
+                           mutatorMapping: .move, minimumMoveRun: 1)).run()
+    #expect(result.verified)
+    #expect(result.pagesByGC + result.pagesByMutators == (result.liveBytes + PageSize.base - 1) / PageSize.base)
+    #expect(result.errnoCounts.isEmpty, "\(result.errnoCounts)")
+    #expect(result.mutatorFaults > 0)
+  }
+
   /// The GC's run length is the cap on pages per ioctl: 2048-page runs (ART's ~8 MiB cadence)
   /// need fewer UFFDIO_MOVEs than 64-page runs for the same heap, and both strategies verify.
   @Test func longerRunsMeanFewerIoctls() throws {
