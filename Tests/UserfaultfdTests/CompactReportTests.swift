@@ -53,10 +53,10 @@ struct CompactCommandTests {
   /// `uffd compact --variants` runs every variant on the same heap and verifies each; the first
   /// row is batched COPY, the reference of every ratio.
   @Test func variantsReportOneVerifiedRowPerVariant() throws {
-    var job = CompactVariantsJob()
-    job.heapMib = 4
-    job.runs = 1
-    let report = try job.run(progress: Progress("test"))
+    var base = CompactJob()
+    base.heapMib = 4
+    base.runs = 1
+    let report = try CompactVariantsJob(base: base).run(progress: Progress("test"))
     #expect(report.rows.map(\.name) == CompactVariant.all.map(\.name))
     #expect(report.rows.allSatisfy { $0.verified })
     #expect(report.rows.first?.vsCopy == 1)

@@ -46,18 +46,26 @@ package struct CompactVariant: Sendable {
 }
 
 /// `uffd compact --variants`: every ``CompactVariant`` on the same heap, rounds interleaved,
-/// medians per row and ratios against batched COPY.
+/// medians per row and ratios against batched COPY. The base job gives the heap, the mutators,
+/// the seed, the fault mode, the block size, idle mutators and the rounds; each variant sets the
+/// rest.
 package struct CompactVariantsJob: Sendable {
-  package var heapMib = 256
-  package var mutators = 2
-  package var seed: UInt64 = 1
-  package var faultMode = FaultMode.sigbus
-  package var mutatorBlockPages = 16
-  package var runs = 3
+  package var base: CompactJob
   /// Which rows to run (all by default).
   package var variants = CompactVariant.all
 
-  package init() {}
+  package init(base: CompactJob = CompactJob()) { self.base = base }
+
+  /// The cycle configuration of `variant`.
+  func configuration(_ variant: CompactVariant) -> CompactionConfiguration {
+    var configuration = base.configuration(variant.strategy)
+    configuration.gcRunPages = variant.gcRunPages
+    configuration.mutatorMapping = variant.mutatorMapping
+    configuration.registerBeforeRemap = variant.registerBeforeRemap
+    configuration.minimumMoveRun = variant.minimumMoveRun
+    configuration.mutatorBlockPages = variant.mutatorBlockPages ?? base.mutatorBlockPages
+    return configuration
+  }
 
   /// Runs every round and returns the report; `progress` hears each cycle.
   package func run(progress: Progress) throws -> CompactVariantsReport {
@@ -65,22 +73,18 @@ package struct CompactVariantsJob: Sendable {
     let variants = verdict.isUsable ? variants : variants.filter { $0.strategy != .move }
     if !verdict.isUsable { progress("UFFDIO_MOVE is unavailable here (\(verdict)): COPY rows only") }
     var results = Array(repeating: [CompactionResult](), count: variants.count)
-    for run in 1...runs {
+    for run in 1...base.runs {
       for (index, variant) in variants.enumerated() {
-        let heap = try Heap(capacity: heapMib << 20, mutators: mutators)
-        try Workload(seed: seed).populate(heap)
-        let configuration = CompactionConfiguration(
-          strategy: variant.strategy, faultMode: faultMode, seed: seed,
-          mutatorBlockPages: variant.mutatorBlockPages ?? mutatorBlockPages, gcRunPages: variant.gcRunPages,
-          mutatorMapping: variant.mutatorMapping, registerBeforeRemap: variant.registerBeforeRemap,
-          minimumMoveRun: variant.minimumMoveRun)
-        let result = try Compactor(heap: heap, configuration: configuration).run()
-        progress("round \(run)/\(runs), \(variant.name): verified, GC \(String(format: "%.1f", Double(result.compactionWallNanoseconds) / 1e6)) ms")
+        let heap = try Heap(capacity: base.heapMib << 20, mutators: base.mutators)
+        try Workload(seed: base.seed).populate(heap)
+        let result = try Compactor(heap: heap, configuration: configuration(variant)).run()
+        progress("round \(run)/\(base.runs), \(variant.name): verified, GC \(String(format: "%.1f", Double(result.compactionWallNanoseconds) / 1e6)) ms")
         results[index].append(result)
       }
     }
     return CompactVariantsReport(
-      heapMib: heapMib, mutators: mutators, faultMode: faultMode, runs: runs, variants: variants, results: results)
+      heapMib: base.heapMib, mutators: base.mutators, faultMode: base.faultMode, runs: base.runs, variants: variants,
+      results: results)
   }
 }
 

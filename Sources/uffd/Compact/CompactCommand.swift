@@ -38,7 +38,7 @@ struct CompactCommand: ParsableCommand {
   var registerBeforeRemap = false
   @Option(help: "Also draw the median runs as SVG into this file: pages mapped over time by the GC thread vs by mutators, and the mutator stall histogram.")
   var svg: String?
-  @Flag(help: "Run ART's techniques on and off instead (a row per variant, each against batched COPY); --mode, --gc-run-pages, --mutator-mapping and --register-before-remap are then set per row.")
+  @Flag(help: "Run ART's techniques on and off instead (a row per variant, each against batched COPY): each row sets the strategy, run lengths, mutator mapping and pause order (some rows the block size).")
   var variants = false
   @Option(parsing: .unconditional, help: "Cycles per strategy (1-100, strategies interleaved); the table shows medians.")
   var runs = 3
@@ -51,21 +51,12 @@ struct CompactCommand: ParsableCommand {
     try check(runs, in: CompactJob.runRange, "--runs")
     try check(gcRunPages, in: CompactJob.gcRunPagesRange, "--gc-run-pages")
     try check(minimumMoveRun, in: CompactJob.gcRunPagesRange, "--minimum-move-run")
+    if variants && svg != nil {
+      throw ValidationError("--svg draws one run per strategy; --variants has no picture: drop one of them")
+    }
   }
 
   func run() throws {
-    if variants {
-      var job = CompactVariantsJob()
-      job.heapMib = heapMib
-      job.mutators = mutators
-      job.seed = seed
-      job.faultMode = faultMode
-      job.mutatorBlockPages = mutatorBlockPages
-      job.runs = runs
-      let report = try job.run(progress: Progress("compact"))
-      print(output.json ? try JSONOutput.string(report) : report.table)
-      return
-    }
     var job = CompactJob()
     job.heapMib = heapMib
     job.mutators = mutators
@@ -79,6 +70,11 @@ struct CompactCommand: ParsableCommand {
     job.mutatorMapping = mutatorMapping
     job.registerBeforeRemap = registerBeforeRemap
     job.minimumMoveRun = minimumMoveRun
+    if variants {
+      let report = try CompactVariantsJob(base: job).run(progress: Progress("compact"))
+      print(output.json ? try JSONOutput.string(report) : report.table)
+      return
+    }
     let report = try job.run(progress: Progress("compact"))
     print(output.json ? try JSONOutput.string(report) : report.table)
     if let svg {
