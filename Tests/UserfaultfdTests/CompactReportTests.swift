@@ -29,7 +29,9 @@ struct CompactCommandTests {
     #expect(json["verified"] as? Bool == true)
     let modes = try #require(json["modes"] as? [String: [String: Any]])
     for mode in ["move", "copy"] {
-      for key in ["compaction_thread_ms", "compaction_gbps", "pause_ms", "peak_rss_mib", "pages_by_gc", "pages_by_mutators"] {
+      for key in ["compaction_thread_ms", "compaction_gbps", "pause_ms", "peak_rss_mib", "pages_by_gc", "pages_by_mutators",
+                  "compaction_cpu_gbps", "memcpy_fraction_cpu", "mutator_stall_us", "mutator_writes_per_ms",
+                  "mutator_stall_counts_pow2_us", "mapping_timeline", "released_pages", "intruded_pages"] {
         #expect(modes[mode]?[key] != nil, "missing modes.\(mode).\(key)")
       }
     }
@@ -62,7 +64,8 @@ struct CompactCommandTests {
     #expect(report.rows.first?.vsCopy == 1)
     let json = try #require(JSONSerialization.jsonObject(with: Data(JSONOutput.string(report).utf8)) as? [String: Any])
     let rows = try #require(json["rows"] as? [[String: Any]])
-    for key in ["name", "vs_copy", "vs_copy_cpu", "pause_ms", "mutator_stall_us", "mutator_writes_per_ms", "peak_rss_ratio"] {
+    for key in ["name", "vs_copy", "vs_copy_cpu", "pause_ms", "mutator_stall_us", "mutator_writes_per_ms", "peak_rss_ratio",
+                "strategy", "gc_run_pages", "minimum_move_run", "mutator_mapping", "register_before_remap"] {
       #expect(rows.first?[key] != nil, "missing rows[].\(key)")
     }
   }

@@ -93,6 +93,13 @@ package struct CompactVariantsReport: Encodable, Sendable {
   package struct Row: Encodable, Sendable {
     package var name: String
     package var change: String
+    /// The row's settings.
+    package var strategy: String
+    package var gcRunPages: Int
+    package var minimumMoveRun: Int
+    package var mutatorMapping: String
+    package var registerBeforeRemap: Bool
+    package var mutatorBlockPages: Int?
     package var pauseMs: Double
     package var compactionThreadMs: Double
     package var compactionThreadCpuMs: Double
@@ -132,7 +139,10 @@ package struct CompactVariantsReport: Encodable, Sendable {
         Double($0.compactionCPUNanoseconds) / max(1, Double($1.compactionCPUNanoseconds))
       }
       return Row(
-        name: variant.name, change: variant.change,
+        name: variant.name, change: variant.change, strategy: variant.strategy.rawValue,
+        gcRunPages: variant.gcRunPages, minimumMoveRun: variant.minimumMoveRun,
+        mutatorMapping: variant.mutatorMapping.rawValue, registerBeforeRemap: variant.registerBeforeRemap,
+        mutatorBlockPages: variant.mutatorBlockPages,
         pauseMs: median(runs.map { Double($0.pauseNanoseconds) / 1e6 }),
         compactionThreadMs: median(runs.map { Double($0.compactionWallNanoseconds) / 1e6 }),
         compactionThreadCpuMs: median(runs.map { Double($0.compactionCPUNanoseconds) / 1e6 }),
