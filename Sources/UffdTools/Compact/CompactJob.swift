@@ -97,9 +97,14 @@ package struct CompactJob: Sendable {
     // bandwidth varies from run to run).
     progress("measuring memcpy bandwidth again")
     let memcpy = max(memcpyBefore, try MemcpyBaseline.gigabytesPerSecond())
-    return CompactReport(
+    var report = CompactReport(
       heapMib: heapMib, mutators: mutators, idleMutators: idleMutators, blockPages: mutatorBlockPages,
       seed: seed, faultMode: faultMode, memcpyGBps: memcpy, results: results)
+    report.gcRunPages = gcRunPages
+    report.minimumMoveRun = minimumMoveRun
+    report.mutatorMapping = mutatorMapping.rawValue
+    report.registerBeforeRemap = registerBeforeRemap
+    return report
   }
 
   private func milliseconds(_ nanoseconds: Int64) -> String {

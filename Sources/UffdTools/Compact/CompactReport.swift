@@ -75,6 +75,11 @@ package struct CompactReport: Encodable, Sendable {
   package var mutators: Int
   package var idleMutators: Bool
   package var mutatorBlockPages: Int
+  /// The MOVE and COPY settings the cycles ran with.
+  package var gcRunPages = 64
+  package var minimumMoveRun = 16
+  package var mutatorMapping = "copy"
+  package var registerBeforeRemap = false
   package var seed: UInt64
   package var faultMode: String
   package var runs: Int
@@ -157,6 +162,9 @@ package struct CompactReport: Encodable, Sendable {
       format: "Concurrent compaction: %d MiB heap, %.1f MiB live (%d objects), %d mutators %@, fault mode %@, mutator blocks of %d pages, seed %llu",
       heapMib, liveMib, liveObjects, mutators, idleMutators ? "idle (not touching the heap)" : "writing",
       faultMode, mutatorBlockPages, seed))
+    lines.append(
+      "GC runs of up to \(gcRunPages) pages per ioctl; under MOVE, runs under \(minimumMoveRun) pages copied, mutator mapping \(mutatorMapping);"
+        + (registerBeforeRemap ? " the heap registered before the mremap." : " the mremap before the registration."))
     lines.append("Medians of \(runs) runs per strategy (strategies interleaved); counts from the median run.")
     let names = ["move", "copy", "copy-1"].filter { modes[$0] != nil }
     lines.append(formatTable(
