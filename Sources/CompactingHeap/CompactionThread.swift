@@ -96,11 +96,11 @@ struct CompactionThread {
           BackOff.wait { context.states.load(index).kind == .mutatorProcessing }  // Full: wait.
         }
       }
-      let stillReading = Swift.max(index - 1, skipped.highest)
       if context.useMove {
         releaseSpareRecycledPages()
       } else {
-        released = releaseFromSpace(upTo: stillReading, releasedFrom: released, last: index == 0)
+        // The pages below this one, and any a mutator still holds, read from-space.
+        released = releaseFromSpace(upTo: Swift.max(index - 1, skipped.highest), releasedFrom: released, last: index == 0)
       }
     }
     mapProcessedRun(run)
