@@ -58,16 +58,9 @@ struct CompactionContext: @unchecked Sendable {
   /// when it lies above everything the unfinished to-space pages still read.
   @inline(__always)
   func reserveRecycledPages(upTo count: Int) -> (low: Int, count: Int) {
-    while true {
-      let top = recycleCursor[0].load(ordering: .relaxed)
-      let limit = layout.lastSource[gcIndex[0].load(ordering: .acquiring)]
-      guard top > limit else { return (0, 0) }
-      let taken = Swift.min(count, top &- limit)
-      if recycleCursor[0].compareExchange(expected: top, desired: top &- taken, ordering: .acquiringAndReleasing).exchanged {
-        counters.add(.recycledPages, taken)
-        return (top &- taken &+ 1, taken)
-      }
-    }
+    let reserved = takeDeadPages { Swift.min(count, $0) }
+    if reserved.count > 0 { counters.add(.recycledPages, reserved.count) }
+    return reserved
   }
 
   /// Takes the dead from-space pages beyond `spare` still free to recycle, when there are at
@@ -76,11 +69,19 @@ struct CompactionContext: @unchecked Sendable {
   /// Under MOVE with mutators copying, more pages die than the GC recycles; these are released.
   @inline(__always)
   func takeSpareRecycledPages(keeping spare: Int, minimum: Int) -> (low: Int, count: Int) {
+    takeDeadPages { free in free &- spare >= minimum ? free &- spare : 0 }
+  }
+
+  /// Takes `amount(free)` of the `free` dead pages from the top of the recycle cursor with one
+  /// compare-exchange (retried if someone else took some first): the lowest taken and how many.
+  @inline(__always)
+  private func takeDeadPages(_ amount: (_ free: Int) -> Int) -> (low: Int, count: Int) {
     while true {
       let top = recycleCursor[0].load(ordering: .relaxed)
       let limit = layout.lastSource[gcIndex[0].load(ordering: .acquiring)]
-      let taken = top &- limit &- spare
-      guard taken >= minimum, taken > 0 else { return (0, 0) }
+      guard top > limit else { return (0, 0) }
+      let taken = amount(top &- limit)
+      guard taken > 0 else { return (0, 0) }
       if recycleCursor[0].compareExchange(expected: top, desired: top &- taken, ordering: .acquiringAndReleasing).exchanged {
         return (top &- taken &+ 1, taken)
       }

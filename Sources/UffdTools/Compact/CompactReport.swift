@@ -18,6 +18,17 @@ package struct CompactReport: Encodable, Sendable {
     package var p99: Double
     package var p999: Double
     package var max: Double
+
+    /// Each percentile's median over `runs`.
+    init(medianOf runs: [CompactionResult]) {
+      func microseconds(_ value: (MutatorStall) -> Int64) -> Double {
+        median(runs.map { Double(value($0.mutatorStall)) / 1000 })
+      }
+      p50 = microseconds(\.p50)
+      p99 = microseconds(\.p99)
+      p999 = microseconds(\.p999)
+      max = microseconds(\.max)
+    }
   }
 
   /// When pages were mapped, by the GC thread and by mutators (the median run's).
@@ -117,13 +128,11 @@ package struct CompactReport: Encodable, Sendable {
         intrudedPages: runs.map(\.intrudedPages).max() ?? 0, releasedPages: typical.releasedPages,
         errnos: typical.errnoCounts, mutatorWrites: typical.mutatorWrites,
         // A median over the runs: one run's rate swings with how the scheduler shared the CPUs.
-        mutatorWritesPerMs: median(runs.map { Double($0.mutatorWrites) / max(1e-9, Double($0.compactionWallNanoseconds) / 1e6) }),
+        mutatorWritesPerMs: median(runs.map(\.mutatorWritesPerMs)),
         rssBeforeMib: before, peakRssMib: peak, peakRssRatio: before > 0 ? peak / before : 0,
         verified: runs.allSatisfy(\.verified),
-        mutatorStallUs: Stall(
-          p50: median(runs.map { Double($0.mutatorStall.p50) / 1000 }), p99: median(runs.map { Double($0.mutatorStall.p99) / 1000 }),
-          p999: median(runs.map { Double($0.mutatorStall.p999) / 1000 }), max: median(runs.map { Double($0.mutatorStall.max) / 1000 })),
-        mutatorStallMsPerMutator: median(runs.map { Double($0.mutatorStall.total) / 1e6 / Double(max(1, mutators)) }),
+        mutatorStallUs: Stall(medianOf: runs),
+        mutatorStallMsPerMutator: median(runs.map { $0.stalledMilliseconds(perMutatorOf: mutators) }),
         mutatorStallCountsPow2Us: typical.mutatorStall.countsByPowerOfTwoMicroseconds,
         mappingTimeline: Timeline(
           binMs: Double(typical.timeline.binNanoseconds) / 1e6, pagesByGc: typical.timeline.pagesByGC,
@@ -196,5 +205,15 @@ package struct CompactReport: Encodable, Sendable {
       lines.append(String(format: "MOVE/COPY compaction-thread time: %.2f", ratio))
     }
     return lines.joined(separator: "\n")
+  }
+}
+
+extension CompactionResult {
+  /// Mutator writes per millisecond of the compaction thread's wall time.
+  var mutatorWritesPerMs: Double { Double(mutatorWrites) / Swift.max(1e-9, Double(compactionWallNanoseconds) / 1e6) }
+
+  /// Milliseconds each of `mutators` mutators spent stalled in faults, on average.
+  func stalledMilliseconds(perMutatorOf mutators: Int) -> Double {
+    Double(mutatorStall.total) / 1e6 / Double(Swift.max(1, mutators))
   }
 }

@@ -147,13 +147,9 @@ package struct CompactVariantsReport: Encodable, Sendable {
         compactionThreadMs: median(runs.map { Double($0.compactionWallNanoseconds) / 1e6 }),
         compactionThreadCpuMs: median(runs.map { Double($0.compactionCPUNanoseconds) / 1e6 }),
         vsCopy: median(ratios), vsCopyCpu: median(cpuRatios), moveIoctls: typical.moveIoctls, copyIoctls: typical.copyIoctls,
-        mutatorStallUs: CompactReport.Stall(
-          p50: median(runs.map { Double($0.mutatorStall.p50) / 1000 }), p99: median(runs.map { Double($0.mutatorStall.p99) / 1000 }),
-          p999: median(runs.map { Double($0.mutatorStall.p999) / 1000 }), max: median(runs.map { Double($0.mutatorStall.max) / 1000 })),
-        mutatorWritesPerMs: median(runs.map {
-          Double($0.mutatorWrites) / max(1e-9, Double($0.compactionWallNanoseconds) / 1e6)
-        }),
-        mutatorStallMsPerMutator: median(runs.map { Double($0.mutatorStall.total) / 1e6 / Double(max(1, mutators)) }),
+        mutatorStallUs: CompactReport.Stall(medianOf: runs),
+        mutatorWritesPerMs: median(runs.map(\.mutatorWritesPerMs)),
+        mutatorStallMsPerMutator: median(runs.map { $0.stalledMilliseconds(perMutatorOf: mutators) }),
         peakRssRatio: median(runs.map { Double($0.peakResident) / max(1, Double($0.residentBefore)) }),
         verified: runs.allSatisfy(\.verified))
     }
