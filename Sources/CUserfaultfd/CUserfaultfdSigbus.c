@@ -98,6 +98,7 @@ static int is_filled(struct cuffd_answer answer) {
 // Fills a page the resolver could not: poison it (the retried access raises a genuine SIGBUS) or
 // map zeros. Returns 0 when the page is now filled (by us or by someone else), -1 otherwise.
 static int fail_page(const struct region *r, uintptr_t page) {
+  if (r->failure_action == CUFFD_SIGBUS_FAIL_RETRY) return -1;
   if (r->failure_action == CUFFD_SIGBUS_FAIL_POISON) {
     struct cuffd_answer poisoned = cuffd_range_ioctl(r->uffd, CUFFD_OP_POISON, page, 0, r->page_size, 0);
     if (poisoned.outcome == CUFFD_OUTCOME_DONE || poisoned.outcome == CUFFD_OUTCOME_ALREADY_PRESENT) {

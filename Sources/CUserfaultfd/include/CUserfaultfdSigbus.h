@@ -28,6 +28,9 @@ typedef int (*cuffd_sigbus_resolver)(void *context, uintptr_t address);
 /// What the handler does with a fault the resolver could not fill.
 #define CUFFD_SIGBUS_FAIL_POISON 0   /* UFFDIO_POISON; a zero page where the kernel lacks it */
 #define CUFFD_SIGBUS_FAIL_ZEROPAGE 1 /* UFFDIO_ZEROPAGE */
+/// Leave the page alone and let the access retry (a write-protect fault, whose page holds data
+/// that must not be replaced); after many retries at one address the signal is passed on.
+#define CUFFD_SIGBUS_FAIL_RETRY 2
 
 /// Installs the SIGBUS handler (once; later calls are no-ops), remembering the previous one.
 /// Returns 0, or -1 with errno set.

@@ -32,4 +32,10 @@ public enum Operation: String, Sendable, Hashable, CaseIterable {
   case adopt = "adopt"
   /// Serving another process's memory from a snapshot (``SnapshotServer``).
   case serve = "serve"
+  /// `PAGEMAP_SCAN` on `/proc/PID/pagemap` (Linux 6.7+): written pages found and re-protected.
+  case pagemapScan = "PAGEMAP_SCAN"
+  /// Tracking which pages are written (``DirtyTracker``).
+  case dirtyTracking = "dirty tracking"
+  /// Copying a range while it is written (``LiveSnapshot``).
+  case liveSnapshot = "live snapshot"
 }

@@ -183,6 +183,11 @@ enum Explanation {
     case (_, .noSuchFileOrDirectory):
       return "the destination is not registered with a userfaultfd of this process (or is no longer"
         + " mapped)"
+    case (.pagemapScan, .notPermitted):
+      return "part of the range is not registered for asynchronous write protection (unregistered,"
+        + " or unmapped and mapped again): the tracker no longer sees writes there"
+    case (.pagemapScan, .inappropriateIOCTLForDevice), (.pagemapScan, .invalidArgument):
+      return "PAGEMAP_SCAN needs Linux 6.7 or later, and a range inside mapped memory"
     case (.move, .invalidArgument):
       return "both ranges must be page-aligned, each inside one VMA, private anonymous with the"
         + " same protections, not overlapping, the destination registered with this userfaultfd,"

@@ -1,0 +1,285 @@
+import CUserfaultfd
+import Glibc
+import Synchronization
+
+/// Tracks which pages of a range are written: ``collect()`` returns the pages written since
+/// tracking started or since the previous collection, and protects them again in the same step,
+/// so no write between "reported" and "protected again" is lost. What incremental snapshots, live
+/// migration and write barriers need.
+///
+/// ```swift
+/// let memory = try AnonymousMemory(length: 64 << 20)
+/// let tracker = try DirtyTracker(memory: memory)   // the best backend this kernel offers
+/// // ... writers run ...
+/// let written = try tracker.collect()              // copy these pages out
+/// tracker.stop()
+/// ```
+///
+/// ## Backends
+/// The backend is chosen when the tracker starts, from what the kernel offers, and is visible in
+/// ``backend``: ``DirtyTrackingBackend/asyncWriteProtect`` (Linux 6.7+) where available, else
+/// ``DirtyTrackingBackend/writeProtectFaults`` (Linux 5.7+ for anonymous memory, 5.19+ for shmem
+/// and hugetlbfs). A kernel with neither throws at setup, naming what is missing.
+///
+/// ## What "written" means
+/// A page is reported when it was not write-protected at collection time: written since the
+/// previous collection, or dropped (`MADV_DONTNEED`: its content changed to zeros, so a copy of
+/// it is stale). Pages that were never touched are tracked like any other: a first write to them
+/// is reported (with `UFFD_FEATURE_WP_UNPOPULATED`, Linux 6.4+, or because the synchronous backend
+/// populated the range when it started on older kernels: ``populatedAtStart``). Tracking is in
+/// base pages on anonymous and shmem memory (a transparent huge page is split by the first
+/// protected write) and in huge pages on hugetlbfs.
+///
+/// ## What it cannot see
+/// Unmapping part of the range ends tracking there: memory mapped again at those addresses is not
+/// registered, and the next collection throws (``UserfaultfdError/operationFailed(_:)``) rather
+/// than report nothing. The range may not be registered with another userfaultfd (EBUSY). A
+/// forked child's writes are its own: the child does not inherit the registration.
+public final class DirtyTracker: @unchecked Sendable {
+  // @unchecked: the stored properties are immutable after init except `state`, which is behind a
+  // Mutex that every collection and (synchronous backend) every write fault takes.
+
+  /// How writes are detected.
+  public let backend: DirtyTrackingBackend
+  /// The kind of memory tracked.
+  public let kind: TrackedMemoryKind
+  /// The first byte of the range.
+  public let start: UnsafeMutableRawPointer
+  /// The length of the range in bytes.
+  public let length: Int
+  /// The tracking granularity: the base page, or the huge page on hugetlbfs.
+  public let pageSize: Int
+  /// Whether the range was populated when tracking started (synchronous backend on a kernel
+  /// without `UFFD_FEATURE_WP_UNPOPULATED`, before Linux 6.4): every page then holds memory.
+  public let populatedAtStart: Bool
+
+  private let uffd: Userfaultfd
+  private let state: Mutex<State>
+  private let stopped = Atomic<Bool>(false)
+
+  private struct State: ~Copyable {
+    /// wp-async: the pagemap walker.
+    var scanner: PagemapScanner?
+    /// uffd-wp: pages whose first write the handler released since the last collection.
+    var written: PageBitmap
+    /// uffd-wp: pages dropped by MADV_DONTNEED since the last collection (without WP_UNPOPULATED
+    /// their next write would not fault: they are populated and protected again at collection).
+    var removed: PageBitmap
+    /// uffd-wp: faults whose page could not be un-protected (a writer may still wait there).
+    var releaseFailures: Int = 0
+  }
+
+  /// Starts tracking `memory`, with `backend` or the best one this kernel offers.
+  public convenience init(memory: AnonymousMemory, backend: DirtyTrackingBackend? = nil) throws(UserfaultfdError) {
+    try self.init(
+      start: memory.baseAddress, length: memory.length, kind: TrackedMemoryKind(memory),
+      pageSize: memory.pageSize, backend: backend)
+  }
+
+  /// Starts tracking `length` bytes at `start`: registers the range with a userfaultfd of its own
+  /// in write-protect mode and protects every page.
+  ///
+  /// - Parameters:
+  ///   - kind: the memory's kind (it decides which kernels can track it).
+  ///   - pageSize: the memory's page size: the base page, or 2 MiB / 1 GiB for hugetlbfs.
+  ///   - backend: the backend to use; nil for the best this kernel offers.
+  /// - Throws: ``UserfaultfdError/invalidArgument(_:_:)`` for a misaligned range or page size;
+  ///   ``UserfaultfdError/notSupported(_:_:)`` naming the capability and Linux release a backend
+  ///   needs when this kernel lacks it; the register ioctl's failure (EBUSY: another userfaultfd
+  ///   registered the range; EINVAL: the memory does not support write protection). Nothing is
+  ///   left registered on failure.
+  public init(
+    start: UnsafeMutableRawPointer, length: Int, kind: TrackedMemoryKind, pageSize: Int = PageSize.base,
+    backend: DirtyTrackingBackend? = nil
+  ) throws(UserfaultfdError) {
+    guard pageSize >= PageSize.base, pageSize & (pageSize - 1) == 0, pageSize <= AnonymousMemory.maxAlignment else {
+      throw .invalidArgument(.dirtyTracking, .badAlignment(pageSize, pageSize: PageSize.base, max: AnonymousMemory.maxAlignment))
+    }
+    let range = try PageRange(start, length: length, role: .range, operation: .dirtyTracking)
+    guard range.start % UInt(pageSize) == 0 else {
+      throw .invalidArgument(.dirtyTracking, .misaligned(role: .range, address: Address(rawValue: range.start), pageSize: pageSize))
+    }
+    guard length % pageSize == 0 else {
+      throw .invalidArgument(.dirtyTracking, .lengthNotPageMultiple(role: .range, length: length, pageSize: pageSize))
+    }
+    let supported = try Userfaultfd.probeSupportedFeatures().features
+    let chosen: DirtyTrackingBackend
+    if let backend { chosen = backend } else { chosen = try DirtyTrackingBackend.best(for: kind) }
+    guard chosen.isAvailable(for: kind, supported: supported) else {
+      throw .notSupported(
+        .dirtyTracking,
+        "the \(chosen) backend on \(kind.rawValue) memory needs \(chosen.requirement(for: kind)); this kernel"
+          + " (\(kernelRelease())) lacks it")
+    }
+    var features = chosen.neededFeatures(for: kind)
+    // Catches first writes to never-touched pages in the synchronous backend (Linux 6.4+); WP_ASYNC
+    // already behaves this way, and asking for it there is harmless.
+    if supported.contains(.wpUnpopulated) { features.insert(.wpUnpopulated) }
+    if chosen == .writeProtectFaults { features.insert(.eventRemove) }
+    let uffd = try Userfaultfd(features: features, options: .nonBlocking)
+    let pages = length / pageSize
+    self.backend = chosen
+    self.kind = kind
+    self.start = start
+    self.length = length
+    self.pageSize = pageSize
+    self.uffd = uffd
+    self.populatedAtStart = chosen == .writeProtectFaults && !features.contains(.wpUnpopulated)
+
+    try uffd.register(start, length: length, mode: .writeProtect)
+    do {
+      switch chosen {
+      case .asyncWriteProtect:
+        let scanner = try PagemapScanner()
+        // The first full protect: one walk, faster than UFFDIO_WRITEPROTECT over populated memory.
+        try scanner.protectAll(range.start, range.end)
+        state = Mutex(State(scanner: scanner, written: PageBitmap(pageCount: 0), removed: PageBitmap(pageCount: 0)))
+      case .writeProtectFaults:
+        if populatedAtStart { try Self.populate(range.start, length, pageSize: pageSize) }
+        try uffd.writeProtect(start, length: length)
+        state = Mutex(State(scanner: nil, written: PageBitmap(pageCount: pages), removed: PageBitmap(pageCount: pages)))
+      }
+    } catch {
+      try? uffd.removeWriteProtection(start, length: length)
+      try? uffd.unregister(start, length: length)
+      throw error
+    }
+    if chosen == .writeProtectFaults {
+      try startFaultLoop()
+    }
+  }
+
+  /// The uffd-wp backend's handler thread. Started after init (it calls back into `self`), so
+  /// stored behind its own lock.
+  private let faultLoopBox = Mutex<WriteFaultLoop?>(nil)
+  private var faultLoop: WriteFaultLoop? { faultLoopBox.withLock { $0 } }
+
+  private func startFaultLoop() throws(UserfaultfdError) {
+    let base = UInt(bitPattern: start), end = base + UInt(length), page = pageSize
+    let callbacks = WriteFaultLoop.Callbacks(
+      writeFault: { [weak self] address in self?.releaseWrite(at: address) },
+      removed: { [weak self] from, to in
+        guard let self else { return }
+        let first = Int((max(from, base) - base) / UInt(page))
+        let last = Int((min(to, end) - base + UInt(page) - 1) / UInt(page))
+        guard first < last else { return }
+        self.state.withLock { $0.removed.set(first..<last) }
+      })
+    do {
+      let loop = try WriteFaultLoop(uffd: uffd, callbacks: callbacks)
+      faultLoopBox.withLock { $0 = loop }
+    } catch {
+      try? uffd.removeWriteProtection(start, length: length)
+      try? uffd.unregister(start, length: length)
+      throw error
+    }
+  }
+
+  deinit { stop() }
+
+  /// The synchronous backend's fault path: record the page, un-protect it (waking its writer).
+  /// Under the state lock, so a collection never interleaves between the two.
+  private func releaseWrite(at address: UInt) {
+    let base = UInt(bitPattern: start)
+    guard address >= base, address - base < UInt(length) else { return }
+    let index = Int((address - base) / UInt(pageSize))
+    let page = base + UInt(index * pageSize)
+    state.withLock { state in
+      state.written.set(index)
+      guard let pointer = UnsafeMutableRawPointer(bitPattern: page) else { return }
+      do {
+        try uffd.removeWriteProtection(pointer, length: pageSize)
+      } catch {
+        state.releaseFailures += 1
+      }
+    }
+  }
+
+  /// The pages written since tracking started or since the previous collection, protected again.
+  ///
+  /// Safe to call while writers run: a page's report and its re-protection are one step (under
+  /// the page-table lock for wp-async; under the tracker's lock, which the fault handler takes
+  /// too, for uffd-wp), so a write landing after it faults and is reported next time. Copy the
+  /// reported pages after this returns: what you read then includes every write reported.
+  ///
+  /// - Throws: ``UserfaultfdError/invalidArgument(_:_:)`` with
+  ///   ``InvalidArgument/serverStopped`` after ``stop()``; the kernel's refusal when part of the
+  ///   range was unmapped or unregistered (nothing reported is lost: pages not yet protected again
+  ///   are reported by the next successful collection).
+  public func collect() throws(UserfaultfdError) -> WrittenPages {
+    guard !stopped.load(ordering: .acquiring) else {
+      throw .invalidArgument(.dirtyTracking, .serverStopped)
+    }
+    let base = UInt(bitPattern: start), end = base + UInt(length)
+    switch backend {
+    case .asyncWriteProtect:
+      let runs = try state.withLock { (state) throws(UserfaultfdError) -> [Range<Address>] in
+        guard let scanner = state.scanner else { return [] }
+        return try scanner.collectWritten(base, end)
+      }
+      return WrittenPages(ranges: runs, pageSize: pageSize)
+    case .writeProtectFaults:
+      return try state.withLock { (state) throws(UserfaultfdError) -> WrittenPages in
+        let dirty = state.written.union(state.removed)
+        var ranges: [Range<Address>] = []
+        for run in dirty.runs() {
+          let runStart = base + UInt(run.lowerBound * pageSize)
+          let runLength = run.count * pageSize
+          guard let pointer = UnsafeMutableRawPointer(bitPattern: runStart) else { continue }
+          if populatedAtStart && run.contains(where: { state.removed.contains($0) }) {
+            // Dropped pages do not fault on their next write before Linux 6.4: give them memory
+            // again before protecting them.
+            try Self.populate(runStart, runLength, pageSize: pageSize)
+          }
+          // Protect first, forget the bits after: a failure leaves them set, reported next time.
+          try uffd.writeProtect(pointer, length: runLength)
+          appendRun(&ranges, runStart, runStart + UInt(runLength))
+        }
+        state.written.clearAll()
+        state.removed.clearAll()
+        return WrittenPages(ranges: ranges, pageSize: pageSize)
+      }
+    }
+  }
+
+  /// Write faults whose page could not be un-protected (uffd-wp backend; 0 when all is well).
+  public var releaseFailures: Int { state.withLock { $0.releaseFailures } }
+
+  /// Whether ``stop()`` has run.
+  public var isStopped: Bool { stopped.load(ordering: .acquiring) }
+
+  /// Stops tracking: un-protects the range (waking any writer waiting on a fault), stops the
+  /// handler thread and unregisters. Safe to call more than once; ``collect()`` throws afterwards.
+  public func stop() {
+    guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
+    try? uffd.removeWriteProtection(start, length: length)
+    faultLoop?.stop()
+    // A fault read just before the loop stopped may still wait: waking the range releases it
+    // (the pages are unprotected now, so its retried write succeeds).
+    try? uffd.wake(start, length: length)
+    try? uffd.unregister(start, length: length)
+    uffd.close()
+  }
+
+  /// Makes every page of the range present without changing it: `MADV_POPULATE_WRITE` (Linux
+  /// 5.14+), else one atomic add of zero per page (safe against concurrent writers).
+  static func populate(_ start: UInt, _ length: Int, pageSize: Int) throws(UserfaultfdError) {
+    guard let pointer = UnsafeMutableRawPointer(bitPattern: start) else { return }
+    switch nothingOrErrno(retryOnInterrupt: true, { madvise(pointer, length, CUFFD_MADV_POPULATE_WRITE) }) {
+    case .success: return
+    case .failure(.invalidArgument):
+      cuffd_populate_by_atomic_add(start, length, pageSize)
+    case .failure(let error):
+      throw .systemCallFailed("madvise(MADV_POPULATE_WRITE, \(length) bytes)", error)
+    }
+  }
+}
+
+/// `uname -r`, for messages.
+func kernelRelease() -> String {
+  var info = utsname()
+  guard uname(&info) == 0 else { return "unknown" }
+  return withUnsafeBytes(of: &info.release) { raw in
+    String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+  }
+}

@@ -1,0 +1,72 @@
+/// How a ``DirtyTracker`` learns which pages were written. Chosen at run time from what the kernel
+/// offers (``best(for:)``), and visible in ``DirtyTracker/backend``.
+public enum DirtyTrackingBackend: String, Sendable, Hashable, CaseIterable, CustomStringConvertible {
+  /// `UFFD_FEATURE_WP_ASYNC` with `PAGEMAP_SCAN` (Linux 6.7+): the kernel un-protects a page on its
+  /// first write by itself (about a microsecond, no thread involved), and one `PAGEMAP_SCAN` ioctl
+  /// returns the written ranges and re-protects them page by page under the page-table lock. The
+  /// cheapest and exact; what CRIU and Wine use.
+  case asyncWriteProtect = "wp-async"
+  /// Synchronous uffd-wp (Linux 5.7+ anonymous, 5.19+ shmem and hugetlbfs): every first write to a
+  /// protected page waits while a handler thread records it and un-protects it (tens of
+  /// microseconds per first write). Exact; for kernels before 6.7.
+  case writeProtectFaults = "uffd-wp"
+
+  public var description: String { rawValue }
+
+  /// What this backend needs on `kind` memory, and the Linux release that brought it.
+  public func requirement(for kind: TrackedMemoryKind) -> Requirement {
+    switch (self, kind) {
+    case (.asyncWriteProtect, _):
+      return Requirement(capability: "UFFD_FEATURE_WP_ASYNC and PAGEMAP_SCAN", linux: "6.7")
+    case (.writeProtectFaults, .anonymous):
+      return Requirement(capability: "UFFD_FEATURE_PAGEFAULT_FLAG_WP (uffd-wp on anonymous memory)", linux: "5.7")
+    case (.writeProtectFaults, .shmem), (.writeProtectFaults, .hugetlb):
+      return Requirement(capability: "UFFD_FEATURE_WP_HUGETLBFS_SHMEM (uffd-wp on shmem and hugetlbfs)", linux: "5.19")
+    }
+  }
+
+  /// The userfaultfd features this backend needs on `kind` memory.
+  func neededFeatures(for kind: TrackedMemoryKind) -> Features {
+    switch (self, kind) {
+    case (.asyncWriteProtect, _): [.pageFaultFlagWP, .wpAsync]
+    case (.writeProtectFaults, .anonymous): [.pageFaultFlagWP]
+    case (.writeProtectFaults, _): [.pageFaultFlagWP, .wpHugetlbfsShmem]
+    }
+  }
+
+  /// Whether this kernel offers what the backend needs on `kind` memory, judged from the features
+  /// it advertises (`supported`, from ``Userfaultfd/probeSupportedFeatures()``).
+  public func isAvailable(for kind: TrackedMemoryKind, supported: Features) -> Bool {
+    supported.isSuperset(of: neededFeatures(for: kind))
+  }
+
+  /// The backends this kernel offers for `kind` memory, best first; empty when userfaultfd cannot
+  /// be opened or offers neither.
+  public static func available(for kind: TrackedMemoryKind) -> [DirtyTrackingBackend] {
+    guard let supported = try? Userfaultfd.probeSupportedFeatures().features else { return [] }
+    return allCases.filter { $0.isAvailable(for: kind, supported: supported) }
+  }
+
+  /// The best backend this kernel offers for `kind` memory.
+  ///
+  /// - Throws: ``UserfaultfdError/notSupported(_:_:)`` saying what is missing and which Linux
+  ///   release brings it; the opening failure when no userfaultfd can be opened.
+  public static func best(for kind: TrackedMemoryKind) throws(UserfaultfdError) -> DirtyTrackingBackend {
+    let supported = try Userfaultfd.probeSupportedFeatures().features
+    if let backend = allCases.first(where: { $0.isAvailable(for: kind, supported: supported) }) {
+      return backend
+    }
+    let needs = allCases.map { "\($0) needs \($0.requirement(for: kind))" }.joined(separator: "; ")
+    throw .notSupported(.dirtyTracking, "this kernel cannot track writes to \(kind.rawValue) memory: \(needs)")
+  }
+
+  /// A capability a backend needs, and the Linux release that brought it.
+  public struct Requirement: Sendable, Hashable, CustomStringConvertible {
+    /// The kernel feature, as its C name spells it.
+    public let capability: String
+    /// The first Linux release with it (`"6.7"`).
+    public let linux: String
+
+    public var description: String { "\(capability) (Linux \(linux) or later)" }
+  }
+}
