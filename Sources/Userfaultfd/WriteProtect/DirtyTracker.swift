@@ -55,6 +55,11 @@ public final class DirtyTracker: @unchecked Sendable {
 
   private let uffd: Userfaultfd
   private let state: Mutex<State>
+  /// uffd-wp: pages dropped by MADV_DONTNEED since the last collection: reported, and protected
+  /// again (populated first before Linux 6.4: their next write would not fault otherwise). A lock
+  /// of its own, which the handler thread takes while a collection holds `state`: the madvise
+  /// caller waits until its remove event is read, and protecting pages fails with EAGAIN until then.
+  private let removedPages: Mutex<PageBitmap>
   private let stopped = Atomic<Bool>(false)
 
   private struct State: ~Copyable {
@@ -62,9 +67,6 @@ public final class DirtyTracker: @unchecked Sendable {
     var scanner: PagemapScanner?
     /// uffd-wp: pages whose first write the handler released since the last collection.
     var written: PageBitmap
-    /// uffd-wp: pages dropped by MADV_DONTNEED since the last collection (without WP_UNPOPULATED
-    /// their next write would not fault: they are populated and protected again at collection).
-    var removed: PageBitmap
     /// uffd-wp: faults whose page could not be un-protected (a writer may still wait there).
     var releaseFailures: Int = 0
   }
@@ -133,11 +135,13 @@ public final class DirtyTracker: @unchecked Sendable {
         let scanner = try PagemapScanner()
         // The first full protect: one walk, faster than UFFDIO_WRITEPROTECT over populated memory.
         try scanner.protectAll(range.start, range.end)
-        state = Mutex(State(scanner: scanner, written: PageBitmap(pageCount: 0), removed: PageBitmap(pageCount: 0)))
+        state = Mutex(State(scanner: scanner, written: PageBitmap(pageCount: 0)))
+        removedPages = Mutex(PageBitmap(pageCount: 0))
       case .writeProtectFaults:
         if populatedAtStart { try Self.populate(range.start, length, pageSize: pageSize) }
         try uffd.writeProtect(start, length: length)
-        state = Mutex(State(scanner: nil, written: PageBitmap(pageCount: pages), removed: PageBitmap(pageCount: pages)))
+        state = Mutex(State(scanner: nil, written: PageBitmap(pageCount: pages)))
+        removedPages = Mutex(PageBitmap(pageCount: pages))
       }
     } catch {
       try? uffd.removeWriteProtection(start, length: length)
@@ -157,13 +161,13 @@ public final class DirtyTracker: @unchecked Sendable {
   private func startFaultLoop() throws(UserfaultfdError) {
     let base = UInt(bitPattern: start), end = base + UInt(length), page = pageSize
     let callbacks = WriteFaultLoop.Callbacks(
-      writeFault: { [weak self] address in self?.releaseWrite(at: address) },
+      writeFault: { [weak self] address in self?.releaseWrite(at: address) ?? true },
       removed: { [weak self] from, to in
         guard let self else { return }
         let first = Int((max(from, base) - base) / UInt(page))
         let last = Int((min(to, end) - base + UInt(page) - 1) / UInt(page))
         guard first < last else { return }
-        self.state.withLock { $0.removed.set(first..<last) }
+        self.removedPages.withLock { $0.set(first..<last) }
       })
     do {
       let loop = try WriteFaultLoop(uffd: uffd, callbacks: callbacks)
@@ -178,19 +182,23 @@ public final class DirtyTracker: @unchecked Sendable {
   deinit { stop() }
 
   /// The synchronous backend's fault path: record the page, un-protect it (waking its writer).
-  /// Under the state lock, so a collection never interleaves between the two.
-  private func releaseWrite(at address: UInt) {
+  /// Under the state lock, so a collection never interleaves between the two. False when the
+  /// kernel said EAGAIN (a remove event is pending): the loop tries again after reading it.
+  private func releaseWrite(at address: UInt) -> Bool {
     let base = UInt(bitPattern: start)
-    guard address >= base, address - base < UInt(length) else { return }
+    guard address >= base, address - base < UInt(length) else { return true }
     let index = Int((address - base) / UInt(pageSize))
     let page = base + UInt(index * pageSize)
-    state.withLock { state in
+    return state.withLock { state in
       state.written.set(index)
-      guard let pointer = UnsafeMutableRawPointer(bitPattern: page) else { return }
-      do {
+      guard let pointer = UnsafeMutableRawPointer(bitPattern: page) else { return true }
+      do throws(UserfaultfdError) {
         try uffd.removeWriteProtection(pointer, length: pageSize)
+        return true
       } catch {
+        if error.errno == .resourceTemporarilyUnavailable { return false }
         state.releaseFailures += 1
+        return true
       }
     }
   }
@@ -219,26 +227,50 @@ public final class DirtyTracker: @unchecked Sendable {
       }
       return WrittenPages(ranges: runs, pageSize: pageSize)
     case .writeProtectFaults:
-      return try state.withLock { (state) throws(UserfaultfdError) -> WrittenPages in
-        let dirty = state.written.union(state.removed)
-        var ranges: [Range<Address>] = []
-        for run in dirty.runs() {
-          let runStart = base + UInt(run.lowerBound * pageSize)
-          let runLength = run.count * pageSize
-          guard let pointer = UnsafeMutableRawPointer(bitPattern: runStart) else { continue }
-          if populatedAtStart && run.contains(where: { state.removed.contains($0) }) {
-            // Dropped pages do not fault on their next write before Linux 6.4: give them memory
-            // again before protecting them.
-            try Self.populate(runStart, runLength, pageSize: pageSize)
-          }
-          // Protect first, forget the bits after: a failure leaves them set, reported next time.
-          try uffd.writeProtect(pointer, length: runLength)
-          appendRun(&ranges, runStart, runStart + UInt(runLength))
+      // EAGAIN means a remove event is being delivered: the handler thread reads it (it needs
+      // neither lock this holds while waiting), then the whole step is tried again. Bits are
+      // cleared only after every run is protected, so a retry or a failure loses nothing.
+      // First let the handler finish what it has read: a drop whose madvise returned is then in
+      // `removedPages` (the kernel releases the caller once the event is read, before it is handled).
+      _ = faultLoop?.waitUntilReadEventsAreHandled()
+      var attempt = 0
+      while true {
+        do {
+          return try collectSynchronous(base)
+        } catch where error.errno == .resourceTemporarilyUnavailable && attempt < Self.maxCollectRetries {
+          attempt += 1
+          usleep(1000)
         }
-        state.written.clearAll()
-        state.removed.clearAll()
-        return WrittenPages(ranges: ranges, pageSize: pageSize)
       }
+    }
+  }
+
+  /// How many times a collection meeting EAGAIN (mappings changing) tries again, 1 ms apart.
+  static let maxCollectRetries = 2000
+
+  private func collectSynchronous(_ base: UInt) throws(UserfaultfdError) -> WrittenPages {
+    try state.withLock { (state) throws(UserfaultfdError) -> WrittenPages in
+      let removed = removedPages.withLock { $0 }
+      let dirty = state.written.union(removed)
+      var ranges: [Range<Address>] = []
+      for run in dirty.runs() {
+        let runStart = base + UInt(run.lowerBound * pageSize)
+        let runLength = run.count * pageSize
+        guard let pointer = UnsafeMutableRawPointer(bitPattern: runStart) else { continue }
+        if populatedAtStart && run.contains(where: { removed.contains($0) }) {
+          // Dropped pages do not fault on their next write before Linux 6.4: give them memory
+          // again before protecting them.
+          try Self.populate(runStart, runLength, pageSize: pageSize)
+        }
+        try uffd.writeProtect(pointer, length: runLength)
+        appendRun(&ranges, runStart, runStart + UInt(runLength))
+      }
+      state.written.clearAll()
+      // Only the drops this collection saw: one that arrived meanwhile stays for the next.
+      removedPages.withLock { current in
+        for run in removed.runs() { current.clear(run) }
+      }
+      return WrittenPages(ranges: ranges, pageSize: pageSize)
     }
   }
 

@@ -17,6 +17,10 @@ struct PageBitmap: Sendable {
     for page in pages.clamped(to: 0..<pageCount) { set(page) }
   }
 
+  mutating func clear(_ pages: Range<Int>) {
+    for page in pages.clamped(to: 0..<pageCount) { words[page >> 6] &= ~(1 << UInt64(page & 63)) }
+  }
+
   func contains(_ page: Int) -> Bool {
     guard page >= 0, page < pageCount else { return false }
     return words[page >> 6] & (1 << UInt64(page & 63)) != 0
