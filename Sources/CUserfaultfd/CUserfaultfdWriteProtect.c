@@ -143,16 +143,19 @@ int cuffd_snapshot_copy_page(struct cuffd_snapshot_context *c, uintptr_t page, i
   return 0;
 }
 
-// UFFDIO_WRITEPROTECT without MODE_WP on one page, retried while the mappings are changing.
-static int unprotect(int uffd, uintptr_t page, size_t page_size, int wake) {
+// UFFDIO_WRITEPROTECT without MODE_WP on `length` bytes at `start`, retried a bounded number of
+// times while the mappings are changing (EAGAIN) or a signal interrupts it.
+static int unprotect(int uffd, uintptr_t start, size_t length, int wake) {
   struct cuffd_writeprotect arg;
-  for (;;) {
-    arg.range.start = page;
-    arg.range.len = page_size;
+  for (int attempt = 0; attempt < 10000; attempt++) {
+    arg.range.start = start;
+    arg.range.len = length;
     arg.mode = wake ? 0 : CUFFD_WRITEPROTECT_MODE_DONTWAKE;
     if (ioctl(uffd, CUFFD_IOC_WRITEPROTECT, &arg) == 0) return 0;
     if (errno != EAGAIN && errno != EINTR) return -1;
+    sched_yield();
   }
+  return -1;
 }
 
 int cuffd_snapshot_release_page(struct cuffd_snapshot_context *c, uintptr_t page, int by_fault) {
@@ -174,4 +177,56 @@ int cuffd_snapshot_resolve_write_fault(void *context, uintptr_t address) {
   struct cuffd_snapshot_context *c = context;
   uintptr_t page = address & ~(uintptr_t)(c->page_size - 1);
   return cuffd_snapshot_release_page(c, page, 1);
+}
+
+// Claims the run of PENDING pages starting at `first` (at most `count`), marking them COPYING.
+static size_t claim_run(struct cuffd_snapshot_context *c, size_t first, size_t count) {
+  size_t claimed = 0;
+  while (claimed < count) {
+    uint8_t expected = CUFFD_SNAPSHOT_PAGE_PENDING;
+    if (!atomic_compare_exchange_strong_explicit(&c->states[first + claimed], &expected, CUFFD_SNAPSHOT_PAGE_COPYING,
+                                                 memory_order_acq_rel, memory_order_acquire))
+      break;
+    claimed++;
+  }
+  return claimed;
+}
+
+int cuffd_snapshot_copy_chunk(struct cuffd_snapshot_context *c, uintptr_t start, size_t pages) {
+  if (start < c->region_base || start - c->region_base >= c->region_length) return 0;
+  size_t first = (start - c->region_base) / c->page_size;
+  size_t total = c->region_length / c->page_size;
+  if (pages > total - first) pages = total - first;
+  size_t index = 0;
+  while (index < pages) {
+    size_t run = claim_run(c, first + index, pages - index);
+    if (run > 0) {
+      uintptr_t address = c->region_base + (first + index) * c->page_size;
+      int error = write_fully(c->out_fd, (const uint8_t *)address, run * c->page_size,
+                              c->out_offset + (int64_t)(address - c->region_base));
+      if (error != 0) {
+        int zero = 0;
+        atomic_compare_exchange_strong(&c->first_write_errno, &zero, error);
+        atomic_fetch_add_explicit(&c->write_errors, 1, memory_order_relaxed);
+      }
+      atomic_fetch_add_explicit(&c->copied_in_background, run, memory_order_relaxed);
+      for (size_t k = 0; k < run; k++)
+        atomic_store_explicit(&c->states[first + index + k], CUFFD_SNAPSHOT_PAGE_COPIED, memory_order_release);
+      index += run;
+    } else {
+      // A writer's fault is copying this page (or has): wait for that one page copy.
+      while (atomic_load_explicit(&c->states[first + index], memory_order_acquire) != CUFFD_SNAPSHOT_PAGE_COPIED)
+        sched_yield();
+      index++;
+    }
+  }
+  // Every page of the chunk is in the file: let writers at them without a fault.
+  if (unprotect(c->uffd, start, pages * c->page_size, 1) != 0) {
+    int error = errno;
+    int zero = 0;
+    atomic_compare_exchange_strong(&c->first_unprotect_errno, &zero, error);
+    atomic_fetch_add_explicit(&c->unprotect_errors, 1, memory_order_relaxed);
+    return -1;
+  }
+  return 0;
 }

@@ -119,4 +119,10 @@ int cuffd_snapshot_resolve_write_fault(void *context, uintptr_t address);
 /// The same for a handler thread: copy, then unprotect and wake the waiting writer.
 int cuffd_snapshot_release_page(struct cuffd_snapshot_context *context, uintptr_t page, int by_fault);
 
+/// The background copy of `pages` pages from `start`: claims runs of pages nobody copied yet and
+/// writes each run with one pwrite, waits for pages a writer's fault is copying, then un-protects
+/// the whole chunk with one ioctl. Returns 0, or -1 with errno when the un-protect failed (write
+/// errors are counted in the stats instead).
+int cuffd_snapshot_copy_chunk(struct cuffd_snapshot_context *context, uintptr_t start, size_t pages);
+
 #endif

@@ -31,10 +31,14 @@ import Synchronization
 /// protected write) and in huge pages on hugetlbfs.
 ///
 /// ## What it cannot see
-/// Unmapping part of the range ends tracking there: memory mapped again at those addresses is not
-/// registered, and the next collection throws (``UserfaultfdError/operationFailed(_:)``) rather
-/// than report nothing. The range may not be registered with another userfaultfd (EBUSY). A
-/// forked child's writes are its own: the child does not inherit the registration.
+/// Unmapping part of the range ends tracking there: collections go on reporting the rest of the
+/// range, but memory mapped again at those addresses is not registered, so its writes are not
+/// seen. On hugetlbfs, wp-async does not report a page dropped with `MADV_DONTNEED` (the kernel
+/// keeps its protection marker; it reads zeros afterwards, and its next write is reported). With
+/// uffd-wp, a drop that runs *while* a collection runs may be reported before the kernel has
+/// finished dropping: keep drops and collections apart there. The range may not be registered
+/// with another userfaultfd (EBUSY). A forked child's writes are its own: the child does not
+/// inherit the registration.
 public final class DirtyTracker: @unchecked Sendable {
   // @unchecked: the stored properties are immutable after init except `state`, which is behind a
   // Mutex that every collection and (synchronous backend) every write fault takes.

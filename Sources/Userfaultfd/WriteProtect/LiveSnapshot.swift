@@ -1,0 +1,337 @@
+import CUserfaultfd
+import Glibc
+import Synchronization
+import SystemPackage
+
+/// A consistent point-in-time copy of a memory range, written to a file while the range's writers
+/// keep running: QEMU's background snapshot, for any memory.
+///
+/// ``cut()`` write-protects the whole range; from then on a background thread copies pages to the
+/// file, and a writer's first write to a page not yet copied faults: the page is copied first,
+/// then un-protected, and the write goes ahead. No writer waits longer than one page copy, and
+/// extra memory stays at a page or so, where `fork()` copy-on-write can double the range.
+///
+/// ```swift
+/// let snapshot = try LiveSnapshot(memory: memory, file: file, resolver: .faultingThread)
+/// pauseWriters()                 // only around the cut
+/// try snapshot.cut()
+/// resumeWriters()
+/// let report = try snapshot.finish()
+/// ```
+///
+/// ## The cut
+/// Write-protecting a range takes time (milliseconds per GiB) and is not atomic across its pages:
+/// a writer running during ``cut()`` could write a page already protected (copied as before the
+/// write) and then one not yet protected (copied as after). For a point-in-time copy, pause the
+/// writers around ``cut()`` only, as QEMU pauses its vCPUs; ``LiveSnapshotReport/cutSeconds``
+/// says how long that was.
+///
+/// ## Resolvers
+/// - ``Resolver/handlerThread``: a thread of this object's handles the write faults: for writers
+///   in another process (a VM's guest memory shared with this one) or writers that must not take
+///   signals.
+/// - ``Resolver/faultingThread``: `UFFD_FEATURE_SIGBUS`: the writing thread itself gets SIGBUS,
+///   and the package's handler copies the page and un-protects it in that thread (no thread
+///   switch: several times cheaper per faulting write). For writers in this process. A system call
+///   that writes into a protected page (`read(2)` into it) fails with EFAULT instead of waiting.
+///
+/// ## Memory that was never touched
+/// With `UFFD_FEATURE_WP_UNPOPULATED` (Linux 6.4+) writes to never-touched pages are caught like
+/// any other; before it the range is populated when the snapshot is set up
+/// (``populatedFirst``), since those writes would not fault.
+///
+/// Do not drop (`MADV_DONTNEED`) or unmap memory under a running snapshot: a page dropped before it
+/// was copied is copied as zeros.
+public final class LiveSnapshot: @unchecked Sendable {
+  // @unchecked: the stored properties are immutable after init, except `phase` (a Mutex) and the
+  // handler-thread and copier references (behind it); the C context is written before anything is
+  // armed and freed only after every thread that could use it has stopped.
+
+  /// Who copies a page when a writer reaches it first.
+  public enum Resolver: String, Sendable, Hashable, CaseIterable {
+    /// A handler thread reading write-protect faults from the userfaultfd.
+    case handlerThread = "handler-thread"
+    /// The writing thread itself, in a SIGBUS handler (`UFFD_FEATURE_SIGBUS`).
+    case faultingThread = "sigbus"
+  }
+
+  /// How faulting writes are resolved.
+  public let resolver: Resolver
+  /// The first byte of the range.
+  public let start: UnsafeMutableRawPointer
+  /// The length of the range in bytes.
+  public let length: Int
+  /// The memory's page size (the copy's granularity).
+  public let pageSize: Int
+  /// Whether the range was populated at setup (no `UFFD_FEATURE_WP_UNPOPULATED`, before Linux 6.4).
+  public let populatedFirst: Bool
+
+  private let uffd: Userfaultfd
+  private let file: FileDescriptor
+  private let context: OpaquePointer
+  private let sigbusSlot: Int32
+  private let phase = Mutex<Phase>(.armed)
+  private let faultLoop: WriteFaultLoop?
+  private let copierBox = Mutex<DedicatedThread?>(nil)
+  private let timing = Mutex<(cut: Double, cutAt: Double)>((0, 0))
+
+  private enum Phase { case armed, cutting, copying, finished }
+
+  /// Pages the background copier handles per step (one pwrite and one un-protect ioctl each).
+  static let chunkPages = 64
+
+  /// Sets up a snapshot of `memory` into `file` at `fileOffset` (the file receives `memory.length`
+  /// bytes there). Nothing is protected until ``cut()``.
+  public convenience init(
+    memory: AnonymousMemory, file: FileDescriptor, fileOffset: Int = 0, resolver: Resolver
+  ) throws(UserfaultfdError) {
+    try self.init(start: memory.baseAddress, length: memory.length, kind: TrackedMemoryKind(memory),
+                  pageSize: memory.pageSize, file: file, fileOffset: fileOffset, resolver: resolver)
+  }
+
+  /// Sets up a snapshot of `length` bytes at `start` into `file` at `fileOffset`: registers the
+  /// range for write protection (populating it first on kernels before 6.4) and starts the
+  /// resolver. Nothing is protected until ``cut()``.
+  ///
+  /// - Throws: ``UserfaultfdError/invalidArgument(_:_:)`` for a misaligned range or a negative
+  ///   offset; ``UserfaultfdError/notSupported(_:_:)`` naming the capability and Linux release
+  ///   missing (uffd-wp: 5.7 anonymous, 5.19 shmem and hugetlbfs; SIGBUS mode: 4.14);
+  ///   the register ioctl's failure. Nothing is left registered on failure.
+  public init(
+    start: UnsafeMutableRawPointer, length: Int, kind: TrackedMemoryKind, pageSize: Int = PageSize.base,
+    file: FileDescriptor, fileOffset: Int = 0, resolver: Resolver
+  ) throws(UserfaultfdError) {
+    guard pageSize >= PageSize.base, pageSize & (pageSize - 1) == 0, pageSize <= AnonymousMemory.maxAlignment else {
+      throw .invalidArgument(.liveSnapshot, .badAlignment(pageSize, pageSize: PageSize.base, max: AnonymousMemory.maxAlignment))
+    }
+    let range = try PageRange(start, length: length, role: .range, operation: .liveSnapshot)
+    guard range.start % UInt(pageSize) == 0 else {
+      throw .invalidArgument(.liveSnapshot, .misaligned(role: .range, address: Address(rawValue: range.start), pageSize: pageSize))
+    }
+    guard length % pageSize == 0 else {
+      throw .invalidArgument(.liveSnapshot, .lengthNotPageMultiple(role: .range, length: length, pageSize: pageSize))
+    }
+    guard fileOffset >= 0, fileOffset <= Int.max - length else {
+      throw .invalidArgument(.liveSnapshot, .outOfRange(parameter: "fileOffset", value: fileOffset, valid: 0...(Int.max - length)))
+    }
+    let supported = try Userfaultfd.probeSupportedFeatures().features
+    let wp = DirtyTrackingBackend.writeProtectFaults
+    var features = wp.neededFeatures(for: kind)
+    guard supported.isSuperset(of: features) else {
+      throw .notSupported(.liveSnapshot, "a live snapshot of \(kind.rawValue) memory needs \(wp.requirement(for: kind));"
+        + " this kernel (\(kernelRelease())) lacks it")
+    }
+    if resolver == .faultingThread {
+      guard supported.contains(.sigbus) else {
+        throw .notSupported(.liveSnapshot, "the in-thread resolver needs UFFD_FEATURE_SIGBUS (Linux 4.14 or later)")
+      }
+      features.insert(.sigbus)
+    }
+    if supported.contains(.wpUnpopulated) { features.insert(.wpUnpopulated) }
+    let uffd = try Userfaultfd(features: features, options: .nonBlocking)
+    guard let context = cuffd_snapshot_context_create(
+      uffd.coreDescriptor, file.rawValue, Int64(fileOffset), range.start, length, pageSize)
+    else { throw .systemCallFailed("allocating the snapshot's page states", .current) }
+    self.resolver = resolver
+    self.start = start
+    self.length = length
+    self.pageSize = pageSize
+    self.populatedFirst = !features.contains(.wpUnpopulated)
+    self.uffd = uffd
+    self.file = file
+    self.context = context
+
+    var slot: Int32 = -1
+    do throws(UserfaultfdError) {
+      if populatedFirst { try DirtyTracker.populate(range.start, length, pageSize: pageSize) }
+      if resolver == .faultingThread {
+        guard cuffd_sigbus_install() == 0 else { throw .systemCallFailed("sigaction(SIGBUS)", .current) }
+        slot = cuffd_sigbus_claim(
+          range.start, length, uffd.coreDescriptor, pageSize, CUFFD_SIGBUS_FAIL_RETRY,
+          cuffd_snapshot_resolve_write_fault, UnsafeMutableRawPointer(context))
+        guard slot >= 0 else {
+          throw .invalidArgument(
+            .liveSnapshot, Errno.current == .fileExists
+              ? .overlapsLiveRegion(Address(rawValue: range.start)..<Address(rawValue: range.end))
+              : .tooManyRegions(max: Int(CUFFD_SIGBUS_MAX_REGIONS)))
+        }
+      }
+      do {
+        try uffd.register(start, length: length, mode: .writeProtect)
+      } catch {
+        if slot >= 0 { cuffd_sigbus_release(slot) }
+        slot = -1
+        throw error
+      }
+      if slot >= 0 { cuffd_sigbus_activate(slot) }
+      if resolver == .handlerThread {
+        let contextAddress = UInt(bitPattern: UnsafeMutableRawPointer(context))
+        let callbacks = WriteFaultLoop.Callbacks(
+          writeFault: { page in
+            guard let context = OpaquePointer(bitPattern: contextAddress) else { return true }
+            if cuffd_snapshot_release_page(context, page & ~UInt(pageSize - 1), 1) == 0 { return true }
+            return Errno.current != .resourceTemporarilyUnavailable
+          },
+          removed: { _, _ in })
+        do {
+          faultLoop = try WriteFaultLoop(uffd: uffd, callbacks: callbacks)
+        } catch {
+          try? uffd.unregister(start, length: length)
+          throw error
+        }
+      } else {
+        faultLoop = nil
+      }
+    } catch {
+      if slot >= 0 { cuffd_sigbus_retire(slot) }
+      cuffd_snapshot_context_destroy(context)
+      throw error
+    }
+    sigbusSlot = slot
+  }
+
+  deinit {
+    cancel()
+    cuffd_snapshot_context_destroy(context)
+  }
+
+  /// Write-protects the whole range (the snapshot's point in time) and starts copying in the
+  /// background. Pause the writers around this call for a point-in-time copy (see the type's
+  /// notes). Returns how long the protect took, in seconds.
+  ///
+  /// - Throws: ``UserfaultfdError/invalidArgument(_:_:)`` when called twice or after ``finish(timeoutSeconds:)``;
+  ///   the protect ioctl's failure (then nothing stays protected).
+  @discardableResult
+  public func cut() throws(UserfaultfdError) -> Double {
+    try phase.withLock { (phase) throws(UserfaultfdError) in
+      guard phase == .armed else { throw .invalidArgument(.liveSnapshot, .serverStopped) }
+      phase = .cutting
+    }
+    let began = monotonicSeconds()
+    do {
+      try uffd.writeProtect(start, length: length)
+    } catch {
+      try? uffd.removeWriteProtection(start, length: length)
+      phase.withLock { $0 = .armed }
+      throw error
+    }
+    let cut = monotonicSeconds() - began
+    timing.withLock { $0.cut = cut; $0.cutAt = began }
+    let base = UInt(bitPattern: start), pages = length / pageSize, pageSize = self.pageSize
+    let contextAddress = UInt(bitPattern: UnsafeMutableRawPointer(context))
+    let progress = self.progress
+    let copier: DedicatedThread
+    do {
+      copier = try DedicatedThread {
+        guard let context = OpaquePointer(bitPattern: contextAddress) else { return }
+        var page = 0
+        while page < pages && !progress.cancelled.load(ordering: .relaxed) {
+          let count = min(Self.chunkPages, pages - page)
+          _ = cuffd_snapshot_copy_chunk(context, base + UInt(page * pageSize), count)
+          page += count
+        }
+        progress.finishedAt.store(Int(monotonicSeconds() * 1e9), ordering: .relaxed)
+        progress.done.store(true, ordering: .releasing)
+      }
+    } catch {
+      try? uffd.removeWriteProtection(start, length: length)
+      phase.withLock { $0 = .finished }
+      throw error
+    }
+    copierBox.withLock { $0 = copier }
+    phase.withLock { $0 = .copying }
+    return cut
+  }
+
+  /// Whether the background copy has finished (every page is in the file).
+  public var isCopied: Bool { progress.done.load(ordering: .acquiring) }
+
+  /// Waits (at most `timeoutSeconds`) for the copy to finish, then un-protects and unregisters the
+  /// range and stops the resolver, and reports.
+  ///
+  /// - Throws: ``UserfaultfdError/notSupported(_:_:)`` when the copy did not finish in time (the
+  ///   snapshot is cancelled: writers are released, the file is incomplete);
+  ///   ``UserfaultfdError/systemCallFailed(_:_:)`` when writing the file failed (ENOSPC...) or a
+  ///   page could not be released; ``UserfaultfdError/invalidArgument(_:_:)`` before ``cut()``.
+  public func finish(timeoutSeconds: Double = 600) throws(UserfaultfdError) -> LiveSnapshotReport {
+    let current = phase.withLock { $0 }
+    guard current == .copying else { throw .invalidArgument(.liveSnapshot, .serverStopped) }
+    let deadline = monotonicSeconds() + max(0, timeoutSeconds)
+    while !progress.done.load(ordering: .acquiring) {
+      if monotonicSeconds() > deadline {
+        cancel()
+        throw .notSupported(.liveSnapshot, "the copy did not finish within \(timeoutSeconds) s; the snapshot was cancelled")
+      }
+      usleep(500)
+    }
+    let (cut, cutAt) = timing.withLock { ($0.cut, $0.cutAt) }
+    tearDown()
+    var stats = cuffd_snapshot_stats()
+    cuffd_snapshot_context_stats(context, &stats)
+    if stats.write_errors > 0 {
+      throw .systemCallFailed("pwrite(snapshot file: \(stats.write_errors) writes failed)", Errno(rawValue: stats.first_write_errno))
+    }
+    if stats.unprotect_errors > 0 {
+      throw .systemCallFailed("UFFDIO_WRITEPROTECT (releasing \(stats.unprotect_errors) pages)", Errno(rawValue: stats.first_unprotect_errno))
+    }
+    let finishedAt = Double(progress.finishedAt.load(ordering: .relaxed)) / 1e9
+    return LiveSnapshotReport(
+      resolver: resolver, pages: length / pageSize, pageSize: pageSize,
+      copiedBeforeWrites: Int(stats.copied_by_faults), copiedInBackground: Int(stats.copied_in_background),
+      cutSeconds: cut, copySeconds: max(0, finishedAt - cutAt - cut), populatedFirst: populatedFirst)
+  }
+
+  /// Abandons the snapshot: stops the copy, releases every writer and unregisters. The file is
+  /// incomplete. Safe to call more than once, and after ``finish(timeoutSeconds:)``.
+  public func cancel() {
+    progress.cancelled.store(true, ordering: .relaxed)
+    copierBox.withLock { $0 }?.join()
+    tearDown()
+  }
+
+  /// Releases the range: un-protect everything (waking waiting writers), stop the resolver, and
+  /// unregister. Runs once.
+  private func tearDown() {
+    let first = phase.withLock { (phase) -> Bool in
+      defer { phase = .finished }
+      return phase != .finished
+    }
+    guard first else { return }
+    copierBox.withLock { $0 }?.join()
+    try? uffd.removeWriteProtection(start, length: length)
+    faultLoop?.stop()
+    if sigbusSlot >= 0 { cuffd_sigbus_retire(sigbusSlot) }
+    try? uffd.wake(start, length: length)
+    try? uffd.unregister(start, length: length)
+    uffd.close()
+  }
+
+  private let progress = CopyProgress()
+}
+
+/// The background copy's state, shared with its thread.
+private final class CopyProgress: Sendable {
+  let done = Atomic<Bool>(false)
+  let cancelled = Atomic<Bool>(false)
+  let finishedAt = Atomic<Int>(0)
+}
+
+/// What a ``LiveSnapshot`` did.
+public struct LiveSnapshotReport: Sendable, Hashable {
+  /// How faulting writes were resolved.
+  public let resolver: LiveSnapshot.Resolver
+  /// Pages in the snapshot.
+  public let pages: Int
+  /// The page size.
+  public let pageSize: Int
+  /// Pages a writer reached first: copied in its fault, before its write.
+  public let copiedBeforeWrites: Int
+  /// Pages the background thread copied.
+  public let copiedInBackground: Int
+  /// How long write-protecting the range took (the pause writers need for a point-in-time copy).
+  public let cutSeconds: Double
+  /// From the end of the cut to the last page copied.
+  public let copySeconds: Double
+  /// Whether the range was populated at setup (kernels before 6.4).
+  public let populatedFirst: Bool
+}
