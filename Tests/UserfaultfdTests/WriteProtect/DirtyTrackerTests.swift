@@ -38,11 +38,12 @@ extension KernelTests {
 @Suite("Dirty tracking")
 struct DirtyTrackerTests {
   @Test func theProbeChoosesTheBestBackendForEachKindOfMemory() throws {
-    let release = ProcessInfo.processInfo.operatingSystemVersionString
+    let release = (try? String(contentsOfFile: "/proc/sys/kernel/osrelease", encoding: .utf8))?
+      .trimmingCharacters(in: .whitespacesAndNewlines) ?? "unknown"
     for kind in TrackedMemoryKind.allCases {
       let available = DirtyTrackingBackend.available(for: kind)
       let missing = DirtyTrackingBackend.allCases.filter { !available.contains($0) }
-      print("dirty tracking on \(release): \(kind.rawValue) -> \(available.first.map(\.rawValue) ?? "none")"
+      print("dirty tracking on Linux \(release): \(kind.rawValue) -> \(available.first.map(\.rawValue) ?? "none")"
         + (available.count > 1 ? " (also \(available.dropFirst().map(\.rawValue).joined(separator: ", ")))" : "")
         + missing.map { "; no \($0): needs \($0.requirement(for: kind))" }.joined())
       if let first = available.first {
