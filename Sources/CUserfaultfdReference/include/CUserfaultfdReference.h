@@ -81,4 +81,10 @@ int cuffd_ref_restore_server(int listener, const char *snapshot, size_t snapshot
 /// 128 + its signal, or -1.
 int cuffd_ref_wait(pid_t pid, int milliseconds);
 
+/// `fork()` copy-on-write snapshot, Redis BGSAVE's way: the child writes `length` bytes at `base`
+/// to `fd` (from offset 0), writes one byte to `*done_fd` when finished and waits until
+/// `*release_fd` is closed before exiting, so the parent can measure its memory first. Returns the
+/// child's pid (the parent's ends of the pipes in `*done_fd` / `*release_fd`), or -errno.
+int cuffd_ref_fork_snapshot(const char *base, size_t length, int fd, int *done_fd, int *release_fd);
+
 #endif

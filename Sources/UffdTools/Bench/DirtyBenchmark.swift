@@ -1,0 +1,351 @@
+import CUserfaultfdReference
+import Foundation
+import Glibc
+import Histogram
+import SystemPackage
+import Userfaultfd
+
+/// `uffd bench dirty`: a writer runs over a range while a dirty-page collection or a live
+/// snapshot runs, for every method this kernel offers, against the same writer with no tracking.
+package struct DirtyBenchmark {
+  /// One row: a method, a mode and a writer, medians over the runs.
+  package struct Row: Encodable, Sendable {
+    /// `wp-async`, `uffd-wp`, `uffd-wp-sigbus`, `fork-cow` or `none`.
+    package var method: String
+    /// `dirty` (collections while writing) or `live-snapshot`.
+    package var mode: String
+    /// `saturating` or `paced`.
+    package var writer: String
+    package var gib: Double
+    package var dirtyFraction: Double
+    /// Writes over the window from the cut (or tracking start), over the same with no tracking.
+    package var writerThroughputRatio: Double
+    package var writesPerSecond: Double
+    package var stallP50Us: Double
+    package var stallP99Us: Double
+    package var stallP999Us: Double
+    /// Mean time of a write that faults (the first write to a protected page).
+    package var faultCostUs: Double
+    /// Write-protecting the range (`fork()` for fork-cow): the pause writers need for a cut.
+    package var cutPauseMs: Double
+    /// Dirty: one collection of the range with the working set written once (report and
+    /// re-protect). Live snapshot: from the cut until every page is in the file.
+    package var collectMs: Double
+    /// Resident memory added by the method (fork-cow: the child's private pages at the end).
+    package var extraMemoryBytes: Int
+    /// Written pages no collection reported (dirty), pages not copied (live snapshot).
+    package var missedPages: Int
+    /// Pages reported that nobody wrote (dirty), snapshot pages not as they were at the cut.
+    package var wrongPages: Int
+    package var runs: Int
+  }
+
+  /// A writer kind and its pacing.
+  package enum WriterKind: String, CaseIterable, Sendable {
+    case saturating, paced
+  }
+
+  let mib: Int
+  let runs: Int
+  let dirtyFraction: Double
+  let seconds: Double
+  let pacedIntervalMicroseconds: Int
+  let writers: [WriterKind]
+  let directory: String
+
+  /// A benchmark over `mib` MiB, `runs` runs per row (medians reported), writers measured for
+  /// `seconds` from the cut.
+  package init(mib: Int, runs: Int, dirtyFraction: Double, seconds: Double, pacedIntervalMicroseconds: Int,
+               writers: [WriterKind], directory: String) {
+    self.mib = mib
+    self.runs = runs
+    self.dirtyFraction = dirtyFraction
+    self.seconds = seconds
+    self.pacedIntervalMicroseconds = pacedIntervalMicroseconds
+    self.writers = writers
+    self.directory = directory
+  }
+
+  /// The methods this kernel offers for each mode, and those it lacks with the reason.
+  package static func methods() -> (dirty: [String], live: [String], missing: [String]) {
+    var dirty = DirtyTrackingBackend.available(for: .anonymous).map(\.rawValue)
+    dirty.append("none")
+    var live: [String] = []
+    var missing: [String] = ["soft-dirty: not implemented by this tool (CONFIG_MEM_SOFT_DIRTY; absent on many kernels)"]
+    if DirtyTrackingBackend.writeProtectFaults.isAvailable(
+      for: .anonymous, supported: (try? Userfaultfd.probeSupportedFeatures().features) ?? [])
+    {
+      live += ["uffd-wp", "uffd-wp-sigbus"]
+    } else {
+      missing.append("uffd-wp / uffd-wp-sigbus: needs \(DirtyTrackingBackend.writeProtectFaults.requirement(for: .anonymous))")
+    }
+    live += ["fork-cow", "none"]
+    return (dirty, live, missing)
+  }
+
+  package func run(filter: String?, progress: (String) -> Void) throws -> [Row] {
+    let (dirty, live, missing) = Self.methods()
+    for line in missing { progress("not measured: \(line)") }
+    var jobs: [(mode: String, method: String, writer: WriterKind)] = []
+    for writer in writers {
+      for method in dirty { jobs.append(("dirty", method, writer)) }
+      for method in live { jobs.append(("live-snapshot", method, writer)) }
+    }
+    jobs = jobs.filter { filter == nil || "\($0.mode)/\($0.method)/\($0.writer.rawValue)".contains(filter ?? "") }
+    var samples: [String: [Sample]] = [:]
+    // Runs interleaved (every job once per round): drift on a shared machine spreads over all.
+    for round in 0..<runs {
+      for (index, job) in jobs.enumerated() {
+        progress("run \(round + 1)/\(runs) [\(index + 1)/\(jobs.count)] \(job.mode) \(job.method) \(job.writer.rawValue)")
+        let sample = job.mode == "dirty"
+          ? try measureDirty(job.method, job.writer) : try measureLive(job.method, job.writer)
+        samples["\(job.mode)|\(job.method)|\(job.writer.rawValue)", default: []].append(sample)
+      }
+    }
+    var rows: [Row] = []
+    for job in jobs {
+      let list = samples["\(job.mode)|\(job.method)|\(job.writer.rawValue)"] ?? []
+      let baseline = samples["\(job.mode)|none|\(job.writer.rawValue)"] ?? []
+      let rate = median(list.map(\.writesPerSecond))
+      let baseRate = median(baseline.map(\.writesPerSecond))
+      rows.append(Row(
+        method: job.method, mode: job.mode, writer: job.writer.rawValue, gib: Double(mib) / 1024,
+        dirtyFraction: dirtyFraction, writerThroughputRatio: baseRate > 0 ? rate / baseRate : 0,
+        writesPerSecond: rate, stallP50Us: median(list.map(\.p50)), stallP99Us: median(list.map(\.p99)),
+        stallP999Us: median(list.map(\.p999)), faultCostUs: median(list.map(\.faultCost)),
+        cutPauseMs: median(list.map(\.cutMs)), collectMs: median(list.map(\.collectMs)),
+        extraMemoryBytes: Int(median(list.map { Double($0.extraBytes) })),
+        missedPages: list.map(\.missed).max() ?? 0, wrongPages: list.map(\.wrong).max() ?? 0, runs: list.count))
+    }
+    return rows
+  }
+
+  /// The rows as the tool prints them.
+  package static func table(_ rows: [Row], runs: Int) -> String {
+    "Dirty tracking and live snapshots under a writer (medians of \(runs) runs; ratio = writes over the"
+      + " window vs the same writer untracked)\n"
+      + formatTable(
+        ["mode", "method", "writer", "GiB", "thru ratio", "stall p50 µs", "p99", "p99.9", "fault µs", "cut ms",
+         "collect ms", "extra MiB", "missed", "wrong"],
+        rows.map {
+          [$0.mode, $0.method, $0.writer, String(format: "%.2f", $0.gib), String(format: "%.2f", $0.writerThroughputRatio),
+           String(format: "%.2f", $0.stallP50Us), String(format: "%.1f", $0.stallP99Us),
+           String(format: "%.1f", $0.stallP999Us), String(format: "%.2f", $0.faultCostUs),
+           String(format: "%.2f", $0.cutPauseMs), String(format: "%.2f", $0.collectMs),
+           String(format: "%.1f", Double($0.extraMemoryBytes) / 1_048_576), "\($0.missedPages)", "\($0.wrongPages)"]
+        })
+  }
+
+  struct Sample {
+    var writesPerSecond = 0.0, p50 = 0.0, p99 = 0.0, p999 = 0.0, faultCost = 0.0, cutMs = 0.0, collectMs = 0.0
+    var extraBytes = 0, missed = 0, wrong = 0
+  }
+
+  private var length: Int { mib << 20 }
+
+  private func writer(for memory: AnonymousMemory, _ kind: WriterKind) throws -> DirtyBenchWriter {
+    try DirtyBenchWriter(
+      memory: memory, dirtyFraction: dirtyFraction,
+      pacedIntervalNanos: kind == .paced ? Int64(pacedIntervalMicroseconds) * 1000 : nil, probePages: 2000)
+  }
+
+  private func fillStats(_ sample: inout Sample, _ writer: DirtyBenchWriter, elapsed: Double) {
+    let h = writer.histogram
+    sample.writesPerSecond = Double(writer.writes.load(ordering: .relaxed)) / max(elapsed, 1e-9)
+    sample.p50 = Double(h.valueAtPercentile(50)) / 1000
+    sample.p99 = Double(h.valueAtPercentile(99)) / 1000
+    sample.p999 = Double(h.valueAtPercentile(99.9)) / 1000
+  }
+
+  // MARK: Dirty tracking
+
+  private func measureDirty(_ method: String, _ kind: WriterKind) throws -> Sample {
+    var sample = Sample()
+    let memory = try AnonymousMemory(length: length, populate: true)
+    try memory.advise(.noHugePage)
+    let pages = memory.length / memory.pageSize
+    let mirror = try AnonymousMemory(length: length, populate: true)
+    mirror.baseAddress.copyMemory(from: memory.baseAddress, byteCount: length)
+    let rssBefore = residentBytes()
+    var tracker: DirtyTracker?
+    let began = cuffd_ref_now_ns()
+    if let backend = DirtyTrackingBackend(rawValue: method) {
+      tracker = try DirtyTracker(memory: memory, backend: backend)
+    }
+    sample.cutMs = Double(cuffd_ref_now_ns() - began) / 1e6
+    defer { tracker?.stop() }
+    let writer = try self.writer(for: memory, kind)
+    var finished = false
+    defer { if !finished { writer.finish() } }
+    sample.faultCost = writer.probeFaults() ?? -1
+    let inWorkingSet = Set(writer.workingSet)
+    var wrong = 0
+    func collectIntoMirror() throws {
+      guard let tracker else { return }
+      for range in try tracker.collect().ranges {
+        let offset = range.lowerBound - Address(memory.baseAddress)
+        let count = range.upperBound - range.lowerBound
+        (mirror.baseAddress + offset).copyMemory(from: memory.baseAddress + offset, byteCount: count)
+        for page in stride(from: offset / memory.pageSize, to: (offset + count) / memory.pageSize, by: 1)
+        where !inWorkingSet.contains(page) { wrong += 1 }
+      }
+    }
+    try collectIntoMirror()
+    writer.startWindow()
+    let windowStart = cuffd_ref_now_ns()
+    // A collection every 100 ms while the writer runs, as an incremental snapshotter would.
+    while Double(cuffd_ref_now_ns() - windowStart) / 1e9 < seconds {
+      usleep(100_000)
+      try collectIntoMirror()
+    }
+    _ = writer.pause()
+    fillStats(&sample, writer, elapsed: Double(cuffd_ref_now_ns() - windowStart) / 1e9)
+    sample.extraBytes = max(0, residentBytes() - rssBefore)
+    writer.finish()
+    finished = true
+    try collectIntoMirror()
+    if tracker != nil {
+      // What no collection reported: pages where the mirror differs from memory.
+      for page in 0..<pages where memcmp(mirror.baseAddress + page * memory.pageSize,
+                                         memory.baseAddress + page * memory.pageSize, memory.pageSize) != 0 {
+        sample.missed += 1
+      }
+      // The collection the target is about: the working set written once, then collected.
+      for page in writer.workingSet {
+        (memory.baseAddress + page * memory.pageSize).storeBytes(of: 1, as: UInt64.self)
+      }
+      let collectBegan = cuffd_ref_now_ns()
+      let written = try tracker?.collect()
+      sample.collectMs = Double(cuffd_ref_now_ns() - collectBegan) / 1e6
+      if let written, written.pageCount != writer.workingSet.count {
+        sample.missed += max(0, writer.workingSet.count - written.pageCount)
+        wrong += max(0, written.pageCount - writer.workingSet.count)
+      }
+    }
+    sample.wrong = wrong
+    return sample
+  }
+
+  // MARK: Live snapshots
+
+  private func measureLive(_ method: String, _ kind: WriterKind) throws -> Sample {
+    var sample = Sample()
+    let memory = try AnonymousMemory(length: length, populate: true)
+    try memory.advise(.noHugePage)
+    let pages = memory.length / memory.pageSize
+    let path = "\(directory)/uffd-bench-dirty-\(getpid()).snapshot"
+    let file = try FileDescriptor.open(FilePath(path), .readWrite, options: [.create, .truncate], permissions: [.ownerReadWrite])
+    defer {
+      try? file.close()
+      _ = unlink(path)
+    }
+    let writer = try self.writer(for: memory, kind)
+    var finished = false
+    defer { if !finished { writer.finish() } }
+    usleep(20_000)
+    let rssBefore = residentBytes()
+    var snapshot: LiveSnapshot?
+    switch method {
+    case "uffd-wp": snapshot = try LiveSnapshot(memory: memory, file: file, resolver: .handlerThread)
+    case "uffd-wp-sigbus": snapshot = try LiveSnapshot(memory: memory, file: file, resolver: .faultingThread)
+    default: break
+    }
+    defer { snapshot?.cancel() }
+    guard writer.pause() else { throw ToolError("the writer did not pause within 10 s") }
+    let expected = writer.lastWritten
+    var child: (pid: Int32, done: Int32, release: Int32)?
+    let cutBegan = cuffd_ref_now_ns()
+    switch method {
+    case "fork-cow":
+      var done: Int32 = -1, release: Int32 = -1
+      let pid = cuffd_ref_fork_snapshot(memory.baseAddress, length, file.rawValue, &done, &release)
+      guard pid > 0 else { throw ToolError("fork: \(Errno(rawValue: -pid))") }
+      child = (pid, done, release)
+    case "none": break
+    default: try snapshot?.cut()
+    }
+    let cutEnded = cuffd_ref_now_ns()
+    sample.cutMs = Double(cutEnded - cutBegan) / 1e6
+    writer.resume()
+    sample.faultCost = method == "none" ? 0 : (writer.probeFaults() ?? -1)
+    writer.startWindow()
+    let windowStart = cuffd_ref_now_ns()
+    // Wait for the copy to finish (bounded), measuring extra memory at its end.
+    switch method {
+    case "fork-cow":
+      if let child {
+        var poller = pollfd(fd: child.done, events: Int16(POLLIN), revents: 0)
+        guard poll(&poller, 1, 120_000) == 1 else { throw ToolError("the fork child did not finish in 120 s") }
+        sample.collectMs = Double(cuffd_ref_now_ns() - cutEnded) / 1e6
+        sample.extraBytes = privateBytes(of: child.pid)
+        _ = close(child.release)
+        _ = close(child.done)
+        var status: Int32 = 0
+        _ = waitpid(child.pid, &status, 0)
+      }
+    case "none": break
+    default:
+      if let snapshot {
+        while !snapshot.isCopied && Double(cuffd_ref_now_ns() - cutEnded) < 120e9 { usleep(200) }
+        sample.collectMs = Double(cuffd_ref_now_ns() - cutEnded) / 1e6
+        sample.extraBytes = max(0, residentBytes() - rssBefore)
+      }
+    }
+    while Double(cuffd_ref_now_ns() - windowStart) / 1e9 < seconds { usleep(10_000) }
+    _ = writer.pause()
+    fillStats(&sample, writer, elapsed: Double(cuffd_ref_now_ns() - windowStart) / 1e9)
+    writer.finish()
+    finished = true
+    if let snapshot {
+      let report = try snapshot.finish(timeoutSeconds: 120)
+      sample.missed = pages - report.copiedBeforeWrites - report.copiedInBackground
+    }
+    if method != "none" { sample.wrong = try wrongPages(file, expected: expected, pageSize: memory.pageSize) }
+    return sample
+  }
+
+  /// Snapshot pages whose first and last words are not the writer's record at the cut.
+  private func wrongPages(_ file: FileDescriptor, expected: [UInt64], pageSize: Int) throws -> Int {
+    let chunkPages = 256
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkPages * pageSize, alignment: 8)
+    defer { buffer.deallocate() }
+    var wrong = 0
+    var page = 0
+    while page < expected.count {
+      let count = min(chunkPages, expected.count - page)
+      let want = count * pageSize
+      let read = try file.read(fromAbsoluteOffset: Int64(page * pageSize), into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want]))
+      for index in 0..<count {
+        guard (index + 1) * pageSize <= read else {
+          wrong += 1
+          continue
+        }
+        let first = buffer.load(fromByteOffset: index * pageSize, as: UInt64.self)
+        let last = buffer.load(fromByteOffset: (index + 1) * pageSize - 8, as: UInt64.self)
+        let value = expected[page + index]
+        if first != value || last != value { wrong += 1 }
+      }
+      page += count
+    }
+    return wrong
+  }
+}
+
+/// This process's resident memory (VmRSS), in bytes.
+func residentBytes() -> Int {
+  statusField("/proc/self/status", "VmRSS:") * 1024
+}
+
+/// A process's private memory (smaps_rollup Private_Clean + Private_Dirty), in bytes.
+func privateBytes(of pid: Int32) -> Int {
+  (statusField("/proc/\(pid)/smaps_rollup", "Private_Clean:") + statusField("/proc/\(pid)/smaps_rollup", "Private_Dirty:")) * 1024
+}
+
+/// The number after `key` in a /proc text file (kB fields), 0 when absent.
+private func statusField(_ path: String, _ key: String) -> Int {
+  guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return 0 }
+  for line in text.split(separator: "\n") where line.hasPrefix(key) {
+    return Int(line.dropFirst(key.count).split(separator: " ").first ?? "") ?? 0
+  }
+  return 0
+}
