@@ -53,8 +53,9 @@ public final class DirtyTracker: @unchecked Sendable {
   public let length: Int
   /// The tracking granularity: the base page, or the huge page on hugetlbfs.
   public let pageSize: Int
-  /// Whether the range was populated when tracking started (synchronous backend on a kernel
-  /// without `UFFD_FEATURE_WP_UNPOPULATED`, before Linux 6.4): every page then holds memory.
+  /// Whether the range was populated when tracking started (synchronous backend on anonymous
+  /// memory, on a kernel without `UFFD_FEATURE_WP_UNPOPULATED`, before Linux 6.4): every page
+  /// then holds memory.
   public let populatedAtStart: Bool
 
   private let uffd: Userfaultfd
@@ -130,7 +131,9 @@ public final class DirtyTracker: @unchecked Sendable {
     self.length = length
     self.pageSize = pageSize
     self.uffd = uffd
-    self.populatedAtStart = chosen == .writeProtectFaults && !features.contains(.wpUnpopulated)
+    // Only anonymous memory needs it: shmem and hugetlbfs keep a protection marker in an empty
+    // page table entry since uffd-wp came to them (5.19); anonymous memory since WP_UNPOPULATED.
+    self.populatedAtStart = chosen == .writeProtectFaults && kind == .anonymous && !features.contains(.wpUnpopulated)
 
     try uffd.register(start, length: length, mode: .writeProtect)
     do {
@@ -257,15 +260,18 @@ public final class DirtyTracker: @unchecked Sendable {
       let removed = removedPages.withLock { $0 }
       let dirty = state.written.union(removed)
       var ranges: [Range<Address>] = []
+      if populatedAtStart {
+        // Dropped anonymous pages do not fault on their next write before Linux 6.4: give them
+        // memory again before protecting them. Only the dropped pages: they are empty, so this
+        // cannot fault on a protected page (whose handler would wait for this lock).
+        for run in removed.runs() {
+          try Self.populate(base + UInt(run.lowerBound * pageSize), run.count * pageSize, pageSize: pageSize)
+        }
+      }
       for run in dirty.runs() {
         let runStart = base + UInt(run.lowerBound * pageSize)
         let runLength = run.count * pageSize
         guard let pointer = UnsafeMutableRawPointer(bitPattern: runStart) else { continue }
-        if populatedAtStart && run.contains(where: { removed.contains($0) }) {
-          // Dropped pages do not fault on their next write before Linux 6.4: give them memory
-          // again before protecting them.
-          try Self.populate(runStart, runLength, pageSize: pageSize)
-        }
         try uffd.writeProtect(pointer, length: runLength)
         appendRun(&ranges, runStart, runStart + UInt(runLength))
       }

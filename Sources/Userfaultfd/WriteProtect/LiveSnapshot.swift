@@ -63,7 +63,8 @@ public final class LiveSnapshot: @unchecked Sendable {
   public let length: Int
   /// The memory's page size (the copy's granularity).
   public let pageSize: Int
-  /// Whether the range was populated at setup (no `UFFD_FEATURE_WP_UNPOPULATED`, before Linux 6.4).
+  /// Whether the range was populated at setup (anonymous memory without
+  /// `UFFD_FEATURE_WP_UNPOPULATED`, before Linux 6.4).
   public let populatedFirst: Bool
 
   private let uffd: Userfaultfd
@@ -136,7 +137,8 @@ public final class LiveSnapshot: @unchecked Sendable {
     self.start = start
     self.length = length
     self.pageSize = pageSize
-    self.populatedFirst = !features.contains(.wpUnpopulated)
+    // Anonymous memory only: shmem and hugetlbfs keep protection markers in empty entries (5.19+).
+    self.populatedFirst = kind == .anonymous && !features.contains(.wpUnpopulated)
     self.uffd = uffd
     self.file = file
     self.context = context

@@ -9,6 +9,15 @@ final class SharedFlag: Sendable {
   let value = Atomic<Bool>(false)
 }
 
+/// Runs `body` on a thread of its own and waits at most `seconds` for it: a test step that could
+/// wait on a fault the code under test must resolve becomes a failure instead of a hang.
+func bounded(_ what: String, seconds: Double = 10, sourceLocation: SourceLocation = #_sourceLocation,
+             _ body: @escaping @Sendable () -> Void) {
+  if !TestThread(body).join(seconds: seconds) {
+    Issue.record("\(what) did not finish within \(seconds) s", sourceLocation: sourceLocation)
+  }
+}
+
 /// Which dirty-tracking backends this kernel offers, for the tests' enabling conditions.
 enum Tracking {
   static func has(_ backend: DirtyTrackingBackend, _ kind: TrackedMemoryKind = .anonymous) -> Bool {
@@ -135,8 +144,13 @@ struct DirtyTrackerTests {
     #expect(tracker.pageSize == page)
     #expect(try tracker.collect().isEmpty, "nothing written since the start")
 
-    func write(_ indices: [Int]) {
-      for index in indices { (memory.baseAddress + index * page).storeBytes(of: UInt64(index) | 1 << 40, as: UInt64.self) }
+    // Writes run on a thread of their own with a bound: a write the tracker failed to release
+    // would otherwise hang the test (stop() in the defer releases it).
+    let base = Address(memory.baseAddress)
+    func write(_ indices: [Int], sourceLocation: SourceLocation = #_sourceLocation) {
+      bounded("writes to \(indices)", sourceLocation: sourceLocation) {
+        for index in indices { (base + index * page).mapped.storeBytes(of: UInt64(index) | 1 << 40, as: UInt64.self) }
+      }
     }
     func expectCollected(_ indices: [Int], _ what: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
       let written = try tracker.collect()
@@ -154,7 +168,9 @@ struct DirtyTrackerTests {
     try expectCollected([3, pages - 2], "writes after the re-protect")
     // Dropped pages: their content changed (to zeros), so they are reported; writes to them later
     // are reported again.
-    try memory.advise(.dontNeed, offset: 4 * page, length: 2 * page)
+    bounded("MADV_DONTNEED (waits until the tracker reads its remove event)") {
+      _ = madvise((base + 4 * page).mapped, 2 * page, MADV_DONTNEED)
+    }
     // Documented exception: on hugetlbfs the kernel keeps a dropped page's wp-async protection
     // marker, so the drop itself is not reported (the page reads zeros; its next write is).
     // On shmem dropping a mapping of a page does not change its content (the page cache keeps
@@ -267,7 +283,7 @@ struct DirtyTrackerTests {
         usleep(2000)
         if dropSome && round == 1 {
           // A range dropped under the writers: reported (now zeros), and tracked on afterwards.
-          try memory.advise(.dontNeed, offset: page, length: 2 * page)
+          bounded("MADV_DONTNEED under the writers") { _ = madvise((base + page).mapped, 2 * page, MADV_DONTNEED) }
         }
         try collectIntoMirror()
       }

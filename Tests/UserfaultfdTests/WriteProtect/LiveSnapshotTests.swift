@@ -173,7 +173,8 @@ struct LiveSnapshotTests {
     #expect(throws: UserfaultfdError.self) { try snapshot.cut() }  // twice
     snapshot.cancel()
     // Released: writable at once, and free to register again.
-    memory.baseAddress.storeBytes(of: 7, as: UInt64.self)
+    let first = Address(memory.baseAddress)
+    bounded("a write after cancel") { first.mapped.storeBytes(of: 7, as: UInt64.self) }
     let uffd = try Userfaultfd()
     try uffd.register(memory.baseAddress, length: memory.length, mode: .missing)
   }
