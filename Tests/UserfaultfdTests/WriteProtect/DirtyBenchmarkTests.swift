@@ -1,0 +1,34 @@
+import Foundation
+import Testing
+import Userfaultfd
+@testable import UffdTools
+
+/// `uffd bench dirty` from a real (small) run: every method this kernel offers has a row, with
+/// the keys the README documents, and no page missed or wrong.
+extension KernelTests {
+@Suite("uffd bench dirty", .enabled(if: Tracking.has(.writeProtectFaults), Tracking.needs(.writeProtectFaults)))
+struct DirtyBenchmarkTests {
+  @Test func everyMethodRunsAndVerifies() throws {
+    let benchmark = DirtyBenchmark(
+      mib: 16, runs: 1, dirtyFraction: 0.1, seconds: 1, pacedIntervalMicroseconds: 20,
+      writers: [.saturating], directory: NSTemporaryDirectory())
+    let rows = try benchmark.run(filter: nil, progress: { _ in })
+    let (dirty, live, _) = DirtyBenchmark.methods()
+    #expect(Set(rows.filter { $0.mode == "dirty" }.map(\.method)) == Set(dirty))
+    #expect(Set(rows.filter { $0.mode == "live-snapshot" }.map(\.method)) == Set(live))
+    for row in rows {
+      #expect(row.missedPages == 0 && row.wrongPages == 0, "\(row.mode) \(row.method): missed \(row.missedPages), wrong \(row.wrongPages)")
+      #expect(row.writesPerSecond > 0, "\(row.mode) \(row.method): the writer ran")
+      if row.method != "none" { #expect(row.faultCostUs > 0, "\(row.mode) \(row.method)") }
+    }
+    let json = try #require(JSONSerialization.jsonObject(with: Data(JSONOutput.string(["rows": rows]).utf8)) as? [String: [[String: Any]]])
+    for row in json["rows"] ?? [] {
+      for key in ["method", "mode", "writer", "gib", "dirty_fraction", "writer_throughput_ratio", "stall_p50_us",
+                  "stall_p99_us", "stall_p999_us", "fault_cost_us", "cut_pause_ms", "collect_ms",
+                  "extra_memory_bytes", "missed_pages", "wrong_pages"] {
+        #expect(row[key] != nil, "missing \(key)")
+      }
+    }
+  }
+}
+}
