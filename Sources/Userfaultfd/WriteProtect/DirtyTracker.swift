@@ -170,7 +170,7 @@ public final class DirtyTracker: @unchecked Sendable {
     let callbacks = WriteFaultLoop.Callbacks(
       writeFault: { [weak self] address in self?.releaseWrite(at: address) ?? true },
       removed: { [weak self] from, to in
-        guard let self else { return }
+        guard let self, to > base, from < end else { return }
         let first = Int((max(from, base) - base) / UInt(page))
         let last = Int((min(to, end) - base + UInt(page) - 1) / UInt(page))
         guard first < last else { return }
