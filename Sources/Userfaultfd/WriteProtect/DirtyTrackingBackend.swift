@@ -11,6 +11,7 @@ public enum DirtyTrackingBackend: String, Sendable, Hashable, CaseIterable, Cust
   /// microseconds per first write). Exact; for kernels before 6.7.
   case writeProtectFaults = "uffd-wp"
 
+  /// The backend's name as the tool and the benchmark print it (`wp-async`, `uffd-wp`).
   public var description: String { rawValue }
 
   /// What this backend needs on `kind` memory, and the Linux release that brought it.
@@ -67,6 +68,7 @@ public enum DirtyTrackingBackend: String, Sendable, Hashable, CaseIterable, Cust
     /// The first Linux release with it (`"6.7"`).
     public let linux: String
 
+    /// The capability and the release, in words.
     public var description: String { "\(capability) (Linux \(linux) or later)" }
   }
 }
