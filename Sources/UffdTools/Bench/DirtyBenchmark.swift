@@ -91,7 +91,11 @@ package struct DirtyBenchmark {
       for method in dirty { jobs.append(("dirty", method, writer)) }
       for method in live { jobs.append(("live-snapshot", method, writer)) }
     }
-    jobs = jobs.filter { filter == nil || "\($0.mode)/\($0.method)/\($0.writer.rawValue)".contains(filter ?? "") }
+    // A selected row keeps its untracked baseline (the throughput ratio's denominator).
+    let selected = jobs.filter { filter == nil || "\($0.mode)/\($0.method)/\($0.writer.rawValue)".contains(filter ?? "") }
+    jobs = jobs.filter { job in
+      selected.contains { $0 == job } || (job.method == "none" && selected.contains { $0.mode == job.mode && $0.writer == job.writer })
+    }
     var samples: [String: [Sample]] = [:]
     // Runs interleaved (every job once per round): drift on a shared machine spreads over all.
     for round in 0..<runs {

@@ -21,8 +21,9 @@ struct DirtyBenchCommand: ParsableCommand {
   var pacedIntervalUs = 10
   @Option(help: "Writers to run: saturating, paced (default: both).")
   var writer: [DirtyBenchmark.WriterKind] = []
+  // Not `--rows`: `uffd bench` itself takes that option, and would take it from this command.
   @Option(help: "Run only the rows whose mode/method/writer contains this text (e.g. live-snapshot/).")
-  var rows: String?
+  var only: String?
   @Option(help: "Folder for the snapshot files.")
   var directory = "/tmp"
   @OptionGroup var output: OutputOptions
@@ -40,7 +41,7 @@ struct DirtyBenchCommand: ParsableCommand {
       mib: mib, runs: runs, dirtyFraction: Double(dirtyPercent) / 100, seconds: Double(seconds),
       pacedIntervalMicroseconds: pacedIntervalUs,
       writers: writer.isEmpty ? DirtyBenchmark.WriterKind.allCases : writer, directory: directory)
-    let rows = try benchmark.run(filter: rows, progress: Progress("bench dirty").callAsFunction)
-    print(output.json ? try JSONOutput.string(["rows": rows]) : DirtyBenchmark.table(rows, runs: runs))
+    let measured = try benchmark.run(filter: only, progress: Progress("bench dirty").callAsFunction)
+    print(output.json ? try JSONOutput.string(["rows": measured]) : DirtyBenchmark.table(measured, runs: runs))
   }
 }
