@@ -87,6 +87,8 @@ public final class DirtyTracker: @unchecked Sendable {
   /// in write-protect mode and protects every page.
   ///
   /// - Parameters:
+  ///   - start: the first byte, aligned to `pageSize`.
+  ///   - length: bytes to track, a multiple of `pageSize`.
   ///   - kind: the memory's kind (it decides which kernels can track it).
   ///   - pageSize: the memory's page size: the base page, or 2 MiB / 1 GiB for hugetlbfs.
   ///   - backend: the backend to use; nil for the best this kernel offers.
