@@ -80,6 +80,18 @@ struct LiveSnapshotTests {
     try checkSnapshot(resolver: resolver, kind: .shmem, pages: 2048, writers: 2)
   }
 
+  @Test(.enabled(if: Tracking.has(.writeProtectFaults, .hugetlb), Tracking.needs(.writeProtectFaults, .hugetlb)),
+        .enabled(if: HugePages.canReserve, "needs 2 MiB hugetlb pages: none could be reserved (vm.nr_hugepages)"),
+        arguments: LiveSnapshot.Resolver.allCases)
+  func everyHugetlbPageHoldsItsStateAtTheCut(resolver: LiveSnapshot.Resolver) throws {
+    try HugePages.withReserved(8) { try checkSnapshot(resolver: resolver, kind: .hugetlb, pages: 8, writers: 2) }
+  }
+
+  @Test(.enabled(if: hasWriteProtect, Tracking.needs(.writeProtectFaults)), arguments: LiveSnapshot.Resolver.allCases)
+  func transparentHugePagesAreCopiedExactly(resolver: LiveSnapshot.Resolver) throws {
+    try checkSnapshot(resolver: resolver, kind: .anonymous, pages: 2048, writers: 2, transparentHuge: true)
+  }
+
   @Test(.enabled(if: hasWriteProtect, Tracking.needs(.writeProtectFaults)))
   func repeatedSnapshotsOfTheSameRangeAreEachExact() throws {
     for round in 0..<4 {
@@ -88,8 +100,10 @@ struct LiveSnapshotTests {
     }
   }
 
-  func checkSnapshot(resolver: LiveSnapshot.Resolver, kind: TrackedMemoryKind, pages: Int, writers: Int) throws {
-    let memory = try Tracking.memory(kind, pages: pages)
+  func checkSnapshot(
+    resolver: LiveSnapshot.Resolver, kind: TrackedMemoryKind, pages: Int, writers: Int, transparentHuge: Bool = false
+  ) throws {
+    let memory = try Tracking.memory(kind, pages: pages, transparentHuge: transparentHuge)
     let page = memory.pageSize
     // Half the pages hold data before the snapshot; the rest were never touched.
     var initial = [UInt64](repeating: 0, count: pages)
