@@ -205,6 +205,13 @@ public final class LiveSnapshot: @unchecked Sendable {
   ///   the protect ioctl's failure (then nothing stays protected).
   @discardableResult
   public func cut() throws(UserfaultfdError) -> Double {
+    try cut(holdingBackgroundCopyFor: 0)
+  }
+
+  /// ``cut()``, with the background copy starting `seconds` later: for tests and benchmarks that
+  /// need writers to reach pages first (the copy-before-write path).
+  @discardableResult
+  package func cut(holdingBackgroundCopyFor seconds: Double) throws(UserfaultfdError) -> Double {
     try phase.withLock { (phase) throws(UserfaultfdError) in
       guard phase == .armed else { throw .invalidArgument(.liveSnapshot, .serverStopped) }
       phase = .cutting
@@ -226,6 +233,8 @@ public final class LiveSnapshot: @unchecked Sendable {
     do {
       copier = try DedicatedThread {
         guard let context = OpaquePointer(bitPattern: contextAddress) else { return }
+        let holdUntil = monotonicSeconds() + seconds
+        while monotonicSeconds() < holdUntil && !progress.cancelled.load(ordering: .relaxed) { usleep(1000) }
         var page = 0
         while page < pages && !progress.cancelled.load(ordering: .relaxed) {
           let count = min(Self.chunkPages, pages - page)

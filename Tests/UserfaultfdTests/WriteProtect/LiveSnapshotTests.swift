@@ -96,12 +96,13 @@ struct LiveSnapshotTests {
   func repeatedSnapshotsOfTheSameRangeAreEachExact() throws {
     for round in 0..<4 {
       try checkSnapshot(resolver: round % 2 == 0 ? .faultingThread : .handlerThread, kind: .anonymous,
-                        pages: 512 + round * 100, writers: 1 + round % 2)
+                        pages: 512 + round * 100, writers: 1 + round % 2, holdCopy: round >= 2)
     }
   }
 
   func checkSnapshot(
-    resolver: LiveSnapshot.Resolver, kind: TrackedMemoryKind, pages: Int, writers: Int, transparentHuge: Bool = false
+    resolver: LiveSnapshot.Resolver, kind: TrackedMemoryKind, pages: Int, writers: Int, transparentHuge: Bool = false,
+    holdCopy: Bool = true
   ) throws {
     let memory = try Tracking.memory(kind, pages: pages, transparentHuge: transparentHuge)
     let page = memory.pageSize
@@ -132,7 +133,9 @@ struct LiveSnapshotTests {
       for (number, writer) in team.enumerated() {
         for index in stride(from: number, to: pages, by: writers) { expected[index] = writer.lastWritten[index] }
       }
-      try snapshot.cut()
+      // Half the time the background copy waits 50 ms, so the writers surely reach pages first
+      // and the copy-before-write path runs; otherwise the two race.
+      try snapshot.cut(holdingBackgroundCopyFor: holdCopy ? 0.05 : 0)
       for writer in team { writer.resume() }
       usleep(20_000)
       report = try snapshot.finish(timeoutSeconds: 60)
@@ -148,6 +151,7 @@ struct LiveSnapshotTests {
       + " \(report.copiedBeforeWrites) pages copied before a write, \(report.copiedInBackground) in the background,"
       + " cut \(String(format: "%.2f", report.cutSeconds * 1000)) ms, \(totalWrites) writes, populated first: \(report.populatedFirst)")
     #expect(report.copiedBeforeWrites + report.copiedInBackground == pages, "every page copied exactly once")
+    if holdCopy { #expect(report.copiedBeforeWrites > 0, "the writers reached pages before the copier") }
     // Compare the file with the state at the cut, page by page.
     var buffer = [UInt8](repeating: 0, count: page)
     var wrong: [Int] = []
