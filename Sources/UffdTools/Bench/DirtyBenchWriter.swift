@@ -47,7 +47,11 @@ final class DirtyBenchWriter: @unchecked Sendable {
     thread = try DedicatedThread { [unowned self] in self.run() }
   }
 
+  /// Set when the writer thread's loop has returned.
+  let exited = Atomic<Bool>(false)
+
   private func run() {
+    defer { exited.store(true, ordering: .releasing) }
     var state: UInt64 = 0x2545_F491_4F6C_DD1D
     var sequence: UInt64 = 0
     var next = cuffd_ref_now_ns()
@@ -134,10 +138,20 @@ final class DirtyBenchWriter: @unchecked Sendable {
     resume()
   }
 
-  /// Stops the writer thread.
-  func finish() {
+  /// Stops the writer and waits at most `seconds` for its thread. False when it is still inside a
+  /// write (a fault nobody resolves): release the range, then ``join()``.
+  func finish(seconds: Double = 20) -> Bool {
     stop.store(true, ordering: .relaxed)
     resume()
+    let deadline = cuffd_ref_now_ns() + Int64(seconds * 1e9)
+    while !exited.load(ordering: .acquiring) {
+      if cuffd_ref_now_ns() > deadline { return false }
+      usleep(200)
+    }
     thread?.join()
+    return true
   }
+
+  /// Waits for the writer thread, however long (after its range was released).
+  func join() { thread?.join() }
 }

@@ -180,7 +180,13 @@ package struct DirtyBenchmark {
     defer { tracker?.stop() }
     let writer = try self.writer(for: memory, kind)
     var finished = false
-    defer { if !finished { writer.finish() } }
+    defer {
+      // A writer stuck in a fault is released by stopping the tracker; only then joined.
+      if !finished && !writer.finish() {
+        tracker?.stop()
+        writer.join()
+      }
+    }
     sample.faultCost = writer.probeFaults() ?? -1
     let inWorkingSet = Set(writer.workingSet)
     var wrong = 0
@@ -205,8 +211,12 @@ package struct DirtyBenchmark {
     _ = writer.pause()
     fillStats(&sample, writer, elapsed: Double(cuffd_ref_now_ns() - windowStart) / 1e9)
     sample.extraBytes = max(0, residentBytes() - rssBefore)
-    writer.finish()
     finished = true
+    guard writer.finish() else {
+      tracker?.stop()
+      writer.join()
+      throw ToolError("\(method): the writer was stuck in a write fault for 20 s")
+    }
     try collectIntoMirror()
     if tracker != nil {
       // What no collection reported: pages where the mirror differs from memory.
@@ -245,10 +255,16 @@ package struct DirtyBenchmark {
     }
     let writer = try self.writer(for: memory, kind)
     var finished = false
-    defer { if !finished { writer.finish() } }
+    var snapshot: LiveSnapshot?
+    defer {
+      // A writer stuck in a fault is released by cancelling the snapshot; only then joined.
+      if !finished && !writer.finish() {
+        snapshot?.cancel()
+        writer.join()
+      }
+    }
     usleep(20_000)
     let rssBefore = residentBytes()
-    var snapshot: LiveSnapshot?
     switch method {
     case "uffd-wp": snapshot = try LiveSnapshot(memory: memory, file: file, resolver: .handlerThread)
     case "uffd-wp-sigbus": snapshot = try LiveSnapshot(memory: memory, file: file, resolver: .faultingThread)
@@ -258,6 +274,16 @@ package struct DirtyBenchmark {
     guard writer.pause() else { throw ToolError("the writer did not pause within 10 s") }
     let expected = writer.lastWritten
     var child: (pid: Int32, done: Int32, release: Int32)?
+    defer {
+      // Never leave the fork child behind, whatever failed.
+      if let child {
+        _ = close(child.release)
+        _ = close(child.done)
+        _ = kill(child.pid, SIGKILL)
+        var status: Int32 = 0
+        _ = waitpid(child.pid, &status, 0)
+      }
+    }
     let cutBegan = cuffd_ref_now_ns()
     switch method {
     case "fork-cow":
@@ -277,15 +303,18 @@ package struct DirtyBenchmark {
     // Wait for the copy to finish (bounded), measuring extra memory at its end.
     switch method {
     case "fork-cow":
-      if let child {
-        var poller = pollfd(fd: child.done, events: Int16(POLLIN), revents: 0)
+      if let running = child {
+        var poller = pollfd(fd: running.done, events: Int16(POLLIN), revents: 0)
         guard poll(&poller, 1, 120_000) == 1 else { throw ToolError("the fork child did not finish in 120 s") }
         sample.collectMs = Double(cuffd_ref_now_ns() - cutEnded) / 1e6
-        sample.extraBytes = privateBytes(of: child.pid)
-        _ = close(child.release)
-        _ = close(child.done)
+        sample.extraBytes = privateBytes(of: running.pid)
+        // Reaped here: the cleanup must not signal a pid that may be reused.
+        child = nil
+        _ = close(running.release)
+        _ = close(running.done)
         var status: Int32 = 0
-        _ = waitpid(child.pid, &status, 0)
+        _ = waitpid(running.pid, &status, 0)
+        guard status == 0 else { throw ToolError("fork-cow: the child could not write the snapshot (status \(status))") }
       }
     case "none": break
     default:
@@ -298,8 +327,12 @@ package struct DirtyBenchmark {
     while Double(cuffd_ref_now_ns() - windowStart) / 1e9 < seconds { usleep(10_000) }
     _ = writer.pause()
     fillStats(&sample, writer, elapsed: Double(cuffd_ref_now_ns() - windowStart) / 1e9)
-    writer.finish()
     finished = true
+    guard writer.finish() else {
+      snapshot?.cancel()
+      writer.join()
+      throw ToolError("\(method): the writer was stuck in a write fault for 20 s")
+    }
     if let snapshot {
       let report = try snapshot.finish(timeoutSeconds: 120)
       sample.missed = pages - report.copiedBeforeWrites - report.copiedInBackground
