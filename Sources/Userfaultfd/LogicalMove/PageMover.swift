@@ -157,8 +157,11 @@ extension PageMover {
         case .operationFailed(let refused):
           failure = refused
         case .invalidArgument(_, .moveProtections):
+          // The kernel's EINVAL, diagnosed by the move: keep its answer in the report.
           report.moveIoctls += 1
-          try stop(.notAttempted, failure: nil, cause: .protectionsDiffer, "\(error); every page from here is still in the source")
+          let refused = OperationFailure(
+            operation: .move, errno: .invalidArgument, destination: Address(dst), source: Address(src), length: chunk)
+          try stop(.notAttempted, failure: refused, cause: .protectionsDiffer, "\(error); every page from here is still in the source")
         case .closed:
           // The handle was closed meanwhile: nothing of this step moved.
           try stop(.notAttempted, failure: nil, cause: .handleClosed, "\(error); every page from here is still in the source")

@@ -34,7 +34,9 @@ extension Userfaultfd {
     let (origin, target) = try PageRange.pair(
       source: source, destination: destination, length: length, operation: .copy)
     _ = try fd(for: .copy)
-    try requireNoMissingRegisteredPage(in: origin, for: .copy)
+    // The kernel reads the source only for a destination registered with this handle; anything
+    // else it refuses before reading.
+    if registeredPageSize(at: target.start) != nil { try requireNoMissingRegisteredPage(in: origin, for: .copy) }
     let answer = copyCore(target.start, from: origin.start, length: length, mode: options.rawValue)
     if answer.errno == .badAddress, answer.bytesDone == 0, let refusal = Mapping.unreadableSource(origin.start, for: .copy) {
       throw refusal
