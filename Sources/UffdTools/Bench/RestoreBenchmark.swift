@@ -2,6 +2,7 @@ import CUserfaultfdReference
 import Foundation
 import Histogram
 import Synchronization
+import SnapshotPager
 import Userfaultfd
 
 /// `uffd bench restore`: a snapshot file restored lazily into a separate client process over a

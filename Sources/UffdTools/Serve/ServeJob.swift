@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import SnapshotPager
 import Userfaultfd
 
 /// `uffd serve`: a snapshot page server for one client that speaks Firecracker's snapshot-resume

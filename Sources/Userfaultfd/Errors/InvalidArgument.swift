@@ -63,6 +63,8 @@ public enum InvalidArgument: Sendable, Equatable, CustomStringConvertible {
   case badRegions(String)
   /// The memory has no file behind it to map again (only ``AnonymousMemory/memfd(length:)`` has).
   case notFileBacked
+  /// A setting contradicts another or the system (the reason says which).
+  case badConfiguration(String)
 
   public var description: String {
     switch self {
@@ -115,6 +117,8 @@ public enum InvalidArgument: Sendable, Equatable, CustomStringConvertible {
       return "the message carried no descriptor: the sender must attach its userfaultfd (SCM_RIGHTS)"
     case .notAUserfaultfd(let descriptor, let actually):
       return "descriptor \(descriptor) is not a userfaultfd (it is \(actually.isEmpty ? "closed" : actually))"
+    case .badConfiguration(let reason):
+      return reason
     case .badRegions(let reason):
       return "guest memory regions: \(reason)"
     case .notFileBacked:

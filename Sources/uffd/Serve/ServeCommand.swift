@@ -1,5 +1,6 @@
 import ArgumentParser
 import UffdTools
+import SnapshotPager
 import Userfaultfd
 
 /// `uffd serve` (``ServeJob``); this only parses and calls.
