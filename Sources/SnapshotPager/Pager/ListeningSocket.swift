@@ -6,8 +6,8 @@ import Userfaultfd
 /// Binding a pager socket where a killed pager may have left its path behind: a socket file that
 /// nothing listens on is removed and the path reused; one something still listens on is refused,
 /// as is any path that is not a socket. Then the mode and owner the jailer needs are set.
-enum ListeningSocket {
-  static func bind(_ path: String, access: PagerConfiguration.SocketAccess, backlog: Int = 128) throws(UserfaultfdError) -> UnixSocket {
+package enum ListeningSocket {
+  package static func bind(_ path: String, access: PagerConfiguration.SocketAccess, backlog: Int = 128) throws(UserfaultfdError) -> UnixSocket {
     var info = stat()
     if lstat(path, &info) == 0 {
       guard info.st_mode & S_IFMT == S_IFSOCK else {
