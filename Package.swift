@@ -144,6 +144,7 @@ let package = Package(
         "UffdTools",
         "CUserfaultfd",
         "CUserfaultfdTestSupport",
+        .product(name: "Logging", package: "swift-log"),
         .product(name: "SystemPackage", package: "swift-system"),
         .product(name: "PropertyBased", package: "swift-property-based"),
       ]

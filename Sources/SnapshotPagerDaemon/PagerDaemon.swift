@@ -15,6 +15,8 @@ public struct PagerDaemon: Sendable {
   public var metricsBound: @Sendable (Int) -> Void = { _ in }
   /// Hears the pager once it is serving (a test drives it).
   public var started: @Sendable (SnapshotPagerHost) -> Void = { _ in }
+  /// Whether SIGTERM and SIGINT drain the pager (a test inside a bigger process turns this off).
+  public var handlesSignals = true
 
   /// A daemon for `configuration`.
   public init(configuration: PagerConfiguration, metrics: (host: String, port: Int)? = nil) {
@@ -38,7 +40,7 @@ public struct PagerDaemon: Sendable {
         successTerminationBehavior: .gracefullyShutdownGroup, serviceName: "metrics"))
     }
     let group = ServiceGroup(configuration: .init(
-      services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+      services: services, gracefulShutdownSignals: handlesSignals ? [.sigterm, .sigint] : [], logger: logger))
     do {
       try await group.run()
     } catch {

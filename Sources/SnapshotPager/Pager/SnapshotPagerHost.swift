@@ -168,7 +168,7 @@ public final class SnapshotPagerHost: Sendable {
       "reason": "\(statistics.endReason.rawValue)", "faults": "\(statistics.faults)",
       "pages_by_fault": "\(statistics.pagesByFault)", "pages_by_prefetch": "\(statistics.pagesByPrefetch)",
       "zero_pages": "\(statistics.zeroPages)", "failed_faults": "\(statistics.failedFaults)",
-      "fault_p50_us": "\(statistics.faultLatencyP50.components.attoseconds / 1_000_000_000_000 + statistics.faultLatencyP50.components.seconds * 1_000_000)",
+      "fault_p50_us": "\(Self.microseconds(statistics.faultLatencyP50))", "fault_p99_us": "\(Self.microseconds(statistics.faultLatencyP99))",
     ])
     acceptorEpoll.wake()  // a drain may be waiting for this one
   }
@@ -554,6 +554,11 @@ public final class SnapshotPagerHost: Sendable {
   static func directory(of path: String) -> String {
     guard let slash = path.lastIndex(of: "/") else { return "." }
     return slash == path.startIndex ? "/" : String(path[..<slash])
+  }
+
+  static func microseconds(_ duration: Duration) -> Int64 {
+    let (seconds, attoseconds) = duration.components
+    return seconds * 1_000_000 + attoseconds / 1_000_000_000_000
   }
 
   static func milliseconds(_ duration: Duration) -> Int {
