@@ -57,7 +57,7 @@ public final class SnapshotPagerHost: Sendable {
   /// A pager with `configuration`, logging to `logger` and counting with `metricsFactory` (the
   /// process's bootstrapped swift-metrics factory when nil). Nothing is bound until ``start()``.
   ///
-  /// - Throws: ``UserfaultfdError/invalidArgument(_:_:)`` for settings out of range.
+  /// - Throws: `UserfaultfdError.invalidArgument` for settings out of range.
   public init(configuration: PagerConfiguration, logger: Logger = Logger(label: "uffd.pager"),
               metricsFactory: (any MetricsFactory)? = nil) throws(UserfaultfdError) {
     try configuration.validate()

@@ -15,7 +15,7 @@ package final class SessionOverlay: Sendable {
 
   /// An overlay from `pages` (snapshot offset, exactly one base page of bytes each).
   ///
-  /// - Throws: ``UserfaultfdError/invalidArgument(_:_:)`` for an offset that is negative or not a
+  /// - Throws: `UserfaultfdError.invalidArgument` for an offset that is negative or not a
   ///   multiple of the base page, a page that is not exactly one base page, a repeated offset, or
   ///   more than ``maxPages`` pages.
   package init(pages: [(offset: Int, bytes: [UInt8])]) throws(UserfaultfdError) {

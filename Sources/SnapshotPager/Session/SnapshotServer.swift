@@ -94,7 +94,7 @@ public final class SnapshotServer: Sendable {
 
   /// Serves `regions` of the memory behind `uffd` from `snapshot`.
   ///
-  /// - Throws: ``UserfaultfdError/invalidArgument(_:_:)`` for regions that are misaligned, overlap,
+  /// - Throws: `UserfaultfdError.invalidArgument` for regions that are misaligned, overlap,
   ///   or reach beyond the snapshot, or settings out of range, before anything is served.
   public convenience init(uffd: Userfaultfd, regions: [GuestRegion], snapshot: SnapshotFile,
                           configuration: Configuration = Configuration()) throws(UserfaultfdError) {

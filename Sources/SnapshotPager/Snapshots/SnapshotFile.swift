@@ -16,7 +16,7 @@ public final class SnapshotFile: Sendable {
   /// (`MAP_POPULATE`), so that no fault served later takes a minor fault on the mapping (a pager
   /// does this when a snapshot is configured, before any client connects).
   ///
-  /// - Throws: ``UserfaultfdError/systemCallFailed(_:_:)`` when it cannot be opened or mapped.
+  /// - Throws: `UserfaultfdError.systemCallFailed` when it cannot be opened or mapped.
   public init(path: String, populate: Bool = false) throws(UserfaultfdError) {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { throw .systemCallFailed("open(\(path))", .current) }

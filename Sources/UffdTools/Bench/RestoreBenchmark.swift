@@ -74,7 +74,7 @@ package struct RestoreBenchmark {
     let size = mib << 20
     let path = NSTemporaryDirectory() + "uffd-bench-restore-\(getpid()).snap"
     progress("writing a \(mib) MiB snapshot to \(path)")
-    try writeSnapshot(path: path, size: size)
+    try Self.writeSnapshot(path: path, size: size)
     defer { unlink(path) }
     let snapshot = try SnapshotFile(path: path)
     let memcpy = try memcpyBound(snapshot)
@@ -234,7 +234,7 @@ package struct RestoreBenchmark {
   }
 
   /// A snapshot of `size` bytes with a different word everywhere, left in the page cache.
-  private func writeSnapshot(path: String, size: Int) throws {
+  static func writeSnapshot(path: String, size: Int) throws {
     let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
     guard fd >= 0 else { throw ToolError("cannot create \(path): \(String(cString: strerror(errno)))") }
     defer { close(fd) }

@@ -8,7 +8,7 @@ struct BenchCommand: ParsableCommand {
     commandName: "bench",
     abstract: "Benchmark userfaultfd operations on this machine, Swift library beside C reference loops.",
     discussion: "Run in release mode: swift run -c release uffd bench. With no subcommand, runs all.",
-    subcommands: [MovesBenchCommand.self, FaultsBenchCommand.self, RestoreBenchCommand.self])
+    subcommands: [MovesBenchCommand.self, FaultsBenchCommand.self, RestoreBenchCommand.self, FleetBenchCommand.self])
 
   @OptionGroup var options: BenchOptions
   @OptionGroup var output: OutputOptions
