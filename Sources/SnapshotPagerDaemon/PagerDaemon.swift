@@ -28,8 +28,14 @@ public struct PagerDaemon: Sendable {
   /// the pager cannot start (a socket in use, a snapshot that cannot be mapped, a port taken).
   public func run(logger: Logger) async throws {
     let registry = PrometheusCollectorRegistry()
-    let pager = try SnapshotPagerHost(
-      configuration: configuration, logger: logger, metricsFactory: PrometheusMetricsFactory(registry: registry))
+    var factory = PrometheusMetricsFactory(registry: registry)
+    // Faults are served in microseconds: the default buckets (from 5 ms) would put them all in one.
+    factory.durationHistogramBuckets["uffd_pager_fault_service_seconds"] = [
+      .microseconds(2), .microseconds(5), .microseconds(10), .microseconds(20), .microseconds(50), .microseconds(100),
+      .microseconds(200), .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
+      .milliseconds(50), .milliseconds(100), .milliseconds(500), .seconds(1),
+    ]
+    let pager = try SnapshotPagerHost(configuration: configuration, logger: logger, metricsFactory: factory)
     try pager.start()
     started(pager)
     var services = [ServiceGroupConfiguration.ServiceConfiguration(

@@ -57,6 +57,10 @@ public struct PagerConfiguration: Sendable {
   public var populateSnapshots: Bool
   /// The sockets' mode and owner.
   public var socketAccess: SocketAccess
+  /// The nice value of the serving loops' threads (-20 to 19; nil: the process's own). Default
+  /// -10: a loop serves many clients, and one it has just woken must not preempt it (lowering it
+  /// needs CAP_SYS_NICE; without it the loops keep the process's value).
+  public var loopNiceness: Int32?
 
   /// The valid session cap.
   public static let maxSessionsRange = 1...65_536
@@ -75,6 +79,7 @@ public struct PagerConfiguration: Sendable {
     drainTimeout = .seconds(30)
     populateSnapshots = true
     socketAccess = SocketAccess()
+    loopNiceness = -10
   }
 
   /// The CPUs this process may run on.
@@ -104,6 +109,9 @@ public struct PagerConfiguration: Sendable {
     }
     guard socketAccess.mode <= 0o777 else {
       throw .invalidArgument(.socket, .outOfRange(parameter: "socket mode", value: Int(socketAccess.mode), valid: 0...0o777))
+    }
+    if let loopNiceness, !(-20...19).contains(loopNiceness) {
+      throw .invalidArgument(.serve, .outOfRange(parameter: "loopNiceness", value: Int(loopNiceness), valid: -20...19))
     }
     let paths = listens.map(\.socketPath) + (controlPath.map { [$0] } ?? [])
     guard Set(paths).count == paths.count else {

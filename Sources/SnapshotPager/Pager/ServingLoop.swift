@@ -22,10 +22,13 @@ final class ServingLoop: Sendable {
   private let thread = Mutex<DedicatedThread?>(nil)
   private let ended: @Sendable (PagerSession, SnapshotServer.Statistics) -> Void
   private let metrics: PagerMetrics
+  /// The nice value the loop's thread asks for (nil: the process's own).
+  private let niceness: Int32?
 
-  init(index: Int, metrics: PagerMetrics, ended: @escaping @Sendable (PagerSession, SnapshotServer.Statistics) -> Void) throws(UserfaultfdError) {
+  init(index: Int, metrics: PagerMetrics, niceness: Int32?, ended: @escaping @Sendable (PagerSession, SnapshotServer.Statistics) -> Void) throws(UserfaultfdError) {
     self.index = index
     self.metrics = metrics
+    self.niceness = niceness
     self.ended = ended
     epoll = try Epoll()
   }
@@ -54,6 +57,11 @@ final class ServingLoop: Sendable {
   }
 
   private func run() {
+    // A loop answers the faults of many clients: when the client it has just woken preempts it,
+    // every other session's fault waits for that client's slice. A higher priority than the
+    // clients' (where the pager may set one: CAP_SYS_NICE, root) keeps the loop running.
+    // (On Linux, PRIO_PROCESS with id 0 sets the calling thread's nice value only.)
+    if let nice = niceness { _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, nice) }
     // Everything the loop touches per turn is allocated here, once.
     guard let buffer = try? EventBuffer(capacity: 64) else { return }
     var sessions: [UInt64: PagerSession] = [:]

@@ -70,7 +70,7 @@ public final class SnapshotPagerHost: Sendable {
     var loops: [ServingLoop] = []
     let ended = Mutex<(@Sendable (PagerSession, SnapshotServer.Statistics) -> Void)?>(nil)
     for index in 0..<configuration.loops {
-      loops.append(try ServingLoop(index: index, metrics: metrics) { session, statistics in
+      loops.append(try ServingLoop(index: index, metrics: metrics, niceness: configuration.loopNiceness) { session, statistics in
         ended.withLock { $0 }?(session, statistics)
       })
     }

@@ -167,7 +167,7 @@ package struct FleetBenchmark {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: daemonExecutable)
     process.arguments = ["serve", "--listen", "\(socket)=\(snapshot)", "--max-sessions", "\(max(k, 1))"]
-    process.standardError = FileHandle.nullDevice
+    process.standardError = ProcessInfo.processInfo.environment["UFFD_FLEET_DAEMON_LOG"].flatMap { FileHandle(forWritingAtPath: $0) } ?? FileHandle.nullDevice
     process.standardOutput = FileHandle.nullDevice
     try process.run()
     defer {
