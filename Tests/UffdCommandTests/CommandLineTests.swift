@@ -30,7 +30,8 @@ struct CommandLineTests {
     ["serve", "--listen", "a=b", "--metrics", "9090"], ["serve", "--listen", "a=b", "--metrics", "127.0.0.1:70000"],
     ["serve", "--listen", "a=b", "--on-unservable", "maybe"], ["serve", "--listen", "a=b", "--drain-timeout", "0"],
     ["serve", "--listen", "a=b", "--drain-timeout", "inf"], ["serve", "--listen", "a=b", "--loops", "0"],
-    ["serve", "--listen", "a=b", "--handshake-timeout", "-2"], ["serve", "--listen", "a=b", "--accept-timeout", "5"],
+    ["serve", "--listen", "a=b", "--handshake-timeout", "-2"], ["serve", "--listen", "a=b", "--loop-nice", "-21"],
+    ["serve", "--listen", "a=b", "--loop-nice", "20"], ["serve", "--listen", "a=b", "--accept-timeout", "5"],
     ["serve", "--once", "--listen", "a=b", "--listen", "c=d"], ["serve", "--once", "--control", "/tmp/c"],
     ["serve", "--once", "--listen", "a=b", "--metrics", "127.0.0.1:9090"],
   ])

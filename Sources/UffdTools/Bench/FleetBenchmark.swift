@@ -167,6 +167,8 @@ package struct FleetBenchmark {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: daemonExecutable)
     process.arguments = ["serve", "--listen", "\(socket)=\(snapshot)", "--max-sessions", "\(max(k, 1))"]
+    // The daemon's log is dropped, or appended to the file UFFD_FLEET_DAEMON_LOG names (for a
+    // look at its per-session summaries).
     process.standardError = ProcessInfo.processInfo.environment["UFFD_FLEET_DAEMON_LOG"].flatMap { FileHandle(forWritingAtPath: $0) } ?? FileHandle.nullDevice
     process.standardOutput = FileHandle.nullDevice
     try process.run()

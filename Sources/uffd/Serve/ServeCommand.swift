@@ -49,6 +49,8 @@ struct ServeCommand: AsyncParsableCommand {
   var metrics: String?
   @Option(parsing: .unconditional, help: "Serving threads (event loops), 1-256 (default: one per CPU).")
   var loops: Int?
+  @Option(parsing: .unconditional, help: "Nice value of the serving threads, -20 to 19 (default -10: a client a loop has just woken must not preempt it; kept as the process's when it may not be lowered).")
+  var loopNice = -10
   @Option(help: ArgumentHelp("The sockets' permission bits, octal (default 600).", valueName: "mode"))
   var socketMode = "600"
   @Option(help: ArgumentHelp("The sockets' owner, UID or UID:GID (the jailer's VMM user).", valueName: "uid[:gid]"))
@@ -72,6 +74,7 @@ struct ServeCommand: AsyncParsableCommand {
     try check(prefetchPages, in: SnapshotServer.Configuration.prefetchRange, "--prefetch-pages")
     try check(maxSessions, in: PagerConfiguration.maxSessionsRange, "--max-sessions")
     if let loops { try check(loops, in: PagerConfiguration.loopsRange, "--loops") }
+    try check(loopNice, in: -20...19, "--loop-nice")
     if let acceptTimeout, !(acceptTimeout.isFinite && acceptTimeout > 0 && acceptTimeout <= 86_400) {
       throw ValidationError("--accept-timeout must be more than 0 and at most 86400 seconds, got \(acceptTimeout)")
     }
@@ -155,6 +158,7 @@ struct ServeCommand: AsyncParsableCommand {
     configuration.handshakeTimeout = .milliseconds(Int64(handshakeTimeout * 1000))
     configuration.populateSnapshots = !noPopulate
     configuration.socketAccess = try access()
+    configuration.loopNiceness = Int32(loopNice)
     LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
     do {
       try await PagerDaemon(configuration: configuration, metrics: try metricsAddress()).run(logger: Logger(label: "uffd.serve"))
