@@ -37,6 +37,7 @@ public final class SnapshotPagerHost: Sendable {
   private let draining = Atomic<Bool>(false)
   private let stopping = Atomic<Bool>(false)
   private let finished = Atomic<Bool>(false)
+  private let started = Atomic<Bool>(false)
   private let acceptorEpoll: Epoll
   private let acceptorThread = Mutex<DedicatedThread?>(nil)
   private let drainDeadline = Mutex<ContinuousClock.Instant?>(nil)
@@ -80,8 +81,11 @@ public final class SnapshotPagerHost: Sendable {
 
   /// Maps (and populates) every configured snapshot, binds every socket (reclaiming stale socket
   /// files, refusing paths something listens on), and starts the threads. Fails before anything
-  /// is served when any of it fails; whatever was bound is released again.
+  /// is served when any of it fails; whatever was bound is released again. A pager starts once.
   public func start() throws(UserfaultfdError) {
+    guard !started.exchange(true, ordering: .acquiringAndReleasing) else {
+      throw .invalidArgument(.serve, .badConfiguration("this pager has been started already"))
+    }
     var bound: [String] = []
     do {
       raiseDescriptorLimit()
