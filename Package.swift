@@ -91,6 +91,7 @@ let package = Package(
         "CompactingHeap",
         "CUserfaultfdReference",
         .product(name: "Histogram", package: "hdrhistogram-swift"),
+        .product(name: "Logging", package: "swift-log"),  // a quiet log for the pager the benchmarks start
       ]
     ),
     .executableTarget(

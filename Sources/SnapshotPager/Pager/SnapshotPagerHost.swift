@@ -44,6 +44,7 @@ public final class SnapshotPagerHost: Sendable {
   /// Everything the acceptor thread owns (sockets, handshakes, control connections). Only that
   /// thread touches it once started; the Mutex makes that checkable rather than assumed.
   private let watched = Mutex(Watched())
+  private let onSessionEnded: (@Sendable (SnapshotServer.Statistics) -> Void)?
 
   /// The sessions known to the pager, for the control requests and the session cap.
   struct Registry {
@@ -56,12 +57,16 @@ public final class SnapshotPagerHost: Sendable {
   }
 
   /// A pager with `configuration`, logging to `logger` and counting with `metricsFactory` (the
-  /// process's bootstrapped swift-metrics factory when nil). Nothing is bound until ``start()``.
+  /// process's bootstrapped swift-metrics factory when nil). `onSessionEnded` hears each
+  /// session's summary as it ends (on a serving thread: keep it short). Nothing is bound until
+  /// ``start()``.
   ///
   /// - Throws: `UserfaultfdError.invalidArgument` for settings out of range.
   public init(configuration: PagerConfiguration, logger: Logger = Logger(label: "uffd.pager"),
-              metricsFactory: (any MetricsFactory)? = nil) throws(UserfaultfdError) {
+              metricsFactory: (any MetricsFactory)? = nil,
+              onSessionEnded: (@Sendable (SnapshotServer.Statistics) -> Void)? = nil) throws(UserfaultfdError) {
     try configuration.validate()
+    self.onSessionEnded = onSessionEnded
     self.configuration = configuration
     self.logger = logger
     let metrics = PagerMetrics(factory: metricsFactory ?? MetricsSystem.factory)
@@ -174,6 +179,7 @@ public final class SnapshotPagerHost: Sendable {
       "zero_pages": "\(statistics.zeroPages)", "failed_faults": "\(statistics.failedFaults)",
       "fault_p50_us": "\(Self.microseconds(statistics.faultLatencyP50))", "fault_p99_us": "\(Self.microseconds(statistics.faultLatencyP99))",
     ])
+    onSessionEnded?(statistics)
     acceptorEpoll.wake()  // a drain may be waiting for this one
   }
 
