@@ -96,6 +96,9 @@ public final class SnapshotPagerHost: Sendable {
       raiseDescriptorLimit()
       for listen in configuration.listens {
         let snapshot = try catalog.snapshot(at: listen.snapshotPath)
+        // The first session's handshake must not pay for the JSON decoder's, the page map's and
+        // the histogram's first use (runtime metadata: hundreds of microseconds).
+        SnapshotServer.warmUp(snapshot)
         let socket = try ListeningSocket.bind(listen.socketPath, access: configuration.socketAccess)
         bound.append(listen.socketPath)
         watch(.listener(Listener(socket: socket, path: listen.socketPath, snapshot: snapshot, snapshotPath: listen.snapshotPath)))

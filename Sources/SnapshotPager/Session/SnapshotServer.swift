@@ -176,7 +176,7 @@ public final class SnapshotServer: Sendable {
     return (try SnapshotServer(uffd: uffd, regions: regions, snapshot: snapshot, configuration: configuration), client)
   }
 
-  private static func warmUp(_ snapshot: SnapshotFile) {
+  static func warmUp(_ snapshot: SnapshotFile) {
     let sample = #"[{"base_host_virt_addr":4096,"size":4096,"offset":0,"page_size":4096}]"#
     guard let regions = try? RegionsJSON.decode(Array(sample.utf8)),
           let map = try? RestorePageMap(regions, snapshotLength: max(snapshot.length, 4096))
