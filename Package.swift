@@ -3,9 +3,7 @@ import PackageDescription
 
 let package = Package(
   name: "swift-userfaultfd",
-  // Linux (glibc) only: userfaultfd is a Linux interface. The platform line keeps Synchronization
-  // available to the manifest.
-  platforms: [.macOS(.v15)],
+  // Linux (glibc) only: userfaultfd is a Linux interface, so no Apple platform is declared.
   products: [
     .library(name: "Userfaultfd", targets: ["Userfaultfd"]),
     .library(name: "CompactingHeap", targets: ["CompactingHeap"]),
@@ -114,6 +112,12 @@ let package = Package(
         .product(name: "SystemPackage", package: "swift-system"),
       ],
       path: "Examples/LazyFile"
+    ),
+    // UFFDIO_MOVE with partial progress, a strict move stopped by a fork, and the copy fallback.
+    .executableTarget(
+      name: "MovePagesExample",
+      dependencies: ["Userfaultfd"],
+      path: "Examples/MovePages"
     ),
     // The client side of `uffd serve`: a process restoring its memory lazily, like a VMM.
     .executableTarget(

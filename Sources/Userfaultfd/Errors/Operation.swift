@@ -32,4 +32,6 @@ public enum Operation: String, Sendable, Hashable, CaseIterable {
   case adopt = "adopt"
   /// Serving another process's memory from a snapshot (the SnapshotPager module's `SnapshotServer`).
   case serve = "serve"
+  /// Setting up a ``SigbusRegion`` (its range, its source, its registration).
+  case sigbusRegion = "SigbusRegion"
 }

@@ -7,8 +7,8 @@ import SystemPackage
 /// server object, so dropping the server stops them (its `deinit` runs `stop()`) and nothing is
 /// kept alive by a cycle.
 ///
-/// @unchecked Sendable: the raw buffers (`records`, `pending`, `attempts`, `pollDescriptors`) are
-/// touched only by the serving thread; the delivery ring has one producer (the serving thread) and
+/// @unchecked Sendable: the raw buffers (`records`, `pending`, `attempts`, `pollDescriptors`) and
+/// `lazySince` are touched only by the serving thread; the delivery ring has one producer (the serving thread) and
 /// one consumer (the delivery thread), ordered by `ringHead` / `ringTail`; everything else is
 /// immutable or atomic.
 final class ServerCore: @unchecked Sendable {
@@ -31,6 +31,8 @@ final class ServerCore: @unchecked Sendable {
   private let attempts: UnsafeMutableBufferPointer<Int>
   private let pollDescriptors: UnsafeMutablePointer<pollfd>
   private let pagemap: Int32
+  /// When the oldest resolved fault not yet handed to the delivery thread was pushed (0: none).
+  private var lazySince: UInt64 = 0
   /// 2 MiB of zeros (mapped, never touched: no memory), for zero-filling a hugetlbfs page, which
   /// has no zero page; allocated at setup because the serving thread must not allocate.
   private let hugeZeros: UInt
@@ -135,12 +137,18 @@ final class ServerCore: @unchecked Sendable {
       if !configuration.busyPoll {
         pollDescriptors[0].revents = 0
         pollDescriptors[1].revents = 0
-        // With faults waiting for a retry, only peek; otherwise sleep until something happens.
-        _ = poll(pollDescriptors, 2, queued == 0 ? -1 : 1)
+        // With faults waiting for a retry, only peek; with resolved faults not yet handed on, wake
+        // the delivery thread after a short quiet spell; otherwise sleep until something happens.
+        let timeout: Int32 = queued > 0 ? 1 : lazySince != 0 ? Self.lazyDeliveryMilliseconds : -1
+        _ = poll(pollDescriptors, 2, timeout)
         if pollDescriptors[1].revents != 0 { break }
       }
       queued = readEvents(queued: queued)
       if queued > 0 { queued = resolveQueued(queued) }
+      if lazySince != 0, Self.monotonicNanoseconds() - lazySince >= UInt64(Self.lazyDeliveryMilliseconds) * 1_000_000 {
+        lazySince = 0
+        wakeDelivery()
+      }
     }
     // Whatever was read before the stop is still resolved; the rest is released by unregistering.
     queued = readEvents(queued: queued)
@@ -181,6 +189,7 @@ final class ServerCore: @unchecked Sendable {
     ranges.insert(UInt(PageSize.base), UInt(2 * PageSize.base))
     sink += ranges.pageSize(at: UInt(PageSize.base)) + (ranges.contains(UInt(PageSize.base)) ? 1 : 0)
     sink += zeroFill(0, page: PageSize.base).bytesDone + zeroFill(0, page: PageSize.huge).bytesDone
+    sink += Int(truncatingIfNeeded: Self.monotonicNanoseconds() & 1)
     pending[0] = fault
     attempts[0] = sink
     counters.recordFailure(address: 0, errno: .deadlock)
@@ -228,7 +237,10 @@ final class ServerCore: @unchecked Sendable {
       var tries = attempts[index]
       switch attempt(fault) {
       case .done:
-        _ = push(.fault(fault, uffd: uffd))
+        // Resolved faults reach `events` in batches: waking the delivery thread for each one put
+        // a pipe write and a thread switch on every fault, and a woken thread of this process is
+        // one more CPU every UFFDIO_MOVE's TLB flush must interrupt.
+        _ = push(.fault(fault, uffd: uffd), urgent: false)
         continue
       case .retryAfterEvents:
         tries += 1
@@ -324,7 +336,7 @@ final class ServerCore: @unchecked Sendable {
   /// Whether `address` is a missing page in a range registered with this handle: reading it would
   /// raise a userfault that only this thread could resolve.
   private func isMissingRegisteredPage(_ address: UInt) -> Bool {
-    guard uffd.isRegistered(address), pagemap >= 0 else { return false }
+    guard uffd.faultsWhenMissing(at: address), pagemap >= 0 else { return false }
     var entry: UInt64 = 0
     let offset = off_t(address / UInt(PageSize.base)) * 8
     guard pread(pagemap, &entry, 8, offset) == 8 else { return false }
@@ -355,21 +367,45 @@ final class ServerCore: @unchecked Sendable {
     _ = push(.failure(address: target, errno: errno))
   }
 
-  /// Hands an item to the delivery thread. False when the ring is full (the item is dropped).
-  private func push(_ item: DeliveryItem) -> Bool {
+  /// Hands an item to the delivery thread. False when the ring is full (the item is dropped). An
+  /// urgent item (a failure, a fork, a non-fault event) wakes the delivery thread at once; others
+  /// (resolved faults) wake it when the ring is a quarter full, or once the serving thread has
+  /// been quiet for ``lazyDeliveryMilliseconds``.
+  private func push(_ item: DeliveryItem, urgent: Bool = true) -> Bool {
     let head = ringHead.load(ordering: .relaxed)
-    guard head - ringTail.load(ordering: .acquiring) < Self.ringCapacity else {
+    let backlog = head - ringTail.load(ordering: .acquiring)
+    guard backlog < Self.ringCapacity else {
       counters.droppedEvents.wrappingAdd(1, ordering: .relaxed)
       return false
     }
     ring[head % Self.ringCapacity] = item
     ringHead.store(head + 1, ordering: .sequentiallyConsistent)
+    if urgent || backlog + 1 >= Self.ringCapacity / 4 {
+      lazySince = 0
+      wakeDelivery()
+    } else if lazySince == 0 {
+      lazySince = Self.monotonicNanoseconds()
+    }
+    return true
+  }
+
+  /// Wakes the delivery thread if it sleeps.
+  private func wakeDelivery() {
     if deliverySleeping.load(ordering: .sequentiallyConsistent),
        deliverySleeping.exchange(false, ordering: .sequentiallyConsistent) {
       var byte: UInt8 = 1
       _ = write(deliveryPipe.write, &byte, 1)
     }
-    return true
+  }
+
+  /// How long resolved faults may wait for the delivery thread while the serving thread is quiet.
+  static let lazyDeliveryMilliseconds: Int32 = 2
+
+  /// CLOCK_MONOTONIC in nanoseconds (a vDSO call: no system call, no allocation); never 0.
+  private static func monotonicNanoseconds() -> UInt64 {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return max(1, UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec))
   }
 
   // MARK: The delivery thread

@@ -41,4 +41,18 @@ extension Result where Failure == Errno {
     case .failure(let error): throw .systemCallFailed(call(), error)
     }
   }
+
+  /// Unwraps, turning the errno into the package's error for `call`, with what that errno means
+  /// for this call where `meaning` knows (appended after ``UserfaultfdError/reasonSeparator``).
+  @inline(__always)
+  func get(
+    systemCall call: @autoclosure () -> String, meaning: (Errno) -> String?
+  ) throws(UserfaultfdError) -> Success {
+    switch self {
+    case .success(let value): return value
+    case .failure(let error):
+      let reason = meaning(error).map { UserfaultfdError.reasonSeparator + $0 } ?? ""
+      throw .systemCallFailed(call() + reason, error)
+    }
+  }
 }
