@@ -82,8 +82,13 @@ struct SnapshotPagerTests {
       let first = try InProcessClient(socket: socket, pages: 16)
       let second = try InProcessClient(socket: socket, pages: 16)
       #expect(eventually(seconds: 10) { pager.activeSessions == 2 })
-      let third = try InProcessClient(socket: socket, pages: 16)
-      #expect(closedByPeer(third.socket), "the third client sees its connection closed")
+      // The third: the pager may close it before its handshake arrives (the send then fails with
+      // EPIPE) or after; either way it is refused, never left waiting.
+      let third = try UnixSocket.connect(to: socket)
+      let decoy = try Userfaultfd(options: .nonBlocking)
+      let regions = try RegionsJSON.encode([GuestRegion(base: 0x10_0000, size: 16 * PageSize.base, offset: 0)])
+      _ = try? third.send(regions, descriptor: decoy.fileDescriptor)
+      #expect(closedByPeer(third), "the third client sees its connection closed")
       #expect(pager.activeSessions == 2 && pager.totalSessions == 2)
       // The first two are served all along.
       let expected = try SnapshotFile(path: snapshot.path)
