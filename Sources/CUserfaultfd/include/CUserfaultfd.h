@@ -282,5 +282,6 @@ static inline void *cuffd_map_failed(void) { return MAP_FAILED; }
 #include "CUserfaultfdSocket.h"
 #include "CUserfaultfdSigbus.h"
 #include "CUserfaultfdMaps.h"
+#include "CUserfaultfdEpoll.h"
 
 #endif /* CUSERFAULTFD_H */

@@ -76,6 +76,8 @@ public enum InvalidArgument: Sendable, Equatable, CustomStringConvertible {
   /// UFFDIO_MOVE moves pages only between mappings of equal protection that are both writable;
   /// these are the source's and the destination's.
   case moveProtections(source: AnonymousMemory.Protection, destination: AnonymousMemory.Protection)
+  /// A setting contradicts another or the system (the reason says which).
+  case badConfiguration(String)
 
   public var description: String {
     switch self {
@@ -128,6 +130,8 @@ public enum InvalidArgument: Sendable, Equatable, CustomStringConvertible {
       return "the message carried no descriptor: the sender must attach its userfaultfd (SCM_RIGHTS)"
     case .notAUserfaultfd(let descriptor, let actually):
       return "descriptor \(descriptor) is not a userfaultfd (it is \(actually.isEmpty ? "closed" : actually))"
+    case .badConfiguration(let reason):
+      return reason
     case .badRegions(let reason):
       return "guest memory regions: \(reason)"
     case .unknownProtectionBits(let bits):

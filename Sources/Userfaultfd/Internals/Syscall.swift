@@ -4,7 +4,7 @@ import SystemPackage
 extension Errno {
   /// The calling thread's `errno`, read right after the call that set it.
   @inline(__always)
-  static var current: Errno { Errno(rawValue: errno) }
+  package static var current: Errno { Errno(rawValue: errno) }
 }
 
 /// Runs `call` and returns its value, or the errno it set when it returned -1. Retries EINTR when

@@ -8,8 +8,8 @@ struct BenchCommand: ParsableCommand {
     commandName: "bench",
     abstract: "Benchmark userfaultfd operations on this machine, Swift library beside C reference loops.",
     discussion: "Run in release mode: swift run -c release uffd bench. With no subcommand, runs moves then"
-      + " faults; restore (a snapshot restored into forked clients, minutes long) runs only as its own subcommand.",
-    subcommands: [MovesBenchCommand.self, FaultsBenchCommand.self, RestoreBenchCommand.self])
+      + " faults; restore and fleet (snapshots restored into forked clients, minutes long) run only as their own subcommands.",
+    subcommands: [MovesBenchCommand.self, FaultsBenchCommand.self, RestoreBenchCommand.self, FleetBenchCommand.self])
 
   @OptionGroup var options: BenchOptions
   @OptionGroup var output: OutputOptions
