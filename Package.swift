@@ -3,12 +3,11 @@ import PackageDescription
 
 let package = Package(
   name: "swift-userfaultfd",
-  // Linux (glibc) only: userfaultfd is a Linux interface. The platform line keeps Synchronization
-  // available to the manifest.
-  platforms: [.macOS(.v15)],
+  // Linux (glibc) only: userfaultfd is a Linux interface, so no Apple platform is declared.
   products: [
     .library(name: "Userfaultfd", targets: ["Userfaultfd"]),
     .library(name: "CompactingHeap", targets: ["CompactingHeap"]),
+    .library(name: "SnapshotPager", targets: ["SnapshotPager"]),
     .executable(name: "uffd", targets: ["uffd"]),
   ],
   dependencies: [
@@ -16,6 +15,13 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
+    // The snapshot pager daemon only (never the core library): logs, metrics and their Prometheus
+    // exposition over a small HTTP handler, start and graceful shutdown.
+    .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+    .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+    .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+    .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     // `swift package generate-documentation` for the DocC catalogs (CI builds them, warnings as errors).
     .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
   ],
@@ -30,7 +36,36 @@ let package = Package(
       dependencies: [
         "CUserfaultfd",
         .product(name: "SystemPackage", package: "swift-system"),
-        .product(name: "Histogram", package: "hdrhistogram-swift"),  // the snapshot server's fault latencies
+      ]
+    ),
+    // The snapshot pager: sessions serving other processes' memory from snapshot files, one event
+    // loop per CPU over all of them, the shared snapshot mappings, the control protocol. Logs and
+    // metrics through the swift-log / swift-metrics APIs only (the daemon picks the backends).
+    .target(
+      name: "SnapshotPager",
+      dependencies: [
+        "Userfaultfd",
+        "CUserfaultfd",
+        .product(name: "SystemPackage", package: "swift-system"),
+        .product(name: "Histogram", package: "hdrhistogram-swift"),  // fault service latencies
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "Metrics", package: "swift-metrics"),
+      ]
+    ),
+    // The pager as a host daemon: Prometheus exposition over HTTP (swift-nio), start and graceful
+    // shutdown (swift-service-lifecycle). Only the `uffd` executable links it.
+    .target(
+      name: "SnapshotPagerDaemon",
+      dependencies: [
+        "SnapshotPager",
+        "Userfaultfd",
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "Metrics", package: "swift-metrics"),
+        .product(name: "Prometheus", package: "swift-prometheus"),
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
       ]
     ),
     // A concurrent compacting heap: the seed thread's use case.
@@ -50,15 +85,19 @@ let package = Package(
       name: "UffdTools",
       dependencies: [
         "Userfaultfd",
+        "SnapshotPager",
         "CompactingHeap",
         "CUserfaultfdReference",
         .product(name: "Histogram", package: "hdrhistogram-swift"),
+        .product(name: "Logging", package: "swift-log"),  // a quiet log for the pager the benchmarks start
       ]
     ),
     .executableTarget(
       name: "uffd",
       dependencies: [
         "UffdTools",
+        "SnapshotPager",
+        "SnapshotPagerDaemon",
         "Userfaultfd",
         "CompactingHeap",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -69,15 +108,23 @@ let package = Package(
       name: "LazyFileExample",
       dependencies: [
         "Userfaultfd",
+        "SnapshotPager",
         .product(name: "SystemPackage", package: "swift-system"),
       ],
       path: "Examples/LazyFile"
+    ),
+    // UFFDIO_MOVE with partial progress, a strict move stopped by a fork, and the copy fallback.
+    .executableTarget(
+      name: "MovePagesExample",
+      dependencies: ["Userfaultfd"],
+      path: "Examples/MovePages"
     ),
     // The client side of `uffd serve`: a process restoring its memory lazily, like a VMM.
     .executableTarget(
       name: "RestoreClientExample",
       dependencies: [
         "Userfaultfd",
+        "SnapshotPager",
         .product(name: "SystemPackage", package: "swift-system"),
       ],
       path: "Examples/RestoreClient"
@@ -97,9 +144,12 @@ let package = Package(
       name: "UserfaultfdTests",
       dependencies: [
         "Userfaultfd",
+        "SnapshotPager",
+        "SnapshotPagerDaemon",
         "UffdTools",
         "CUserfaultfd",
         "CUserfaultfdTestSupport",
+        .product(name: "Logging", package: "swift-log"),
         .product(name: "SystemPackage", package: "swift-system"),
         .product(name: "PropertyBased", package: "swift-property-based"),
       ]

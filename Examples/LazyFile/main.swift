@@ -7,6 +7,7 @@
 import Foundation
 import Synchronization
 import SystemPackage
+import SnapshotPager
 import Userfaultfd
 
 let page = PageSize.base

@@ -8,6 +8,7 @@
 //   swift run RestoreClientExample SOCKET SNAPSHOT [--die-after PAGES]
 import Foundation
 import SystemPackage
+import SnapshotPager
 import Userfaultfd
 
 let arguments = Array(CommandLine.arguments.dropFirst())

@@ -3,7 +3,7 @@ import ArgumentParser
 /// The `uffd` tool: probe the kernel, benchmark, compact, stress. Every subcommand only parses and
 /// calls into `UffdTools`.
 @main
-struct UffdCommand: ParsableCommand {
+struct UffdCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "uffd",
     abstract: "userfaultfd from Swift: probe the kernel's UFFDIO_MOVE support and more.",

@@ -23,6 +23,17 @@ struct CommandLineTests {
     ["serve", "--socket", "/tmp/x", "--snapshot", "s", "--prefetch-pages", "5000"],
     ["serve", "--socket", "/tmp/x", "--snapshot", "s", "--accept-timeout", "-1"],
     ["serve", "--socket", "/tmp/x", "--snapshot", "s", "--accept-timeout", "nan"],
+    ["serve", "--listen", "nopair"], ["serve", "--listen", "=snap"], ["serve", "--listen", "sock="],
+    ["serve", "--listen", "a=b", "--max-sessions", "0"], ["serve", "--listen", "a=b", "--max-sessions", "70000"],
+    ["serve", "--listen", "a=b", "--socket-mode", "999"], ["serve", "--listen", "a=b", "--socket-mode", "rw"],
+    ["serve", "--listen", "a=b", "--socket-owner", "root"], ["serve", "--listen", "a=b", "--socket-owner", "1:2:3"],
+    ["serve", "--listen", "a=b", "--metrics", "9090"], ["serve", "--listen", "a=b", "--metrics", "127.0.0.1:70000"],
+    ["serve", "--listen", "a=b", "--on-unservable", "maybe"], ["serve", "--listen", "a=b", "--drain-timeout", "0"],
+    ["serve", "--listen", "a=b", "--drain-timeout", "inf"], ["serve", "--listen", "a=b", "--loops", "0"],
+    ["serve", "--listen", "a=b", "--handshake-timeout", "-2"], ["serve", "--listen", "a=b", "--loop-nice", "-21"],
+    ["serve", "--listen", "a=b", "--loop-nice", "20"], ["serve", "--listen", "a=b", "--accept-timeout", "5"],
+    ["serve", "--once", "--listen", "a=b", "--listen", "c=d"], ["serve", "--once", "--control", "/tmp/c"],
+    ["serve", "--once", "--listen", "a=b", "--metrics", "127.0.0.1:9090"],
   ])
   func badCommandLinesAreUsageErrors(arguments: [String]) {
     do {
@@ -32,6 +43,17 @@ struct CommandLineTests {
       #expect(!UffdCommand.message(for: error).isEmpty, "\(arguments)")
       #expect(UffdCommand.exitCode(for: error) != .success, "\(arguments)")
     }
+  }
+
+  @Test func serveTakesSeveralSnapshotsAControlSocketAndTheDaemonOptions() throws {
+    let command = try UffdCommand.parseAsRoot([
+      "serve", "--listen", "/run/a.sock=/srv/a.mem", "--listen", "/run/b.sock=/srv/b.mem", "--control", "/run/ctl.sock",
+      "--max-sessions", "64", "--metrics", "127.0.0.1:9464", "--socket-mode", "660", "--socket-owner", "123:456",
+      "--on-unservable", "zeros", "--drain-timeout", "5", "--fault-around", "1",
+    ])
+    #expect(command is ServeCommand)
+    #expect(try UffdCommand.parseAsRoot(["serve", "--once", "--socket", "/tmp/s", "--snapshot", "/tmp/m"]) is ServeCommand)
+    #expect(try UffdCommand.parseAsRoot(["serve", "--control", "/tmp/ctl"]) is ServeCommand)
   }
 
   @Test func thereIsNoDefaultSubcommand() throws {

@@ -71,11 +71,19 @@ struct AnonymousMemoryTests {
   }
 
   @Test func unsupportedAdviceIsASystemCallError() throws {
-    // MADV_WIPEONFORK is for private memory only: shared memory gets EINVAL from the kernel.
-    let shared = try AnonymousMemory(length: page, sharing: .shared)
-    let error = #expect(throws: UserfaultfdError.self) { try shared.advise(.wipeOnFork) }
+    // Advice the kernel does not know gets EINVAL from it, named in the error.
+    let memory = try AnonymousMemory(length: page)
+    let error = #expect(throws: UserfaultfdError.self) { try memory.advise(AnonymousMemory.Advice(rawValue: 9_999)) }
     #expect(error?.errno == .invalidArgument)
-    #expect({ if case .systemCallFailed(let call, _)? = error { call.hasPrefix("madvise") } else { false } }())
+    #expect({ if case .systemCallFailed(let call, _)? = error { call.hasPrefix("madvise(MADV_9999)") } else { false } }())
+  }
+
+  @Test func privateOnlyAdviceOnSharedMemoryIsRefusedBeforeTheCall() throws {
+    // MADV_WIPEONFORK is for private memory only: refused before the kernel sees it.
+    let shared = try AnonymousMemory(length: page, sharing: .shared)
+    #expect(throws: UserfaultfdError.invalidArgument(.memory, .adviceNeedsPrivateMemory("MADV_WIPEONFORK"))) {
+      try shared.advise(.wipeOnFork)
+    }
   }
 }
 

@@ -1,6 +1,7 @@
 import CUserfaultfd
 import SystemPackage
 import Testing
+@testable import SnapshotPager
 @testable import Userfaultfd
 
 /// What can be checked without a userfaultfd: argument validation, the reading of kernel answers,

@@ -282,6 +282,7 @@ static inline void *cuffd_map_failed(void) { return MAP_FAILED; }
 #include "CUserfaultfdSocket.h"
 #include "CUserfaultfdSigbus.h"
 #include "CUserfaultfdMaps.h"
+#include "CUserfaultfdEpoll.h"
 #include "CUserfaultfdWriteProtect.h"
 
 #endif /* CUSERFAULTFD_H */

@@ -77,6 +77,30 @@ pid_t cuffd_ref_restore_client(const char *socket_path, size_t size, int pattern
 int cuffd_ref_restore_server(int listener, const char *snapshot, size_t snapshot_length, int64_t *latencies_ns,
                              size_t capacity, size_t *faults);
 
+// MARK: - A fleet of clones (`uffd bench fleet`)
+
+/// What one clone of the fleet measured, in memory shared with the parent.
+struct cuffd_ref_fleet_result {
+  int64_t start_ns;       ///< CLOCK_MONOTONIC when the handshake was sent
+  int64_t end_ns;         ///< CLOCK_MONOTONIC when the working set had been read
+  int64_t pages_touched;
+  int64_t status;         ///< 0, or the step that failed
+};
+
+/// Forks one clone: like `cuffd_ref_restore_client`, but reads a random tenth of the pages in
+/// 64 KiB runs placed by `seed` (a different working set per clone), timing every first touch
+/// into `latencies_ns` (capacity: a tenth of the pages), and writes its result to `result`
+/// (both in MAP_SHARED memory). Returns its pid or -1.
+pid_t cuffd_ref_fleet_client(const char *socket_path, size_t size, uint64_t seed, int64_t *latencies_ns,
+                             struct cuffd_ref_fleet_result *result);
+
+/// Forks one C handler process, as Firecracker's example runs one per VM: it maps the snapshot
+/// file itself, listens at `socket_path`, serves one client with one UFFDIO_COPY per 4 KiB fault
+/// until it hangs up, stores the resident bytes it added (its RSS at the end less what the fork
+/// inherited: the snapshot pages it mapped, its buffers) in `rss_bytes[0]` and the anonymous part
+/// of them in `rss_bytes[1]` (shared memory), and exits. Returns its pid or -1.
+pid_t cuffd_ref_fleet_handler(const char *socket_path, const char *snapshot_path, int64_t *rss_bytes);
+
 /// Waits up to `milliseconds` for `pid`; kills it when it has not ended. Returns its exit code,
 /// 128 + its signal, or -1.
 int cuffd_ref_wait(pid_t pid, int milliseconds);

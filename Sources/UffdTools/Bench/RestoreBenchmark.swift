@@ -1,12 +1,15 @@
 import CUserfaultfdReference
 import Foundation
 import Histogram
+import Logging
 import Synchronization
+import SnapshotPager
 import Userfaultfd
 
 /// `uffd bench restore`: a snapshot file restored lazily into a separate client process over a
 /// Unix socket (Firecracker's handshake), by the library's ``SnapshotServer`` three ways (demand
-/// faults only; adaptive fault-around; fault-around plus background prefetch) and, beside it in
+/// faults only; adaptive fault-around; fault-around plus background prefetch), by the pager daemon's
+/// code already running (`swift-daemon`: demand faults, what a VMM connecting to `uffd serve` sees) and, beside it in
 /// the same run, by a C handler doing what Firecracker's example handler does (one UFFDIO_COPY per
 /// 4 KiB fault). Three access patterns: every page in order; a working set of a tenth of the
 /// pages in randomly placed 64 KiB runs; a tenth of the pages scattered with no locality at all.
@@ -73,7 +76,7 @@ package struct RestoreBenchmark {
     let size = mib << 20
     let path = NSTemporaryDirectory() + "uffd-bench-restore-\(getpid()).snap"
     progress("writing a \(mib) MiB snapshot to \(path)")
-    try writeSnapshot(path: path, size: size)
+    try Self.writeSnapshot(path: path, size: size)
     defer { unlink(path) }
     let snapshot = try SnapshotFile(path: path)
     let memcpy = try memcpyBound(snapshot)
@@ -85,7 +88,7 @@ package struct RestoreBenchmark {
     let rows: [(handler: String, strategy: Strategy, install: Install, pattern: Pattern)] =
       Pattern.allCases.flatMap { pattern in
         Strategy.allCases.map { ("swift", $0, Install.copyFromMapping, pattern) }
-          + [("c-reference", .demand, .copyFromMapping, pattern)]
+          + [("swift-daemon", .demand, .copyFromMapping, pattern), ("c-reference", .demand, .copyFromMapping, pattern)]
       }
       + [Pattern.sequential, .random10pct].flatMap { pattern in
         installs.map { ("swift-in-process", Strategy.faultAround, $0, pattern) }
@@ -98,6 +101,8 @@ package struct RestoreBenchmark {
         progress("rep \(rep)/\(reps): \(key(row))")
         let sample = row.handler == "swift-in-process"
           ? try measureInProcess(row.install, row.pattern, snapshot: snapshot)
+          : row.handler == "swift-daemon"
+          ? try measureDaemon(row.strategy, row.pattern, path: path, snapshot: snapshot)
           : try measure(row.handler, row.strategy, row.pattern, snapshot: snapshot)
         samples[key(row), default: []].append(sample)
       }
@@ -183,6 +188,42 @@ package struct RestoreBenchmark {
     }
   }
 
+  /// One restore served by the pager daemon's code (``SnapshotPagerHost``, as `uffd serve` runs it):
+  /// started and its snapshot mapped and populated before the client exists, so the first byte
+  /// measures what a VMM connecting to a running daemon waits for.
+  func measureDaemon(_ strategy: Strategy, _ pattern: Pattern, path: String, snapshot: SnapshotFile) throws -> Sample {
+    let socketPath = NSTemporaryDirectory() + "uffd-bench-restore-daemon-\(getpid()).sock"
+    var configuration = PagerConfiguration(
+      listens: [.init(socketPath: socketPath, snapshotPath: path)], maxSessions: 4,
+      server: .init(faultAroundPages: strategy == .demand ? 1 : 256, prefetch: strategy == .prefetch, prefetchPages: 256))
+    configuration.handshakeTimeout = .seconds(30)
+    var logger = Logger(label: "bench.restore.pager")
+    logger.logLevel = .error
+    let ended = Mutex<SnapshotServer.Statistics?>(nil)
+    let pager = try SnapshotPagerHost(configuration: configuration, logger: logger) { statistics in
+      ended.withLock { $0 = statistics }
+    }
+    try pager.start()
+    defer {
+      pager.stop()
+      _ = pager.waitUntilFinished(timeout: .seconds(10))
+    }
+    var report: [Int32] = [-1, -1]
+    guard pipe(&report) == 0 else { throw ToolError("pipe: \(String(cString: strerror(errno)))") }
+    defer { close(report[0]); close(report[1]) }
+    let child = cuffd_ref_restore_client(socketPath, snapshot.length, pattern.reference, report[1])
+    guard child > 0 else { throw ToolError("fork: \(String(cString: strerror(errno)))") }
+    let status = cuffd_ref_wait(child, 60_000)
+    guard status == 0 else { throw ToolError("the restore client failed (status \(status))") }
+    let deadline = ContinuousClock.now + .seconds(10)
+    while ended.withLock({ $0 == nil }) && ContinuousClock.now < deadline { usleep(1000) }
+    guard let statistics = ended.withLock({ $0 }), statistics.failedFaults == 0 else {
+      throw ToolError("the daemon's session did not end cleanly")
+    }
+    return try finish(report[0], faults: statistics.faults, p50: statistics.faultLatencyP50.microseconds,
+                      p99: statistics.faultLatencyP99.microseconds)
+  }
+
   /// An in-process restore: the faulting reader is a thread of this process, so the loader may
   /// install by MOVE. The server runs on its own thread; this thread reads the pattern.
   func measureInProcess(_ install: SnapshotServer.Configuration.Install, _ pattern: Pattern, snapshot: SnapshotFile) throws -> Sample {
@@ -233,7 +274,7 @@ package struct RestoreBenchmark {
   }
 
   /// A snapshot of `size` bytes with a different word everywhere, left in the page cache.
-  private func writeSnapshot(path: String, size: Int) throws {
+  static func writeSnapshot(path: String, size: Int) throws {
     let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
     guard fd >= 0 else { throw ToolError("cannot create \(path): \(String(cString: strerror(errno)))") }
     defer { close(fd) }

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import SnapshotPager
 import Userfaultfd
 
 /// `uffd serve`: a snapshot page server for one client that speaks Firecracker's snapshot-resume
@@ -20,7 +21,8 @@ package struct ServeJob: Sendable {
   /// Serves one client and returns the summary (the socket file is removed again).
   package func run(progress: Progress) throws -> ServeReport {
     let snapshot = try SnapshotFile(path: snapshotPath)
-    let listener = try UnixSocket.listen(at: socketPath)
+    // A socket file a killed server left behind is reclaimed; one something listens on is refused.
+    let listener = try ListeningSocket.bind(socketPath, access: .init(mode: 0o600), backlog: 1)
     defer {
       listener.close()
       unlink(socketPath)
@@ -80,6 +82,13 @@ package struct ServeReport: Encodable, Sendable {
     faultP50Us = s.faultLatencyP50.microseconds
     faultP99Us = s.faultLatencyP99.microseconds
     elapsedMs = s.elapsed.microseconds / 1000
+  }
+
+  /// Whether the session went as it should: it ended with its client (hung up, or the process
+  /// gone) and every fault was served. `uffd serve --once` exits non-zero otherwise.
+  package var succeeded: Bool {
+    (endReason == SnapshotServer.Statistics.EndReason.clientHungUp.rawValue
+      || endReason == SnapshotServer.Statistics.EndReason.processGone.rawValue) && failedFaults == 0
   }
 
   /// The summary as the tool prints it.

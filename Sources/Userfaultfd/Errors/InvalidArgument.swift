@@ -63,6 +63,21 @@ public enum InvalidArgument: Sendable, Equatable, CustomStringConvertible {
   case badRegions(String)
   /// The memory has no file behind it to map again (only ``AnonymousMemory/memfd(length:)`` has).
   case notFileBacked
+  /// Protection bits other than read, write and execute (the unknown bits).
+  case unknownProtectionBits(Int32)
+  /// madvise advice the kernel takes on private memory only, given for shared memory (its name).
+  case adviceNeedsPrivateMemory(String)
+  /// A source page the kernel would have to read is missing in memory registered with this same
+  /// handle (MISSING or MINOR mode): reading it raises a userfault on this handle, and the call
+  /// would wait until someone resolves it.
+  case sourceIsMissingRegisteredPage(Address)
+  /// The source at this address cannot be read: its protection (given) has no `PROT_READ`.
+  case sourceNotReadable(Address, AnonymousMemory.Protection)
+  /// UFFDIO_MOVE moves pages only between mappings of equal protection that are both writable;
+  /// these are the source's and the destination's.
+  case moveProtections(source: AnonymousMemory.Protection, destination: AnonymousMemory.Protection)
+  /// A setting contradicts another or the system (the reason says which).
+  case badConfiguration(String)
 
   public var description: String {
     switch self {
@@ -115,8 +130,26 @@ public enum InvalidArgument: Sendable, Equatable, CustomStringConvertible {
       return "the message carried no descriptor: the sender must attach its userfaultfd (SCM_RIGHTS)"
     case .notAUserfaultfd(let descriptor, let actually):
       return "descriptor \(descriptor) is not a userfaultfd (it is \(actually.isEmpty ? "closed" : actually))"
+    case .badConfiguration(let reason):
+      return reason
     case .badRegions(let reason):
       return "guest memory regions: \(reason)"
+    case .unknownProtectionBits(let bits):
+      return "unknown protection bits 0x\(String(UInt32(bitPattern: bits), radix: 16)): pass a combination of"
+        + " PROT_READ, PROT_WRITE and PROT_EXEC (.read, .write, .execute) or PROT_NONE"
+    case .adviceNeedsPrivateMemory(let advice):
+      return "\(advice) applies to private memory only and this mapping is shared; nothing was changed"
+    case .sourceIsMissingRegisteredPage(let address):
+      return "source page at \(address) is missing in a range registered with this same userfaultfd:"
+        + " the kernel would fault on it and wait for this handle's fault handler; resolve (fill) that"
+        + " page first, copy from unregistered memory, or use .move; nothing was changed"
+    case .sourceNotReadable(let address, let protection):
+      return "the source at \(address) is not readable (\(protection)): make it readable with mprotect"
+        + " first; nothing was changed"
+    case .moveProtections(let source, let destination):
+      return "UFFDIO_MOVE moves pages only between writable mappings of equal protection; the source is"
+        + " \(source) and the destination \(destination): mprotect one of them, or copy; nothing was"
+        + " changed"
     case .notFileBacked:
       return "this memory has no file behind it: create it with AnonymousMemory.memfd(length:) to map it again"
     }

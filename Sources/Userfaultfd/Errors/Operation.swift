@@ -30,8 +30,10 @@ public enum Operation: String, Sendable, Hashable, CaseIterable {
   case socket = "socket"
   /// Adopting a userfaultfd another process opened.
   case adopt = "adopt"
-  /// Serving another process's memory from a snapshot (``SnapshotServer``).
+  /// Serving another process's memory from a snapshot (the SnapshotPager module's `SnapshotServer`).
   case serve = "serve"
+  /// Setting up a ``SigbusRegion`` (its range, its source, its registration).
+  case sigbusRegion = "SigbusRegion"
   /// `PAGEMAP_SCAN` on `/proc/PID/pagemap` (Linux 6.7+): written pages found and re-protected.
   case pagemapScan = "PAGEMAP_SCAN"
   /// Tracking which pages are written (``DirtyTracker``).

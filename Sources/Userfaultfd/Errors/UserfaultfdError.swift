@@ -5,7 +5,8 @@ import SystemPackage
 /// (`description`) and carries what a caller needs to recover: the errno, the range, and the
 /// bytes already done.
 public enum UserfaultfdError: Error, Sendable, Equatable, CustomStringConvertible {
-  /// An argument was rejected before any system call; nothing was changed.
+  /// An argument was rejected, before any system call or by the kernel's first answer (a source
+  /// it could not read, protections MOVE does not take); nothing was changed.
   case invalidArgument(Operation, InvalidArgument)
   /// The kernel refused a userfaultfd ioctl. The failure may carry partial progress.
   case operationFailed(OperationFailure)
@@ -15,13 +16,18 @@ public enum UserfaultfdError: Error, Sendable, Equatable, CustomStringConvertibl
   case featuresUnsupported(requested: Features, missing: Features)
   /// The handle was closed before the operation.
   case closed(Operation)
-  /// A supporting system call (mmap, madvise, read, ...) failed.
+  /// A supporting system call (mmap, madvise, read, ...) failed. The text names the call and its
+  /// arguments by name (`madvise(MADV_WIPEONFORK)`), followed, where the package knows what the
+  /// errno means for that call, by ``reasonSeparator`` and the reason.
   case systemCallFailed(String, Errno)
   /// The running kernel lacks what the operation needs (decided at run time).
   case notSupported(Operation, String)
   /// A logical move (``PageMover``) stopped before the end. The report says exactly which pages
   /// moved, were copied or skipped; every other page is still in the source.
   indirect case moveStopped(MoveReport)
+
+  /// Separates a ``systemCallFailed(_:_:)`` call's text from what its errno means for that call.
+  public static let reasonSeparator = " -- "
 
   /// The errno behind this error, if the kernel produced one.
   public var errno: Errno? {
@@ -68,7 +74,10 @@ public enum UserfaultfdError: Error, Sendable, Equatable, CustomStringConvertibl
     case .closed(let operation):
       return "\(operation.rawValue): the userfaultfd handle is already closed"
     case .systemCallFailed(let call, let error):
-      return "\(call) failed: \(ErrnoName.of(error)) (\(error))"
+      let parts = call.split(separator: Self.reasonSeparator, maxSplits: 1)
+      let what = parts.first.map(String.init) ?? call
+      let why = parts.count > 1 ? ": " + parts[1] : ""
+      return "\(what) failed: \(ErrnoName.of(error)) (\(error))\(why)"
     case .notSupported(let operation, let reason):
       return "\(operation.rawValue): \(reason)"
     case .moveStopped(let report):

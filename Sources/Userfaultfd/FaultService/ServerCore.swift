@@ -324,7 +324,7 @@ final class ServerCore: @unchecked Sendable {
   /// Whether `address` is a missing page in a range registered with this handle: reading it would
   /// raise a userfault that only this thread could resolve.
   private func isMissingRegisteredPage(_ address: UInt) -> Bool {
-    guard uffd.isRegistered(address), pagemap >= 0 else { return false }
+    guard uffd.faultsWhenMissing(at: address), pagemap >= 0 else { return false }
     var entry: UInt64 = 0
     let offset = off_t(address / UInt(PageSize.base)) * 8
     guard pread(pagemap, &entry, 8, offset) == 8 else { return false }

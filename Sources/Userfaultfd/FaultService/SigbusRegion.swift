@@ -62,7 +62,11 @@ public final class SigbusRegion: @unchecked Sendable {
   /// Registers `length` bytes at `start` (MISSING mode) and resolves their faults from `source`.
   ///
   /// - Throws: ``UserfaultfdError/notSupported(_:_:)`` for `.move` on a kernel without UFFDIO_MOVE
-  ///   (Linux < 6.8), before anything is registered; see the designated initializer for the rest.
+  ///   (Linux < 6.8); ``InvalidArgument/sourceNotReadable(_:_:)`` for a `.copy` source whose
+  ///   first page's mapping cannot be read, ``InvalidArgument/moveProtections(source:destination:)``
+  ///   for a `.move` source whose protection MOVE does not take (both before anything is
+  ///   registered: at fault time they could only fail the fault); see the designated initializer
+  ///   for the rest.
   public convenience init(
     uffd: Userfaultfd, start: UnsafeMutableRawPointer, length: Int, source: Source,
     onFailure: UnresolvableFaultAction = .poison
@@ -79,10 +83,18 @@ public final class SigbusRegion: @unchecked Sendable {
           + " is not usable here (\(PageMover.moveVerdict)); use .copy on this kernel")
       }
       _ = try PageRange.pair(source: UnsafeRawPointer(bitPattern: base) ?? UnsafeRawPointer(start),
-                             destination: start, length: length, operation: .move)
+                             destination: start, length: length, operation: .sigbusRegion)
+      // Checked now, not at fault time, where it could only poison the page.
+      if let origin = Mapping.containing(base), let target = Mapping.containing(UInt(bitPattern: start)),
+         origin.protection != target.protection || !origin.isWritable {
+        throw .invalidArgument(.sigbusRegion, .moveProtections(source: origin.protection, destination: target.protection))
+      }
     } else if base != 0 {
       _ = try PageRange.pair(source: UnsafeRawPointer(bitPattern: base) ?? UnsafeRawPointer(start),
-                             destination: start, length: length, operation: .copy)
+                             destination: start, length: length, operation: .sigbusRegion)
+      if let origin = Mapping.containing(base), !origin.isReadable {
+        throw .invalidArgument(.sigbusRegion, .sourceNotReadable(Address(rawValue: base), origin.protection))
+      }
     }
     let context = UnsafeMutablePointer<cuffd_sigbus_source>.allocate(capacity: 1)
     context.initialize(to: cuffd_sigbus_source(
@@ -117,10 +129,10 @@ public final class SigbusRegion: @unchecked Sendable {
     context: UnsafeMutableRawPointer?, onFailure: UnresolvableFaultAction
   ) throws(UserfaultfdError) {
     guard uffd.features.contains(.sigbus) else {
-      throw .invalidArgument(.register, .handleLacksFeatures(.sigbus))
+      throw .invalidArgument(.sigbusRegion, .handleLacksFeatures(.sigbus))
     }
-    let range = try PageRange(start, length: length, role: .range, operation: .register)
-    let fd = try uffd.fd(for: .register)
+    let range = try PageRange(start, length: length, role: .range, operation: .sigbusRegion)
+    let fd = try uffd.fd(for: .sigbusRegion)
     guard cuffd_sigbus_install() == 0 else {
       throw .systemCallFailed("sigaction(SIGBUS)", .current)
     }
@@ -132,9 +144,9 @@ public final class SigbusRegion: @unchecked Sendable {
       action == .poison ? CUFFD_SIGBUS_FAIL_POISON : CUFFD_SIGBUS_FAIL_ZEROPAGE, resolver, context)
     guard slot >= 0 else {
       if Errno.current == .fileExists {
-        throw .invalidArgument(.register, .overlapsLiveRegion(Address(rawValue: range.start)..<Address(rawValue: range.end)))
+        throw .invalidArgument(.sigbusRegion, .overlapsLiveRegion(Address(rawValue: range.start)..<Address(rawValue: range.end)))
       }
-      throw .invalidArgument(.register, .tooManyRegions(max: Int(CUFFD_SIGBUS_MAX_REGIONS)))
+      throw .invalidArgument(.sigbusRegion, .tooManyRegions(max: Int(CUFFD_SIGBUS_MAX_REGIONS)))
     }
     do {
       try uffd.register(start, length: length, mode: .missing)

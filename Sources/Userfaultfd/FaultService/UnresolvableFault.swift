@@ -12,7 +12,7 @@ public enum UnresolvableFaultAction: Sendable, Hashable {
   case zeroPage
 
   /// This action as the running kernel can carry it out.
-  func effective(on uffd: Userfaultfd) -> UnresolvableFaultAction {
+  package func effective(on uffd: Userfaultfd) -> UnresolvableFaultAction {
     self == .poison && !uffd.supportedFeatures.contains(.poison) ? .zeroPage : self
   }
 }

@@ -5,32 +5,35 @@
 /// registered missing page (the kernel would fault on it inside the server's own ioctl and wait
 /// for the server: a deadlock).
 struct RegisteredRanges: Sendable {
-  struct Range: Sendable {
+  struct Range: Sendable, Equatable {
     var start: UInt
     var end: UInt
     var pageSize: Int
+    /// Registered in MISSING or MINOR mode: reading a page that is not mapped there raises a
+    /// userfault on this handle (write-protect mode alone does not).
+    var faultsWhenMissing: Bool
   }
 
   private(set) var ranges: [Range] = []
 
-  /// Adds `start..<end` of memory with pages of `pageSize` bytes, merging with neighbours of the
-  /// same page size.
-  mutating func insert(_ start: UInt, _ end: UInt, pageSize: Int = PageSize.base) {
-    var lower = start
-    var upper = end
-    var kept: [Range] = []
-    kept.reserveCapacity(ranges.count + 1)
+  /// Records `start..<end` of memory with pages of `pageSize` bytes as registered: a registration
+  /// replaces the mode of whatever part was registered before (as the kernel does), and neighbours
+  /// of the same page size and kind merge.
+  mutating func insert(_ start: UInt, _ end: UInt, pageSize: Int = PageSize.base, faultsWhenMissing: Bool = true) {
+    remove(start, end)
+    ranges.append(Range(start: start, end: end, pageSize: pageSize, faultsWhenMissing: faultsWhenMissing))
+    ranges.sort { $0.start < $1.start }
+    var merged: [Range] = []
+    merged.reserveCapacity(ranges.count)
     for range in ranges {
-      if range.end < lower || range.start > upper || range.pageSize != pageSize {
-        kept.append(range)
+      if let last = merged.last, last.end == range.start, last.pageSize == range.pageSize,
+         last.faultsWhenMissing == range.faultsWhenMissing {
+        merged[merged.count - 1].end = range.end
       } else {
-        lower = min(lower, range.start)
-        upper = max(upper, range.end)
+        merged.append(range)
       }
     }
-    kept.append(Range(start: lower, end: upper, pageSize: pageSize))
-    kept.sort { $0.start < $1.start }
-    ranges = kept
+    ranges = merged
   }
 
   /// Removes `start..<end`, splitting ranges that straddle it.
@@ -42,10 +45,23 @@ struct RegisteredRanges: Sendable {
         kept.append(range)
         continue
       }
-      if range.start < start { kept.append(Range(start: range.start, end: start, pageSize: range.pageSize)) }
-      if range.end > end { kept.append(Range(start: end, end: range.end, pageSize: range.pageSize)) }
+      if range.start < start {
+        kept.append(Range(start: range.start, end: start, pageSize: range.pageSize, faultsWhenMissing: range.faultsWhenMissing))
+      }
+      if range.end > end {
+        kept.append(Range(start: end, end: range.end, pageSize: range.pageSize, faultsWhenMissing: range.faultsWhenMissing))
+      }
     }
     ranges = kept
+  }
+
+  /// The parts of `start..<end` registered in a mode where a missing page faults (MISSING or
+  /// MINOR), in address order.
+  func missingFaultingParts(of start: UInt, _ end: UInt) -> [(start: UInt, end: UInt)] {
+    ranges.compactMap { range in
+      guard range.faultsWhenMissing, range.end > start, range.start < end else { return nil }
+      return (max(range.start, start), min(range.end, end))
+    }
   }
 
   /// The index of the registered range holding `address`, or -1. Allocation-free, and free of
@@ -75,4 +91,11 @@ struct RegisteredRanges: Sendable {
 
   /// Whether `address` lies in a registered range. Allocation-free.
   func contains(_ address: UInt) -> Bool { index(containing: address) >= 0 }
+
+  /// Whether `address` lies in a range where a missing page faults (MISSING or MINOR mode).
+  /// Allocation-free.
+  func faultsWhenMissing(at address: UInt) -> Bool {
+    let index = index(containing: address)
+    return index >= 0 && ranges[index].faultsWhenMissing
+  }
 }

@@ -167,9 +167,30 @@ public final class Userfaultfd: Sendable {
     }
   }
 
-  /// Whether `address` lies in a range this handle registered.
-  func isRegistered(_ address: UInt) -> Bool {
-    registrations.withLock { $0.contains(address) }
+  /// Whether `address` lies in a range this handle registered in MISSING or MINOR mode, where
+  /// reading a page that is not mapped raises a userfault on this handle. Allocation-free.
+  func faultsWhenMissing(at address: UInt) -> Bool {
+    registrations.withLock { $0.faultsWhenMissing(at: address) }
+  }
+
+  /// Throws when a page of `source` (memory the kernel is about to read for `operation`) is
+  /// missing in a range this handle registered in MISSING or MINOR mode: the kernel's read would
+  /// raise a userfault on this very handle, and the call would wait until someone resolves it,
+  /// forever if the caller is the only one who could. Checked page by page in /proc/self/pagemap,
+  /// only where the source overlaps such a range. A page another thread drops after this check
+  /// can still make the call wait for the handle's fault handler.
+  func requireNoMissingRegisteredPage(in source: PageRange, for operation: Operation) throws(UserfaultfdError) {
+    let parts = registrations.withLock { $0.missingFaultingParts(of: source.start, source.end) }
+    guard !parts.isEmpty, let map = PageMap() else { return }
+    let page = UInt(PageSize.base)
+    for part in parts {
+      let first = part.start & ~(page - 1)
+      let count = Int((part.end - first + page - 1) / page)
+      guard let entries = map.entries(at: first, count: count) else { continue }
+      if let index = entries.firstIndex(where: { $0.isHole }) {
+        throw .invalidArgument(operation, .sourceIsMissingRegisteredPage(Address(rawValue: first + UInt(index) * page)))
+      }
+    }
   }
 
   /// The page size of the registered memory at `address` (allocation-free); nil when this handle

@@ -4,7 +4,7 @@ import SystemPackage
 extension Errno {
   /// The calling thread's `errno`, read right after the call that set it.
   @inline(__always)
-  static var current: Errno { Errno(rawValue: errno) }
+  package static var current: Errno { Errno(rawValue: errno) }
 }
 
 /// Runs `call` and returns its value, or the errno it set when it returned -1. Retries EINTR when
@@ -39,6 +39,20 @@ extension Result where Failure == Errno {
     switch self {
     case .success(let value): return value
     case .failure(let error): throw .systemCallFailed(call(), error)
+    }
+  }
+
+  /// Unwraps, turning the errno into the package's error for `call`, with what that errno means
+  /// for this call where `meaning` knows (appended after ``UserfaultfdError/reasonSeparator``).
+  @inline(__always)
+  func get(
+    systemCall call: @autoclosure () -> String, meaning: (Errno) -> String?
+  ) throws(UserfaultfdError) -> Success {
+    switch self {
+    case .success(let value): return value
+    case .failure(let error):
+      let reason = meaning(error).map { UserfaultfdError.reasonSeparator + $0 } ?? ""
+      throw .systemCallFailed(call() + reason, error)
     }
   }
 }

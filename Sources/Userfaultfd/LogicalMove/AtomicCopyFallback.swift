@@ -9,7 +9,7 @@ extension PageMover.Run {
   ///
   /// Before anything is taken it checks what can fail: the handle is open, the source is mapped
   /// private anonymous memory (a shared mapping keeps its data after the take, so the page would be
-  /// in two places), the destination is mapped, and the scratch range exists. Runs are cut at
+  /// in two places) that can be read, the destination is mapped, and the scratch range exists. Runs are cut at
   /// mapping boundaries, since one mremap cannot span two.
   mutating func fallback(pages: Int) throws(UserfaultfdError) {
     let end = offset + pages * page
@@ -29,6 +29,13 @@ extension PageMover.Run {
                  "the source at \(hex(from)) is \(origin.isShared ? "shared" : "file-backed") memory: the"
                    + " copy fallback, like UFFDIO_MOVE, needs private anonymous memory (taking a shared"
                    + " page would leave its data in both places); nothing was taken")
+      }
+      guard origin.isReadable else {
+        // The taken pages would keep this protection in scratch, where UFFDIO_COPY could not read
+        // them (EFAULT) nor put them back: they would end unreadable in the caller's hands.
+        try stop(.notAttempted, failure: nil, cause: .sourceNotReadable(Address(rawValue: from), origin.protection),
+                 "the source at \(hex(from)) is not readable (\(origin.protection)): the copy fallback"
+                   + " copies what it reads; make it readable (mprotect) first; nothing was taken")
       }
       guard let target = Mapping.containing(to) else {
         try stop(.notAttempted, failure: nil, cause: .destinationUnmapped(Address(rawValue: to)),

@@ -91,8 +91,13 @@ public enum StopCause: Sendable, Equatable {
   /// The source at this address is shared or file-backed memory, which neither MOVE nor the copy
   /// fallback can take.
   case sourceNotPrivateAnonymous(Address)
-  /// The source and destination have different protections (MOVE needs them equal).
+  /// The source's and destination's protections are not what UFFDIO_MOVE takes (equal, and
+  /// writable); ``MoveStop/message`` names both.
   case protectionsDiffer
+  /// The source at this address cannot be read (its protection is given): the copy fallback copies
+  /// what it reads, so it refuses before taking anything. Make the source readable, or use MOVE
+  /// between mappings of equal protection.
+  case sourceNotReadable(Address, AnonymousMemory.Protection)
   /// The source page at this address is a hole and the policy does not skip holes.
   case sourceHole(Address)
   /// The source page is not exclusively mapped and the policy does not copy busy pages.

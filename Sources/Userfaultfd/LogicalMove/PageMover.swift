@@ -152,9 +152,21 @@ extension PageMover {
         }
         advance(.moved, bytes: chunk)
       } catch {
-        guard case .operationFailed(let failure) = error else {
+        let failure: OperationFailure
+        switch error {
+        case .operationFailed(let refused):
+          failure = refused
+        case .invalidArgument(_, .moveProtections):
+          // The kernel's EINVAL, diagnosed by the move: keep its answer in the report.
+          report.moveIoctls += 1
+          let refused = OperationFailure(
+            operation: .move, errno: .invalidArgument, destination: Address(dst), source: Address(src), length: chunk)
+          try stop(.notAttempted, failure: refused, cause: .protectionsDiffer, "\(error); every page from here is still in the source")
+        case .closed:
           // The handle was closed meanwhile: nothing of this step moved.
           try stop(.notAttempted, failure: nil, cause: .handleClosed, "\(error); every page from here is still in the source")
+        default:
+          try stop(.notAttempted, failure: nil, cause: .refused, "\(error); every page from here is still in the source")
         }
         report.moveIoctls += 1
         if failure.bytesDone > 0 {
@@ -234,10 +246,6 @@ extension PageMover {
         return (.sourceNotPrivateAnonymous(Address(rawValue: from)),
                 "the source at \(hex(from)) is \(origin.isShared ? "shared" : "file-backed") memory:"
                   + " pages can be moved only out of private anonymous memory; nothing was taken")
-      }
-      if let origin = Mapping.containing(from), let target = Mapping.containing(to),
-         origin.isReadable != target.isReadable || origin.isWritable != target.isWritable {
-        return (.protectionsDiffer, "source and destination have different protections; UFFDIO_MOVE needs them equal")
       }
       return (.refused, failure.explanation)
     }

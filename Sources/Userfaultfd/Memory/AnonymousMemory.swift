@@ -33,7 +33,7 @@ public final class AnonymousMemory: @unchecked Sendable {
   }
 
   /// Page protections (`PROT_*`).
-  public struct Protection: OptionSet, Sendable, Hashable {
+  public struct Protection: OptionSet, Sendable, Hashable, CustomStringConvertible {
     /// The raw value, as the kernel interface spells it.
     public let rawValue: Int32
     /// Creates protections from `PROT_*` bits.
@@ -48,10 +48,24 @@ public final class AnonymousMemory: @unchecked Sendable {
     public static let none: Protection = []
     /// Read and write, the default.
     public static let readWrite: Protection = [.read, .write]
+    /// Every bit this package passes to mmap(2) and mprotect(2): read, write and execute.
+    public static let known: Protection = [.read, .write, .execute]
+
+    /// The protection as C spells it, `PROT_READ|PROT_WRITE` or `PROT_NONE` (unknown bits in hex).
+    public var description: String {
+      guard !isEmpty else { return "PROT_NONE" }
+      var names: [String] = []
+      if contains(.read) { names.append("PROT_READ") }
+      if contains(.write) { names.append("PROT_WRITE") }
+      if contains(.execute) { names.append("PROT_EXEC") }
+      let unknown = subtracting(.known).rawValue
+      if unknown != 0 { names.append("0x" + String(UInt32(bitPattern: unknown), radix: 16)) }
+      return names.joined(separator: "|")
+    }
   }
 
   /// madvise(2) advice this package uses.
-  public struct Advice: RawRepresentable, Sendable, Hashable {
+  public struct Advice: RawRepresentable, Sendable, Hashable, CustomStringConvertible {
     /// The `MADV_*` value.
     public let rawValue: Int32
 
@@ -77,6 +91,25 @@ public final class AnonymousMemory: @unchecked Sendable {
     public static let populateRead = Advice(rawValue: CUFFD_MADV_POPULATE_READ)
     /// `MADV_POPULATE_WRITE` (Linux 5.14+): fault the pages in writable, allocating them.
     public static let populateWrite = Advice(rawValue: CUFFD_MADV_POPULATE_WRITE)
+
+    /// The advice as C spells it, `MADV_WIPEONFORK`; `MADV_<n>` for a value this package does not name.
+    public var description: String {
+      switch self {
+      case .dontNeed: "MADV_DONTNEED"
+      case .dontFork: "MADV_DONTFORK"
+      case .doFork: "MADV_DOFORK"
+      case .hugePage: "MADV_HUGEPAGE"
+      case .noHugePage: "MADV_NOHUGEPAGE"
+      case .wipeOnFork: "MADV_WIPEONFORK"
+      case .keepOnFork: "MADV_KEEPONFORK"
+      case .populateRead: "MADV_POPULATE_READ"
+      case .populateWrite: "MADV_POPULATE_WRITE"
+      default: "MADV_\(rawValue)"
+      }
+    }
+
+    /// Advice the kernel accepts on private memory only (EINVAL on a shared mapping).
+    var needsPrivateMemory: Bool { self == .wipeOnFork || self == .keepOnFork }
   }
 
   /// The largest alignment: 1 GiB, the largest page size.
@@ -92,7 +125,12 @@ public final class AnonymousMemory: @unchecked Sendable {
   ///     for memory that should move as whole 2 MiB pages.
   ///   - protection: the pages' protection (read and write unless given).
   ///   - sharing: private (copy-on-write across fork; what MOVE needs) or shared.
-  ///   - populate: allocate every page now (`MADV_POPULATE_WRITE`) instead of on first touch.
+  ///   - populate: allocate every page now instead of on first touch, whatever the protection:
+  ///     the pages are allocated while the mapping is still writable, then given `protection`.
+  ///
+  /// - Throws: ``UserfaultfdError/invalidArgument(_:_:)`` for a length or alignment out of range
+  ///   or protection bits other than read, write and execute; `systemCallFailed` when the kernel
+  ///   cannot map or allocate the memory (nothing stays mapped then).
   public init(
     length: Int, alignment: Int = PageSize.base, protection: Protection = .readWrite,
     sharing: Sharing = .private, populate: Bool = false
@@ -107,6 +145,9 @@ public final class AnonymousMemory: @unchecked Sendable {
     guard length <= Self.maxLength else {
       throw .invalidArgument(.memory, .lengthTooLarge(length, max: Self.maxLength))
     }
+    guard protection.isSubset(of: .known) else {
+      throw .invalidArgument(.memory, .unknownProtectionBits(protection.subtracting(.known).rawValue))
+    }
     let (rounded, overflow) = length.addingReportingOverflow(page - 1)
     let mapped = rounded & ~(page - 1)
     let (reservation, overflow2) = mapped.addingReportingOverflow(alignment - page)
@@ -114,8 +155,11 @@ public final class AnonymousMemory: @unchecked Sendable {
       throw .invalidArgument(.memory, .lengthTooLarge(length, max: Self.maxLength))
     }
     let flags = MAP_ANONYMOUS | (sharing == .private ? MAP_PRIVATE : MAP_SHARED) | MAP_NORESERVE
+    // Pages to populate are allocated by writing them, so the mapping starts writable and gets
+    // its protection after (a read-only or PROT_NONE mapping cannot be populated for writing).
+    let initial = populate ? Protection.readWrite : protection
     // Reserve `alignment - page` extra bytes, then trim both ends to the aligned window.
-    guard let raw = mmap(nil, reservation, protection.rawValue, flags, -1, 0),
+    guard let raw = mmap(nil, reservation, initial.rawValue, flags, -1, 0),
           raw != cuffd_map_failed()
     else { throw .systemCallFailed("mmap(\(reservation) bytes)", .current) }
     let start = UInt(bitPattern: raw)
@@ -129,7 +173,11 @@ public final class AnonymousMemory: @unchecked Sendable {
     self.sharing = sharing
     self.pageSize = page
     self.file = nil
-    if populate { try populateAll() }
+    // On a throw from here the object is released and deinit unmaps the memory.
+    if populate {
+      try populateAll()
+      if protection != initial { try protect(protection) }
+    }
   }
 
   private init(adopting base: UnsafeMutableRawPointer, length: Int, sharing: Sharing, pageSize: Int, file: FileDescriptor?) {
@@ -214,8 +262,10 @@ public final class AnonymousMemory: @unchecked Sendable {
   }
 
   /// Allocates every page of the fresh mapping now: `MADV_POPULATE_WRITE` (Linux 5.14+), or on
-  /// older kernels (EINVAL) by writing a zero to each page, one fault at a time. Called from `init`
-  /// only, while the memory is still all zeros.
+  /// older kernels by writing a zero to each page, one fault at a time. Called from `init` only,
+  /// while the memory is still all zeros and mapped read-write: on such a mapping EINVAL can only
+  /// mean the kernel does not know the advice (no argument of the caller's can cause it), and the
+  /// stores cannot fault.
   private func populateAll() throws(UserfaultfdError) {
     do {
       try advise(.populateWrite)
@@ -244,17 +294,55 @@ public final class AnonymousMemory: @unchecked Sendable {
   }
 
   /// Applies `advice` to `length` bytes at `offset` (the whole mapping by default).
+  ///
+  /// - Throws: ``UserfaultfdError/invalidArgument(_:_:)`` for a subrange outside the mapping, or
+  ///   advice the kernel takes on private memory only given for shared memory;
+  ///   `systemCallFailed` naming the advice (and, for EINVAL, what the kernel refused).
   public func advise(_ advice: Advice, offset: Int = 0, length: Int? = nil) throws(UserfaultfdError) {
     let (start, count) = try subrange(offset, length, "madvise")
+    if advice.needsPrivateMemory, sharing == .shared {
+      throw .invalidArgument(.memory, .adviceNeedsPrivateMemory(advice.description))
+    }
     try nothingOrErrno(retryOnInterrupt: true) { madvise(start, count, advice.rawValue) }
-      .get(systemCall: "madvise(\(advice))")
+      .get(systemCall: "madvise(\(advice))") { errno in
+        errno == .invalidArgument ? Self.whyAdviceRefused(advice) : nil
+      }
+  }
+
+  /// What an EINVAL from madvise(`advice`) on this package's memory means.
+  private static func whyAdviceRefused(_ advice: Advice) -> String {
+    switch advice {
+    case .populateRead, .populateWrite:
+      "the kernel predates \(advice) (Linux 5.14), or the protection forbids the access it makes"
+    case .hugePage, .noHugePage:
+      "this kernel has no transparent huge pages (CONFIG_TRANSPARENT_HUGEPAGE)"
+    case .wipeOnFork, .keepOnFork:
+      "\(advice) needs private anonymous memory (Linux 4.14)"
+    case .dontNeed:
+      "the range is locked (mlock) or not ordinary memory"
+    default:
+      "this kernel does not know advice \(advice.rawValue)"
+    }
   }
 
   /// Changes the protection of `length` bytes at `offset` (the whole mapping by default).
+  ///
+  /// - Throws: ``UserfaultfdError/invalidArgument(_:_:)`` for a subrange outside the mapping or
+  ///   protection bits other than read, write and execute (nothing changed);
+  ///   `systemCallFailed` naming the protection.
   public func protect(_ protection: Protection, offset: Int = 0, length: Int? = nil) throws(UserfaultfdError) {
+    guard protection.isSubset(of: .known) else {
+      throw .invalidArgument(.memory, .unknownProtectionBits(protection.subtracting(.known).rawValue))
+    }
     let (start, count) = try subrange(offset, length, "mprotect")
     try nothingOrErrno(retryOnInterrupt: true) { mprotect(start, count, protection.rawValue) }
-      .get(systemCall: "mprotect")
+      .get(systemCall: "mprotect(\(protection))") { errno in
+        switch errno {
+        case .noMemory: "splitting the mapping would pass the process's limit of mappings (vm.max_map_count)"
+        case .permissionDenied: "the memory cannot take \(protection) (a security policy refuses it)"
+        default: nil
+        }
+      }
   }
 
   /// Moves every page of this mapping to `destination` (same length) in one step, leaving this

@@ -28,7 +28,9 @@ extension Userfaultfd {
   ///   overlapping ranges; `operationFailed` otherwise, with `bytesDone` the bytes moved before the
   ///   failure (resume at `source + bytesDone`). Errnos: EEXIST (destination populated), ENOENT
   ///   (source hole), EBUSY (source not exclusively mapped: fork, KSM, pin), EAGAIN (stopped
-  ///   early, or an event is pending), EINVAL (memory type, protections, registration).
+  ///   early, or an event is pending), EINVAL (memory type, registration);
+  ///   ``InvalidArgument/moveProtections(source:destination:)`` when the two mappings'
+  ///   protections differ or are not writable (nothing moved).
   public func move(
     from source: UnsafeMutableRawPointer, to destination: UnsafeMutableRawPointer, length: Int,
     options: MoveOptions = []
@@ -37,8 +39,12 @@ extension Userfaultfd {
       source: source, destination: destination, length: length, operation: .move)
     _ = try fd(for: .move)
     guard !servesAnotherProcess else { throw Self.moveAcrossProcesses }
-    try moveCore(target.start, from: origin.start, length: length, mode: options.rawValue)
-      .check(.move, range: target, source: origin.start)
+    let answer = moveCore(target.start, from: origin.start, length: length, mode: options.rawValue)
+    if answer.errno == .invalidArgument, answer.bytesDone == 0,
+       let refusal = Mapping.unfitMoveProtections(origin.start, target.start) {
+      throw refusal
+    }
+    try answer.check(.move, range: target, source: origin.start)
   }
 }
 

@@ -30,7 +30,10 @@ extension Userfaultfd {
     let ioctls = Ioctls(rawValue: arg.ioctls)
     let kernelPageSize = ioctls.contains(.zeroPage) ? 0 : cuffd_vma_kernel_page_size(range.start)
     let pageSize = kernelPageSize > 0 ? Int(kernelPageSize) : PageSize.base
-    registrations.withLock { $0.insert(range.start, range.end, pageSize: pageSize) }
+    let faultsWhenMissing = !mode.isDisjoint(with: [.missing, .minor])
+    registrations.withLock {
+      $0.insert(range.start, range.end, pageSize: pageSize, faultsWhenMissing: faultsWhenMissing)
+    }
     return Ioctls(rawValue: arg.ioctls)
   }
 

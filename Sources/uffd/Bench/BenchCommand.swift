@@ -2,13 +2,14 @@ import ArgumentParser
 import UffdTools
 import Userfaultfd
 
-/// `uffd bench`: every benchmark, or one by name; this only parses and calls.
+/// `uffd bench`: the moves and faults benchmarks, or one by name; this only parses and calls.
 struct BenchCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "bench",
     abstract: "Benchmark userfaultfd operations on this machine, Swift library beside C reference loops.",
-    discussion: "Run in release mode: swift run -c release uffd bench. With no subcommand, runs all.",
-    subcommands: [MovesBenchCommand.self, FaultsBenchCommand.self, RestoreBenchCommand.self, DirtyBenchCommand.self])
+    discussion: "Run in release mode: swift run -c release uffd bench. With no subcommand, runs moves then"
+      + " faults; restore, fleet (snapshots restored into forked clients, minutes long) and dirty run only as their own subcommands.",
+    subcommands: [MovesBenchCommand.self, FaultsBenchCommand.self, RestoreBenchCommand.self, FleetBenchCommand.self, DirtyBenchCommand.self])
 
   @OptionGroup var options: BenchOptions
   @OptionGroup var output: OutputOptions

@@ -73,7 +73,7 @@ struct SigbusModeGuaranteeTests {
                                  source: .copy(from: source.baseAddress))
     defer { first.close() }
     let start = Address(area.baseAddress + 2 * page)
-    #expect(throws: UserfaultfdError.invalidArgument(.register, .overlapsLiveRegion(start..<(start + 2 * page)))) {
+    #expect(throws: UserfaultfdError.invalidArgument(.sigbusRegion, .overlapsLiveRegion(start..<(start + 2 * page)))) {
       _ = try SigbusRegion(uffd: uffd, start: area.baseAddress + 2 * page, length: 2 * page, source: .zeroPage)
     }
     // The refused region must not have unregistered the first one's pages.

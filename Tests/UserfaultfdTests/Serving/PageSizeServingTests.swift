@@ -1,6 +1,7 @@
 import Foundation
 import Synchronization
 import Testing
+@testable import SnapshotPager
 @testable import Userfaultfd
 
 /// Fault service in the memory's own page size: hugetlbfs 2 MiB pages resolved whole, and shmem

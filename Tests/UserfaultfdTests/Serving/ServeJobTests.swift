@@ -4,6 +4,7 @@ import Glibc
 import Synchronization
 import Testing
 import UffdTools
+@testable import SnapshotPager
 @testable import Userfaultfd
 
 /// `uffd serve`'s job end to end (what the command runs): a socket path, a snapshot file, one

@@ -4,6 +4,7 @@ import Glibc
 import Synchronization
 import SystemPackage
 import Testing
+@testable import SnapshotPager
 @testable import Userfaultfd
 
 /// Snapshot restore into a separate process that behaves like a VMM (Firecracker's handshake): it

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import SystemPackage
 import Testing
+@testable import SnapshotPager
 @testable import Userfaultfd
 
 /// Sending and receiving a descriptor with a message, and adopting a received userfaultfd.

@@ -1,3 +1,5 @@
+import Userfaultfd
+
 /// What a snapshot server knows about every page it serves: untouched (its content is still in the
 /// snapshot only), served, released by the client (`MADV_DONTNEED`, a balloon: the next fault gets
 /// zeros, never stale snapshot data), or zero-filled. Regions are validated once and kept sorted.

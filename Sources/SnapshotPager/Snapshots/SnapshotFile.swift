@@ -1,3 +1,4 @@
+import Userfaultfd
 import Glibc
 import SystemPackage
 
@@ -11,10 +12,12 @@ public final class SnapshotFile: Sendable {
   private let base: UInt  // The mapping (0 for an empty file); read-only, unmapped in deinit.
   private let descriptor: Int32  // Open for read(2) installs; closed in deinit.
 
-  /// Maps the file at `path` read-only.
+  /// Maps the file at `path` read-only; with `populate`, maps every page of it now
+  /// (`MAP_POPULATE`), so that no fault served later takes a minor fault on the mapping (a pager
+  /// does this when a snapshot is configured, before any client connects).
   ///
-  /// - Throws: ``UserfaultfdError/systemCallFailed(_:_:)`` when it cannot be opened or mapped.
-  public init(path: String) throws(UserfaultfdError) {
+  /// - Throws: `UserfaultfdError.systemCallFailed` when it cannot be opened or mapped.
+  public init(path: String, populate: Bool = false) throws(UserfaultfdError) {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { throw .systemCallFailed("open(\(path))", .current) }
     var info = stat()
@@ -34,7 +37,7 @@ public final class SnapshotFile: Sendable {
       base = 0
       return
     }
-    guard let mapped = mmap(nil, length, PROT_READ, MAP_PRIVATE, fd, 0), mapped != MAP_FAILED else {
+    guard let mapped = mmap(nil, length, PROT_READ, MAP_PRIVATE | (populate ? MAP_POPULATE : 0), fd, 0), mapped != MAP_FAILED else {
       let error = Errno.current
       _ = close(fd)
       throw .systemCallFailed("mmap(\(path))", error)

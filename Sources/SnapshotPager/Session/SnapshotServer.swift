@@ -1,3 +1,4 @@
+import Userfaultfd
 import CUserfaultfd
 import Glibc
 import Histogram
@@ -83,13 +84,27 @@ public final class SnapshotServer: Sendable {
   private let zeros: AnonymousMemory
   /// Where read(2) puts a fault-around window's content before it is installed (read installs).
   private let staging: AnonymousMemory?
+  /// Pages this session serves instead of the snapshot's (restore-time writes of one clone).
+  let overlay: SessionOverlay?
+  /// Hears each fault's service time (the pager's metrics); called on the serving thread.
+  private let observer: (any FaultObserver)?
+  /// Faults an event loop must retry after the events pending before them (EAGAIN), with when
+  /// they were read. Only the loop that drives this server touches it.
+  private let loopDeferred = Mutex<[(fault: PageFault, readAt: ContinuousClock.Instant)]>([])
 
   /// Serves `regions` of the memory behind `uffd` from `snapshot`.
   ///
-  /// - Throws: ``UserfaultfdError/invalidArgument(_:_:)`` for regions that are misaligned, overlap,
+  /// - Throws: `UserfaultfdError.invalidArgument` for regions that are misaligned, overlap,
   ///   or reach beyond the snapshot, or settings out of range, before anything is served.
-  public init(uffd: Userfaultfd, regions: [GuestRegion], snapshot: SnapshotFile,
-              configuration: Configuration = Configuration()) throws(UserfaultfdError) {
+  public convenience init(uffd: Userfaultfd, regions: [GuestRegion], snapshot: SnapshotFile,
+                          configuration: Configuration = Configuration()) throws(UserfaultfdError) {
+    try self.init(uffd: uffd, regions: regions, snapshot: snapshot, configuration: configuration, overlay: nil, observer: nil)
+  }
+
+  /// The pager's initializer: with a session's overlay pages and a latency observer.
+  package init(uffd: Userfaultfd, regions: [GuestRegion], snapshot: SnapshotFile,
+               configuration: Configuration, overlay: SessionOverlay?,
+               observer: (any FaultObserver)?) throws(UserfaultfdError) {
     guard Configuration.faultAroundRange.contains(configuration.faultAroundPages) else {
       throw .invalidArgument(.serve, .outOfRange(
         parameter: "faultAroundPages", value: configuration.faultAroundPages, valid: Configuration.faultAroundRange))
@@ -99,6 +114,7 @@ public final class SnapshotServer: Sendable {
         parameter: "prefetchPages", value: configuration.prefetchPages, valid: Configuration.prefetchRange))
     }
     let map = try RestorePageMap(regions, snapshotLength: snapshot.length)
+    if let overlay { try overlay.check(against: map) }
     var fds: [Int32] = [-1, -1]
     guard cuffd_pipe_nonblocking(&fds) == 0 else { throw .systemCallFailed("pipe2", .current) }
     let largest = map.regions.map(\.pageSize).max() ?? PageSize.base
@@ -129,6 +145,8 @@ public final class SnapshotServer: Sendable {
     self.snapshot = snapshot
     self.configuration = configuration
     self.wakeup = (fds[0], fds[1])
+    self.overlay = overlay
+    self.observer = observer
     let action = configuration.onUnresolvable.effective(on: uffd)
     state = Mutex(ServingState(map: map, action: action, window: min(ServingState.initialWindow, configuration.faultAroundPages)))
   }
@@ -158,7 +176,7 @@ public final class SnapshotServer: Sendable {
     return (try SnapshotServer(uffd: uffd, regions: regions, snapshot: snapshot, configuration: configuration), client)
   }
 
-  private static func warmUp(_ snapshot: SnapshotFile) {
+  static func warmUp(_ snapshot: SnapshotFile) {
     let sample = #"[{"base_host_virt_addr":4096,"size":4096,"offset":0,"page_size":4096}]"#
     guard let regions = try? RegionsJSON.decode(Array(sample.utf8)),
           let map = try? RestorePageMap(regions, snapshotLength: max(snapshot.length, 4096))
@@ -289,15 +307,32 @@ public final class SnapshotServer: Sendable {
         // Filled meanwhile (by the prefetcher, or a fault-around): the thread only needs waking.
         _ = RangeIoctl.wake(uffd.coreDescriptor, target, length: pageSize)
         serving.statistics.wakes += 1
-        serving.recordLatency(since: readAt, clock: clock)
+        observe(serving.recordLatency(since: readAt, clock: clock))
         return .done
       case .released:
         answer = serving.zeroFill(target, pageSize: pageSize, uffd: uffd, zeros: zeros)
       case .untouched:
         pages = serving.window(for: target, pageSize: pageSize, limit: configuration.faultAroundPages)
         pages = max(1, map.untouchedRun(from: page, in: region, limit: pages))
-        answer = install(pages * pageSize, at: target, fileOffset: map.fileOffset(ofPage: page, in: region))
-        fromSnapshot = true
+        let fileOffset = map.fileOffset(ofPage: page, in: region)
+        if let overlay, let source = overlay.source(at: fileOffset) {
+          // This session's own content for the page: one page, never the snapshot's.
+          let copied = RangeIoctl.copy(uffd.coreDescriptor, target, from: source, length: pageSize)
+          if copied.bytesDone == pageSize {
+            serving.map.mark(page..<(page + 1), .served)
+            serving.statistics.overlayPages += 1
+            serving.statistics.bytesServed += pageSize
+            serving.statistics.faults += 1
+            observe(serving.recordLatency(since: readAt, clock: clock))
+            serving.noteResidency(clock: clock)
+            return .done
+          }
+          answer = copied
+        } else {
+          if let overlay { pages = overlay.pagesBeforeOverlay(from: fileOffset, pages: pages, pageSize: pageSize) }
+          answer = install(pages * pageSize, at: target, fileOffset: fileOffset)
+          fromSnapshot = true
+        }
       }
       let done = answer.bytesDone / pageSize
       if done > 0 {
@@ -324,7 +359,7 @@ public final class SnapshotServer: Sendable {
         return .done
       }
       serving.statistics.faults += 1
-      serving.recordLatency(since: readAt, clock: clock)
+      observe(serving.recordLatency(since: readAt, clock: clock))
       serving.noteResidency(clock: clock)
       return .done
     }
@@ -351,54 +386,13 @@ public final class SnapshotServer: Sendable {
   /// The background prefetcher: walks every region in order, copying runs of untouched pages, and
   /// steps aside whenever a fault is waiting.
   private func prefetch() {
-    let clock = ContinuousClock()
-    var next = 0
     var backOff = 0
     while !stopping.load(ordering: .acquiring) {
       if faultsWaiting.load(ordering: .relaxed) > 0 {
         usleep(50)
         continue
       }
-      let step: PrefetchStep = state.withLock { serving in
-        let map = serving.map
-        while next < map.states.count && map.states[next] != .untouched { next += 1 }
-        guard next < map.states.count, let region = map.regions.lastIndex(where: { $0.firstPage <= next }) else {
-          return .finished
-        }
-        let pageSize = map.regions[region].pageSize
-        let pages = max(1, map.untouchedRun(from: next, in: region, limit: configuration.prefetchPages))
-        let source = snapshot.address(at: map.fileOffset(ofPage: next, in: region)).rawValue
-        let target = map.address(ofPage: next, in: region)
-        let answer = RangeIoctl.copy(uffd.coreDescriptor, target, from: source, length: pages * pageSize)
-        let done = answer.bytesDone / pageSize
-        if done > 0 {
-          serving.map.mark(next..<(next + done), .served)
-          serving.statistics.pagesByPrefetch += done
-          serving.statistics.bytesServed += done * pageSize
-          serving.noteResidency(clock: clock)
-        }
-        switch answer.outcome {
-        case .done:
-          next += done
-          return .copied
-        case .partial where done > 0:
-          next += done
-          return .copied
-        case .alreadyPresent:
-          serving.map.mark((next + done)..<(next + done + 1), .served)
-          next += done + 1
-          return .copied
-        case .retryAfterEvents, .partial:
-          return .wait  // A REMOVE is pending: the serving thread reads it first.
-        case .processGone:
-          return .finished
-        case .sourceMissing, .busy, .failed:
-          serving.statistics.prefetchErrors += 1
-          next += max(done, 1)  // Left for a fault, which fails it visibly if it must.
-          return .copied
-        }
-      }
-      switch step {
+      switch prefetchStep() {
       case .finished: return
       case .copied: backOff = 0
       case .wait:
@@ -408,7 +402,144 @@ public final class SnapshotServer: Sendable {
     }
   }
 
+  /// Copies one run (at most ``Configuration/prefetchPages``) of the next untouched pages.
+  private func prefetchStep() -> PrefetchStep {
+    let clock = ContinuousClock()
+    return state.withLock { serving in
+      let map = serving.map
+      var next = serving.prefetchNext
+      defer { serving.prefetchNext = next }
+      while next < map.states.count && map.states[next] != .untouched { next += 1 }
+      guard next < map.states.count, let region = map.regions.lastIndex(where: { $0.firstPage <= next }) else {
+        return .finished
+      }
+      let pageSize = map.regions[region].pageSize
+      var pages = max(1, map.untouchedRun(from: next, in: region, limit: configuration.prefetchPages))
+      let fileOffset = map.fileOffset(ofPage: next, in: region)
+      var source = snapshot.address(at: fileOffset).rawValue
+      var overlaid = false
+      if let overlay {
+        if let own = overlay.source(at: fileOffset) {
+          source = own
+          pages = 1
+          overlaid = true
+        } else {
+          pages = overlay.pagesBeforeOverlay(from: fileOffset, pages: pages, pageSize: pageSize)
+        }
+      }
+      let target = map.address(ofPage: next, in: region)
+      let answer = RangeIoctl.copy(uffd.coreDescriptor, target, from: source, length: pages * pageSize)
+      let done = answer.bytesDone / pageSize
+      if done > 0 {
+        serving.map.mark(next..<(next + done), .served)
+        if overlaid { serving.statistics.overlayPages += done } else { serving.statistics.pagesByPrefetch += done }
+        serving.statistics.bytesServed += done * pageSize
+        serving.noteResidency(clock: clock)
+      }
+      switch answer.outcome {
+      case .done:
+        next += done
+        return .copied
+      case .partial where done > 0:
+        next += done
+        return .copied
+      case .alreadyPresent:
+        serving.map.mark((next + done)..<(next + done + 1), .served)
+        next += done + 1
+        return .copied
+      case .retryAfterEvents, .partial:
+        return .wait  // A REMOVE is pending: the serving thread reads it first.
+      case .processGone:
+        return .finished
+      case .sourceMissing, .busy, .failed:
+        serving.statistics.prefetchErrors += 1
+        next += max(done, 1)  // Left for a fault, which fails it visibly if it must.
+        return .copied
+      }
+    }
+  }
+
   private enum PrefetchStep { case copied, wait, finished }
+
+  private func observe(_ nanoseconds: UInt64) { observer?.faultServed(nanoseconds: nanoseconds) }
+
+  // MARK: Driven by an event loop (the pager)
+
+  /// What a turn of an event loop found for this server.
+  package enum Turn: Sendable, Equatable {
+    /// Still serving.
+    case serving
+    /// Serving is over, for this reason.
+    case ended(Statistics.EndReason)
+  }
+
+  /// Marks the start (the clock of first-fault and residency times) when an event loop takes the
+  /// server instead of ``run(client:progress:)``.
+  package func begin() {
+    state.withLock { $0.start = ContinuousClock.now }
+  }
+
+  /// Reads the pending events (at most `maxBatches` reads of `buffer`, so a flooding client cannot
+  /// hold the loop) and serves the faults among them, faults retried from the last turn first.
+  /// Never blocks: the handle must be non-blocking.
+  package func serviceEvents(buffer: EventBuffer, maxBatches: Int = 4) -> Turn {
+    let clock = ContinuousClock()
+    var faults = loopDeferred.withLock { pending in
+      defer { pending.removeAll(keepingCapacity: true) }
+      return pending
+    }
+    var batches = 0
+    while batches < maxBatches {
+      let count: Int
+      do {
+        count = try uffd.readEvents(into: buffer)
+      } catch {
+        return .ended(.processGone)
+      }
+      guard count > 0 else { break }
+      batches += 1
+      let readAt = clock.now
+      for index in 0..<count {
+        switch buffer.event(at: index, of: uffd) {
+        case .pageFault(let fault):
+          faults.append((fault, readAt))
+        case .remove(let start, let end), .unmap(let start, let end):
+          state.withLock { $0.release(start: start.rawValue, end: end.rawValue) }
+        case .fork(let child):
+          child.close()
+        case .remap, .unrecognized:
+          state.withLock { $0.statistics.otherEvents += 1 }
+        }
+      }
+    }
+    var retry: [(fault: PageFault, readAt: ContinuousClock.Instant)] = []
+    for item in faults {
+      switch serve(item.fault, readAt: item.readAt, clock: clock) {
+      case .done: break
+      case .retry: retry.append(item)
+      case .gone: return .ended(.processGone)
+      }
+    }
+    if !retry.isEmpty { loopDeferred.withLock { $0.append(contentsOf: retry) } }
+    return .serving
+  }
+
+  /// Whether faults wait for a retry (the loop should come back within a millisecond).
+  package var hasDeferredFaults: Bool { loopDeferred.withLock { !$0.isEmpty } }
+
+  /// One prefetch copy when the configuration asks for prefetching; false once nothing is left
+  /// (or prefetching is off). A loop calls it only when no fault of any session is ready.
+  package func prefetchOnce() -> Bool {
+    guard configuration.prefetch else { return false }
+    return prefetchStep() != .finished
+  }
+
+  /// Ends serving for `reason` and returns the summary.
+  package func end(reason: Statistics.EndReason) -> Statistics {
+    stopping.store(true, ordering: .releasing)
+    let start = state.withLock { $0.start } ?? ContinuousClock.now
+    return finish(clock: ContinuousClock(), start: start, reason: reason)
+  }
 
   /// Parses the JSON array of regions a client sends.
   static func decodeRegions(_ bytes: [UInt8]) throws(UserfaultfdError) -> [GuestRegion] {

@@ -1,12 +1,12 @@
 import FoundationEssentials
 
 /// The handshake's JSON (an array of ``GuestRegion``), in one place.
-enum RegionsJSON {
-  static func decode(_ bytes: [UInt8]) throws -> [GuestRegion] {
+package enum RegionsJSON {
+  package static func decode(_ bytes: [UInt8]) throws -> [GuestRegion] {
     try JSONDecoder().decode([GuestRegion].self, from: Data(bytes))
   }
 
-  static func encode(_ regions: [GuestRegion]) throws -> [UInt8] {
+  package static func encode(_ regions: [GuestRegion]) throws -> [UInt8] {
     Array(try JSONEncoder().encode(regions))
   }
 }

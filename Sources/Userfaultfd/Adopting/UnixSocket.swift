@@ -19,7 +19,8 @@ public final class UnixSocket: Sendable {
   /// The largest message ``receive(capacity:timeout:)`` accepts (1 MiB).
   public static let maxMessageSize = 1 << 20
 
-  private init(_ fd: Int32) { descriptor = Atomic(fd) }
+  /// Owns `fd`, an open socket (the pager accepts its own connections, non-blocking).
+  package init(_ fd: Int32) { descriptor = Atomic(fd) }
 
   deinit { close() }
 
