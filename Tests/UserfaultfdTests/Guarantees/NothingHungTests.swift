@@ -177,6 +177,18 @@ struct NothingHungTests {
 
   /// Issue: with EVENT_FORK, a thread forking while the server handled faults deadlocked (the
   /// server allocated between reads while the forking thread held malloc's locks).
+  /// Waits for a forking thread: 60 s for all its forks, then, told to stop, up to 5 min for the
+  /// fork under way. The reader of fork events must keep reading until the forker is out: a fork
+  /// waits in the kernel for its event to be read while holding malloc's locks, so stopping the
+  /// reader first (as a plain timed-out join followed by the test's clean-up did, under a slow qemu
+  /// guest) would leave that fork, and every thread that then allocates, waiting for good.
+  static func joinForker(_ forker: TestThread, stop: borrowing Atomic<Bool>) -> Bool {
+    if forker.join(seconds: 60) { return true }
+    stop.store(true, ordering: .relaxed)
+    _ = forker.join(seconds: 300)
+    return false
+  }
+
   @Test func forksUnderEventForkNeverDeadlockTheServer() throws {
     let pages = 64
     let (server, area) = try serve(pages: pages, features: [.eventFork]) { _ in .zeroPage }
@@ -193,10 +205,14 @@ struct NothingHungTests {
       }
     }
     let forks = Atomic<Int>(0)
+    let stopForking = Atomic<Bool>(false)
     let forker = TestThread {
-      for _ in 0..<30 where cuffd_test_fork_and_reap() == 0 { forks.wrappingAdd(1, ordering: .relaxed) }
+      for _ in 0..<30 where !stopForking.load(ordering: .relaxed) && cuffd_test_fork_and_reap() == 0 {
+        forks.wrappingAdd(1, ordering: .relaxed)
+      }
     }
-    #expect(forker.join(seconds: 60), "30 forks finished (no deadlock with the server)")
+    let forked = Self.joinForker(forker, stop: stopForking)
+    #expect(forked, "30 forks finished (no deadlock with the server)")
     stopTouching.store(true, ordering: .relaxed)
     #expect(toucher.join())
     #expect(forks.load(ordering: .relaxed) == 30)
@@ -238,8 +254,12 @@ struct NothingHungTests {
     let toucher = TestThread { _ = target.mapped.load(as: UInt8.self) }
     #expect(toucher.join(), "the warm-up fault was served")
     #expect(eventually { faults.load(ordering: .relaxed) == 1 }, "the reader counted it (after waking the toucher)")
-    let forker = TestThread { for _ in 0..<30 { _ = cuffd_test_fork_and_reap() } }
-    #expect(forker.join(seconds: 60), "30 forks finished")
+    let stopForking = Atomic<Bool>(false)
+    let forker = TestThread {
+      for _ in 0..<30 where !stopForking.load(ordering: .relaxed) { _ = cuffd_test_fork_and_reap() }
+    }
+    let forked = Self.joinForker(forker, stop: stopForking)
+    #expect(forked, "30 forks finished")
     #expect(eventually { forkEvents.load(ordering: .relaxed) == 30 })
     stopReading.store(true, ordering: .relaxed)
     #expect(reader.join())
