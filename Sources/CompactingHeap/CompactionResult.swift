@@ -1,7 +1,9 @@
 /// What one verified cycle did and measured.
 public struct CompactionResult: Sendable {
-  /// The strategy used.
+  /// The strategy that mapped the pages (under ``MappingStrategy/automatic``: the one chosen).
   public var strategy: MappingStrategy
+  /// Under ``MappingStrategy/automatic``: the choice, its reason and the costs it was weighed on.
+  public var choice: StrategyChoice?
   /// How mutator faults were served.
   public var faultMode: FaultMode
   /// Live bytes compacted.

@@ -12,6 +12,11 @@ public enum MappingStrategy: String, Sendable, CaseIterable {
   case copy
   /// ``copy`` with one page per UFFDIO_COPY: the unbatched variant, kept for comparison.
   case copySinglePage = "copy-1"
+  /// ``move`` or ``copy``, chosen per cycle by what they cost on this host with these mutators
+  /// (a ``StrategySelector``: a start-up calibration, then each cycle's GC time per page and
+  /// mutator stall p99, with hysteresis). COPY, without trying MOVE, where MOVE is unusable.
+  /// The choice and its reason are in ``CompactionResult/choice``.
+  case automatic = "auto"
 }
 
 /// How a faulting mutator maps the pages it compacts under the ``MappingStrategy/move`` strategy
@@ -106,12 +111,18 @@ public final class Compactor: @unchecked Sendable {
   // (the Heap's rules apply to the heap it changes).
   let heap: Heap
   let configuration: CompactionConfiguration
+  /// Chooses each cycle's strategy under ``MappingStrategy/automatic`` (nil otherwise).
+  let selector: StrategySelector?
+  /// Why MOVE cannot be used here; nil when it can.
+  let moveUnusableBecause: String?
 
   /// Prepares to compact `heap`, whose roots belong to its mutators (one thread each).
+  /// Under ``MappingStrategy/automatic`` `selector` chooses each cycle's strategy (one made here
+  /// when nil; pass the same one to every compactor of a heap so it learns across them).
   ///
   /// - Throws: ``HeapError/invalidConfiguration(_:)`` when the kernel lacks what the strategy or
   ///   fault mode needs (UFFDIO_MOVE, UFFD_FEATURE_SIGBUS) or the settings are out of range.
-  public init(heap: Heap, configuration: CompactionConfiguration) throws(HeapError) {
+  public init(heap: Heap, configuration: CompactionConfiguration, selector: StrategySelector? = nil) throws(HeapError) {
     guard (1...CompactionConfiguration.maxLoggedWordsPerMutator).contains(configuration.loggedWordsPerMutator) else {
       throw .invalidConfiguration(
         "loggedWordsPerMutator must be 1 to \(CompactionConfiguration.maxLoggedWordsPerMutator),"
@@ -134,9 +145,11 @@ public final class Compactor: @unchecked Sendable {
     } catch {
       throw .system(error)
     }
-    if configuration.strategy == .move && !(offered.contains(.move) && PageMover.moveVerdict.isUsable) {
-      throw .invalidConfiguration(
-        "the MOVE strategy needs UFFDIO_MOVE, which is not usable here (\(PageMover.moveVerdict)): use the COPY strategy")
+    let verdict = PageMover.moveVerdict
+    let moveUnusableBecause: String? = !verdict.isUsable ? "\(verdict)"
+      : !offered.contains(.move) ? "the userfaultfd does not offer UFFD_FEATURE_MOVE (Linux 6.8)" : nil
+    if configuration.strategy == .move, let why = moveUnusableBecause {
+      throw .invalidConfiguration("the MOVE strategy needs UFFDIO_MOVE, which is not usable here (\(why)): use the COPY strategy")
     }
     if configuration.faultMode == .sigbus && !offered.contains(.sigbus) {
       throw .invalidConfiguration(
@@ -144,6 +157,8 @@ public final class Compactor: @unchecked Sendable {
     }
     self.heap = heap
     self.configuration = configuration
+    self.moveUnusableBecause = moveUnusableBecause
+    self.selector = configuration.strategy == .automatic ? selector ?? StrategySelector() : nil
   }
 
   /// Runs one full cycle with the heap's mutators working throughout the concurrent phase, then
@@ -152,23 +167,36 @@ public final class Compactor: @unchecked Sendable {
   public func run(progress: (String) -> Void = { _ in }) throws(HeapError) -> CompactionResult {
     let usedBefore = heap.top
     try heap.validateRoots()
+    var choice: StrategyChoice?
+    if let selector {
+      progress("choosing MOVE or COPY (the first cycle calibrates)")
+      choice = selector.choose(
+        moveUnusableBecause: moveUnusableBecause, busyThreads: heap.roots.count, runPages: configuration.gcRunPages)
+    }
+    let strategy = choice?.strategy ?? configuration.strategy
+    if let choice { progress("strategy \(strategy.rawValue): \(choice.reason)") }
     progress("marking")
     let marked = mark()
     progress("reference compaction (for verification)")
     let expected = CycleVerification.Expected(heap: heap, map: marked.map, pageCount: marked.plan.layout.pageCount)
-    let cycle = try prepare(marked.plan)
+    let cycle = try prepare(marked.plan, strategy: strategy)
     progress("pause, then concurrent compaction with \(cycle.logs.count) mutators")
     let residentBefore = ProcessMemory.resident
     ProcessMemory.resetPeak()
     let pauseNanoseconds = try pause(cycle, roots: expected.roots)
     heap.top = marked.map.liveBytes
-    let timing = try compactConcurrently(cycle)
+    let timing = try compactConcurrently(cycle, strategy: strategy)
     let peak = ProcessMemory.peak
     progress("verifying")
     let writes = try verify(cycle, expected: expected)
     let counters = cycle.resources.context.counters
+    let stall = Self.stall(cycle.resources.context.stalls)
+    let pages = Swift.max(1, marked.plan.layout.pageCount)
+    selector?.record(strategy, cost: StrategyCost(
+      gcNanosecondsPerPage: Double(timing.wall) / Double(pages),
+      stallP99Nanoseconds: stall.count > 0 ? Double(stall.p99) : nil))
     return CompactionResult(
-      strategy: configuration.strategy, faultMode: configuration.faultMode, liveBytes: marked.map.liveBytes,
+      strategy: strategy, choice: choice, faultMode: configuration.faultMode, liveBytes: marked.map.liveBytes,
       liveObjects: marked.map.liveObjects, usedBytesBefore: usedBefore, markNanoseconds: marked.nanoseconds,
       pauseNanoseconds: pauseNanoseconds, compactionWallNanoseconds: timing.wall,
       compactionCPUNanoseconds: timing.cpu, pagesByGC: counters.load(.pagesByGC),
@@ -178,7 +206,7 @@ public final class Compactor: @unchecked Sendable {
       copyIoctls: counters.calls(.copy), pagesCopied: counters.pages(.copy),
       zeroPageIoctls: counters.calls(.zeroPage), busyFallbacks: counters.load(.busyFallbacks),
       errnoCounts: counters.errnoCounts(), mutatorWrites: writes, residentBefore: residentBefore,
-      peakResident: peak, verified: true, mutatorStall: Self.stall(cycle.resources.context.stalls),
+      peakResident: peak, verified: true, mutatorStall: stall,
       releasedPages: counters.load(.releasedPages), intrudedPages: counters.load(.intrudedPages),
       timeline: MappingTimeline(
         records: cycle.resources.context.mappedAt, count: marked.plan.layout.pageCount, bins: Self.timelineBins))
@@ -222,7 +250,7 @@ public final class Compactor: @unchecked Sendable {
 
   /// Phase 2: the userfaultfd, from-space, the shared page states and buffers, the mutators' write
   /// logs and the fault delivery, all before the pause so nothing allocates inside it.
-  private func prepare(_ plan: CompactionPlan) throws(HeapError) -> Cycle {
+  private func prepare(_ plan: CompactionPlan, strategy: MappingStrategy) throws(HeapError) -> Cycle {
     let uffd: Userfaultfd
     let fromSpace: AnonymousMemory
     let resources: CompactionResources
@@ -233,7 +261,7 @@ public final class Compactor: @unchecked Sendable {
       fromSpace = try AnonymousMemory(length: heap.capacity, alignment: PageSize.huge)
       resources = try CompactionResources(
         layout: plan.layout, fromSpace: fromSpace, uffd: uffd,
-        strategy: configuration.strategy, mutatorMapping: configuration.mutatorMapping,
+        strategy: strategy, mutatorMapping: configuration.mutatorMapping,
         buffers: heap.roots.count + 1,
         blockPages: configuration.mutatorBlockPages)
       gcBuffer = try AnonymousMemory(length: configuration.gcRunPages * PageSize.base, populate: true)
@@ -287,7 +315,7 @@ public final class Compactor: @unchecked Sendable {
 
   /// Phase 4: the mutators run while the GC thread compacts every page; returns the GC thread's
   /// wall and CPU time. Ends with every page mapped, the mutators joined and the heap unregistered.
-  private func compactConcurrently(_ cycle: Cycle) throws(HeapError) -> (wall: Int64, cpu: Int64) {
+  private func compactConcurrently(_ cycle: Cycle, strategy: MappingStrategy) throws(HeapError) -> (wall: Int64, cpu: Int64) {
     let context = cycle.resources.context
     context.phaseStart[0].store(Int(CycleClock.now()), ordering: .relaxed)  // Before any mutator runs.
     let done = StopFlag()
@@ -295,7 +323,7 @@ public final class Compactor: @unchecked Sendable {
       context: context, fromSpace: cycle.fromSpace,
       buffer: cycle.gcBuffer.baseAddress.assumingMemoryBound(to: UInt64.self),
       runPages: configuration.gcRunPages,
-      copyRunPages: configuration.strategy == .copySinglePage ? 1 : configuration.gcRunPages,
+      copyRunPages: strategy == .copySinglePage ? 1 : configuration.gcRunPages,
       minimumMoveRun: configuration.minimumMoveRun)
     var threads: [DedicatedThread] = []
     let idle = configuration.idleMutators

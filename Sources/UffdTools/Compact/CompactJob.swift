@@ -12,8 +12,11 @@ package enum CompactMode: String, CaseIterable, Sendable {
   /// MOVE and batched COPY, interleaved, for the MOVE/COPY ratio (COPY alone where MOVE is
   /// unusable, said so).
   case both
-  /// MOVE, batched COPY and one-page COPY, interleaved.
+  /// MOVE, batched COPY, one-page COPY and the automatic choice, interleaved.
   case all
+  /// MOVE or batched COPY chosen per cycle from what they cost here (``MappingStrategy/automatic``;
+  /// COPY where MOVE is unusable, said so): the default.
+  case auto
 
   var strategies: [MappingStrategy] {
     switch self {
@@ -21,7 +24,8 @@ package enum CompactMode: String, CaseIterable, Sendable {
     case .copy: [.copy]
     case .copy1: [.copySinglePage]
     case .both: [.move, .copy]
-    case .all: [.move, .copy, .copySinglePage]
+    case .all: [.move, .copy, .copySinglePage, .automatic]
+    case .auto: [.automatic]
     }
   }
 }
@@ -41,7 +45,7 @@ package struct CompactJob: Sendable {
 
   package var heapMib = 256
   package var mutators = 2
-  package var mode = CompactMode.both
+  package var mode = CompactMode.auto
   package var seed: UInt64 = 1
   package var faultMode = FaultMode.sigbus
   package var mutatorBlockPages = 16
@@ -79,14 +83,17 @@ package struct CompactJob: Sendable {
     progress("measuring memcpy bandwidth")
     let memcpyBefore = try MemcpyBaseline.gigabytesPerSecond()
     var results: [MappingStrategy: [CompactionResult]] = [:]
+    // One selector for every automatic cycle: it learns across them, as it would across one heap's cycles.
+    let selector = StrategySelector()
     for run in 1...runs {
       for strategy in strategies {
         let label = "run \(run)/\(runs), \(strategy.rawValue)"
         progress("\(label): building a \(heapMib) MiB heap (seed \(seed))")
         let heap = try Heap(capacity: heapMib << 20, mutators: mutators)
         try Workload(seed: seed).populate(heap)
-        let compactor = try Compactor(heap: heap, configuration: configuration(strategy))
+        let compactor = try Compactor(heap: heap, configuration: configuration(strategy), selector: selector)
         let result = try compactor.run { progress("\(label): \($0)") }
+        if let choice = result.choice { progress("\(label): chose \(choice.strategy.rawValue): \(choice.reason)") }
         progress(
           "\(label): verified; compaction thread \(milliseconds(result.compactionWallNanoseconds)) ms,"
             + " pause \(milliseconds(result.pauseNanoseconds)) ms")

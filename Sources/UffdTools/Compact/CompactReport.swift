@@ -1,5 +1,6 @@
 import CompactingHeap
 import Foundation
+import Userfaultfd
 
 /// What `uffd compact` prints: per strategy the medians over its runs (counts from the median
 /// run), the MOVE/COPY ratio of compaction-thread time, and the memcpy bound. Encodes to the JSON
@@ -78,6 +79,37 @@ package struct CompactReport: Encodable, Sendable {
     package var mutatorStallCountsPow2Us: [Int]
     package var mappingTimeline: Timeline
     package var runs: [Sample]
+    /// `auto` only: cycles per strategy chosen (`{"move": 3, "copy": 2}`).
+    package var strategyChosen: [String: Int]? = nil
+    /// `auto` only: the last cycle's reason for its choice.
+    package var strategyReason: String? = nil
+    /// `auto` only: every cycle's choice and reason, in order.
+    package var strategyCycles: [Choice]? = nil
+    /// `auto` only: the calibration and the costs measured under each strategy it chose.
+    package var strategyCosts: Costs? = nil
+  }
+
+  /// One automatic cycle's choice.
+  package struct Choice: Encodable, Sendable {
+    package var strategy: String
+    package var reason: String
+  }
+
+  /// What the automatic choice measured: the start-up calibration (mapping cost per page with
+  /// busy threads in the process) and, per strategy it chose, the medians of its cycles.
+  package struct Costs: Encodable, Sendable {
+    package struct Measured: Encodable, Sendable {
+      package var cycles: Int
+      package var gcUsPerPage: Double
+      package var stallP99Us: Double
+    }
+    package var calibrationMoveUsPerPage: Double?
+    package var calibrationCopyUsPerPage: Double?
+    package var calibrationMs: Double?
+    /// The calibration's time over the median cycle's GC thread time.
+    package var calibrationFractionOfCycle: Double?
+    package var move: Measured?
+    package var copy: Measured?
   }
 
   package var heapMib: Int
@@ -99,6 +131,10 @@ package struct CompactReport: Encodable, Sendable {
   package var peakRssMib: Double
   package var memcpyGbps: Double
   package var moveVsCopyRatio: Double?
+  /// `auto`'s GC thread time over the better of `move` and `copy` (when all three ran).
+  package var autoVsBestGcRatio: Double?
+  /// `auto`'s mutator stall p99 over the better of `move` and `copy`.
+  package var autoVsBestStallP99Ratio: Double?
   package var modes: [String: Mode]
 
   package init(heapMib: Int, mutators: Int, idleMutators: Bool, blockPages: Int, seed: UInt64, faultMode: FaultMode, memcpyGBps: Double,
@@ -143,6 +179,7 @@ package struct CompactReport: Encodable, Sendable {
                  compactionThreadCpuMs: Double($0.compactionCPUNanoseconds) / 1e6,
                  peakRssMib: Double($0.peakResident) / mib)
         })
+      if strategy == .automatic { modes[strategy.rawValue]?.describeChoices(of: runs, cycleMs: wall) }
     }
     let any = results.values.first?.first
     self.heapMib = heapMib
@@ -160,6 +197,11 @@ package struct CompactReport: Encodable, Sendable {
     memcpyGbps = memcpyGBps
     if let move = modes["move"], let copy = modes["copy"], copy.compactionThreadMs > 0 {
       moveVsCopyRatio = move.compactionThreadMs / copy.compactionThreadMs
+      if let auto = modes["auto"] {
+        autoVsBestGcRatio = auto.compactionThreadMs / max(1e-9, min(move.compactionThreadMs, copy.compactionThreadMs))
+        let best = min(move.mutatorStallUs.p99, copy.mutatorStallUs.p99)
+        if best > 0 { autoVsBestStallP99Ratio = auto.mutatorStallUs.p99 / best }
+      }
     }
     self.modes = modes
   }
@@ -175,7 +217,7 @@ package struct CompactReport: Encodable, Sendable {
       "GC runs of up to \(gcRunPages) pages per ioctl; under MOVE, runs under \(minimumMoveRun) pages copied, mutator mapping \(mutatorMapping);"
         + (registerBeforeRemap ? " the heap registered before the mremap." : " the mremap before the registration."))
     lines.append("Medians of \(runs) runs per strategy (strategies interleaved); counts from the median run.")
-    let names = ["move", "copy", "copy-1"].filter { modes[$0] != nil }
+    let names = ["move", "copy", "copy-1", "auto"].filter { modes[$0] != nil }
     lines.append(formatTable(
       ["", "pause ms", "GC wall ms", "GC cpu ms", "GB/s live", "x memcpy", "x memcpy (cpu)", "pages GC", "pages mutators",
        "MOVE ioctls/pages", "COPY ioctls/pages", "RSS before MiB", "peak MiB", "peak/before", "verified"],
@@ -200,11 +242,56 @@ package struct CompactReport: Encodable, Sendable {
         + "\(m.intrudedPages) pages found mapped outside the compaction, \(m.mutatorWrites) mutator writes verified (\(Int(m.mutatorWritesPerMs))/ms); "
         + "ioctl errnos (all handled): \(errnos)")
     }
+    if let auto = modes["auto"] {
+      let chosen = (auto.strategyChosen ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+      lines.append("auto: cycles by strategy chosen: \(chosen)")
+      for (cycle, choice) in (auto.strategyCycles ?? []).enumerated() {
+        lines.append("auto, cycle \(cycle + 1): \(choice.reason)")
+      }
+      if let costs = auto.strategyCosts, let ms = costs.calibrationMs {
+        lines.append(String(format: "auto: calibration %.2f ms (%.2f%% of the median cycle's GC thread time)",
+                            ms, 100 * (costs.calibrationFractionOfCycle ?? 0)))
+      }
+    }
     lines.append(String(format: "memcpy here: %.1f GB/s", memcpyGbps))
     if let ratio = moveVsCopyRatio {
       lines.append(String(format: "MOVE/COPY compaction-thread time: %.2f", ratio))
     }
+    if let gc = autoVsBestGcRatio {
+      lines.append(String(format: "auto over the better of MOVE and COPY: GC thread time %.2f, mutator stall p99 %@", gc,
+                          autoVsBestStallP99Ratio.map { String(format: "%.2f", $0) } ?? "n/a"))
+    }
     return lines.joined(separator: "\n")
+  }
+}
+
+extension CompactReport.Mode {
+  /// Fills the `auto`-only keys from its cycles, in the order they ran.
+  mutating func describeChoices(of runs: [CompactionResult], cycleMs: Double) {
+    let choices = runs.compactMap(\.choice)
+    strategyChosen = Dictionary(choices.map { ($0.strategy.rawValue, 1) }, uniquingKeysWith: +)
+    strategyReason = choices.last?.reason
+    strategyCycles = choices.map { CompactReport.Choice(strategy: $0.strategy.rawValue, reason: $0.reason) }
+    var costs = CompactReport.Costs()
+    if let calibration = choices.lazy.compactMap(\.calibration).first {
+      costs.calibrationMoveUsPerPage = calibration.moveNanosecondsPerPage / 1000
+      costs.calibrationCopyUsPerPage = calibration.copyNanosecondsPerPage / 1000
+      costs.calibrationMs = Double(calibration.nanoseconds) / 1e6
+      costs.calibrationFractionOfCycle = cycleMs > 0 ? Double(calibration.nanoseconds) / 1e6 / cycleMs : nil
+    }
+    func measured(_ strategy: MappingStrategy) -> CompactReport.Costs.Measured? {
+      let cycles = runs.filter { $0.strategy == strategy }
+      guard !cycles.isEmpty else { return nil }
+      return .init(
+        cycles: cycles.count,
+        gcUsPerPage: median(cycles.map {
+          Double($0.compactionWallNanoseconds) / 1000 / Double(max(1, ($0.liveBytes + PageSize.base - 1) / PageSize.base))
+        }),
+        stallP99Us: median(cycles.map { Double($0.mutatorStall.p99) / 1000 }))
+    }
+    costs.move = measured(.move)
+    costs.copy = measured(.copy)
+    strategyCosts = costs
   }
 }
 

@@ -18,8 +18,8 @@ struct CompactCommand: ParsableCommand {
   var heapMib = 256
   @Option(parsing: .unconditional, help: "Mutator threads reading and writing their objects during compaction (1-64).")
   var mutators = 2
-  @Option(help: "Strategies to run.")
-  var mode = CompactMode.both
+  @Option(help: "Strategies to run: auto (MOVE or COPY chosen per cycle from their measured costs), move, copy, copy-1, both (move and copy), all (move, copy, copy-1 and auto, interleaved).")
+  var mode = CompactMode.auto
   @Option(parsing: .unconditional, help: "Workload seed: the same seed builds the same heap.")
   var seed: UInt64 = 1
   @Option(help: "How mutator faults are served: in the faulting thread (sigbus) or by a fault-server thread.")

@@ -1,0 +1,207 @@
+/// What mapping one page cost in a cycle under one strategy, as the automatic choice weighs it.
+public struct StrategyCost: Sendable, Hashable {
+  /// The GC thread's wall time over the concurrent phase per to-space page, in nanoseconds.
+  public var gcNanosecondsPerPage: Double
+  /// The mutators' fault-stall 99th percentile, in nanoseconds; nil when no mutator faulted
+  /// (idle mutators), so there is nothing to weigh.
+  public var stallP99Nanoseconds: Double?
+
+  /// Creates a cost.
+  public init(gcNanosecondsPerPage: Double, stallP99Nanoseconds: Double?) {
+    self.gcNanosecondsPerPage = gcNanosecondsPerPage
+    self.stallP99Nanoseconds = stallP99Nanoseconds
+  }
+}
+
+/// The start-up calibration: one run of pages mapped with UFFDIO_MOVE and with UFFDIO_COPY, a few
+/// times each, interleaved, while as many busy threads as the heap has mutators run in the process
+/// (each MOVE's TLB flush interrupts every other CPU running it: what makes MOVE slow in a VM).
+public struct StrategyCalibration: Sendable, Hashable {
+  /// UFFDIO_MOVE, nanoseconds per page (median of the repetitions, one run per ioctl).
+  public var moveNanosecondsPerPage: Double
+  /// UFFDIO_COPY into fresh pages, nanoseconds per page (the same way).
+  public var copyNanosecondsPerPage: Double
+  /// Pages per ioctl (the GC's run length).
+  public var runPages: Int
+  /// Busy threads running beside the calibrating one.
+  public var busyThreads: Int
+  /// What the calibration itself took, wall time in nanoseconds (threads included).
+  public var nanoseconds: Int64
+
+  /// Creates a calibration record.
+  public init(moveNanosecondsPerPage: Double, copyNanosecondsPerPage: Double, runPages: Int, busyThreads: Int,
+              nanoseconds: Int64) {
+    self.moveNanosecondsPerPage = moveNanosecondsPerPage
+    self.copyNanosecondsPerPage = copyNanosecondsPerPage
+    self.runPages = runPages
+    self.busyThreads = busyThreads
+    self.nanoseconds = nanoseconds
+  }
+}
+
+/// One cycle's automatic choice (``MappingStrategy/automatic``): which strategy, why, and the
+/// evidence it was weighed on.
+public struct StrategyChoice: Sendable, Hashable {
+  /// ``MappingStrategy/move`` or ``MappingStrategy/copy``.
+  public var strategy: MappingStrategy
+  /// Why, in one sentence with the numbers.
+  public var reason: String
+  /// The start-up calibration (nil where MOVE is unusable: nothing to compare).
+  public var calibration: StrategyCalibration?
+  /// The MOVE strategy's measured cost so far (a moving average over the cycles that used it);
+  /// nil until a cycle used it.
+  public var measuredMove: StrategyCost?
+  /// The COPY strategy's, the same way.
+  public var measuredCopy: StrategyCost?
+}
+
+/// The automatic choice's decision rule, pure (no kernel, no clock): unit-tested with synthetic
+/// costs. ``StrategySelector`` wraps it for concurrent use.
+///
+/// - Where MOVE is unusable (kernel, seccomp: ``MoveVerdict``) the answer is COPY, always.
+/// - Cycle 1: the cheaper strategy by the start-up calibration (mapping cost per page).
+/// - Cycle 2: the other one, once (exploring), so both have measured GC time and stalls.
+/// - Then: each strategy's score is its GC time per page over the better of the two plus its stall
+///   p99 over the better of the two (2 is the best possible); the incumbent is kept unless the
+///   other scores at least ``margin`` lower, and is never switched again within ``dwell`` cycles
+///   of a switch (hysteresis: noise between cycles does not flap it).
+/// - Evidence is a moving average (half old, half new) of the cycles that used each strategy; the
+///   other is explored again when its evidence is ``refreshAfter`` cycles old.
+struct AutomaticChoice: Sendable {
+  /// How much lower (as a fraction) the other strategy's score must be to switch.
+  var margin = 0.10
+  /// Cycles after a switch before the next one may happen.
+  var dwell = 2
+  /// Cycles after which the strategy not in use is explored again.
+  var refreshAfter = 32
+
+  /// Whether MOVE may be used at all, and if not, why (``MoveVerdict`` text).
+  var moveUnusableBecause: String?
+  private(set) var calibration: StrategyCalibration?
+  private(set) var measured: [MappingStrategy: StrategyCost] = [:]
+  /// The cycle each strategy was last measured in.
+  private var measuredAt: [MappingStrategy: Int] = [:]
+  /// The strategy decisions hold on to (an exploring cycle does not change it).
+  private(set) var incumbent: MappingStrategy?
+  private var lastSwitch = 0
+  /// Cycles decided so far.
+  private(set) var cycle = 0
+
+  init(moveUnusableBecause: String?) { self.moveUnusableBecause = moveUnusableBecause }
+
+  /// Whether a calibration is wanted before the next ``next()`` (MOVE usable, none yet).
+  var needsCalibration: Bool { moveUnusableBecause == nil && calibration == nil }
+
+  mutating func calibrated(_ calibration: StrategyCalibration) { self.calibration = calibration }
+
+  /// Records what a cycle under `strategy` cost.
+  mutating func record(_ strategy: MappingStrategy, cost: StrategyCost) {
+    measuredAt[strategy] = cycle
+    guard let old = measured[strategy] else {
+      measured[strategy] = cost
+      return
+    }
+    let stall: Double? = switch (old.stallP99Nanoseconds, cost.stallP99Nanoseconds) {
+    case let (old?, new?): (old + new) / 2
+    case let (old, new): new ?? old
+    }
+    measured[strategy] = StrategyCost(
+      gcNanosecondsPerPage: (old.gcNanosecondsPerPage + cost.gcNanosecondsPerPage) / 2, stallP99Nanoseconds: stall)
+  }
+
+  /// The next cycle's strategy and why.
+  mutating func next() -> StrategyChoice {
+    cycle += 1
+    let (strategy, reason) = decide()
+    return StrategyChoice(
+      strategy: strategy, reason: reason, calibration: calibration, measuredMove: measured[.move],
+      measuredCopy: measured[.copy])
+  }
+
+  private mutating func decide() -> (MappingStrategy, String) {
+    if let why = moveUnusableBecause {
+      incumbent = .copy
+      return (.copy, "COPY: UFFDIO_MOVE is not usable here (\(why))")
+    }
+    guard let incumbent else {
+      let first = calibrated(.move) < calibrated(.copy) ? MappingStrategy.move : .copy
+      self.incumbent = first
+      lastSwitch = cycle
+      return (first, "\(first.label): cheaper in the start-up calibration (\(calibrationText))")
+    }
+    let other = incumbent.other
+    if measured[other] == nil || cycle - (measuredAt[other] ?? 0) > refreshAfter {
+      return (other, "\(other.label), exploring: its GC time and stalls "
+        + (measured[other] == nil ? "were not measured yet" : "were last measured \(cycle - (measuredAt[other] ?? 0)) cycles ago")
+        + " (\(incumbent.label) stays the choice)")
+    }
+    let mine = score(incumbent), theirs = score(other)
+    let evidence = "scores \(incumbent.label) \(format(mine)) vs \(other.label) \(format(theirs)) (GC per page and stall p99,"
+      + " each over the better; \(costText))"
+    if theirs < mine * (1 - margin) {
+      guard cycle - lastSwitch >= dwell else {
+        return (incumbent, "\(incumbent.label), held: the last switch was \(cycle - lastSwitch) cycle(s) ago, fewer than \(dwell); \(evidence)")
+      }
+      self.incumbent = other
+      lastSwitch = cycle
+      return (other, "\(other.label), switched: more than \(Int(margin * 100))% better; \(evidence)")
+    }
+    return (incumbent, "\(incumbent.label), kept: \(other.label) is not \(Int(margin * 100))% better; \(evidence)")
+  }
+
+  /// The GC time per page a strategy is expected to take: measured; else the other's measured time
+  /// with the calibration's difference in mapping cost; else the calibration's mapping cost alone
+  /// (comparable: the compaction work is the same under both).
+  func expectedGC(_ strategy: MappingStrategy) -> Double {
+    if let cost = measured[strategy] { return cost.gcNanosecondsPerPage }
+    if let other = measured[strategy.other] {
+      return Swift.max(calibrated(strategy), other.gcNanosecondsPerPage - calibrated(strategy.other) + calibrated(strategy))
+    }
+    return calibrated(strategy)
+  }
+
+  /// GC per page over the better of the two, plus stall p99 over the better of the two (1 each
+  /// when not comparable).
+  func score(_ strategy: MappingStrategy) -> Double {
+    let gc = expectedGC(strategy), best = Swift.min(expectedGC(.move), expectedGC(.copy))
+    var score = best > 0 ? gc / best : 1
+    if let mine = measured[strategy]?.stallP99Nanoseconds, let theirs = measured[strategy.other]?.stallP99Nanoseconds,
+       Swift.min(mine, theirs) > 0 {
+      score += mine / Swift.min(mine, theirs)
+    } else {
+      score += 1
+    }
+    return score
+  }
+
+  private func calibrated(_ strategy: MappingStrategy) -> Double {
+    guard let calibration else { return 0 }
+    return strategy == .move ? calibration.moveNanosecondsPerPage : calibration.copyNanosecondsPerPage
+  }
+
+  private var calibrationText: String {
+    guard let calibration else { return "no calibration" }
+    return "MOVE \(format(calibration.moveNanosecondsPerPage / 1000)) µs/page, COPY \(format(calibration.copyNanosecondsPerPage / 1000))"
+      + " µs/page in \(calibration.runPages)-page ioctls with \(calibration.busyThreads) busy thread(s)"
+  }
+
+  private var costText: String {
+    [MappingStrategy.move, .copy].map { strategy in
+      let stall = measured[strategy]?.stallP99Nanoseconds.map { "stall p99 \(format($0 / 1000)) µs" } ?? "stall p99 unmeasured"
+      return "\(strategy.label) GC \(format(expectedGC(strategy) / 1000)) µs/page, \(stall)"
+    }.joined(separator: "; ")
+  }
+
+  private func format(_ value: Double) -> String {
+    let hundredths = Int((value * 100).rounded())
+    let fraction = abs(hundredths % 100)
+    return "\(hundredths / 100).\(fraction < 10 ? "0" : "")\(fraction)"
+  }
+}
+
+extension MappingStrategy {
+  /// MOVE's alternative and COPY's (the automatic choice weighs only these two).
+  var other: MappingStrategy { self == .move ? .copy : .move }
+  /// As the reasons name it.
+  var label: String { self == .move ? "MOVE" : "COPY" }
+}
