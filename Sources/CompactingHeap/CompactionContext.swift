@@ -33,6 +33,11 @@ struct CompactionContext: @unchecked Sendable {
   /// Per to-space page, when it was mapped and by whom (see ``recordMapped(_:byMutator:)``); 0 until
   /// then. Each page's word is written once, by the page's claimer, and read after the cycle.
   let mappedAt: UnsafeMutablePointer<UInt32>
+  /// Per fault that waited for a page someone else was compacting or mapping
+  /// (``PageState/Kind/processing`` or ``PageState/Kind/mapping``): how long it waited.
+  let waits: StallHistogram
+  /// The GC thread's copy buffer (``PageState/Kind/buffered`` pages' slots).
+  let gcBuffer: UnsafeMutablePointer<UInt64>
   /// The concurrent phase's start (CycleClock nanoseconds), for ``mappedAt``.
   let phaseStart: UnsafeMutablePointer<Atomic<Int>>
   /// The userfaultfd's descriptor (the handle outlives the cycle's resources).
@@ -52,6 +57,10 @@ struct CompactionContext: @unchecked Sendable {
 
   @inline(__always)
   func toSpaceAddress(_ index: Int) -> UInt { layout.start &+ UInt(index &* layout.pageSize) }
+
+  /// Slot `slot` of the GC thread's copy buffer.
+  @inline(__always)
+  func gcBufferSlot(_ slot: Int) -> UnsafeMutablePointer<UInt64> { gcBuffer + slot &* layout.wordsPerPage }
 
   /// Reserves up to `count` contiguous dead from-space pages to compact into, with one
   /// compare-exchange: returns the lowest and how many (0 when none is free yet). A page is dead
@@ -139,7 +148,12 @@ struct CompactionContext: @unchecked Sendable {
   /// Async-signal-safe: called from SIGBUS handlers and from the fault-server thread.
   func resolveFault(at address: UInt) {
     let start = CycleClock.now()
-    defer { stalls.record(nanoseconds: Int(CycleClock.now() - start)) }
+    var waitingSince: Int64 = 0  // When it began waiting on someone else's page; 0: never.
+    defer {
+      let end = CycleClock.now()
+      stalls.record(nanoseconds: Int(end - start))
+      if waitingSince != 0 { waits.record(nanoseconds: Int(end - waitingSince)) }
+    }
     counters.add(.mutatorFaults)
     let index = Int(bitPattern: (address &- layout.start)) / layout.pageSize
     guard index >= 0, index < layout.pageCount else {
@@ -173,10 +187,26 @@ struct CompactionContext: @unchecked Sendable {
         recordMapped(index..<(index &+ 1), byMutator: true)
         states.publish(.mapped, at: index)
         return
+      case .buffered:
+        // In the GC's copy buffer, waiting for the rest of its run: copy this page now rather
+        // than wait for the GC to compact the run and copy it in (the GC skips it, and reuses
+        // the slot only once it is mapped).
+        guard states.claim(index, from: state, to: .mapping) else { continue }
+        mapPages(at: index, count: 1, from: gcBufferSlot(state.staging), move: false)
+        recordMapped(index..<(index &+ 1), byMutator: true)
+        states.publish(.mapped, at: index)
+        return
       case .mapped:
         return
-      case .processing, .mutatorProcessing, .mapping:
-        backOff.pause()  // Someone is compacting or mapping it: a few microseconds.
+      case .processing, .mapping:
+        // The GC compacting one page, or someone mapping it with one ioctl.
+        if waitingSince == 0 {
+          waitingSince = CycleClock.now()
+          counters.add(state.kind == .processing ? .waitsOnProcessing : .waitsOnMapping)
+        }
+        backOff.pause()
+      case .mutatorProcessing:
+        backOff.pause()  // Another mutator compacting it: a few microseconds.
       }
     }
   }
@@ -218,17 +248,20 @@ final class CompactionResources: @unchecked Sendable {
   private let mappedAt: UnsafeMutablePointer<UInt32>
   /// Page-aligned (UFFDIO_COPY wants an aligned source) and populated before the cycle.
   private let bufferMemory: AnonymousMemory
+  /// The GC thread's copy buffer (``CompactionContext/gcBuffer``), the same way.
+  let gcBufferMemory: AnonymousMemory
 
   init(layout: PageLayout, fromSpace: AnonymousMemory, uffd: Userfaultfd, strategy: MappingStrategy,
-       mutatorMapping: MutatorMapping, buffers: Int, blockPages: Int) throws(UserfaultfdError) {
+       mutatorMapping: MutatorMapping, buffers: Int, blockPages: Int, gcRunPages: Int = 1) throws(UserfaultfdError) {
     pageCount = Swift.max(layout.pageCount, 1)
     bufferCount = Swift.max(buffers, 1)
     bufferMemory = try AnonymousMemory(length: bufferCount * blockPages * layout.pageSize, populate: true)
+    gcBufferMemory = try AnonymousMemory(length: Swift.max(gcRunPages, 1) * layout.pageSize, populate: true)
     states = .allocate(capacity: pageCount)
     for index in 0..<pageCount { (states + index).initialize(to: Atomic(PageState.unprocessed.rawValue)) }
     mappedAt = .allocate(capacity: pageCount)
     mappedAt.initialize(repeating: 0, count: pageCount)
-    atomicCount = 3 + CycleCounters.slotCount + StallHistogram.slotCount
+    atomicCount = 3 + CycleCounters.slotCount + 2 * StallHistogram.slotCount
     atomics = .allocate(capacity: atomicCount)
     for index in 0..<atomicCount { (atomics + index).initialize(to: Atomic(0)) }
     atomics[0].store(layout.fromPages - 1, ordering: .relaxed)  // The recycle cursor.
@@ -241,6 +274,8 @@ final class CompactionResources: @unchecked Sendable {
       buffers: bufferMemory.baseAddress.assumingMemoryBound(to: UInt64.self), bufferBusy: busy,
       bufferCount: bufferCount, blockPages: blockPages, counters: CycleCounters(slots: atomics + 2),
       stalls: StallHistogram(slots: atomics + 2 + CycleCounters.slotCount), mappedAt: mappedAt,
+      waits: StallHistogram(slots: atomics + 3 + CycleCounters.slotCount + StallHistogram.slotCount),
+      gcBuffer: gcBufferMemory.baseAddress.assumingMemoryBound(to: UInt64.self),
       phaseStart: atomics + 2 + CycleCounters.slotCount + StallHistogram.slotCount, uffd: uffd.coreDescriptor,
       useMove: strategy == .move, mutatorsMoveBelow: Self.mutatorsMoveBelow(mutatorMapping, pageCount: layout.pageCount))
   }

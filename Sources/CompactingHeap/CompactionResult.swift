@@ -63,6 +63,14 @@ public struct CompactionResult: Sendable {
   /// registration (I/O into it, another process). The compacted content was written over each in
   /// place (nothing of the heap lost; what the intruder wrote there is gone). 0 in every normal cycle.
   public var intrudedPages: Int = 0
+  /// The part of ``mutatorStall`` spent waiting for a page someone else held: per fault that
+  /// waited, from its first wait to its return (so it includes mapping the page once free).
+  /// ``MutatorStall/count`` is the faults that waited.
+  public var mutatorWait = MutatorStall()
+  /// Faults that waited for a page the GC was compacting (one page's compaction at most).
+  public var waitsOnProcessing: Int = 0
+  /// Faults that waited for a page being mapped (one ioctl at most), by the GC or another mutator.
+  public var waitsOnMapping: Int = 0
   /// When the pages were mapped over the concurrent phase, by the GC thread and by mutators.
   public var timeline = MappingTimeline()
 

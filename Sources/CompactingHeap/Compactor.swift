@@ -208,6 +208,8 @@ public final class Compactor: @unchecked Sendable {
       errnoCounts: counters.errnoCounts(), mutatorWrites: writes, residentBefore: residentBefore,
       peakResident: peak, verified: true, mutatorStall: stall,
       releasedPages: counters.load(.releasedPages), intrudedPages: counters.load(.intrudedPages),
+      mutatorWait: Self.stall(cycle.resources.context.waits), waitsOnProcessing: counters.load(.waitsOnProcessing),
+      waitsOnMapping: counters.load(.waitsOnMapping),
       timeline: MappingTimeline(
         records: cycle.resources.context.mappedAt, count: marked.plan.layout.pageCount, bins: Self.timelineBins))
   }
@@ -234,7 +236,6 @@ public final class Compactor: @unchecked Sendable {
     let uffd: Userfaultfd
     let fromSpace: AnonymousMemory
     let resources: CompactionResources
-    let gcBuffer: AnonymousMemory
     let logs: [WriteLog]
     let delivery: FaultDelivery
   }
@@ -254,7 +255,6 @@ public final class Compactor: @unchecked Sendable {
     let uffd: Userfaultfd
     let fromSpace: AnonymousMemory
     let resources: CompactionResources
-    let gcBuffer: AnonymousMemory
     do {
       uffd = configuration.faultMode == .sigbus
         ? try Userfaultfd(features: [.sigbus]) : try Userfaultfd(options: .nonBlocking)
@@ -263,15 +263,14 @@ public final class Compactor: @unchecked Sendable {
         layout: plan.layout, fromSpace: fromSpace, uffd: uffd,
         strategy: strategy, mutatorMapping: configuration.mutatorMapping,
         buffers: heap.roots.count + 1,
-        blockPages: configuration.mutatorBlockPages)
-      gcBuffer = try AnonymousMemory(length: configuration.gcRunPages * PageSize.base, populate: true)
+        blockPages: configuration.mutatorBlockPages, gcRunPages: configuration.gcRunPages)
     } catch {
       throw .system(error)
     }
     let logs = heap.roots.map { _ in WriteLog(capacity: 2 * configuration.loggedWordsPerMutator) }
     let delivery = try FaultDelivery(mode: configuration.faultMode, uffd: uffd, resources: resources)
     return Cycle(
-      uffd: uffd, fromSpace: fromSpace, resources: resources, gcBuffer: gcBuffer, logs: logs, delivery: delivery)
+      uffd: uffd, fromSpace: fromSpace, resources: resources, logs: logs, delivery: delivery)
   }
 
   /// Phase 3, the pause: rewrite the roots, move every page to from-space in one mremap, register
@@ -321,7 +320,7 @@ public final class Compactor: @unchecked Sendable {
     let done = StopFlag()
     let gc = CompactionThread(
       context: context, fromSpace: cycle.fromSpace,
-      buffer: cycle.gcBuffer.baseAddress.assumingMemoryBound(to: UInt64.self),
+      buffer: context.gcBuffer,
       runPages: configuration.gcRunPages,
       copyRunPages: strategy == .copySinglePage ? 1 : configuration.gcRunPages,
       minimumMoveRun: configuration.minimumMoveRun)

@@ -21,9 +21,9 @@ package struct CompactReport: Encodable, Sendable {
     package var max: Double
 
     /// Each percentile's median over `runs`.
-    init(medianOf runs: [CompactionResult]) {
+    init(medianOf runs: [CompactionResult], of stall: (CompactionResult) -> MutatorStall = \.mutatorStall) {
       func microseconds(_ value: (MutatorStall) -> Int64) -> Double {
-        median(runs.map { Double(value($0.mutatorStall)) / 1000 })
+        median(runs.map { Double(value(stall($0))) / 1000 })
       }
       p50 = microseconds(\.p50)
       p99 = microseconds(\.p99)
@@ -75,6 +75,12 @@ package struct CompactReport: Encodable, Sendable {
     package var mutatorStallUs: Stall
     /// Time each mutator spent stalled in faults, on average.
     package var mutatorStallMsPerMutator: Double
+    /// Per fault that waited for a page someone else held (the GC compacting it, or anyone
+    /// mapping it): the wait, percentiles' medians over the runs.
+    package var mutatorWaitUs: Stall
+    /// The median run's faults that waited for a page the GC was compacting / being mapped.
+    package var waitsOnProcessing: Int
+    package var waitsOnMapping: Int
     /// The median run's stalls by powers of two of microseconds (element k: 2^k to 2^(k+1) µs).
     package var mutatorStallCountsPow2Us: [Int]
     package var mappingTimeline: Timeline
@@ -169,6 +175,8 @@ package struct CompactReport: Encodable, Sendable {
         verified: runs.allSatisfy(\.verified),
         mutatorStallUs: Stall(medianOf: runs),
         mutatorStallMsPerMutator: median(runs.map { $0.stalledMilliseconds(perMutatorOf: mutators) }),
+        mutatorWaitUs: Stall(medianOf: runs, of: \.mutatorWait),
+        waitsOnProcessing: typical.waitsOnProcessing, waitsOnMapping: typical.waitsOnMapping,
         mutatorStallCountsPow2Us: typical.mutatorStall.countsByPowerOfTwoMicroseconds,
         mappingTimeline: Timeline(
           binMs: Double(typical.timeline.binNanoseconds) / 1e6, pagesByGc: typical.timeline.pagesByGC,
@@ -237,6 +245,10 @@ package struct CompactReport: Encodable, Sendable {
       lines.append(String(
         format: "%@: mutator stall per fault p50 %.1f µs, p99 %.1f µs, p99.9 %.1f µs, max %.1f µs; %.1f ms stalled per mutator; %.0f writes/ms",
         name, stall.p50, stall.p99, stall.p999, stall.max, m.mutatorStallMsPerMutator, m.mutatorWritesPerMs))
+      let wait = m.mutatorWaitUs
+      lines.append(String(
+        format: "%@: faults that waited for a held page: %d on the GC compacting it, %d on a mapping ioctl; wait p50 %.1f µs, p99 %.1f µs, max %.1f µs",
+        name, m.waitsOnProcessing, m.waitsOnMapping, wait.p50, wait.p99, wait.max))
       lines.append("\(name): \(m.mutatorFaults) mutator faults, \(m.recycledPages) recycled pages, "
         + "\(m.bufferPages) GC buffer pages, \(m.releasedPages) from-space pages released early, \(m.busyFallbacks) EBUSY fallbacks, "
         + "\(m.intrudedPages) pages found mapped outside the compaction, \(m.mutatorWrites) mutator writes verified (\(Int(m.mutatorWritesPerMs))/ms); "
