@@ -14,8 +14,8 @@ public struct StrategyCost: Sendable, Hashable {
 }
 
 /// The start-up calibration: one run of pages mapped with UFFDIO_MOVE and with UFFDIO_COPY, a few
-/// times each, interleaved, while as many busy threads as the heap has mutators run in the process
-/// (each MOVE's TLB flush interrupts every other CPU running it: what makes MOVE slow in a VM).
+/// times each, interleaved, on the GC thread of the first cycle while its mutators run (each
+/// MOVE's TLB flush interrupts every other CPU running the process: what makes MOVE slow in a VM).
 public struct StrategyCalibration: Sendable, Hashable {
   /// UFFDIO_MOVE, nanoseconds per page (median of the repetitions, one run per ioctl).
   public var moveNanosecondsPerPage: Double
@@ -23,9 +23,9 @@ public struct StrategyCalibration: Sendable, Hashable {
   public var copyNanosecondsPerPage: Double
   /// Pages per ioctl (the GC's run length).
   public var runPages: Int
-  /// Busy threads running beside the calibrating one.
+  /// Mutator threads running beside the calibrating one.
   public var busyThreads: Int
-  /// What the calibration itself took, wall time in nanoseconds (threads included).
+  /// What the calibration itself took, wall time in nanoseconds.
   public var nanoseconds: Int64
 
   /// Creates a calibration record.
@@ -182,7 +182,7 @@ struct AutomaticChoice: Sendable {
   private var calibrationText: String {
     guard let calibration else { return "no calibration" }
     return "MOVE \(format(calibration.moveNanosecondsPerPage / 1000)) µs/page, COPY \(format(calibration.copyNanosecondsPerPage / 1000))"
-      + " µs/page in \(calibration.runPages)-page ioctls with \(calibration.busyThreads) busy thread(s)"
+      + " µs/page in \(calibration.runPages)-page ioctls with \(calibration.busyThreads) mutator(s) running"
   }
 
   private var costText: String {

@@ -42,11 +42,21 @@ struct CompactionContext: @unchecked Sendable {
   let phaseStart: UnsafeMutablePointer<Atomic<Int>>
   /// The userfaultfd's descriptor (the handle outlives the cycle's resources).
   let uffd: Int32
-  /// MOVE strategy: compact into recycled pages and move them; otherwise buffer and COPY.
-  let useMove: Bool
+  /// Nonzero under the MOVE strategy: compact into recycled pages and move them; otherwise
+  /// buffer and COPY. A word, not a constant, because ``MappingStrategy/automatic`` decides once
+  /// the mutators run (its calibration needs them running), before the GC thread starts; every
+  /// use of it is correct with either value (a mutator's choice only picks how its pages map).
+  let strategyWord: UnsafeMutablePointer<Atomic<Int>>
   /// Under MOVE, faulting mutators MOVE too once the GC thread's page is below this index, and
   /// COPY before (``MutatorMapping``: -1 never, `Int.max` always).
   let mutatorsMoveBelow: Int
+
+  /// Whether the cycle uses the MOVE strategy.
+  @inline(__always)
+  var useMove: Bool { strategyWord[0].load(ordering: .relaxed) != 0 }
+
+  /// Sets the strategy (before the GC thread starts).
+  func setUseMove(_ move: Bool) { strategyWord[0].store(move ? 1 : 0, ordering: .releasing) }
 
   /// Whether a faulting mutator maps with MOVE now.
   @inline(__always)
@@ -261,7 +271,7 @@ final class CompactionResources: @unchecked Sendable {
     for index in 0..<pageCount { (states + index).initialize(to: Atomic(PageState.unprocessed.rawValue)) }
     mappedAt = .allocate(capacity: pageCount)
     mappedAt.initialize(repeating: 0, count: pageCount)
-    atomicCount = 3 + CycleCounters.slotCount + 2 * StallHistogram.slotCount
+    atomicCount = 4 + CycleCounters.slotCount + 2 * StallHistogram.slotCount
     atomics = .allocate(capacity: atomicCount)
     for index in 0..<atomicCount { (atomics + index).initialize(to: Atomic(0)) }
     atomics[0].store(layout.fromPages - 1, ordering: .relaxed)  // The recycle cursor.
@@ -277,7 +287,8 @@ final class CompactionResources: @unchecked Sendable {
       waits: StallHistogram(slots: atomics + 3 + CycleCounters.slotCount + StallHistogram.slotCount),
       gcBuffer: gcBufferMemory.baseAddress.assumingMemoryBound(to: UInt64.self),
       phaseStart: atomics + 2 + CycleCounters.slotCount + StallHistogram.slotCount, uffd: uffd.coreDescriptor,
-      useMove: strategy == .move, mutatorsMoveBelow: Self.mutatorsMoveBelow(mutatorMapping, pageCount: layout.pageCount))
+      strategyWord: atomics + 3 + CycleCounters.slotCount + 2 * StallHistogram.slotCount, mutatorsMoveBelow: Self.mutatorsMoveBelow(mutatorMapping, pageCount: layout.pageCount))
+    context.setUseMove(strategy == .move)
   }
 
   private static func mutatorsMoveBelow(_ mapping: MutatorMapping, pageCount: Int) -> Int {

@@ -167,25 +167,27 @@ public final class Compactor: @unchecked Sendable {
   public func run(progress: (String) -> Void = { _ in }) throws(HeapError) -> CompactionResult {
     let usedBefore = heap.top
     try heap.validateRoots()
-    var choice: StrategyChoice?
-    if let selector {
-      progress("choosing MOVE or COPY (the first cycle calibrates)")
-      choice = selector.choose(
-        moveUnusableBecause: moveUnusableBecause, busyThreads: heap.roots.count, runPages: configuration.gcRunPages)
-    }
-    let strategy = choice?.strategy ?? configuration.strategy
-    if let choice { progress("strategy \(strategy.rawValue): \(choice.reason)") }
     progress("marking")
     let marked = mark()
     progress("reference compaction (for verification)")
     let expected = CycleVerification.Expected(heap: heap, map: marked.map, pageCount: marked.plan.layout.pageCount)
-    let cycle = try prepare(marked.plan, strategy: strategy)
+    // Under `automatic` the strategy is chosen once the mutators run; COPY until then.
+    let cycle = try prepare(marked.plan, strategy: selector == nil ? configuration.strategy : .copy)
     progress("pause, then concurrent compaction with \(cycle.logs.count) mutators")
     let residentBefore = ProcessMemory.resident
     ProcessMemory.resetPeak()
     let pauseNanoseconds = try pause(cycle, roots: expected.roots)
     heap.top = marked.map.liveBytes
-    let timing = try compactConcurrently(cycle, strategy: strategy)
+    var choice: StrategyChoice?
+    let timing = try compactConcurrently(cycle) {
+      guard let selector else { return configuration.strategy }
+      let chosen = selector.choose(
+        moveUnusableBecause: moveUnusableBecause, runningThreads: heap.roots.count, runPages: configuration.gcRunPages)
+      choice = chosen
+      return chosen.strategy
+    }
+    let strategy = choice?.strategy ?? configuration.strategy
+    if let choice { progress("chose \(strategy.rawValue): \(choice.reason)") }
     let peak = ProcessMemory.peak
     progress("verifying")
     let writes = try verify(cycle, expected: expected)
@@ -314,16 +316,18 @@ public final class Compactor: @unchecked Sendable {
 
   /// Phase 4: the mutators run while the GC thread compacts every page; returns the GC thread's
   /// wall and CPU time. Ends with every page mapped, the mutators joined and the heap unregistered.
-  private func compactConcurrently(_ cycle: Cycle, strategy: MappingStrategy) throws(HeapError) -> (wall: Int64, cpu: Int64) {
+  /// `strategy` is asked once every mutator runs, just before the GC starts (its time counts as
+  /// the GC's: under `automatic` the first cycle calibrates there, with the mutators running).
+  private func compactConcurrently(_ cycle: Cycle, strategy: () -> MappingStrategy) throws(HeapError) -> (wall: Int64, cpu: Int64) {
     let context = cycle.resources.context
     context.phaseStart[0].store(Int(CycleClock.now()), ordering: .relaxed)  // Before any mutator runs.
     let done = StopFlag()
-    let gc = CompactionThread(
-      context: context, fromSpace: cycle.fromSpace,
-      buffer: context.gcBuffer,
-      runPages: configuration.gcRunPages,
-      copyRunPages: strategy == .copySinglePage ? 1 : configuration.gcRunPages,
-      minimumMoveRun: configuration.minimumMoveRun)
+    func compactor(_ strategy: MappingStrategy) -> CompactionThread {
+      CompactionThread(
+        context: context, fromSpace: cycle.fromSpace, buffer: context.gcBuffer, runPages: configuration.gcRunPages,
+        copyRunPages: strategy == .copySinglePage ? 1 : configuration.gcRunPages,
+        minimumMoveRun: configuration.minimumMoveRun)
+    }
     var threads: [DedicatedThread] = []
     let idle = configuration.idleMutators
     let running = Atomic<Int>(0)
@@ -337,7 +341,7 @@ public final class Compactor: @unchecked Sendable {
         })
       } catch {
         // The GC still has to fill the heap before anyone can be released.
-        gc.run()
+        compactor(context.useMove ? .move : .copy).run()
         done.set()
         threads.forEach { $0.join() }
         cycle.delivery.close()
@@ -348,7 +352,9 @@ public final class Compactor: @unchecked Sendable {
     BackOff.wait { running.load(ordering: .acquiring) < threads.count }
     let wallStart = CycleClock.now()
     let cpuStart = CycleClock.threadCPU()
-    gc.run()
+    let chosen = strategy()
+    context.setUseMove(chosen == .move)
+    compactor(chosen).run()
     let cpu = CycleClock.threadCPU() - cpuStart
     let wall = CycleClock.now() - wallStart
     done.set()

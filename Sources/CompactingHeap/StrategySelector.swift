@@ -1,4 +1,3 @@
-import Glibc
 import Synchronization
 import Userfaultfd
 
@@ -19,10 +18,11 @@ public final class StrategySelector: Sendable {
   /// A selector deciding with `rule` (tests give it synthetic evidence).
   init(rule: AutomaticChoice) { state = Mutex(rule) }
 
-  /// The strategy for the next cycle. Calibrates first when MOVE is usable and it has not yet
-  /// (outside the cycle's timed parts); a calibration that fails makes it COPY, with the error as
-  /// the reason. `moveUnusableBecause` (nil: usable) is the compactor's capability verdict.
-  func choose(moveUnusableBecause: String?, busyThreads: Int, runPages: Int) -> StrategyChoice {
+  /// The strategy for the next cycle, asked once its mutators (`runningThreads`) run. Calibrates
+  /// first when MOVE is usable and it has not yet (the first cycle: its cost counts in that
+  /// cycle's GC time); a calibration that fails makes it COPY, with the error as the reason.
+  /// `moveUnusableBecause` (nil: usable) is the compactor's capability verdict.
+  func choose(moveUnusableBecause: String?, runningThreads: Int, runPages: Int) -> StrategyChoice {
     let needsCalibration = state.withLock { rule in
       if rule.moveUnusableBecause == nil, let why = moveUnusableBecause { rule.moveUnusableBecause = why }
       return rule.needsCalibration
@@ -30,7 +30,7 @@ public final class StrategySelector: Sendable {
     if needsCalibration {
       let result: Result<StrategyCalibration, HeapError>
       do throws(HeapError) {
-        result = .success(try MappingCalibration.measure(busyThreads: busyThreads, runPages: runPages))
+        result = .success(try MappingCalibration.measure(runningThreads: runningThreads, runPages: runPages))
       } catch {
         result = .failure(error)
       }
@@ -52,16 +52,15 @@ public final class StrategySelector: Sendable {
 
 /// The start-up calibration (``StrategyCalibration``): on scratch memory registered with its own
 /// userfaultfd, one run of pages mapped by UFFDIO_MOVE and by UFFDIO_COPY (into fresh pages, as
-/// the COPY strategy maps), interleaved, while busy threads of this process keep the other CPUs
-/// (up to one per mutator): each MOVE's TLB flush must interrupt them, as it interrupts mutators.
+/// the COPY strategy maps), interleaved. It runs on the GC thread in the first cycle, once the
+/// mutators run and before the GC starts: each MOVE's TLB flush must then interrupt the CPUs
+/// they run on, as it will all cycle (what makes MOVE slow in a VM). No thread of its own.
 enum MappingCalibration {
   /// Timed ioctls per strategy; the median counts.
   static var repetitions: Int { 3 }
 
-  static func measure(busyThreads wanted: Int, runPages: Int) throws(HeapError) -> StrategyCalibration {
+  static func measure(runningThreads: Int, runPages: Int) throws(HeapError) -> StrategyCalibration {
     let start = CycleClock.now()
-    // More busy threads than other CPUs would only slow the calibrating thread down.
-    let busyThreads = Swift.max(0, Swift.min(wanted, sysconf(Int32(_SC_NPROCESSORS_ONLN)) - 1))
     let length = runPages * PageSize.base
     var moves: [Double] = [], copies: [Double] = []
     do throws(UserfaultfdError) {
@@ -70,20 +69,6 @@ enum MappingCalibration {
       let target = try AnonymousMemory(length: length)
       _ = try uffd.register(target.baseAddress, length: length, mode: .missing)
       defer { try? uffd.unregister(target.baseAddress, length: length) }
-      let stop = StopFlag()
-      let running = Atomic<Int>(0)
-      var threads: [DedicatedThread] = []
-      defer {
-        stop.set()
-        threads.forEach { $0.join() }
-      }
-      for _ in 0..<busyThreads {
-        threads.append(try DedicatedThread {
-          running.add(1, ordering: .releasing)
-          while !stop.isSet {}
-        })
-      }
-      BackOff.wait { running.load(ordering: .acquiring) < busyThreads }
       let fd = uffd.coreDescriptor
       let destination = UInt(bitPattern: target.baseAddress), from = UInt(bitPattern: source.baseAddress)
       for _ in 0..<Self.repetitions {
@@ -106,6 +91,6 @@ enum MappingCalibration {
     }
     return StrategyCalibration(
       moveNanosecondsPerPage: moves.sorted()[moves.count / 2], copyNanosecondsPerPage: copies.sorted()[copies.count / 2],
-      runPages: runPages, busyThreads: busyThreads, nanoseconds: CycleClock.now() - start)
+      runPages: runPages, busyThreads: runningThreads, nanoseconds: CycleClock.now() - start)
   }
 }
