@@ -1,6 +1,8 @@
 /// What mapping one page cost in a cycle under one strategy, as the automatic choice weighs it.
 public struct StrategyCost: Sendable, Hashable {
-  /// The GC thread's wall time over the concurrent phase per to-space page, in nanoseconds.
+  /// The GC thread's CPU time over the concurrent phase per to-space page, in nanoseconds (CPU,
+  /// not wall: on a shared machine the wall time is mostly how long the thread waited for a CPU;
+  /// a MOVE's wait for the other CPUs to flush their TLBs is CPU time).
   public var gcNanosecondsPerPage: Double
   /// The mutators' fault-stall 99th percentile, in nanoseconds; nil when no mutator faulted
   /// (idle mutators), so there is nothing to weigh.
@@ -48,7 +50,7 @@ public struct StrategyChoice: Sendable, Hashable {
   public var reason: String
   /// The start-up calibration (nil where MOVE is unusable: nothing to compare).
   public var calibration: StrategyCalibration?
-  /// The MOVE strategy's measured cost so far (a moving average over the cycles that used it);
+  /// The MOVE strategy's measured cost so far (the median of the last cycles that used it);
   /// nil until a cycle used it.
   public var measuredMove: StrategyCost?
   /// The COPY strategy's, the same way.
@@ -61,12 +63,14 @@ public struct StrategyChoice: Sendable, Hashable {
 /// - Where MOVE is unusable (kernel, seccomp: ``MoveVerdict``) the answer is COPY, always.
 /// - Cycle 1: the cheaper strategy by the start-up calibration (mapping cost per page).
 /// - Cycle 2: the other one, once (exploring), so both have measured GC time and stalls.
-/// - Then: each strategy's score is its GC time per page over the better of the two plus its stall
-///   p99 over the better of the two (2 is the best possible); the incumbent is kept unless the
-///   other scores at least ``margin`` lower, and is never switched again within ``dwell`` cycles
-///   of a switch (hysteresis: noise between cycles does not flap it).
-/// - Evidence is a moving average (half old, half new) of the cycles that used each strategy; the
-///   other is explored again when its evidence is ``refreshAfter`` cycles old.
+/// - Then: each strategy's score is its GC CPU time per page over the better of the two plus its
+///   stall p99 over the better of the two, that ratio capped at ``stallRatioCap`` (2 is the best
+///   possible); the incumbent is kept unless the other scores at least ``margin`` lower, and is
+///   never switched again within ``dwell`` cycles of a switch (hysteresis: noise between cycles
+///   does not flap it).
+/// - Evidence is the median of the last ``window`` cycles that used each strategy (one cycle
+///   whose p99 caught a preemption does not decide alone once there are three); the other is
+///   explored again when its evidence is ``refreshAfter`` cycles old.
 struct AutomaticChoice: Sendable {
   /// How much lower (as a fraction) the other strategy's score must be to switch.
   var margin = 0.10
@@ -74,11 +78,19 @@ struct AutomaticChoice: Sendable {
   var dwell = 2
   /// Cycles after which the strategy not in use is explored again.
   var refreshAfter = 32
+  /// The most a stall p99 ratio adds to a score: a stall disaster weighs heavily, but one noisy
+  /// p99 (a preemption lands in a fault) cannot outweigh everything else.
+  var stallRatioCap = 4.0
+  /// Cycles per strategy whose median is its evidence.
+  var window = 3
 
   /// Whether MOVE may be used at all, and if not, why (``MoveVerdict`` text).
   var moveUnusableBecause: String?
   private(set) var calibration: StrategyCalibration?
+  /// Per strategy, the median of ``samples``.
   private(set) var measured: [MappingStrategy: StrategyCost] = [:]
+  /// Per strategy, its last ``window`` cycles' costs.
+  private var samples: [MappingStrategy: [StrategyCost]] = [:]
   /// The cycle each strategy was last measured in.
   private var measuredAt: [MappingStrategy: Int] = [:]
   /// The strategy decisions hold on to (an exploring cycle does not change it).
@@ -97,16 +109,21 @@ struct AutomaticChoice: Sendable {
   /// Records what a cycle under `strategy` cost.
   mutating func record(_ strategy: MappingStrategy, cost: StrategyCost) {
     measuredAt[strategy] = cycle
-    guard let old = measured[strategy] else {
-      measured[strategy] = cost
-      return
-    }
-    let stall: Double? = switch (old.stallP99Nanoseconds, cost.stallP99Nanoseconds) {
-    case let (old?, new?): (old + new) / 2
-    case let (old, new): new ?? old
-    }
+    var recent = samples[strategy, default: []]
+    recent.append(cost)
+    if recent.count > window { recent.removeFirst(recent.count - window) }
+    samples[strategy] = recent
+    let stalls = recent.compactMap(\.stallP99Nanoseconds)
     measured[strategy] = StrategyCost(
-      gcNanosecondsPerPage: (old.gcNanosecondsPerPage + cost.gcNanosecondsPerPage) / 2, stallP99Nanoseconds: stall)
+      gcNanosecondsPerPage: Self.median(recent.map(\.gcNanosecondsPerPage)),
+      stallP99Nanoseconds: stalls.isEmpty ? nil : Self.median(stalls))
+  }
+
+  /// The median (the mean of the middle two for an even count); 0 for none.
+  static func median(_ values: [Double]) -> Double {
+    guard !values.isEmpty else { return 0 }
+    let sorted = values.sorted(), middle = sorted.count / 2
+    return sorted.count % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
   }
 
   /// The next cycle's strategy and why.
@@ -136,7 +153,7 @@ struct AutomaticChoice: Sendable {
         + " (\(incumbent.label) stays the choice)")
     }
     let mine = score(incumbent), theirs = score(other)
-    let evidence = "scores \(incumbent.label) \(format(mine)) vs \(other.label) \(format(theirs)) (GC per page and stall p99,"
+    let evidence = "scores \(incumbent.label) \(format(mine)) vs \(other.label) \(format(theirs)) (GC CPU per page and stall p99,"
       + " each over the better; \(costText))"
     if theirs < mine * (1 - margin) {
       guard cycle - lastSwitch >= dwell else {
@@ -160,14 +177,14 @@ struct AutomaticChoice: Sendable {
     return calibrated(strategy)
   }
 
-  /// GC per page over the better of the two, plus stall p99 over the better of the two (1 each
-  /// when not comparable).
+  /// GC per page over the better of the two, plus stall p99 over the better of the two capped at
+  /// ``stallRatioCap`` (1 each when not comparable).
   func score(_ strategy: MappingStrategy) -> Double {
     let gc = expectedGC(strategy), best = Swift.min(expectedGC(.move), expectedGC(.copy))
     var score = best > 0 ? gc / best : 1
     if let mine = measured[strategy]?.stallP99Nanoseconds, let theirs = measured[strategy.other]?.stallP99Nanoseconds,
        Swift.min(mine, theirs) > 0 {
-      score += mine / Swift.min(mine, theirs)
+      score += Swift.min(mine / Swift.min(mine, theirs), stallRatioCap)
     } else {
       score += 1
     }
@@ -188,7 +205,7 @@ struct AutomaticChoice: Sendable {
   private var costText: String {
     [MappingStrategy.move, .copy].map { strategy in
       let stall = measured[strategy]?.stallP99Nanoseconds.map { "stall p99 \(format($0 / 1000)) µs" } ?? "stall p99 unmeasured"
-      return "\(strategy.label) GC \(format(expectedGC(strategy) / 1000)) µs/page, \(stall)"
+      return "\(strategy.label) GC CPU \(format(expectedGC(strategy) / 1000)) µs/page, \(stall)"
     }.joined(separator: "; ")
   }
 

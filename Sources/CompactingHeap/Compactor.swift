@@ -195,7 +195,7 @@ public final class Compactor: @unchecked Sendable {
     let stall = Self.stall(cycle.resources.context.stalls)
     let pages = Swift.max(1, marked.plan.layout.pageCount)
     selector?.record(strategy, cost: StrategyCost(
-      gcNanosecondsPerPage: Double(timing.wall) / Double(pages),
+      gcNanosecondsPerPage: Double(timing.cpu) / Double(pages),
       stallP99Nanoseconds: stall.count > 0 ? Double(stall.p99) : nil))
     return CompactionResult(
       strategy: strategy, choice: choice, faultMode: configuration.faultMode, liveBytes: marked.map.liveBytes,

@@ -108,6 +108,20 @@ struct AutomaticChoiceRuleTests {
     #expect(choices[15...].allSatisfy { $0.strategy == .copy }, "\(choices.map(\.strategy))")
   }
 
+  /// One cycle whose stall p99 caught a preemption (500x the usual) does not move the choice once
+  /// the incumbent has three cycles of evidence: the median of the last three decides.
+  @Test func oneOutlierCycleDoesNotDecide() {
+    var rule = AutomaticChoice(moveUnusableBecause: nil)
+    rule.calibrated(Self.calibration(move: 300, copy: 1500))
+    let choices = Self.run(&rule, cycles: 12) { cycle, strategy in
+      switch strategy {
+      case .move: Self.cost(gc: 2000, p99: cycle == 6 ? 10_000_000 : 20_000)
+      default: Self.cost(gc: 2600, p99: 20_000)
+      }
+    }
+    #expect(choices[2...].allSatisfy { $0.strategy == .move }, "\(choices.map(\.strategy))")
+  }
+
   /// The strategy not in use is explored again once its evidence is old.
   @Test func oldEvidenceIsRefreshed() {
     var rule = AutomaticChoice(moveUnusableBecause: nil)

@@ -107,6 +107,7 @@ package struct CompactReport: Encodable, Sendable {
     package struct Measured: Encodable, Sendable {
       package var cycles: Int
       package var gcUsPerPage: Double
+      package var gcCpuUsPerPage: Double
       package var stallP99Us: Double
     }
     package var calibrationMoveUsPerPage: Double?
@@ -298,6 +299,9 @@ extension CompactReport.Mode {
         cycles: cycles.count,
         gcUsPerPage: median(cycles.map {
           Double($0.compactionWallNanoseconds) / 1000 / Double(max(1, ($0.liveBytes + PageSize.base - 1) / PageSize.base))
+        }),
+        gcCpuUsPerPage: median(cycles.map {
+          Double($0.compactionCPUNanoseconds) / 1000 / Double(max(1, ($0.liveBytes + PageSize.base - 1) / PageSize.base))
         }),
         stallP99Us: median(cycles.map { Double($0.mutatorStall.p99) / 1000 }))
     }
