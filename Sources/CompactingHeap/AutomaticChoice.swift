@@ -50,7 +50,7 @@ public struct StrategyChoice: Sendable, Hashable {
   public var reason: String
   /// The start-up calibration (nil where MOVE is unusable: nothing to compare).
   public var calibration: StrategyCalibration?
-  /// The MOVE strategy's measured cost so far (the median of the last cycles that used it);
+  /// The MOVE strategy's measured cost so far (the least of the last cycles that used it);
   /// nil until a cycle used it.
   public var measuredMove: StrategyCost?
   /// The COPY strategy's, the same way.
@@ -68,26 +68,28 @@ public struct StrategyChoice: Sendable, Hashable {
 ///   possible); the incumbent is kept unless the other scores at least ``margin`` lower, and is
 ///   never switched again within ``dwell`` cycles of a switch (hysteresis: noise between cycles
 ///   does not flap it).
-/// - Evidence is the median of the last ``window`` cycles that used each strategy (one cycle
-///   whose p99 caught a preemption does not decide alone once there are three); the other is
-///   explored again when its evidence is ``refreshAfter`` cycles old.
+/// - Evidence is the least of the last ``window`` cycles that used each strategy: interference
+///   (other processes, a preemption landing in a fault) only ever adds time, so one cycle whose
+///   p99 caught a preemption does not decide once there is a cleaner one, and a lasting change
+///   counts once it has lasted ``window`` cycles. The other strategy is explored again when its
+///   evidence is ``refreshAfter`` cycles old.
 struct AutomaticChoice: Sendable {
   /// How much lower (as a fraction) the other strategy's score must be to switch.
   var margin = 0.10
   /// Cycles after a switch before the next one may happen.
   var dwell = 2
   /// Cycles after which the strategy not in use is explored again.
-  var refreshAfter = 32
+  var refreshAfter = 16
   /// The most a stall p99 ratio adds to a score: a stall disaster weighs heavily, but one noisy
   /// p99 (a preemption lands in a fault) cannot outweigh everything else.
   var stallRatioCap = 4.0
-  /// Cycles per strategy whose median is its evidence.
+  /// Cycles per strategy whose least cost is its evidence.
   var window = 3
 
   /// Whether MOVE may be used at all, and if not, why (``MoveVerdict`` text).
   var moveUnusableBecause: String?
   private(set) var calibration: StrategyCalibration?
-  /// Per strategy, the median of ``samples``.
+  /// Per strategy, the least of ``samples``.
   private(set) var measured: [MappingStrategy: StrategyCost] = [:]
   /// Per strategy, its last ``window`` cycles' costs.
   private var samples: [MappingStrategy: [StrategyCost]] = [:]
@@ -114,16 +116,11 @@ struct AutomaticChoice: Sendable {
     if recent.count > window { recent.removeFirst(recent.count - window) }
     samples[strategy] = recent
     let stalls = recent.compactMap(\.stallP99Nanoseconds)
+    // The least of the last few: interference (another process's threads, a preemption landing
+    // in a fault) only ever adds time, so the least is the strategy's own cost.
     measured[strategy] = StrategyCost(
-      gcNanosecondsPerPage: Self.median(recent.map(\.gcNanosecondsPerPage)),
-      stallP99Nanoseconds: stalls.isEmpty ? nil : Self.median(stalls))
-  }
-
-  /// The median (the mean of the middle two for an even count); 0 for none.
-  static func median(_ values: [Double]) -> Double {
-    guard !values.isEmpty else { return 0 }
-    let sorted = values.sorted(), middle = sorted.count / 2
-    return sorted.count % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
+      gcNanosecondsPerPage: recent.map(\.gcNanosecondsPerPage).min() ?? 0,
+      stallP99Nanoseconds: stalls.min())
   }
 
   /// The next cycle's strategy and why.

@@ -36,6 +36,12 @@ struct CompactionContext: @unchecked Sendable {
   /// Per fault that waited for a page someone else was compacting or mapping
   /// (``PageState/Kind/processing`` or ``PageState/Kind/mapping``): how long it waited.
   let waits: StallHistogram
+  /// Per fault whose service overlapped a map ioctl of the GC thread (see ``gcMapSequence``): its
+  /// whole stall. Tells the stalls a GC MOVE (its TLB-flush interrupt, its page-table locks)
+  /// lands in from the rest.
+  let overlappingStalls: StallHistogram
+  /// Odd while the GC thread is in a map ioctl: incremented before and after each.
+  let gcMapSequence: UnsafeMutablePointer<Atomic<Int>>
   /// The GC thread's copy buffer (``PageState/Kind/buffered`` pages' slots).
   let gcBuffer: UnsafeMutablePointer<UInt64>
   /// The concurrent phase's start (CycleClock nanoseconds), for ``mappedAt``.
@@ -67,6 +73,14 @@ struct CompactionContext: @unchecked Sendable {
 
   @inline(__always)
   func toSpaceAddress(_ index: Int) -> UInt { layout.start &+ UInt(index &* layout.pageSize) }
+
+  /// The GC thread's ``mapPages(at:count:from:move:)``, marked in ``gcMapSequence``.
+  @inline(__always)
+  func gcMapPages(at index: Int, count: Int, from source: UnsafeMutablePointer<UInt64>, move: Bool) {
+    gcMapSequence[0].add(1, ordering: .releasing)
+    mapPages(at: index, count: count, from: source, move: move)
+    gcMapSequence[0].add(1, ordering: .releasing)
+  }
 
   /// Slot `slot` of the GC thread's copy buffer.
   @inline(__always)
@@ -159,10 +173,15 @@ struct CompactionContext: @unchecked Sendable {
   func resolveFault(at address: UInt) {
     let start = CycleClock.now()
     var waitingSince: Int64 = 0  // When it began waiting on someone else's page; 0: never.
+    let sequence = gcMapSequence[0].load(ordering: .acquiring)
     defer {
       let end = CycleClock.now()
       stalls.record(nanoseconds: Int(end - start))
       if waitingSince != 0 { waits.record(nanoseconds: Int(end - waitingSince)) }
+      // A GC map ioctl was running when the fault began, or began or ended during it.
+      if sequence & 1 == 1 || gcMapSequence[0].load(ordering: .acquiring) != sequence {
+        overlappingStalls.record(nanoseconds: Int(end - start))
+      }
     }
     counters.add(.mutatorFaults)
     let index = Int(bitPattern: (address &- layout.start)) / layout.pageSize
@@ -271,7 +290,7 @@ final class CompactionResources: @unchecked Sendable {
     for index in 0..<pageCount { (states + index).initialize(to: Atomic(PageState.unprocessed.rawValue)) }
     mappedAt = .allocate(capacity: pageCount)
     mappedAt.initialize(repeating: 0, count: pageCount)
-    atomicCount = 4 + CycleCounters.slotCount + 2 * StallHistogram.slotCount
+    atomicCount = 5 + CycleCounters.slotCount + 3 * StallHistogram.slotCount
     atomics = .allocate(capacity: atomicCount)
     for index in 0..<atomicCount { (atomics + index).initialize(to: Atomic(0)) }
     atomics[0].store(layout.fromPages - 1, ordering: .relaxed)  // The recycle cursor.
@@ -285,6 +304,8 @@ final class CompactionResources: @unchecked Sendable {
       bufferCount: bufferCount, blockPages: blockPages, counters: CycleCounters(slots: atomics + 2),
       stalls: StallHistogram(slots: atomics + 2 + CycleCounters.slotCount), mappedAt: mappedAt,
       waits: StallHistogram(slots: atomics + 3 + CycleCounters.slotCount + StallHistogram.slotCount),
+      overlappingStalls: StallHistogram(slots: atomics + 4 + CycleCounters.slotCount + 2 * StallHistogram.slotCount),
+      gcMapSequence: atomics + 4 + CycleCounters.slotCount + 3 * StallHistogram.slotCount,
       gcBuffer: gcBufferMemory.baseAddress.assumingMemoryBound(to: UInt64.self),
       phaseStart: atomics + 2 + CycleCounters.slotCount + StallHistogram.slotCount, uffd: uffd.coreDescriptor,
       strategyWord: atomics + 3 + CycleCounters.slotCount + 2 * StallHistogram.slotCount, mutatorsMoveBelow: Self.mutatorsMoveBelow(mutatorMapping, pageCount: layout.pageCount))

@@ -67,6 +67,10 @@ public struct CompactionResult: Sendable {
   /// waited, from its first wait to its return (so it includes mapping the page once free).
   /// ``MutatorStall/count`` is the faults that waited.
   public var mutatorWait = MutatorStall()
+  /// The stalls of the faults whose service overlapped a map ioctl of the GC thread (a MOVE's
+  /// TLB-flush interrupt or its page-table locks can land in these); ``MutatorStall/count`` is
+  /// how many.
+  public var mutatorStallOverlappingGCMapping = MutatorStall()
   /// Faults that waited for a page the GC was compacting (one page's compaction at most).
   public var waitsOnProcessing: Int = 0
   /// Faults that waited for a page being mapped (one ioctl at most), by the GC or another mutator.

@@ -133,7 +133,7 @@ struct CompactionThread {
       }
       if offset < run.count { taken = true }
       guard claimedLow >= 0 else { continue }
-      context.mapPages(at: run.low + claimedLow, count: offset - claimedLow, from: bufferSlot(firstSlot + claimedLow), move: false)
+      context.gcMapPages(at: run.low + claimedLow, count: offset - claimedLow, from: bufferSlot(firstSlot + claimedLow), move: false)
       context.recordMapped((run.low + claimedLow)..<(run.low + offset), byMutator: false)
       for index in (run.low + claimedLow)..<(run.low + offset) { context.states.publish(.mapped, at: index) }
       claimedLow = -1
@@ -190,7 +190,7 @@ struct CompactionThread {
         let count = offset - claimedLow
         // A short run is copied from its staging pages: one MOVE's TLB flush interrupts every
         // other CPU running the process, which costs more than copying a few pages.
-        context.mapPages(at: run.low + claimedLow, count: count,
+        context.gcMapPages(at: run.low + claimedLow, count: count,
                          from: context.fromPage(run.stagingLow + claimedLow), move: count >= minimumMoveRun)
         context.recordMapped((run.low + claimedLow)..<(run.low + offset), byMutator: false)
         for index in (run.low + claimedLow)..<(run.low + offset) {

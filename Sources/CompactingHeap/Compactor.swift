@@ -210,7 +210,8 @@ public final class Compactor: @unchecked Sendable {
       errnoCounts: counters.errnoCounts(), mutatorWrites: writes, residentBefore: residentBefore,
       peakResident: peak, verified: true, mutatorStall: stall,
       releasedPages: counters.load(.releasedPages), intrudedPages: counters.load(.intrudedPages),
-      mutatorWait: Self.stall(cycle.resources.context.waits), waitsOnProcessing: counters.load(.waitsOnProcessing),
+      mutatorWait: Self.stall(cycle.resources.context.waits),
+      mutatorStallOverlappingGCMapping: Self.stall(cycle.resources.context.overlappingStalls), waitsOnProcessing: counters.load(.waitsOnProcessing),
       waitsOnMapping: counters.load(.waitsOnMapping),
       timeline: MappingTimeline(
         records: cycle.resources.context.mappedAt, count: marked.plan.layout.pageCount, bins: Self.timelineBins))

@@ -78,6 +78,10 @@ package struct CompactReport: Encodable, Sendable {
     /// Per fault that waited for a page someone else held (the GC compacting it, or anyone
     /// mapping it): the wait, percentiles' medians over the runs.
     package var mutatorWaitUs: Stall
+    /// The stalls of faults that overlapped a GC map ioctl (percentiles' medians over the runs),
+    /// and how many faults did, in the median run, against all its faults.
+    package var mutatorStallOverlappingGcIoctlUs: Stall
+    package var faultsOverlappingGcIoctl: Int
     /// The median run's faults that waited for a page the GC was compacting / being mapped.
     package var waitsOnProcessing: Int
     package var waitsOnMapping: Int
@@ -177,6 +181,8 @@ package struct CompactReport: Encodable, Sendable {
         mutatorStallUs: Stall(medianOf: runs),
         mutatorStallMsPerMutator: median(runs.map { $0.stalledMilliseconds(perMutatorOf: mutators) }),
         mutatorWaitUs: Stall(medianOf: runs, of: \.mutatorWait),
+        mutatorStallOverlappingGcIoctlUs: Stall(medianOf: runs, of: \.mutatorStallOverlappingGCMapping),
+        faultsOverlappingGcIoctl: typical.mutatorStallOverlappingGCMapping.count,
         waitsOnProcessing: typical.waitsOnProcessing, waitsOnMapping: typical.waitsOnMapping,
         mutatorStallCountsPow2Us: typical.mutatorStall.countsByPowerOfTwoMicroseconds,
         mappingTimeline: Timeline(
@@ -250,6 +256,10 @@ package struct CompactReport: Encodable, Sendable {
       lines.append(String(
         format: "%@: faults that waited for a held page: %d on the GC compacting it, %d on a mapping ioctl; wait p50 %.1f µs, p99 %.1f µs, max %.1f µs",
         name, m.waitsOnProcessing, m.waitsOnMapping, wait.p50, wait.p99, wait.max))
+      let overlap = m.mutatorStallOverlappingGcIoctlUs
+      lines.append(String(
+        format: "%@: %d of %d faults overlapped a GC map ioctl: their stall p50 %.1f µs, p99 %.1f µs, max %.1f µs",
+        name, m.faultsOverlappingGcIoctl, m.mutatorFaults, overlap.p50, overlap.p99, overlap.max))
       lines.append("\(name): \(m.mutatorFaults) mutator faults, \(m.recycledPages) recycled pages, "
         + "\(m.bufferPages) GC buffer pages, \(m.releasedPages) from-space pages released early, \(m.busyFallbacks) EBUSY fallbacks, "
         + "\(m.intrudedPages) pages found mapped outside the compaction, \(m.mutatorWrites) mutator writes verified (\(Int(m.mutatorWritesPerMs))/ms); "
