@@ -62,7 +62,8 @@ public struct StrategyChoice: Sendable, Hashable {
 ///
 /// - Where MOVE is unusable (kernel, seccomp: ``MoveVerdict``) the answer is COPY, always.
 /// - Cycle 1: the cheaper strategy by the start-up calibration (mapping cost per page).
-/// - Cycle 2: the other one, once (exploring), so both have measured GC time and stalls.
+/// - Cycles 2-4: the other, the first, the other (``explorationSamples`` cycles of each), so both
+///   have measured GC time and stalls, twice.
 /// - Then: each strategy's score is its GC CPU time per page over the better of the two plus its
 ///   stall p99 over the better of the two, that ratio capped at ``stallRatioCap`` (2 is the best
 ///   possible); the incumbent is kept unless the other scores at least ``margin`` lower, and is
@@ -83,6 +84,9 @@ struct AutomaticChoice: Sendable {
   /// The most a stall p99 ratio adds to a score: a stall disaster weighs heavily, but one noisy
   /// p99 (a preemption lands in a fault) cannot outweigh everything else.
   var stallRatioCap = 4.0
+  /// Cycles of each strategy measured before the first decision (their least cost is what counts,
+  /// so one noisy cycle cannot decide).
+  var explorationSamples = 2
   /// Cycles per strategy whose least cost is its evidence.
   var window = 3
 
@@ -144,10 +148,18 @@ struct AutomaticChoice: Sendable {
       return (first, "\(first.label): cheaper in the start-up calibration (\(calibrationText))")
     }
     let other = incumbent.other
-    if measured[other] == nil || cycle - (measuredAt[other] ?? 0) > refreshAfter {
-      return (other, "\(other.label), exploring: its GC time and stalls "
-        + (measured[other] == nil ? "were not measured yet" : "were last measured \(cycle - (measuredAt[other] ?? 0)) cycles ago")
+    let mineCount = samples[incumbent]?.count ?? 0, theirCount = samples[other]?.count ?? 0
+    if Swift.min(mineCount, theirCount) < explorationSamples {
+      // Warming up: the one with fewer cycles, the incumbent on a tie.
+      guard theirCount < mineCount else {
+        return (incumbent, "\(incumbent.label), measuring: \(explorationSamples) cycles of each before deciding")
+      }
+      return (other, "\(other.label), exploring: \(theirCount) of \(explorationSamples) cycles measured before deciding"
         + " (\(incumbent.label) stays the choice)")
+    }
+    if cycle - (measuredAt[other] ?? 0) > refreshAfter {
+      return (other, "\(other.label), exploring: its GC time and stalls were last measured"
+        + " \(cycle - (measuredAt[other] ?? 0)) cycles ago (\(incumbent.label) stays the choice)")
     }
     let mine = score(incumbent), theirs = score(other)
     let evidence = "scores \(incumbent.label) \(format(mine)) vs \(other.label) \(format(theirs)) (GC CPU per page and stall p99,"

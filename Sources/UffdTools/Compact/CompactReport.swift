@@ -117,8 +117,10 @@ package struct CompactReport: Encodable, Sendable {
     package var calibrationMoveUsPerPage: Double?
     package var calibrationCopyUsPerPage: Double?
     package var calibrationMs: Double?
-    /// The calibration's time over the median cycle's GC thread time.
+    /// The calibration's time over the median cycle's GC thread time (the concurrent phase).
     package var calibrationFractionOfCycle: Double?
+    /// The calibration's time over the median whole cycle (mark, pause and concurrent phase).
+    package var calibrationFractionOfFullCycle: Double?
     package var move: Measured?
     package var copy: Measured?
   }
@@ -272,8 +274,9 @@ package struct CompactReport: Encodable, Sendable {
         lines.append("auto, cycle \(cycle + 1): \(choice.reason)")
       }
       if let costs = auto.strategyCosts, let ms = costs.calibrationMs {
-        lines.append(String(format: "auto: calibration %.2f ms (%.2f%% of the median cycle's GC thread time)",
-                            ms, 100 * (costs.calibrationFractionOfCycle ?? 0)))
+        lines.append(String(
+          format: "auto: calibration %.2f ms (%.2f%% of the median cycle's GC thread time, %.2f%% of its mark, pause and compaction)",
+          ms, 100 * (costs.calibrationFractionOfCycle ?? 0), 100 * (costs.calibrationFractionOfFullCycle ?? 0)))
       }
     }
     lines.append(String(format: "memcpy here: %.1f GB/s", memcpyGbps))
@@ -301,6 +304,10 @@ extension CompactReport.Mode {
       costs.calibrationCopyUsPerPage = calibration.copyNanosecondsPerPage / 1000
       costs.calibrationMs = Double(calibration.nanoseconds) / 1e6
       costs.calibrationFractionOfCycle = cycleMs > 0 ? Double(calibration.nanoseconds) / 1e6 / cycleMs : nil
+      let fullCycleMs = median(runs.map {
+        Double($0.markNanoseconds + $0.pauseNanoseconds + $0.compactionWallNanoseconds) / 1e6
+      })
+      costs.calibrationFractionOfFullCycle = fullCycleMs > 0 ? Double(calibration.nanoseconds) / 1e6 / fullCycleMs : nil
     }
     func measured(_ strategy: MappingStrategy) -> CompactReport.Costs.Measured? {
       let cycles = runs.filter { $0.strategy == strategy }
