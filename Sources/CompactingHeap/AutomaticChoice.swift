@@ -60,7 +60,7 @@ public struct StrategyChoice: Sendable, Hashable {
 /// The automatic choice's decision rule, pure (no kernel, no clock): unit-tested with synthetic
 /// costs. ``StrategySelector`` wraps it for concurrent use.
 ///
-/// - Where MOVE is unusable (kernel, seccomp: ``MoveVerdict``) the answer is COPY, always.
+/// - Where MOVE is unusable (kernel, seccomp: `MoveVerdict`) the answer is COPY, always.
 /// - Cycle 1: the cheaper strategy by the start-up calibration (mapping cost per page).
 /// - Cycles 2-4: the other, the first, the other (``explorationSamples`` cycles of each), so both
 ///   have measured GC time and stalls, twice.
@@ -90,7 +90,7 @@ struct AutomaticChoice: Sendable {
   /// Cycles per strategy whose least cost is its evidence.
   var window = 3
 
-  /// Whether MOVE may be used at all, and if not, why (``MoveVerdict`` text).
+  /// Whether MOVE may be used at all, and if not, why (`MoveVerdict` text).
   var moveUnusableBecause: String?
   private(set) var calibration: StrategyCalibration?
   /// Per strategy, the least of ``samples``.
