@@ -48,6 +48,11 @@ struct CompactCommandTests {
     let costs = try #require(auto["strategy_costs"] as? [String: Any])
     #expect(costs["calibration_move_us_per_page"] != nil && costs["calibration_ms"] != nil)
     #expect(json["auto_vs_best_gc_ratio"] != nil)
+    #expect(json["page_routine_gbps"] != nil && json["page_routine_memcpy_fraction"] != nil)
+    for key in ["mutator_wait_us", "waits_on_processing", "waits_on_mapping", "mutator_stall_overlapping_gc_ioctl_us",
+                "faults_overlapping_gc_ioctl"] {
+      #expect(modes["move"]?[key] != nil, "missing modes.move.\(key)")
+    }
     #expect(report.table.contains("auto, cycle 1:"))
     #expect(CompactMode.all.strategies == [.move, .copy, .copySinglePage, .automatic], "--mode all runs auto beside the others")
     #expect(CompactJob().mode == .auto, "the automatic choice is the default")

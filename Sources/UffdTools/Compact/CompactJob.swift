@@ -100,6 +100,10 @@ package struct CompactJob: Sendable {
         results[strategy, default: []].append(result)
       }
     }
+    progress("measuring the page routine alone (no ioctls, one thread)")
+    let routineHeap = try Heap(capacity: heapMib << 20, mutators: mutators)
+    try Workload(seed: seed).populate(routineHeap)
+    let routine = try PageRoutineBenchmark.measure(routineHeap)
     // Measured again after the cycles; the better of the two is the bound (this shared machine's
     // bandwidth varies from run to run).
     progress("measuring memcpy bandwidth again")
@@ -107,6 +111,8 @@ package struct CompactJob: Sendable {
     var report = CompactReport(
       heapMib: heapMib, mutators: mutators, idleMutators: idleMutators, blockPages: mutatorBlockPages,
       seed: seed, faultMode: faultMode, memcpyGBps: memcpy, results: results)
+    report.pageRoutineGbps = Double(routine.liveBytes) / max(1, Double(routine.nanoseconds))
+    report.pageRoutineMemcpyFraction = memcpy > 0 ? report.pageRoutineGbps / memcpy : 0
     report.gcRunPages = gcRunPages
     report.minimumMoveRun = minimumMoveRun
     report.mutatorMapping = mutatorMapping.rawValue

@@ -144,6 +144,10 @@ package struct CompactReport: Encodable, Sendable {
   package var peakRssMib: Double
   package var memcpyGbps: Double
   package var moveVsCopyRatio: Double?
+  /// The page-compaction routine alone (no ioctls, no other threads, CPU time): live bytes per
+  /// nanosecond, and that over memcpy's.
+  package var pageRoutineGbps = 0.0
+  package var pageRoutineMemcpyFraction = 0.0
   /// `auto`'s GC thread time over the better of `move` and `copy` (when all three ran).
   package var autoVsBestGcRatio: Double?
   /// `auto`'s mutator stall p99 over the better of `move` and `copy`.
@@ -280,6 +284,8 @@ package struct CompactReport: Encodable, Sendable {
       }
     }
     lines.append(String(format: "memcpy here: %.1f GB/s", memcpyGbps))
+    lines.append(String(format: "the page routine alone (no ioctls, one thread, CPU time): %.2f GB/s, %.2f x memcpy",
+                        pageRoutineGbps, pageRoutineMemcpyFraction))
     if let ratio = moveVsCopyRatio {
       lines.append(String(format: "MOVE/COPY compaction-thread time: %.2f", ratio))
     }
