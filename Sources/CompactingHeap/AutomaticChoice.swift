@@ -48,6 +48,9 @@ public struct StrategyChoice: Sendable, Hashable {
   public var strategy: MappingStrategy
   /// Why, in one sentence with the numbers.
   public var reason: String
+  /// Whether this cycle runs what the evidence says (or COPY where MOVE is unusable); false for
+  /// the first cycle (the calibration's guess) and for cycles that measure the other strategy.
+  public var isDecided: Bool
   /// The start-up calibration (nil where MOVE is unusable: nothing to compare).
   public var calibration: StrategyCalibration?
   /// The MOVE strategy's measured cost so far (the least of the last cycles that used it);
@@ -131,8 +134,10 @@ struct AutomaticChoice: Sendable {
   mutating func next() -> StrategyChoice {
     cycle += 1
     let (strategy, reason) = decide()
+    let measuring = reason.contains(", measuring:") || reason.contains(", exploring:")
     return StrategyChoice(
-      strategy: strategy, reason: reason, calibration: calibration, measuredMove: measured[.move],
+      strategy: strategy, reason: reason, isDecided: moveUnusableBecause != nil || (cycle > 1 && !measuring),
+      calibration: calibration, measuredMove: measured[.move],
       measuredCopy: measured[.copy])
   }
 

@@ -27,7 +27,7 @@ struct AutomaticChoiceRuleTests {
     var rule = AutomaticChoice(moveUnusableBecause: "absent: this kernel has no UFFDIO_MOVE (Linux 6.8 or later)")
     #expect(!rule.needsCalibration, "no calibration where MOVE cannot be used")
     let choices = Self.run(&rule, cycles: 10) { _, _ in Self.cost(gc: 1000, p99: 10_000) }
-    #expect(choices.allSatisfy { $0.strategy == .copy })
+    #expect(choices.allSatisfy { $0.strategy == .copy && $0.isDecided })
     #expect(choices.allSatisfy { $0.reason.contains("not usable") && $0.reason.contains("Linux 6.8") }, "\(choices[0].reason)")
   }
 
@@ -46,6 +46,7 @@ struct AutomaticChoiceRuleTests {
     #expect(choices[1].reason.contains("exploring") && choices[3].reason.contains("exploring"), "\(choices[1].reason)")
     #expect(choices[2].reason.contains("measuring"), "\(choices[2].reason)")
     #expect(choices[4...].allSatisfy { $0.strategy == .move }, "\(choices.map(\.strategy))")
+    #expect(choices.map(\.isDecided) == [false, false, false, false, true, true, true, true])
     #expect(choices[4].reason.contains("kept") && choices[4].reason.contains("scores"), "\(choices[4].reason)")
     #expect(choices.last?.measuredMove != nil && choices.last?.measuredCopy != nil)
   }

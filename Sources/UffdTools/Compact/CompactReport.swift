@@ -97,6 +97,17 @@ package struct CompactReport: Encodable, Sendable {
     package var strategyCycles: [Choice]? = nil
     /// `auto` only: the calibration and the costs measured under each strategy it chose.
     package var strategyCosts: Costs? = nil
+    /// `auto` only: medians over the cycles that ran what the evidence said (after the first
+    /// cycle and the cycles measuring both strategies); nil when there were none.
+    package var decided: Decided? = nil
+  }
+
+  /// `modes.auto.decided`: the automatic choice once it has decided.
+  package struct Decided: Encodable, Sendable {
+    package var cycles: Int
+    package var compactionThreadMs: Double
+    package var compactionThreadCpuMs: Double
+    package var mutatorStallUs: Stall
   }
 
   /// One automatic cycle's choice.
@@ -152,6 +163,9 @@ package struct CompactReport: Encodable, Sendable {
   package var autoVsBestGcRatio: Double?
   /// `auto`'s mutator stall p99 over the better of `move` and `copy`.
   package var autoVsBestStallP99Ratio: Double?
+  /// The same two over `auto`'s decided cycles only (``Mode/decided``).
+  package var autoDecidedVsBestGcRatio: Double?
+  package var autoDecidedVsBestStallP99Ratio: Double?
   package var modes: [String: Mode]
 
   package init(heapMib: Int, mutators: Int, idleMutators: Bool, blockPages: Int, seed: UInt64, faultMode: FaultMode, memcpyGBps: Double,
@@ -222,6 +236,10 @@ package struct CompactReport: Encodable, Sendable {
         autoVsBestGcRatio = auto.compactionThreadMs / max(1e-9, min(move.compactionThreadMs, copy.compactionThreadMs))
         let best = min(move.mutatorStallUs.p99, copy.mutatorStallUs.p99)
         if best > 0 { autoVsBestStallP99Ratio = auto.mutatorStallUs.p99 / best }
+        if let decided = auto.decided {
+          autoDecidedVsBestGcRatio = decided.compactionThreadMs / max(1e-9, min(move.compactionThreadMs, copy.compactionThreadMs))
+          if best > 0 { autoDecidedVsBestStallP99Ratio = decided.mutatorStallUs.p99 / best }
+        }
       }
     }
     self.modes = modes
@@ -293,6 +311,10 @@ package struct CompactReport: Encodable, Sendable {
       lines.append(String(format: "auto over the better of MOVE and COPY: GC thread time %.2f, mutator stall p99 %@", gc,
                           autoVsBestStallP99Ratio.map { String(format: "%.2f", $0) } ?? "n/a"))
     }
+    if let gc = autoDecidedVsBestGcRatio, let cycles = modes["auto"]?.decided?.cycles {
+      lines.append(String(format: "auto's %d decided cycles (after measuring both) over the better: GC thread time %.2f, mutator stall p99 %@",
+                          cycles, gc, autoDecidedVsBestStallP99Ratio.map { String(format: "%.2f", $0) } ?? "n/a"))
+    }
     return lines.joined(separator: "\n")
   }
 }
@@ -331,6 +353,13 @@ extension CompactReport.Mode {
     costs.move = measured(.move)
     costs.copy = measured(.copy)
     strategyCosts = costs
+    let settled = runs.filter { $0.choice?.isDecided == true }
+    if !settled.isEmpty {
+      decided = CompactReport.Decided(
+        cycles: settled.count, compactionThreadMs: median(settled.map { Double($0.compactionWallNanoseconds) / 1e6 }),
+        compactionThreadCpuMs: median(settled.map { Double($0.compactionCPUNanoseconds) / 1e6 }),
+        mutatorStallUs: CompactReport.Stall(medianOf: settled))
+    }
   }
 }
 
