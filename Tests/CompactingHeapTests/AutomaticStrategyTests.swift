@@ -204,6 +204,28 @@ struct AutomaticCycleTests {
     }
   }
 
+  /// A selector that knows MOVE is unusable (as a seccomp filter or an old kernel would make it):
+  /// the cycles on this kernel COPY, never issue a MOVE, never calibrate, and say why.
+  @Test(arguments: faultModes)
+  func whereMoveIsUnusableNoCycleTriesIt(faultMode: FaultMode) throws {
+    let selector = StrategySelector(rule: AutomaticChoice(moveUnusableBecause: "blocked: a seccomp filter (test)"))
+    for cycle in 1...2 {
+      let heap = try Heap(capacity: 8 << 20, mutators: 2)
+      try Workload(seed: UInt64(40 + cycle)).populate(heap)
+      let result = try Compactor(
+        heap: heap,
+        configuration: .init(strategy: .automatic, faultMode: faultMode, seed: UInt64(40 + cycle), mutatorMapping: .move),
+        selector: selector
+      ).run()
+      let choice = try #require(result.choice)
+      #expect(result.verified)
+      #expect(result.strategy == .copy && choice.strategy == .copy)
+      #expect(result.moveIoctls == 0 && result.pagesMoved == 0, "MOVE is never tried where it is unusable")
+      #expect(choice.calibration == nil, "no calibration either")
+      #expect(choice.reason.contains("not usable") && choice.reason.contains("seccomp"), "\(choice.reason)")
+    }
+  }
+
   /// A compactor made without a selector makes its own and learns across its own cycles.
   @Test func aCompactorWithoutASelectorStillChoosesAndVerifies() throws {
     let heap = try Heap(capacity: 4 << 20, mutators: 1)
