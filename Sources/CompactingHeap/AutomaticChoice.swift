@@ -67,11 +67,11 @@ public struct StrategyChoice: Sendable, Hashable {
 /// - Cycle 1: the cheaper strategy by the start-up calibration (mapping cost per page).
 /// - Cycles 2-4: the other, the first, the other (``explorationSamples`` cycles of each), so both
 ///   have measured GC time and stalls, twice.
-/// - Then: each strategy's score is its GC CPU time per page over the better of the two plus its
-///   stall p99 over the better of the two, that ratio capped at ``stallRatioCap`` (2 is the best
-///   possible); the incumbent is kept unless the other scores at least ``margin`` lower, and is
-///   never switched again within ``dwell`` cycles of a switch (hysteresis: noise between cycles
-///   does not flap it).
+/// - Then: each strategy's score is its GC CPU time per page over the better of the two plus a
+///   stall term: 1, or, when its recent stall p99s all lie above the other's, its least over the
+///   other's greatest, capped at ``stallRatioCap`` (2 is the best possible score); the incumbent is
+///   kept unless the other scores at least ``margin`` lower, and is never switched again within
+///   ``dwell`` cycles of a switch (hysteresis: noise between cycles does not flap it).
 /// - Evidence is the least of the last ``window`` cycles that used each strategy: interference
 ///   (other processes, a preemption landing in a fault) only ever adds time, so one cycle whose
 ///   p99 caught a preemption does not decide once there is a cleaner one, and a lasting change
@@ -167,8 +167,8 @@ struct AutomaticChoice: Sendable {
         + " \(cycle - (measuredAt[other] ?? 0)) cycles ago (\(incumbent.label) stays the choice)")
     }
     let mine = score(incumbent), theirs = score(other)
-    let evidence = "scores \(incumbent.label) \(format(mine)) vs \(other.label) \(format(theirs)) (GC CPU per page and stall p99,"
-      + " each over the better; \(costText))"
+    let evidence = "scores \(incumbent.label) \(format(mine)) vs \(other.label) \(format(theirs)) (GC CPU per page over the"
+      + " better, plus stall p99 over the other's when they do not overlap; \(costText))"
     if theirs < mine * (1 - margin) {
       guard cycle - lastSwitch >= dwell else {
         return (incumbent, "\(incumbent.label), held: the last switch was \(cycle - lastSwitch) cycle(s) ago, fewer than \(dwell); \(evidence)")
@@ -191,18 +191,20 @@ struct AutomaticChoice: Sendable {
     return calibrated(strategy)
   }
 
-  /// GC per page over the better of the two, plus stall p99 over the better of the two capped at
-  /// ``stallRatioCap`` (1 each when not comparable).
+  /// GC per page over the better of the two, plus the stall term: 1, or, when every recent cycle
+  /// of this strategy had a higher stall p99 than every recent cycle of the other (the two sets
+  /// do not overlap), its least p99 over the other's greatest, capped at ``stallRatioCap``.
+  /// Stall p99s swing by milliseconds from cycle to cycle on a busy machine (a preemption landing
+  /// in a fault); a difference smaller than that swing does not count.
   func score(_ strategy: MappingStrategy) -> Double {
     let gc = expectedGC(strategy), best = Swift.min(expectedGC(.move), expectedGC(.copy))
-    var score = best > 0 ? gc / best : 1
-    if let mine = measured[strategy]?.stallP99Nanoseconds, let theirs = measured[strategy.other]?.stallP99Nanoseconds,
-       Swift.min(mine, theirs) > 0 {
-      score += Swift.min(mine / Swift.min(mine, theirs), stallRatioCap)
-    } else {
-      score += 1
+    let mine = (samples[strategy] ?? []).compactMap(\.stallP99Nanoseconds)
+    let theirs = (samples[strategy.other] ?? []).compactMap(\.stallP99Nanoseconds)
+    var stall = 1.0
+    if let least = mine.min(), let greatest = theirs.max(), greatest > 0, least > greatest {
+      stall = Swift.min(least / greatest, stallRatioCap)
     }
-    return score
+    return (best > 0 ? gc / best : 1) + stall
   }
 
   private func calibrated(_ strategy: MappingStrategy) -> Double {

@@ -65,6 +65,20 @@ struct AutomaticChoiceRuleTests {
     #expect(choices[4...].allSatisfy { $0.strategy == .copy }, "\(choices.map(\.strategy))")
   }
 
+  /// A fault-server host where every strategy's p99 swings between 0.1 and 2 ms from cycle to
+  /// cycle (as measured in thread mode here): COPY's lucky 0.1 ms cycle does not outweigh MOVE's
+  /// clearly cheaper GC, since the stall p99s of the two overlap.
+  @Test func overlappingStallsDoNotOutweighAClearGCGain() {
+    var rule = AutomaticChoice(moveUnusableBecause: nil)
+    rule.calibrated(Self.calibration(move: 110, copy: 800))
+    let choices = Self.run(&rule, cycles: 10) { cycle, strategy in
+      strategy == .move
+        ? Self.cost(gc: 1230, p99: 2_000_000)
+        : Self.cost(gc: 1660, p99: cycle % 4 == 2 ? 100_000 : 2_200_000)
+    }
+    #expect(choices[4...].allSatisfy { $0.strategy == .move }, "\(choices.map(\.reason))")
+  }
+
   /// Costs within the margin of each other, alternating which one looks better each cycle (noise
   /// on a shared machine): the choice never flaps.
   @Test func noiseWithinTheMarginDoesNotFlap() {
