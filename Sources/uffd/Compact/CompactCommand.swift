@@ -10,8 +10,10 @@ struct CompactCommand: ParsableCommand {
     discussion: """
       Each run builds the same heap from the seed, once per strategy, and compacts it the way \
       Android ART's concurrent mark-compact collector does (the CompactingHeap documentation: \
-      The compaction design). A failed verification is an error and a non-zero exit. Progress \
-      goes to standard error; the table or JSON to standard output.
+      The compaction design). The default mode, auto, chooses MOVE or batched COPY per cycle \
+      from what they cost here (a calibration, then each cycle's GC time and mutator stalls) and \
+      says why; MOVE is never tried where it is unusable. A failed verification is an error and \
+      a non-zero exit. Progress goes to standard error; the table or JSON to standard output.
       """)
 
   @Option(parsing: .unconditional, help: "Heap size in MiB (the workload fills 90% of it, about 60% of that garbage).")
