@@ -33,15 +33,36 @@ struct CompactionContext: @unchecked Sendable {
   /// Per to-space page, when it was mapped and by whom (see ``recordMapped(_:byMutator:)``); 0 until
   /// then. Each page's word is written once, by the page's claimer, and read after the cycle.
   let mappedAt: UnsafeMutablePointer<UInt32>
+  /// Per fault that waited for a page someone else was compacting or mapping
+  /// (``PageState/Kind/processing`` or ``PageState/Kind/mapping``): how long it waited.
+  let waits: StallHistogram
+  /// Per fault whose service overlapped a map ioctl of the GC thread (see ``gcMapSequence``): its
+  /// whole stall. Tells the stalls a GC MOVE (its TLB-flush interrupt, its page-table locks)
+  /// lands in from the rest.
+  let overlappingStalls: StallHistogram
+  /// Odd while the GC thread is in a map ioctl: incremented before and after each.
+  let gcMapSequence: UnsafeMutablePointer<Atomic<Int>>
+  /// The GC thread's copy buffer (``PageState/Kind/buffered`` pages' slots).
+  let gcBuffer: UnsafeMutablePointer<UInt64>
   /// The concurrent phase's start (CycleClock nanoseconds), for ``mappedAt``.
   let phaseStart: UnsafeMutablePointer<Atomic<Int>>
   /// The userfaultfd's descriptor (the handle outlives the cycle's resources).
   let uffd: Int32
-  /// MOVE strategy: compact into recycled pages and move them; otherwise buffer and COPY.
-  let useMove: Bool
+  /// Nonzero under the MOVE strategy: compact into recycled pages and move them; otherwise
+  /// buffer and COPY. A word, not a constant, because ``MappingStrategy/automatic`` decides once
+  /// the mutators run (its calibration needs them running), before the GC thread starts; every
+  /// use of it is correct with either value (a mutator's choice only picks how its pages map).
+  let strategyWord: UnsafeMutablePointer<Atomic<Int>>
   /// Under MOVE, faulting mutators MOVE too once the GC thread's page is below this index, and
   /// COPY before (``MutatorMapping``: -1 never, `Int.max` always).
   let mutatorsMoveBelow: Int
+
+  /// Whether the cycle uses the MOVE strategy.
+  @inline(__always)
+  var useMove: Bool { strategyWord[0].load(ordering: .relaxed) != 0 }
+
+  /// Sets the strategy (before the GC thread starts).
+  func setUseMove(_ move: Bool) { strategyWord[0].store(move ? 1 : 0, ordering: .releasing) }
 
   /// Whether a faulting mutator maps with MOVE now.
   @inline(__always)
@@ -52,6 +73,18 @@ struct CompactionContext: @unchecked Sendable {
 
   @inline(__always)
   func toSpaceAddress(_ index: Int) -> UInt { layout.start &+ UInt(index &* layout.pageSize) }
+
+  /// The GC thread's ``mapPages(at:count:from:move:)``, marked in ``gcMapSequence``.
+  @inline(__always)
+  func gcMapPages(at index: Int, count: Int, from source: UnsafeMutablePointer<UInt64>, move: Bool) {
+    gcMapSequence[0].add(1, ordering: .releasing)
+    mapPages(at: index, count: count, from: source, move: move)
+    gcMapSequence[0].add(1, ordering: .releasing)
+  }
+
+  /// Slot `slot` of the GC thread's copy buffer.
+  @inline(__always)
+  func gcBufferSlot(_ slot: Int) -> UnsafeMutablePointer<UInt64> { gcBuffer + slot &* layout.wordsPerPage }
 
   /// Reserves up to `count` contiguous dead from-space pages to compact into, with one
   /// compare-exchange: returns the lowest and how many (0 when none is free yet). A page is dead
@@ -139,7 +172,17 @@ struct CompactionContext: @unchecked Sendable {
   /// Async-signal-safe: called from SIGBUS handlers and from the fault-server thread.
   func resolveFault(at address: UInt) {
     let start = CycleClock.now()
-    defer { stalls.record(nanoseconds: Int(CycleClock.now() - start)) }
+    var waitingSince: Int64 = 0  // When it began waiting on someone else's page; 0: never.
+    let sequence = gcMapSequence[0].load(ordering: .acquiring)
+    defer {
+      let end = CycleClock.now()
+      stalls.record(nanoseconds: Int(end - start))
+      if waitingSince != 0 { waits.record(nanoseconds: Int(end - waitingSince)) }
+      // A GC map ioctl was running when the fault began, or began or ended during it.
+      if sequence & 1 == 1 || gcMapSequence[0].load(ordering: .acquiring) != sequence {
+        overlappingStalls.record(nanoseconds: Int(end - start))
+      }
+    }
     counters.add(.mutatorFaults)
     let index = Int(bitPattern: (address &- layout.start)) / layout.pageSize
     guard index >= 0, index < layout.pageCount else {
@@ -173,10 +216,26 @@ struct CompactionContext: @unchecked Sendable {
         recordMapped(index..<(index &+ 1), byMutator: true)
         states.publish(.mapped, at: index)
         return
+      case .buffered:
+        // In the GC's copy buffer, waiting for the rest of its run: copy this page now rather
+        // than wait for the GC to compact the run and copy it in (the GC skips it, and reuses
+        // the slot only once it is mapped).
+        guard states.claim(index, from: state, to: .mapping) else { continue }
+        mapPages(at: index, count: 1, from: gcBufferSlot(state.staging), move: false)
+        recordMapped(index..<(index &+ 1), byMutator: true)
+        states.publish(.mapped, at: index)
+        return
       case .mapped:
         return
-      case .processing, .mutatorProcessing, .mapping:
-        backOff.pause()  // Someone is compacting or mapping it: a few microseconds.
+      case .processing, .mapping:
+        // The GC compacting one page, or someone mapping it with one ioctl.
+        if waitingSince == 0 {
+          waitingSince = CycleClock.now()
+          counters.add(state.kind == .processing ? .waitsOnProcessing : .waitsOnMapping)
+        }
+        backOff.pause()
+      case .mutatorProcessing:
+        backOff.pause()  // Another mutator compacting it: a few microseconds.
       }
     }
   }
@@ -218,17 +277,20 @@ final class CompactionResources: @unchecked Sendable {
   private let mappedAt: UnsafeMutablePointer<UInt32>
   /// Page-aligned (UFFDIO_COPY wants an aligned source) and populated before the cycle.
   private let bufferMemory: AnonymousMemory
+  /// The GC thread's copy buffer (``CompactionContext/gcBuffer``), the same way.
+  let gcBufferMemory: AnonymousMemory
 
   init(layout: PageLayout, fromSpace: AnonymousMemory, uffd: Userfaultfd, strategy: MappingStrategy,
-       mutatorMapping: MutatorMapping, buffers: Int, blockPages: Int) throws(UserfaultfdError) {
+       mutatorMapping: MutatorMapping, buffers: Int, blockPages: Int, gcRunPages: Int = 1) throws(UserfaultfdError) {
     pageCount = Swift.max(layout.pageCount, 1)
     bufferCount = Swift.max(buffers, 1)
     bufferMemory = try AnonymousMemory(length: bufferCount * blockPages * layout.pageSize, populate: true)
+    gcBufferMemory = try AnonymousMemory(length: Swift.max(gcRunPages, 1) * layout.pageSize, populate: true)
     states = .allocate(capacity: pageCount)
     for index in 0..<pageCount { (states + index).initialize(to: Atomic(PageState.unprocessed.rawValue)) }
     mappedAt = .allocate(capacity: pageCount)
     mappedAt.initialize(repeating: 0, count: pageCount)
-    atomicCount = 3 + CycleCounters.slotCount + StallHistogram.slotCount
+    atomicCount = 5 + CycleCounters.slotCount + 3 * StallHistogram.slotCount
     atomics = .allocate(capacity: atomicCount)
     for index in 0..<atomicCount { (atomics + index).initialize(to: Atomic(0)) }
     atomics[0].store(layout.fromPages - 1, ordering: .relaxed)  // The recycle cursor.
@@ -241,8 +303,13 @@ final class CompactionResources: @unchecked Sendable {
       buffers: bufferMemory.baseAddress.assumingMemoryBound(to: UInt64.self), bufferBusy: busy,
       bufferCount: bufferCount, blockPages: blockPages, counters: CycleCounters(slots: atomics + 2),
       stalls: StallHistogram(slots: atomics + 2 + CycleCounters.slotCount), mappedAt: mappedAt,
+      waits: StallHistogram(slots: atomics + 3 + CycleCounters.slotCount + StallHistogram.slotCount),
+      overlappingStalls: StallHistogram(slots: atomics + 4 + CycleCounters.slotCount + 2 * StallHistogram.slotCount),
+      gcMapSequence: atomics + 4 + CycleCounters.slotCount + 3 * StallHistogram.slotCount,
+      gcBuffer: gcBufferMemory.baseAddress.assumingMemoryBound(to: UInt64.self),
       phaseStart: atomics + 2 + CycleCounters.slotCount + StallHistogram.slotCount, uffd: uffd.coreDescriptor,
-      useMove: strategy == .move, mutatorsMoveBelow: Self.mutatorsMoveBelow(mutatorMapping, pageCount: layout.pageCount))
+      strategyWord: atomics + 3 + CycleCounters.slotCount + 2 * StallHistogram.slotCount, mutatorsMoveBelow: Self.mutatorsMoveBelow(mutatorMapping, pageCount: layout.pageCount))
+    context.setUseMove(strategy == .move)
   }
 
   private static func mutatorsMoveBelow(_ mapping: MutatorMapping, pageCount: Int) -> Int {

@@ -1,7 +1,9 @@
 /// What one verified cycle did and measured.
 public struct CompactionResult: Sendable {
-  /// The strategy used.
+  /// The strategy that mapped the pages (under ``MappingStrategy/automatic``: the one chosen).
   public var strategy: MappingStrategy
+  /// Under ``MappingStrategy/automatic``: the choice, its reason and the costs it was weighed on.
+  public var choice: StrategyChoice?
   /// How mutator faults were served.
   public var faultMode: FaultMode
   /// Live bytes compacted.
@@ -61,6 +63,18 @@ public struct CompactionResult: Sendable {
   /// registration (I/O into it, another process). The compacted content was written over each in
   /// place (nothing of the heap lost; what the intruder wrote there is gone). 0 in every normal cycle.
   public var intrudedPages: Int = 0
+  /// The part of ``mutatorStall`` spent waiting for a page someone else held: per fault that
+  /// waited, from its first wait to its return (so it includes mapping the page once free).
+  /// ``MutatorStall/count`` is the faults that waited.
+  public var mutatorWait = MutatorStall()
+  /// The stalls of the faults whose service overlapped a map ioctl of the GC thread (a MOVE's
+  /// TLB-flush interrupt or its page-table locks can land in these); ``MutatorStall/count`` is
+  /// how many.
+  public var mutatorStallOverlappingGCMapping = MutatorStall()
+  /// Faults that waited for a page the GC was compacting (one page's compaction at most).
+  public var waitsOnProcessing: Int = 0
+  /// Faults that waited for a page being mapped (one ioctl at most), by the GC or another mutator.
+  public var waitsOnMapping: Int = 0
   /// When the pages were mapped over the concurrent phase, by the GC thread and by mutators.
   public var timeline = MappingTimeline()
 

@@ -59,17 +59,19 @@ struct CompactionThread {
       let compacted = context.compactWithStateChange(index, claim: .processing) {
         context.counters.add(.pagesByGC)
         guard reserved.count > 0 else {
-          // No dead page free yet (or COPY): into the buffer, copied in with its run. It stays
-          // `processing` until then; a mutator touching it waits the few microseconds that takes.
+          // No dead page free yet (or COPY): into the buffer, copied in with its run. It is
+          // `buffered` until then: a mutator touching it copies it from the buffer itself rather
+          // than wait for the rest of the run to be compacted and copied.
           if copyRun.count > 0 && (copyRun.low != index + 1 || copyRun.count == copyRunPages) {
             mapCopyRun(copyRun)
             copyRun = CopyRun()
           }
           copyRun.low = index
           copyRun.count += 1
-          layout.compactPage(index, fromSpace: context.from, into: bufferSlot(runPages - copyRun.count))
+          let slot = runPages - copyRun.count
+          layout.compactPage(index, fromSpace: context.from, into: bufferSlot(slot))
           context.counters.add(.bufferPages)
-          return .processing
+          return .buffered(slot: slot)
         }
         reserved.count -= 1
         let staging = reserved.low + reserved.count
@@ -114,12 +116,32 @@ struct CompactionThread {
   @inline(__always)
   private func bufferSlot(_ slot: Int) -> UnsafeMutablePointer<UInt64> { buffer + slot &* context.layout.wordsPerPage }
 
-  /// Copies a run of buffered pages in with one UFFDIO_COPY and publishes them mapped.
+  /// Copies a run of buffered pages in with one UFFDIO_COPY and publishes them mapped. Pages a
+  /// faulting mutator claimed meanwhile (to copy them from the buffer itself) split the run; the
+  /// GC waits for those to be mapped (one one-page ioctl each) before it reuses their slots.
   private func mapCopyRun(_ run: CopyRun) {
     guard run.count > 0 else { return }
-    context.mapPages(at: run.low, count: run.count, from: bufferSlot(runPages - run.count), move: false)
-    context.recordMapped(run.low..<(run.low + run.count), byMutator: false)
-    for index in run.low..<(run.low + run.count) { context.states.publish(.mapped, at: index) }
+    let firstSlot = runPages - run.count
+    var claimedLow = -1  // Lowest page of the current claimed stretch, scanning upward.
+    var taken = false  // Whether a mutator claimed any.
+    for offset in 0...run.count {
+      let claimed = offset < run.count
+        && context.states.claim(run.low + offset, from: .buffered(slot: firstSlot + offset), to: .mapping)
+      if claimed {
+        if claimedLow < 0 { claimedLow = offset }
+        continue
+      }
+      if offset < run.count { taken = true }
+      guard claimedLow >= 0 else { continue }
+      context.gcMapPages(at: run.low + claimedLow, count: offset - claimedLow, from: bufferSlot(firstSlot + claimedLow), move: false)
+      context.recordMapped((run.low + claimedLow)..<(run.low + offset), byMutator: false)
+      for index in (run.low + claimedLow)..<(run.low + offset) { context.states.publish(.mapped, at: index) }
+      claimedLow = -1
+    }
+    guard taken else { return }
+    for index in run.low..<(run.low + run.count) {
+      BackOff.wait { context.states.load(index).kind == .mapping }
+    }
   }
 
   /// COPY: gives back (MADV_DONTNEED) the from-space pages no to-space page up to `stillReading`
@@ -168,7 +190,7 @@ struct CompactionThread {
         let count = offset - claimedLow
         // A short run is copied from its staging pages: one MOVE's TLB flush interrupts every
         // other CPU running the process, which costs more than copying a few pages.
-        context.mapPages(at: run.low + claimedLow, count: count,
+        context.gcMapPages(at: run.low + claimedLow, count: count,
                          from: context.fromPage(run.stagingLow + claimedLow), move: count >= minimumMoveRun)
         context.recordMapped((run.low + claimedLow)..<(run.low + offset), byMutator: false)
         for index in (run.low + claimedLow)..<(run.low + offset) {

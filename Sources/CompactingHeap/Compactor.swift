@@ -12,6 +12,11 @@ public enum MappingStrategy: String, Sendable, CaseIterable {
   case copy
   /// ``copy`` with one page per UFFDIO_COPY: the unbatched variant, kept for comparison.
   case copySinglePage = "copy-1"
+  /// ``move`` or ``copy``, chosen per cycle by what they cost on this host with these mutators
+  /// (a ``StrategySelector``: a start-up calibration, then each cycle's GC time per page and
+  /// mutator stall p99, with hysteresis). COPY, without trying MOVE, where MOVE is unusable.
+  /// The choice and its reason are in ``CompactionResult/choice``.
+  case automatic = "auto"
 }
 
 /// How a faulting mutator maps the pages it compacts under the ``MappingStrategy/move`` strategy
@@ -106,12 +111,18 @@ public final class Compactor: @unchecked Sendable {
   // (the Heap's rules apply to the heap it changes).
   let heap: Heap
   let configuration: CompactionConfiguration
+  /// Chooses each cycle's strategy under ``MappingStrategy/automatic`` (nil otherwise).
+  let selector: StrategySelector?
+  /// Why MOVE cannot be used here; nil when it can.
+  let moveUnusableBecause: String?
 
   /// Prepares to compact `heap`, whose roots belong to its mutators (one thread each).
+  /// Under ``MappingStrategy/automatic`` `selector` chooses each cycle's strategy (one made here
+  /// when nil; pass the same one to every compactor of a heap so it learns across them).
   ///
   /// - Throws: ``HeapError/invalidConfiguration(_:)`` when the kernel lacks what the strategy or
   ///   fault mode needs (UFFDIO_MOVE, UFFD_FEATURE_SIGBUS) or the settings are out of range.
-  public init(heap: Heap, configuration: CompactionConfiguration) throws(HeapError) {
+  public init(heap: Heap, configuration: CompactionConfiguration, selector: StrategySelector? = nil) throws(HeapError) {
     guard (1...CompactionConfiguration.maxLoggedWordsPerMutator).contains(configuration.loggedWordsPerMutator) else {
       throw .invalidConfiguration(
         "loggedWordsPerMutator must be 1 to \(CompactionConfiguration.maxLoggedWordsPerMutator),"
@@ -134,9 +145,11 @@ public final class Compactor: @unchecked Sendable {
     } catch {
       throw .system(error)
     }
-    if configuration.strategy == .move && !(offered.contains(.move) && PageMover.moveVerdict.isUsable) {
-      throw .invalidConfiguration(
-        "the MOVE strategy needs UFFDIO_MOVE, which is not usable here (\(PageMover.moveVerdict)): use the COPY strategy")
+    let verdict = PageMover.moveVerdict
+    let moveUnusableBecause: String? = !verdict.isUsable ? "\(verdict)"
+      : !offered.contains(.move) ? "the userfaultfd does not offer UFFD_FEATURE_MOVE (Linux 6.8)" : nil
+    if configuration.strategy == .move, let why = moveUnusableBecause {
+      throw .invalidConfiguration("the MOVE strategy needs UFFDIO_MOVE, which is not usable here (\(why)): use the COPY strategy")
     }
     if configuration.faultMode == .sigbus && !offered.contains(.sigbus) {
       throw .invalidConfiguration(
@@ -144,6 +157,8 @@ public final class Compactor: @unchecked Sendable {
     }
     self.heap = heap
     self.configuration = configuration
+    self.moveUnusableBecause = moveUnusableBecause
+    self.selector = configuration.strategy == .automatic ? selector ?? StrategySelector() : nil
   }
 
   /// Runs one full cycle with the heap's mutators working throughout the concurrent phase, then
@@ -156,19 +171,34 @@ public final class Compactor: @unchecked Sendable {
     let marked = mark()
     progress("reference compaction (for verification)")
     let expected = CycleVerification.Expected(heap: heap, map: marked.map, pageCount: marked.plan.layout.pageCount)
-    let cycle = try prepare(marked.plan)
+    // Under `automatic` the strategy is chosen once the mutators run; COPY until then.
+    let cycle = try prepare(marked.plan, strategy: selector == nil ? configuration.strategy : .copy)
     progress("pause, then concurrent compaction with \(cycle.logs.count) mutators")
     let residentBefore = ProcessMemory.resident
     ProcessMemory.resetPeak()
     let pauseNanoseconds = try pause(cycle, roots: expected.roots)
     heap.top = marked.map.liveBytes
-    let timing = try compactConcurrently(cycle)
+    var choice: StrategyChoice?
+    let timing = try compactConcurrently(cycle) {
+      guard let selector else { return configuration.strategy }
+      let chosen = selector.choose(
+        moveUnusableBecause: moveUnusableBecause, runningThreads: heap.roots.count, runPages: configuration.gcRunPages)
+      choice = chosen
+      return chosen.strategy
+    }
+    let strategy = choice?.strategy ?? configuration.strategy
+    if let choice { progress("chose \(strategy.rawValue): \(choice.reason)") }
     let peak = ProcessMemory.peak
     progress("verifying")
     let writes = try verify(cycle, expected: expected)
     let counters = cycle.resources.context.counters
+    let stall = Self.stall(cycle.resources.context.stalls)
+    let pages = Swift.max(1, marked.plan.layout.pageCount)
+    selector?.record(strategy, cost: StrategyCost(
+      gcNanosecondsPerPage: Double(timing.cpu) / Double(pages),
+      stallP99Nanoseconds: stall.count > 0 ? Double(stall.p99) : nil))
     return CompactionResult(
-      strategy: configuration.strategy, faultMode: configuration.faultMode, liveBytes: marked.map.liveBytes,
+      strategy: strategy, choice: choice, faultMode: configuration.faultMode, liveBytes: marked.map.liveBytes,
       liveObjects: marked.map.liveObjects, usedBytesBefore: usedBefore, markNanoseconds: marked.nanoseconds,
       pauseNanoseconds: pauseNanoseconds, compactionWallNanoseconds: timing.wall,
       compactionCPUNanoseconds: timing.cpu, pagesByGC: counters.load(.pagesByGC),
@@ -178,8 +208,11 @@ public final class Compactor: @unchecked Sendable {
       copyIoctls: counters.calls(.copy), pagesCopied: counters.pages(.copy),
       zeroPageIoctls: counters.calls(.zeroPage), busyFallbacks: counters.load(.busyFallbacks),
       errnoCounts: counters.errnoCounts(), mutatorWrites: writes, residentBefore: residentBefore,
-      peakResident: peak, verified: true, mutatorStall: Self.stall(cycle.resources.context.stalls),
+      peakResident: peak, verified: true, mutatorStall: stall,
       releasedPages: counters.load(.releasedPages), intrudedPages: counters.load(.intrudedPages),
+      mutatorWait: Self.stall(cycle.resources.context.waits),
+      mutatorStallOverlappingGCMapping: Self.stall(cycle.resources.context.overlappingStalls), waitsOnProcessing: counters.load(.waitsOnProcessing),
+      waitsOnMapping: counters.load(.waitsOnMapping),
       timeline: MappingTimeline(
         records: cycle.resources.context.mappedAt, count: marked.plan.layout.pageCount, bins: Self.timelineBins))
   }
@@ -206,7 +239,6 @@ public final class Compactor: @unchecked Sendable {
     let uffd: Userfaultfd
     let fromSpace: AnonymousMemory
     let resources: CompactionResources
-    let gcBuffer: AnonymousMemory
     let logs: [WriteLog]
     let delivery: FaultDelivery
   }
@@ -222,28 +254,26 @@ public final class Compactor: @unchecked Sendable {
 
   /// Phase 2: the userfaultfd, from-space, the shared page states and buffers, the mutators' write
   /// logs and the fault delivery, all before the pause so nothing allocates inside it.
-  private func prepare(_ plan: CompactionPlan) throws(HeapError) -> Cycle {
+  private func prepare(_ plan: CompactionPlan, strategy: MappingStrategy) throws(HeapError) -> Cycle {
     let uffd: Userfaultfd
     let fromSpace: AnonymousMemory
     let resources: CompactionResources
-    let gcBuffer: AnonymousMemory
     do {
       uffd = configuration.faultMode == .sigbus
         ? try Userfaultfd(features: [.sigbus]) : try Userfaultfd(options: .nonBlocking)
       fromSpace = try AnonymousMemory(length: heap.capacity, alignment: PageSize.huge)
       resources = try CompactionResources(
         layout: plan.layout, fromSpace: fromSpace, uffd: uffd,
-        strategy: configuration.strategy, mutatorMapping: configuration.mutatorMapping,
+        strategy: strategy, mutatorMapping: configuration.mutatorMapping,
         buffers: heap.roots.count + 1,
-        blockPages: configuration.mutatorBlockPages)
-      gcBuffer = try AnonymousMemory(length: configuration.gcRunPages * PageSize.base, populate: true)
+        blockPages: configuration.mutatorBlockPages, gcRunPages: configuration.gcRunPages)
     } catch {
       throw .system(error)
     }
     let logs = heap.roots.map { _ in WriteLog(capacity: 2 * configuration.loggedWordsPerMutator) }
     let delivery = try FaultDelivery(mode: configuration.faultMode, uffd: uffd, resources: resources)
     return Cycle(
-      uffd: uffd, fromSpace: fromSpace, resources: resources, gcBuffer: gcBuffer, logs: logs, delivery: delivery)
+      uffd: uffd, fromSpace: fromSpace, resources: resources, logs: logs, delivery: delivery)
   }
 
   /// Phase 3, the pause: rewrite the roots, move every page to from-space in one mremap, register
@@ -287,16 +317,18 @@ public final class Compactor: @unchecked Sendable {
 
   /// Phase 4: the mutators run while the GC thread compacts every page; returns the GC thread's
   /// wall and CPU time. Ends with every page mapped, the mutators joined and the heap unregistered.
-  private func compactConcurrently(_ cycle: Cycle) throws(HeapError) -> (wall: Int64, cpu: Int64) {
+  /// `strategy` is asked once every mutator runs, just before the GC starts (its time counts as
+  /// the GC's: under `automatic` the first cycle calibrates there, with the mutators running).
+  private func compactConcurrently(_ cycle: Cycle, strategy: () -> MappingStrategy) throws(HeapError) -> (wall: Int64, cpu: Int64) {
     let context = cycle.resources.context
     context.phaseStart[0].store(Int(CycleClock.now()), ordering: .relaxed)  // Before any mutator runs.
     let done = StopFlag()
-    let gc = CompactionThread(
-      context: context, fromSpace: cycle.fromSpace,
-      buffer: cycle.gcBuffer.baseAddress.assumingMemoryBound(to: UInt64.self),
-      runPages: configuration.gcRunPages,
-      copyRunPages: configuration.strategy == .copySinglePage ? 1 : configuration.gcRunPages,
-      minimumMoveRun: configuration.minimumMoveRun)
+    func compactor(_ strategy: MappingStrategy) -> CompactionThread {
+      CompactionThread(
+        context: context, fromSpace: cycle.fromSpace, buffer: context.gcBuffer, runPages: configuration.gcRunPages,
+        copyRunPages: strategy == .copySinglePage ? 1 : configuration.gcRunPages,
+        minimumMoveRun: configuration.minimumMoveRun)
+    }
     var threads: [DedicatedThread] = []
     let idle = configuration.idleMutators
     let running = Atomic<Int>(0)
@@ -310,7 +342,7 @@ public final class Compactor: @unchecked Sendable {
         })
       } catch {
         // The GC still has to fill the heap before anyone can be released.
-        gc.run()
+        compactor(context.useMove ? .move : .copy).run()
         done.set()
         threads.forEach { $0.join() }
         cycle.delivery.close()
@@ -321,7 +353,9 @@ public final class Compactor: @unchecked Sendable {
     BackOff.wait { running.load(ordering: .acquiring) < threads.count }
     let wallStart = CycleClock.now()
     let cpuStart = CycleClock.threadCPU()
-    gc.run()
+    let chosen = strategy()
+    context.setUseMove(chosen == .move)
+    compactor(chosen).run()
     let cpu = CycleClock.threadCPU() - cpuStart
     let wall = CycleClock.now() - wallStart
     done.set()

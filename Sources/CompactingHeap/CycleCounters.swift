@@ -9,6 +9,9 @@ struct CycleCounters: @unchecked Sendable {
   enum Name: Int, CaseIterable {
     case pagesByGC, pagesByMutators, mutatorFaults, recycledPages, bufferPages
     case busyFallbacks, eagainRetries, failures, releasedPages, intrudedPages
+    /// Faults that waited for a page being compacted by the GC (`processing`), or being mapped
+    /// (`mapping`: by the GC, or by another mutator that found it compacted).
+    case waitsOnProcessing, waitsOnMapping
   }
 
   /// The map ioctls, for the per-errno table.
@@ -23,7 +26,7 @@ struct CycleCounters: @unchecked Sendable {
   static var errnoSlots: Int { 256 }
   /// Per ioctl: calls, pages mapped, then one slot per errno.
   static var ioctlSlots: Int { 2 + errnoSlots }
-  static var nameCount: Int { 10 }
+  static var nameCount: Int { 12 }
   static var slotCount: Int { nameCount + 3 * ioctlSlots }
 
   let slots: UnsafeMutablePointer<Atomic<Int>>

@@ -7,12 +7,15 @@ import Synchronization
 ///
 /// ```
 /// unprocessed ─GC──────▶ processing ──▶ processed(staging page) ──▶ mapping ──▶ mapped
-///      │                      └─────(buffer + COPY)────────────────────────────▶ mapped
+///      │                      └───────▶ buffered(GC buffer slot) ──▶ mapping ──▶ mapped
 ///      └─mutator fault─▶ mutatorProcessing ─────────────────────────────────────▶ mapped
 /// ```
 /// A page `processed` into a recycled from-space page waits for the GC to map it with the rest of
 /// its run (one UFFDIO_MOVE); a mutator that faults on it first claims it (`mapping`) and moves
-/// that one page itself.
+/// (or copies) that one page itself. A page `buffered` in the GC's copy buffer waits for the GC's
+/// UFFDIO_COPY of its run the same way; a mutator that faults on it first copies that one page
+/// from the buffer. So a mutator never waits on the GC for more than one page's compaction
+/// (`processing`) or one ioctl (`mapping`).
 struct PageState: RawRepresentable, Equatable {
   /// The state proper (the low byte of the word).
   enum Kind: UInt64 {
@@ -28,6 +31,8 @@ struct PageState: RawRepresentable, Equatable {
     case mapping = 4
     /// In to-space: reads and writes no longer fault.
     case mapped = 5
+    /// Compacted into a slot of the GC thread's copy buffer (the payload); not mapped yet.
+    case buffered = 6
   }
 
   /// Bits of the word below the staging page index.
@@ -47,6 +52,12 @@ struct PageState: RawRepresentable, Equatable {
     PageState(rawValue: Kind.processed.rawValue | (UInt64(staging) &<< kindBits))
   }
 
+  /// ``Kind/buffered`` in slot `slot` of the GC thread's copy buffer.
+  @inline(__always)
+  static func buffered(slot: Int) -> PageState {
+    PageState(rawValue: Kind.buffered.rawValue | (UInt64(slot) &<< kindBits))
+  }
+
   static var unprocessed: PageState { PageState(.unprocessed) }
   static var processing: PageState { PageState(.processing) }
   static var mutatorProcessing: PageState { PageState(.mutatorProcessing) }
@@ -57,7 +68,7 @@ struct PageState: RawRepresentable, Equatable {
   @inline(__always)
   var kind: Kind { Kind(rawValue: rawValue & ((1 &<< Self.kindBits) &- 1)) ?? .processing }
 
-  /// The staging page of a ``Kind/processed`` state.
+  /// The staging page of a ``Kind/processed`` state, the buffer slot of a ``Kind/buffered`` one.
   @inline(__always)
   var staging: Int { Int(truncatingIfNeeded: rawValue &>> Self.kindBits) }
 }

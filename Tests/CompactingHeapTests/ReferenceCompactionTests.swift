@@ -89,9 +89,25 @@ struct PageCompactionTests {
     #expect(state.staging == 123_456)
     #expect(PageState.unprocessed.rawValue == 0, "zeroed memory is a valid start")
     #expect(PageState(rawValue: 0xFF).kind == .processing, "a word no writer produces reads as busy")
-    for kind in [PageState.Kind.unprocessed, .processing, .mutatorProcessing, .mapping, .mapped] {
+    for kind in [PageState.Kind.unprocessed, .processing, .mutatorProcessing, .mapping, .mapped, .buffered] {
       #expect(PageState(kind).kind == kind)
       #expect(PageState(kind).staging == 0)
     }
+    let buffered = PageState.buffered(slot: 63)
+    #expect(buffered.kind == .buffered && buffered.staging == 63)
+    #expect(buffered != PageState.processed(staging: 63), "a buffer slot is not a staging page")
+  }
+
+  /// `uffd compact`'s measurement of the routine alone reads the heap, never changes it, and
+  /// counts the live bytes it compacted.
+  @Test func theRoutineBenchmarkLeavesTheHeapAsItWas() throws {
+    let heap = try Heap(capacity: 4 << 20, mutators: 2)
+    try Workload(seed: 5).populate(heap)
+    let map = LiveMap(marking: heap)
+    let before = Verification.hash(heap, map: map)
+    let measured = try PageRoutineBenchmark.measure(heap, repetitions: 2)
+    #expect(measured.liveBytes == map.liveBytes)
+    #expect(measured.nanoseconds > 0)
+    #expect(Verification.hash(heap, map: LiveMap(marking: heap)) == before)
   }
 }

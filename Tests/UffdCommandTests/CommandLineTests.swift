@@ -69,6 +69,8 @@ struct CommandLineTests {
     let variant = try CompactCommand.parse(["--mutator-mapping", "copy-early", "--gc-run-pages", "2048", "--register-before-remap"])
     #expect(variant.mutatorMapping == .copyEarly)
     #expect(variant.gcRunPages == 2048 && variant.registerBeforeRemap)
+    #expect(try CompactCommand.parse([]).mode == .auto, "the automatic choice is the default")
+    #expect(try CompactCommand.parse(["--mode", "auto"]).mode == .auto)
     let stress = try StressCommand.parse(["--mover", "logical-copy"])
     #expect(stress.mover == .logicalCopy)
   }

@@ -36,6 +36,26 @@ struct CompactCommandTests {
       }
     }
     #expect(report.moveVsCopyRatio != nil, "both strategies ran: the table has the ratio row")
+    // `auto`: the same keys as the others, plus its choices, their reasons and the measured costs.
+    let auto = try #require(modes["auto"], "modes.auto")
+    for key in ["compaction_thread_ms", "mutator_stall_us", "verified", "strategy_chosen", "strategy_reason",
+                "strategy_cycles", "strategy_costs"] {
+      #expect(auto[key] != nil, "missing modes.auto.\(key)")
+    }
+    #expect(modes["move"]?["strategy_chosen"] == nil, "only auto has the choice keys")
+    let chosen = try #require(auto["strategy_chosen"] as? [String: Int])
+    #expect(chosen.values.reduce(0, +) == 1, "one cycle, one choice: \(chosen)")
+    let costs = try #require(auto["strategy_costs"] as? [String: Any])
+    #expect(costs["calibration_move_us_per_page"] != nil && costs["calibration_ms"] != nil)
+    #expect(json["auto_vs_best_gc_ratio"] != nil)
+    #expect(json["page_routine_gbps"] != nil && json["page_routine_memcpy_fraction"] != nil)
+    for key in ["mutator_wait_us", "waits_on_processing", "waits_on_mapping", "mutator_stall_overlapping_gc_ioctl_us",
+                "faults_overlapping_gc_ioctl"] {
+      #expect(modes["move"]?[key] != nil, "missing modes.move.\(key)")
+    }
+    #expect(report.table.contains("auto, cycle 1:"))
+    #expect(CompactMode.all.strategies == [.move, .copy, .copySinglePage, .automatic], "--mode all runs auto beside the others")
+    #expect(CompactJob().mode == .auto, "the automatic choice is the default")
     // Every page is in the timeline once, by the GC or a mutator; every fault in the stall counts.
     for (strategy, runs) in results {
       let result = try #require(runs.first)
@@ -49,7 +69,7 @@ struct CompactCommandTests {
     let svg = CompactPicture.svg(report)
     let parser = XMLParser(data: Data(svg.utf8))
     #expect(parser.parse(), "\(parser.parserError.map { "\($0)" } ?? "")")
-    for name in ["move:", "copy:", "copy-1:"] { #expect(svg.contains(name)) }
+    for name in ["move:", "copy:", "copy-1:", "auto:"] { #expect(svg.contains(name)) }
   }
 
   /// `uffd compact --variants` runs every variant on the same heap and verifies each; the first

@@ -12,8 +12,11 @@ package enum CompactMode: String, CaseIterable, Sendable {
   /// MOVE and batched COPY, interleaved, for the MOVE/COPY ratio (COPY alone where MOVE is
   /// unusable, said so).
   case both
-  /// MOVE, batched COPY and one-page COPY, interleaved.
+  /// MOVE, batched COPY, one-page COPY and the automatic choice, interleaved.
   case all
+  /// MOVE or batched COPY chosen per cycle from what they cost here (``MappingStrategy/automatic``;
+  /// COPY where MOVE is unusable, said so): the default.
+  case auto
 
   var strategies: [MappingStrategy] {
     switch self {
@@ -21,7 +24,8 @@ package enum CompactMode: String, CaseIterable, Sendable {
     case .copy: [.copy]
     case .copy1: [.copySinglePage]
     case .both: [.move, .copy]
-    case .all: [.move, .copy, .copySinglePage]
+    case .all: [.move, .copy, .copySinglePage, .automatic]
+    case .auto: [.automatic]
     }
   }
 }
@@ -41,7 +45,7 @@ package struct CompactJob: Sendable {
 
   package var heapMib = 256
   package var mutators = 2
-  package var mode = CompactMode.both
+  package var mode = CompactMode.auto
   package var seed: UInt64 = 1
   package var faultMode = FaultMode.sigbus
   package var mutatorBlockPages = 16
@@ -79,20 +83,27 @@ package struct CompactJob: Sendable {
     progress("measuring memcpy bandwidth")
     let memcpyBefore = try MemcpyBaseline.gigabytesPerSecond()
     var results: [MappingStrategy: [CompactionResult]] = [:]
+    // One selector for every automatic cycle: it learns across them, as it would across one heap's cycles.
+    let selector = StrategySelector()
     for run in 1...runs {
       for strategy in strategies {
         let label = "run \(run)/\(runs), \(strategy.rawValue)"
         progress("\(label): building a \(heapMib) MiB heap (seed \(seed))")
         let heap = try Heap(capacity: heapMib << 20, mutators: mutators)
         try Workload(seed: seed).populate(heap)
-        let compactor = try Compactor(heap: heap, configuration: configuration(strategy))
+        let compactor = try Compactor(heap: heap, configuration: configuration(strategy), selector: selector)
         let result = try compactor.run { progress("\(label): \($0)") }
+        if let choice = result.choice { progress("\(label): chose \(choice.strategy.rawValue): \(choice.reason)") }
         progress(
           "\(label): verified; compaction thread \(milliseconds(result.compactionWallNanoseconds)) ms,"
             + " pause \(milliseconds(result.pauseNanoseconds)) ms")
         results[strategy, default: []].append(result)
       }
     }
+    progress("measuring the page routine alone (no ioctls, one thread)")
+    let routineHeap = try Heap(capacity: heapMib << 20, mutators: mutators)
+    try Workload(seed: seed).populate(routineHeap)
+    let routine = try PageRoutineBenchmark.measure(routineHeap)
     // Measured again after the cycles; the better of the two is the bound (this shared machine's
     // bandwidth varies from run to run).
     progress("measuring memcpy bandwidth again")
@@ -100,6 +111,8 @@ package struct CompactJob: Sendable {
     var report = CompactReport(
       heapMib: heapMib, mutators: mutators, idleMutators: idleMutators, blockPages: mutatorBlockPages,
       seed: seed, faultMode: faultMode, memcpyGBps: memcpy, results: results)
+    report.pageRoutineGbps = Double(routine.liveBytes) / max(1, Double(routine.nanoseconds))
+    report.pageRoutineMemcpyFraction = memcpy > 0 ? report.pageRoutineGbps / memcpy : 0
     report.gcRunPages = gcRunPages
     report.minimumMoveRun = minimumMoveRun
     report.mutatorMapping = mutatorMapping.rawValue

@@ -11,7 +11,7 @@ package enum CompactPicture {
 
   /// The picture of `report`'s median runs.
   package static func svg(_ report: CompactReport) -> String {
-    let names = ["move", "copy", "copy-1"].filter { report.modes[$0] != nil }
+    let names = ["move", "copy", "copy-1", "auto"].filter { report.modes[$0] != nil }
     let width = 1040.0, height = top + rowHeight * Double(names.count) + 16
     // Shared scales: the longest phase, the fullest bin, the most stalls in a bucket.
     let longest = names.compactMap { report.modes[$0] }.map {

@@ -1,5 +1,6 @@
 import CompactingHeap
 import Foundation
+import Userfaultfd
 
 /// What `uffd compact` prints: per strategy the medians over its runs (counts from the median
 /// run), the MOVE/COPY ratio of compaction-thread time, and the memcpy bound. Encodes to the JSON
@@ -20,9 +21,9 @@ package struct CompactReport: Encodable, Sendable {
     package var max: Double
 
     /// Each percentile's median over `runs`.
-    init(medianOf runs: [CompactionResult]) {
+    init(medianOf runs: [CompactionResult], of stall: (CompactionResult) -> MutatorStall = \.mutatorStall) {
       func microseconds(_ value: (MutatorStall) -> Int64) -> Double {
-        median(runs.map { Double(value($0.mutatorStall)) / 1000 })
+        median(runs.map { Double(value(stall($0))) / 1000 })
       }
       p50 = microseconds(\.p50)
       p99 = microseconds(\.p99)
@@ -74,10 +75,65 @@ package struct CompactReport: Encodable, Sendable {
     package var mutatorStallUs: Stall
     /// Time each mutator spent stalled in faults, on average.
     package var mutatorStallMsPerMutator: Double
+    /// Per fault that waited for a page someone else held (the GC compacting it, or anyone
+    /// mapping it): the wait, percentiles' medians over the runs.
+    package var mutatorWaitUs: Stall
+    /// The stalls of faults that overlapped a GC map ioctl (percentiles' medians over the runs),
+    /// and how many faults did, in the median run, against all its faults.
+    package var mutatorStallOverlappingGcIoctlUs: Stall
+    package var faultsOverlappingGcIoctl: Int
+    /// The median run's faults that waited for a page the GC was compacting / being mapped.
+    package var waitsOnProcessing: Int
+    package var waitsOnMapping: Int
     /// The median run's stalls by powers of two of microseconds (element k: 2^k to 2^(k+1) µs).
     package var mutatorStallCountsPow2Us: [Int]
     package var mappingTimeline: Timeline
     package var runs: [Sample]
+    /// `auto` only: cycles per strategy chosen (`{"move": 3, "copy": 2}`).
+    package var strategyChosen: [String: Int]? = nil
+    /// `auto` only: the last cycle's reason for its choice.
+    package var strategyReason: String? = nil
+    /// `auto` only: every cycle's choice and reason, in order.
+    package var strategyCycles: [Choice]? = nil
+    /// `auto` only: the calibration and the costs measured under each strategy it chose.
+    package var strategyCosts: Costs? = nil
+    /// `auto` only: medians over the cycles that ran what the evidence said (after the first
+    /// cycle and the cycles measuring both strategies); nil when there were none.
+    package var decided: Decided? = nil
+  }
+
+  /// `modes.auto.decided`: the automatic choice once it has decided.
+  package struct Decided: Encodable, Sendable {
+    package var cycles: Int
+    package var compactionThreadMs: Double
+    package var compactionThreadCpuMs: Double
+    package var mutatorStallUs: Stall
+  }
+
+  /// One automatic cycle's choice.
+  package struct Choice: Encodable, Sendable {
+    package var strategy: String
+    package var reason: String
+  }
+
+  /// What the automatic choice measured: the start-up calibration (mapping cost per page with
+  /// busy threads in the process) and, per strategy it chose, the medians of its cycles.
+  package struct Costs: Encodable, Sendable {
+    package struct Measured: Encodable, Sendable {
+      package var cycles: Int
+      package var gcUsPerPage: Double
+      package var gcCpuUsPerPage: Double
+      package var stallP99Us: Double
+    }
+    package var calibrationMoveUsPerPage: Double?
+    package var calibrationCopyUsPerPage: Double?
+    package var calibrationMs: Double?
+    /// The calibration's time over the median cycle's GC thread time (the concurrent phase).
+    package var calibrationFractionOfCycle: Double?
+    /// The calibration's time over the median whole cycle (mark, pause and concurrent phase).
+    package var calibrationFractionOfFullCycle: Double?
+    package var move: Measured?
+    package var copy: Measured?
   }
 
   package var heapMib: Int
@@ -99,6 +155,17 @@ package struct CompactReport: Encodable, Sendable {
   package var peakRssMib: Double
   package var memcpyGbps: Double
   package var moveVsCopyRatio: Double?
+  /// The page-compaction routine alone (no ioctls, no other threads, CPU time): live bytes per
+  /// nanosecond, and that over memcpy's.
+  package var pageRoutineGbps = 0.0
+  package var pageRoutineMemcpyFraction = 0.0
+  /// `auto`'s GC thread time over the better of `move` and `copy` (when all three ran).
+  package var autoVsBestGcRatio: Double?
+  /// `auto`'s mutator stall p99 over the better of `move` and `copy`.
+  package var autoVsBestStallP99Ratio: Double?
+  /// The same two over `auto`'s decided cycles only (``Mode/decided``).
+  package var autoDecidedVsBestGcRatio: Double?
+  package var autoDecidedVsBestStallP99Ratio: Double?
   package var modes: [String: Mode]
 
   package init(heapMib: Int, mutators: Int, idleMutators: Bool, blockPages: Int, seed: UInt64, faultMode: FaultMode, memcpyGBps: Double,
@@ -133,6 +200,10 @@ package struct CompactReport: Encodable, Sendable {
         verified: runs.allSatisfy(\.verified),
         mutatorStallUs: Stall(medianOf: runs),
         mutatorStallMsPerMutator: median(runs.map { $0.stalledMilliseconds(perMutatorOf: mutators) }),
+        mutatorWaitUs: Stall(medianOf: runs, of: \.mutatorWait),
+        mutatorStallOverlappingGcIoctlUs: Stall(medianOf: runs, of: \.mutatorStallOverlappingGCMapping),
+        faultsOverlappingGcIoctl: typical.mutatorStallOverlappingGCMapping.count,
+        waitsOnProcessing: typical.waitsOnProcessing, waitsOnMapping: typical.waitsOnMapping,
         mutatorStallCountsPow2Us: typical.mutatorStall.countsByPowerOfTwoMicroseconds,
         mappingTimeline: Timeline(
           binMs: Double(typical.timeline.binNanoseconds) / 1e6, pagesByGc: typical.timeline.pagesByGC,
@@ -143,6 +214,7 @@ package struct CompactReport: Encodable, Sendable {
                  compactionThreadCpuMs: Double($0.compactionCPUNanoseconds) / 1e6,
                  peakRssMib: Double($0.peakResident) / mib)
         })
+      if strategy == .automatic { modes[strategy.rawValue]?.describeChoices(of: runs, cycleMs: wall) }
     }
     let any = results.values.first?.first
     self.heapMib = heapMib
@@ -160,6 +232,15 @@ package struct CompactReport: Encodable, Sendable {
     memcpyGbps = memcpyGBps
     if let move = modes["move"], let copy = modes["copy"], copy.compactionThreadMs > 0 {
       moveVsCopyRatio = move.compactionThreadMs / copy.compactionThreadMs
+      if let auto = modes["auto"] {
+        autoVsBestGcRatio = auto.compactionThreadMs / max(1e-9, min(move.compactionThreadMs, copy.compactionThreadMs))
+        let best = min(move.mutatorStallUs.p99, copy.mutatorStallUs.p99)
+        if best > 0 { autoVsBestStallP99Ratio = auto.mutatorStallUs.p99 / best }
+        if let decided = auto.decided {
+          autoDecidedVsBestGcRatio = decided.compactionThreadMs / max(1e-9, min(move.compactionThreadMs, copy.compactionThreadMs))
+          if best > 0 { autoDecidedVsBestStallP99Ratio = decided.mutatorStallUs.p99 / best }
+        }
+      }
     }
     self.modes = modes
   }
@@ -175,7 +256,7 @@ package struct CompactReport: Encodable, Sendable {
       "GC runs of up to \(gcRunPages) pages per ioctl; under MOVE, runs under \(minimumMoveRun) pages copied, mutator mapping \(mutatorMapping);"
         + (registerBeforeRemap ? " the heap registered before the mremap." : " the mremap before the registration."))
     lines.append("Medians of \(runs) runs per strategy (strategies interleaved); counts from the median run.")
-    let names = ["move", "copy", "copy-1"].filter { modes[$0] != nil }
+    let names = ["move", "copy", "copy-1", "auto"].filter { modes[$0] != nil }
     lines.append(formatTable(
       ["", "pause ms", "GC wall ms", "GC cpu ms", "GB/s live", "x memcpy", "x memcpy (cpu)", "pages GC", "pages mutators",
        "MOVE ioctls/pages", "COPY ioctls/pages", "RSS before MiB", "peak MiB", "peak/before", "verified"],
@@ -195,16 +276,90 @@ package struct CompactReport: Encodable, Sendable {
       lines.append(String(
         format: "%@: mutator stall per fault p50 %.1f µs, p99 %.1f µs, p99.9 %.1f µs, max %.1f µs; %.1f ms stalled per mutator; %.0f writes/ms",
         name, stall.p50, stall.p99, stall.p999, stall.max, m.mutatorStallMsPerMutator, m.mutatorWritesPerMs))
+      let wait = m.mutatorWaitUs
+      lines.append(String(
+        format: "%@: faults that waited for a held page: %d on the GC compacting it, %d on a mapping ioctl; wait p50 %.1f µs, p99 %.1f µs, max %.1f µs",
+        name, m.waitsOnProcessing, m.waitsOnMapping, wait.p50, wait.p99, wait.max))
+      let overlap = m.mutatorStallOverlappingGcIoctlUs
+      lines.append(String(
+        format: "%@: %d of %d faults overlapped a GC map ioctl: their stall p50 %.1f µs, p99 %.1f µs, max %.1f µs",
+        name, m.faultsOverlappingGcIoctl, m.mutatorFaults, overlap.p50, overlap.p99, overlap.max))
       lines.append("\(name): \(m.mutatorFaults) mutator faults, \(m.recycledPages) recycled pages, "
         + "\(m.bufferPages) GC buffer pages, \(m.releasedPages) from-space pages released early, \(m.busyFallbacks) EBUSY fallbacks, "
         + "\(m.intrudedPages) pages found mapped outside the compaction, \(m.mutatorWrites) mutator writes verified (\(Int(m.mutatorWritesPerMs))/ms); "
         + "ioctl errnos (all handled): \(errnos)")
     }
+    if let auto = modes["auto"] {
+      let chosen = (auto.strategyChosen ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+      lines.append("auto: cycles by strategy chosen: \(chosen)")
+      for (cycle, choice) in (auto.strategyCycles ?? []).enumerated() {
+        lines.append("auto, cycle \(cycle + 1): \(choice.reason)")
+      }
+      if let costs = auto.strategyCosts, let ms = costs.calibrationMs {
+        lines.append(String(
+          format: "auto: calibration %.2f ms (%.2f%% of the median cycle's GC thread time, %.2f%% of its mark, pause and compaction)",
+          ms, 100 * (costs.calibrationFractionOfCycle ?? 0), 100 * (costs.calibrationFractionOfFullCycle ?? 0)))
+      }
+    }
     lines.append(String(format: "memcpy here: %.1f GB/s", memcpyGbps))
+    lines.append(String(format: "the page routine alone (no ioctls, one thread, CPU time): %.2f GB/s, %.2f x memcpy",
+                        pageRoutineGbps, pageRoutineMemcpyFraction))
     if let ratio = moveVsCopyRatio {
       lines.append(String(format: "MOVE/COPY compaction-thread time: %.2f", ratio))
     }
+    if let gc = autoVsBestGcRatio {
+      lines.append(String(format: "auto over the better of MOVE and COPY: GC thread time %.2f, mutator stall p99 %@", gc,
+                          autoVsBestStallP99Ratio.map { String(format: "%.2f", $0) } ?? "n/a"))
+    }
+    if let gc = autoDecidedVsBestGcRatio, let cycles = modes["auto"]?.decided?.cycles {
+      lines.append(String(format: "auto's %d decided cycles (after measuring both) over the better: GC thread time %.2f, mutator stall p99 %@",
+                          cycles, gc, autoDecidedVsBestStallP99Ratio.map { String(format: "%.2f", $0) } ?? "n/a"))
+    }
     return lines.joined(separator: "\n")
+  }
+}
+
+extension CompactReport.Mode {
+  /// Fills the `auto`-only keys from its cycles, in the order they ran.
+  mutating func describeChoices(of runs: [CompactionResult], cycleMs: Double) {
+    let choices = runs.compactMap(\.choice)
+    strategyChosen = Dictionary(choices.map { ($0.strategy.rawValue, 1) }, uniquingKeysWith: +)
+    strategyReason = choices.last?.reason
+    strategyCycles = choices.map { CompactReport.Choice(strategy: $0.strategy.rawValue, reason: $0.reason) }
+    var costs = CompactReport.Costs()
+    if let calibration = choices.lazy.compactMap(\.calibration).first {
+      costs.calibrationMoveUsPerPage = calibration.moveNanosecondsPerPage / 1000
+      costs.calibrationCopyUsPerPage = calibration.copyNanosecondsPerPage / 1000
+      costs.calibrationMs = Double(calibration.nanoseconds) / 1e6
+      costs.calibrationFractionOfCycle = cycleMs > 0 ? Double(calibration.nanoseconds) / 1e6 / cycleMs : nil
+      let fullCycleMs = median(runs.map {
+        Double($0.markNanoseconds + $0.pauseNanoseconds + $0.compactionWallNanoseconds) / 1e6
+      })
+      costs.calibrationFractionOfFullCycle = fullCycleMs > 0 ? Double(calibration.nanoseconds) / 1e6 / fullCycleMs : nil
+    }
+    func measured(_ strategy: MappingStrategy) -> CompactReport.Costs.Measured? {
+      let cycles = runs.filter { $0.strategy == strategy }
+      guard !cycles.isEmpty else { return nil }
+      return .init(
+        cycles: cycles.count,
+        gcUsPerPage: median(cycles.map {
+          Double($0.compactionWallNanoseconds) / 1000 / Double(max(1, ($0.liveBytes + PageSize.base - 1) / PageSize.base))
+        }),
+        gcCpuUsPerPage: median(cycles.map {
+          Double($0.compactionCPUNanoseconds) / 1000 / Double(max(1, ($0.liveBytes + PageSize.base - 1) / PageSize.base))
+        }),
+        stallP99Us: median(cycles.map { Double($0.mutatorStall.p99) / 1000 }))
+    }
+    costs.move = measured(.move)
+    costs.copy = measured(.copy)
+    strategyCosts = costs
+    let settled = runs.filter { $0.choice?.isDecided == true }
+    if !settled.isEmpty {
+      decided = CompactReport.Decided(
+        cycles: settled.count, compactionThreadMs: median(settled.map { Double($0.compactionWallNanoseconds) / 1e6 }),
+        compactionThreadCpuMs: median(settled.map { Double($0.compactionCPUNanoseconds) / 1e6 }),
+        mutatorStallUs: CompactReport.Stall(medianOf: settled))
+    }
   }
 }
 

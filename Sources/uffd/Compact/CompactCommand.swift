@@ -10,16 +10,18 @@ struct CompactCommand: ParsableCommand {
     discussion: """
       Each run builds the same heap from the seed, once per strategy, and compacts it the way \
       Android ART's concurrent mark-compact collector does (the CompactingHeap documentation: \
-      The compaction design). A failed verification is an error and a non-zero exit. Progress \
-      goes to standard error; the table or JSON to standard output.
+      The compaction design). The default mode, auto, chooses MOVE or batched COPY per cycle \
+      from what they cost here (a calibration, then each cycle's GC time and mutator stalls) and \
+      says why; MOVE is never tried where it is unusable. A failed verification is an error and \
+      a non-zero exit. Progress goes to standard error; the table or JSON to standard output.
       """)
 
   @Option(parsing: .unconditional, help: "Heap size in MiB (the workload fills 90% of it, about 60% of that garbage).")
   var heapMib = 256
   @Option(parsing: .unconditional, help: "Mutator threads reading and writing their objects during compaction (1-64).")
   var mutators = 2
-  @Option(help: "Strategies to run.")
-  var mode = CompactMode.both
+  @Option(help: "Strategies to run: auto (MOVE or COPY chosen per cycle from their measured costs), move, copy, copy-1, both (move and copy), all (move, copy, copy-1 and auto, interleaved).")
+  var mode = CompactMode.auto
   @Option(parsing: .unconditional, help: "Workload seed: the same seed builds the same heap.")
   var seed: UInt64 = 1
   @Option(help: "How mutator faults are served: in the faulting thread (sigbus) or by a fault-server thread.")
