@@ -152,6 +152,8 @@ let package = Package(
         .product(name: "Logging", package: "swift-log"),
         .product(name: "SystemPackage", package: "swift-system"),
         .product(name: "PropertyBased", package: "swift-property-based"),
+        // Command-line parsing errors are among the bad inputs checked (BadInputTests, CompactReportTests).
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
     // The command line: parsing, validation and exit codes of `uffd`.
