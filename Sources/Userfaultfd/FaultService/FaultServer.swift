@@ -183,13 +183,19 @@ public final class FaultServer: Sendable {
   /// call more than once, from any thread but the server's own.
   public func stop() {
     guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
+    // Unregister while the serving thread still reads: with EVENT_FORK (or REMOVE / UNMAP) a
+    // thread of this process that forks (or unmaps) waits until its event is read, holding
+    // malloc's locks for a fork; a reader stopped first would leave it, and this thread's own
+    // allocations, waiting for good. Unregistering releases every waiter and ends new events;
+    // the serving thread then drains the events already under way before it returns.
+    core.beginUnregistering()
+    uffd.unregisterAll()
     core.stopServing()
     let (server, delivery) = threads.withLock { threads in
       defer { threads = (nil, nil) }
       return threads
     }
     server?.join()
-    uffd.unregisterAll()
     core.stopDelivery()
     delivery?.join()
     core.finish()

@@ -23,6 +23,9 @@ final class ServerCore: @unchecked Sendable {
   let hasMove: Bool
 
   private let stopping = Atomic<Bool>(false)
+  /// Set by stop() before it unregisters: a resolution that fails from then on met a range
+  /// unregistered under it (its thread is woken by the unregistering), not a failure to report.
+  private let unregistering = Atomic<Bool>(false)
   private let ready = Atomic<Bool>(false)
   private let wakePipe: (read: Int32, write: Int32)
   // Serving thread only (allocated once, so its loop never calls malloc).
@@ -110,6 +113,10 @@ final class ServerCore: @unchecked Sendable {
     while !ready.load(ordering: .acquiring) { sched_yield() }
   }
 
+  func beginUnregistering() {
+    unregistering.store(true, ordering: .releasing)
+  }
+
   func stopServing() {
     stopping.store(true, ordering: .releasing)
     var byte: UInt8 = 1
@@ -144,7 +151,38 @@ final class ServerCore: @unchecked Sendable {
     }
     // Whatever was read before the stop is still resolved; the rest is released by unregistering.
     queued = readEvents(queued: queued)
-    _ = resolveQueued(queued)
+    queued = resolveQueued(queued)
+    drainEventsUnderWay(queued: queued)
+  }
+
+  /// After stop() unregistered every range: reads until no event can still arrive, so no thread
+  /// that forked (or unmapped) while the ranges were registered waits for a reader that is gone.
+  /// The kernel refuses UFFDIO_ZEROPAGE with EAGAIN while such an event is under way on this
+  /// handle (`mmap_changing`, checked before the address), so a ZEROPAGE on memory the handle
+  /// never registered tells: EAGAIN, keep reading; anything else, done. Old kernels (before 5.19)
+  /// keep that state in a flag that the first of two concurrent forks clears, so it must read
+  /// clear twice, a millisecond apart, with nothing read between. Bounded (10 s): a process
+  /// that forks without pause would otherwise hold the server; its next fork then waits until the
+  /// handle is closed.
+  private func drainEventsUnderWay(queued: Int) {
+    guard hugeZeros != 0, unregistering.load(ordering: .acquiring) else { return }
+    var queued = queued
+    var quietChecks = 0
+    var clock = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &clock)
+    let deadline = clock.tv_sec + 10
+    while quietChecks < 2 {
+      let before = counters.otherEvents.load(ordering: .relaxed)
+      queued = readEvents(queued: queued)
+      queued = resolveQueued(queued)
+      let changing = uffd.zeroPageCore(hugeZeros, length: PageSize.base, mode: 0).outcome == .retryAfterEvents
+      let quiet = !changing && queued == 0 && counters.otherEvents.load(ordering: .relaxed) == before
+      quietChecks = quiet ? quietChecks + 1 : 0
+      clock_gettime(CLOCK_MONOTONIC, &clock)
+      if clock.tv_sec >= deadline { return }
+      pollDescriptors[0].revents = 0
+      _ = poll(pollDescriptors, 1, 1)
+    }
   }
 
   /// Runs every path the serving thread can take once, harmlessly, before the server is ready:
@@ -181,6 +219,11 @@ final class ServerCore: @unchecked Sendable {
     ranges.insert(UInt(PageSize.base), UInt(2 * PageSize.base))
     sink += ranges.pageSize(at: UInt(PageSize.base)) + (ranges.contains(UInt(PageSize.base)) ? 1 : 0)
     sink += zeroFill(0, page: PageSize.base).bytesDone + zeroFill(0, page: PageSize.huge).bytesDone
+    // The drain after stop(): its clock and its probe (memory this handle never registers).
+    var clock = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &clock)
+    sink += Int(clock.tv_sec & 1)
+    if hugeZeros != 0, uffd.zeroPageCore(hugeZeros, length: PageSize.base, mode: 0).outcome == .retryAfterEvents { sink += 1 }
     pending[0] = fault
     attempts[0] = sink
     counters.recordFailure(address: 0, errno: .deadlock)
@@ -334,6 +377,12 @@ final class ServerCore: @unchecked Sendable {
   /// Fails a fault: poisons or zero-fills its page (`page` bytes at `target`), counts it and
   /// reports it.
   private func fail(_ target: UInt, page: Int, errno: Errno) {
+    if unregistering.load(ordering: .acquiring), uffd.registeredPageSize(at: target) == nil {
+      // stop() unregistered the range under this fault: the kernel woke its thread, whose access
+      // is an ordinary fault now. Nothing failed.
+      _ = uffd.wakeCore(target, length: page)
+      return
+    }
     var filled = action == .poison ? uffd.poisonCore(target, length: page, mode: 0) : zeroFill(target, page: page)
     if action == .poison, filled.outcome == .failed {
       filled = zeroFill(target, page: page)

@@ -34,7 +34,7 @@ public final class Userfaultfd: Sendable {
   /// descriptor, so it is refused here.
   public let servesAnotherProcess: Bool
   /// What this handle registered and has not unregistered.
-  let registrations = Mutex(RegisteredRanges())
+  let registrations = RegistrationTable()
 
   /// Opening options.
   public struct Options: OptionSet, Sendable, Hashable {
@@ -129,7 +129,8 @@ public final class Userfaultfd: Sendable {
     self.isNonBlocking = parent.isNonBlocking
     self.servesAnotherProcess = parent.servesAnotherProcess
     // The child's copy of every range the parent registered is registered with this descriptor.
-    self.registrations.withLock { $0 = parent.registrations.withLock { $0 } }
+    let inherited = parent.registrations.snapshot
+    registrations.update { $0 = inherited }
   }
 
   deinit {
@@ -160,7 +161,7 @@ public final class Userfaultfd: Sendable {
   /// has not unregistered: the kernel wakes every thread waiting there, and their accesses become
   /// ordinary faults. What a fault server does when it stops, so no thread is left waiting.
   public func unregisterAll() {
-    let ranges = registrations.withLock { $0.ranges }
+    let ranges = registrations.snapshot.ranges
     for range in ranges {
       guard let start = UnsafeMutableRawPointer(bitPattern: range.start) else { continue }
       try? unregister(start, length: Int(range.end - range.start))
@@ -170,7 +171,7 @@ public final class Userfaultfd: Sendable {
   /// Whether `address` lies in a range this handle registered in MISSING or MINOR mode, where
   /// reading a page that is not mapped raises a userfault on this handle. Allocation-free.
   func faultsWhenMissing(at address: UInt) -> Bool {
-    registrations.withLock { $0.faultsWhenMissing(at: address) }
+    registrations.read { $0.faultsWhenMissing(at: address) }
   }
 
   /// Throws when a page of `source` (memory the kernel is about to read for `operation`) is
@@ -180,7 +181,7 @@ public final class Userfaultfd: Sendable {
   /// only where the source overlaps such a range. A page another thread drops after this check
   /// can still make the call wait for the handle's fault handler.
   func requireNoMissingRegisteredPage(in source: PageRange, for operation: Operation) throws(UserfaultfdError) {
-    let parts = registrations.withLock { $0.missingFaultingParts(of: source.start, source.end) }
+    let parts = registrations.snapshot.missingFaultingParts(of: source.start, source.end)
     guard !parts.isEmpty, let map = PageMap() else { return }
     let page = UInt(PageSize.base)
     for part in parts {
@@ -196,7 +197,7 @@ public final class Userfaultfd: Sendable {
   /// The page size of the registered memory at `address` (allocation-free); nil when this handle
   /// did not register it.
   func registeredPageSize(at address: UInt) -> Int? {
-    let size = registrations.withLock { $0.pageSize(at: address) }
+    let size = registrations.read { $0.pageSize(at: address) }
     return size > 0 ? size : nil
   }
 

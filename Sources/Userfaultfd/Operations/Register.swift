@@ -31,7 +31,7 @@ extension Userfaultfd {
     let kernelPageSize = ioctls.contains(.zeroPage) ? 0 : cuffd_vma_kernel_page_size(range.start)
     let pageSize = kernelPageSize > 0 ? Int(kernelPageSize) : PageSize.base
     let faultsWhenMissing = !mode.isDisjoint(with: [.missing, .minor])
-    registrations.withLock {
+    registrations.update {
       $0.insert(range.start, range.end, pageSize: pageSize, faultsWhenMissing: faultsWhenMissing)
     }
     return Ioctls(rawValue: arg.ioctls)
@@ -45,7 +45,7 @@ extension Userfaultfd {
     var arg = cuffd_range(start: UInt64(range.start), len: UInt64(range.length))
     try check(valueOrErrno(retryOnInterrupt: true) { cuffd_ioctl_unregister(fd, &arg) },
               operation: .unregister, range: range)
-    registrations.withLock { $0.remove(range.start, range.end) }
+    registrations.update { $0.remove(range.start, range.end) }
   }
 
   /// Wakes threads waiting on faults in `length` bytes at `start` (`UFFDIO_WAKE`): needed after

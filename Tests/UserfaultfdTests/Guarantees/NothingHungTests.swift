@@ -189,6 +189,77 @@ struct NothingHungTests {
     return false
   }
 
+  /// Issue: a fork elsewhere in the process while a server stopped waited for a fork event that no
+  /// one would read (the serving thread had stopped before the ranges were unregistered), and
+  /// `stop()`'s own unregistering allocated under the forking thread's malloc locks: both waited
+  /// for good. Servers are started and stopped over and over while another thread keeps forking;
+  /// in a child process with an alarm, so a deadlock ends as SIGALRM instead of hanging the run.
+  @Test func stoppingServersWhileAnotherThreadForksNeverDeadlocks() async {
+    await #expect(processExitsWith: .success) {
+      alarm(120)
+      let stopForking = Atomic<Bool>(false)
+      let forks = Atomic<Int>(0)
+      let forker = Thread {
+        while !stopForking.load(ordering: .relaxed) {
+          if cuffd_test_fork_and_reap() == 0 { forks.wrappingAdd(1, ordering: .relaxed) }
+        }
+      }
+      forker.start()
+      for _ in 0..<300 {
+        guard let uffd = try? Userfaultfd(features: [.eventFork], options: .nonBlocking),
+              let area = try? AnonymousMemory(length: 4 * PageSize.base),
+              let server = try? FaultServer(uffd: uffd, resolver: { _ in .zeroPage }) else { exit(3) }
+        guard (try? server.register(area.baseAddress, length: area.length)) != nil else { exit(4) }
+        _ = area.baseAddress.load(as: UInt8.self)
+        server.stop()
+        uffd.close()
+      }
+      stopForking.store(true, ordering: .relaxed)
+      while forks.load(ordering: .relaxed) == 0 { usleep(1000) }
+      exit(0)
+    }
+  }
+
+  /// Issue: registering on a served handle allocated while holding the lock the serving thread
+  /// takes for each fault; with a fork waiting for its event (and holding malloc's locks), the
+  /// registering thread blocked in malloc, the serving thread on the lock, the fork on the
+  /// serving thread. Faults, forks and registrations race here; in a child with an alarm.
+  @Test func registeringWhileServingAndForkingNeverDeadlocks() async {
+    await #expect(processExitsWith: .success) {
+      alarm(120)
+      guard let uffd = try? Userfaultfd(features: [.eventFork], options: .nonBlocking),
+            let area = try? AnonymousMemory(length: 16 * PageSize.base),
+            let spare = try? AnonymousMemory(length: 64 * PageSize.base),
+            let server = try? FaultServer(uffd: uffd, resolver: { _ in .zeroPage }),
+            (try? server.register(area.baseAddress, length: area.length)) != nil else { exit(3) }
+      let stop = Atomic<Bool>(false)
+      let base = Address(area.baseAddress)
+      let toucher = Thread {
+        while !stop.load(ordering: .relaxed) {
+          for index in 0..<16 { _ = (base.mapped + index * PageSize.base).load(as: UInt8.self) }
+          _ = madvise(base.mapped, 16 * PageSize.base, MADV_DONTNEED)
+        }
+      }
+      let forker = Thread {
+        while !stop.load(ordering: .relaxed) { _ = cuffd_test_fork_and_reap() }
+      }
+      toucher.start()
+      forker.start()
+      // Registering page by page and unregistering grows and shrinks the table (allocations).
+      for _ in 0..<200 {
+        for index in stride(from: 0, to: 64, by: 2) {
+          _ = try? uffd.register(spare.baseAddress + index * PageSize.base, length: PageSize.base, mode: .missing)
+        }
+        try? uffd.unregister(spare.baseAddress, length: spare.length)
+      }
+      stop.store(true, ordering: .relaxed)
+      usleep(100_000)
+      server.stop()
+      uffd.close()
+      exit(server.statistics.resolved > 0 ? 0 : 5)
+    }
+  }
+
   @Test func forksUnderEventForkNeverDeadlockTheServer() throws {
     let pages = 64
     let (server, area) = try serve(pages: pages, features: [.eventFork]) { _ in .zeroPage }
@@ -261,6 +332,9 @@ struct NothingHungTests {
     let forked = Self.joinForker(forker, stop: stopForking)
     #expect(forked, "30 forks finished")
     #expect(eventually { forkEvents.load(ordering: .relaxed) == 30 })
+    // Unregistered while the reader still reads: a fork anywhere in the process from here on
+    // no longer waits for this handle's reader.
+    try uffd.unregister(area.baseAddress, length: area.length)
     stopReading.store(true, ordering: .relaxed)
     #expect(reader.join())
   }
