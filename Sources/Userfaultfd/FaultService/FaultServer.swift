@@ -33,10 +33,18 @@ import SystemPackage
 /// threads fork, keep them allocation-free too. Fork events reach the event handler on the
 /// delivery thread.
 ///
-/// **Shutdown never strands a thread.** ``stop()`` (also run when the server is dropped) wakes the
-/// server, lets it resolve what it has read, then unregisters every range the handle registered
-/// (``Userfaultfd/unregisterAll()``), so the kernel wakes all threads still waiting, and they retry
-/// their access as an ordinary fault (anonymous memory then reads zero).
+/// **Shutdown never strands a thread.** ``stop()`` (also run when the server is dropped) first
+/// unregisters every range the handle registered (``Userfaultfd/unregisterAll()``) while the
+/// server still reads, so the kernel wakes all threads still waiting (they retry their access as an
+/// ordinary fault: anonymous memory then reads zero) and no new event can arrive; the server then
+/// reads until no fork, remove or unmap event is under way (a thread of this process that forks
+/// waits for its event to be read, holding malloc's locks), and only then stops. Close the handle
+/// soon after: until then a fork that started under a registration, in the rare case the drain's
+/// bound (10 s) ran out, still waits for its event.
+///
+/// **Registering never blocks fault service.** The handle's table of registered ranges is read by
+/// the serving thread under a lock no allocation ever happens under; ``register(_:length:mode:)``
+/// builds the new table outside it.
 public final class FaultServer: Sendable {
   /// Server settings.
   public struct Configuration: Sendable {
