@@ -26,6 +26,9 @@ package struct DirtyBenchmark {
     package var stallP999Us: Double
     /// Mean time of a write that faults (the first write to a protected page).
     package var faultCostUs: Double
+    /// The same probe against the package's fault path written in plain C, measured in the same
+    /// run right after (live-snapshot uffd-wp rows; 0 elsewhere): the reference the targets name.
+    package var cFaultCostUs: Double
     /// Write-protecting the range (`fork()` for fork-cow): the pause writers need for a cut.
     package var cutPauseMs: Double
     /// Dirty: one collection of the range with the working set written once (report and
@@ -101,8 +104,11 @@ package struct DirtyBenchmark {
     for round in 0..<runs {
       for (index, job) in jobs.enumerated() {
         progress("run \(round + 1)/\(runs) [\(index + 1)/\(jobs.count)] \(job.mode) \(job.method) \(job.writer.rawValue)")
-        let sample = job.mode == "dirty"
+        var sample = job.mode == "dirty"
           ? try measureDirty(job.method, job.writer) : try measureLive(job.method, job.writer)
+        if job.mode == "live-snapshot", job.method.hasPrefix("uffd-wp") {
+          sample.cFaultCost = try referenceFaultCost(inThread: job.method == "uffd-wp-sigbus")
+        }
         samples["\(job.mode)|\(job.method)|\(job.writer.rawValue)", default: []].append(sample)
       }
     }
@@ -117,6 +123,7 @@ package struct DirtyBenchmark {
         dirtyFraction: dirtyFraction, writerThroughputRatio: baseRate > 0 ? rate / baseRate : 0,
         writesPerSecond: rate, stallP50Us: median(list.map(\.p50)), stallP99Us: median(list.map(\.p99)),
         stallP999Us: median(list.map(\.p999)), faultCostUs: median(list.map(\.faultCost)),
+        cFaultCostUs: median(list.map(\.cFaultCost)),
         cutPauseMs: median(list.map(\.cutMs)), collectMs: median(list.map(\.collectMs)),
         extraMemoryBytes: Int(median(list.map { Double($0.extraBytes) })),
         missedPages: list.map(\.missed).max() ?? 0, wrongPages: list.map(\.wrong).max() ?? 0, runs: list.count))
@@ -129,28 +136,33 @@ package struct DirtyBenchmark {
     "Dirty tracking and live snapshots under a writer (medians of \(runs) runs; ratio = writes over the"
       + " window vs the same writer untracked)\n"
       + formatTable(
-        ["mode", "method", "writer", "GiB", "thru ratio", "stall p50 µs", "p99", "p99.9", "fault µs", "cut ms",
+        ["mode", "method", "writer", "GiB", "thru ratio", "stall p50 µs", "p99", "p99.9", "fault µs", "C fault µs", "cut ms",
          "collect ms", "extra MiB", "missed", "wrong"],
         rows.map {
           [$0.mode, $0.method, $0.writer, String(format: "%.2f", $0.gib), String(format: "%.2f", $0.writerThroughputRatio),
            String(format: "%.2f", $0.stallP50Us), String(format: "%.1f", $0.stallP99Us),
            String(format: "%.1f", $0.stallP999Us), String(format: "%.2f", $0.faultCostUs),
+           $0.cFaultCostUs > 0 ? String(format: "%.2f", $0.cFaultCostUs) : "-",
            String(format: "%.2f", $0.cutPauseMs), String(format: "%.2f", $0.collectMs),
            String(format: "%.1f", Double($0.extraMemoryBytes) / 1_048_576), "\($0.missedPages)", "\($0.wrongPages)"]
         })
   }
 
   struct Sample {
-    var writesPerSecond = 0.0, p50 = 0.0, p99 = 0.0, p999 = 0.0, faultCost = 0.0, cutMs = 0.0, collectMs = 0.0
+    var writesPerSecond = 0.0, p50 = 0.0, p99 = 0.0, p999 = 0.0, faultCost = 0.0, cFaultCost = 0.0, cutMs = 0.0
+    var collectMs = 0.0
     var extraBytes = 0, missed = 0, wrong = 0
   }
 
   private var length: Int { mib << 20 }
 
+  /// Faulting writes timed per run (the fault cost): pages of the working set from its end down.
+  static let probePages = 2000
+
   private func writer(for memory: AnonymousMemory, _ kind: WriterKind) throws -> DirtyBenchWriter {
     try DirtyBenchWriter(
       memory: memory, dirtyFraction: dirtyFraction,
-      pacedIntervalNanos: kind == .paced ? Int64(pacedIntervalMicroseconds) * 1000 : nil, probePages: 2000)
+      pacedIntervalNanos: kind == .paced ? Int64(pacedIntervalMicroseconds) * 1000 : nil, probePages: Self.probePages)
   }
 
   private func fillStats(_ sample: inout Sample, _ writer: DirtyBenchWriter, elapsed: Double) {
@@ -339,6 +351,29 @@ package struct DirtyBenchmark {
     }
     if method != "none" { sample.wrong = try wrongPages(file, expected: expected, pageSize: memory.pageSize) }
     return sample
+  }
+
+  /// The C reference's mean faulting write (µs) on a fresh populated range of the same size, with
+  /// the probe pages the Swift writer uses.
+  private func referenceFaultCost(inThread: Bool) throws -> Double {
+    let memory = try AnonymousMemory(length: length, populate: true)
+    try memory.advise(.noHugePage)
+    let path = "\(directory)/uffd-bench-dirty-reference-\(getpid()).snapshot"
+    let file = try FileDescriptor.open(FilePath(path), .readWrite, options: [.create, .truncate], permissions: [.ownerReadWrite])
+    defer {
+      try? file.close()
+      _ = unlink(path)
+    }
+    let pages = memory.length / memory.pageSize
+    let count = max(1, min(pages, Int((Double(pages) * dirtyFraction).rounded())))
+    let workingSet = (0..<count).map { $0 * pages / count }
+    let probe = workingSet.suffix(min(Self.probePages, count)).reversed().map { $0 }
+    let nanos = probe.withUnsafeBufferPointer { buffer in
+      cuffd_ref_wp_fault_cost(memory.baseAddress.assumingMemoryBound(to: CChar.self), length, file.rawValue,
+                              inThread ? 1 : 0, buffer.baseAddress, buffer.count)
+    }
+    guard nanos >= 0 else { throw ToolError("the C fault-cost reference failed: \(Errno(rawValue: Int32(-nanos)))") }
+    return nanos / 1000
   }
 
   /// Snapshot pages whose first and last words are not the writer's record at the cut.

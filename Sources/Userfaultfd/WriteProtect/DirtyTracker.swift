@@ -101,16 +101,7 @@ public final class DirtyTracker: @unchecked Sendable {
     start: UnsafeMutableRawPointer, length: Int, kind: TrackedMemoryKind, pageSize: Int = PageSize.base,
     backend: DirtyTrackingBackend? = nil
   ) throws(UserfaultfdError) {
-    guard pageSize >= PageSize.base, pageSize & (pageSize - 1) == 0, pageSize <= AnonymousMemory.maxAlignment else {
-      throw .invalidArgument(.dirtyTracking, .badAlignment(pageSize, pageSize: PageSize.base, max: AnonymousMemory.maxAlignment))
-    }
-    let range = try PageRange(start, length: length, role: .range, operation: .dirtyTracking)
-    guard range.start % UInt(pageSize) == 0 else {
-      throw .invalidArgument(.dirtyTracking, .misaligned(role: .range, address: Address(rawValue: range.start), pageSize: pageSize))
-    }
-    guard length % pageSize == 0 else {
-      throw .invalidArgument(.dirtyTracking, .lengthNotPageMultiple(role: .range, length: length, pageSize: pageSize))
-    }
+    let range = try PageRange(start, length: length, pageSize: pageSize, role: .range, operation: .dirtyTracking)
     let supported = try Userfaultfd.probeSupportedFeatures().features
     let chosen: DirtyTrackingBackend
     if let backend { chosen = backend } else { chosen = try DirtyTrackingBackend.best(for: kind) }

@@ -81,39 +81,50 @@ public final class LiveSnapshot: @unchecked Sendable {
   /// Pages the background copier handles per step (one pwrite and one un-protect ioctl each).
   static let chunkPages = 64
 
+  /// The default staging buffer: 1 MiB, 256 base pages a writer's fault can copy into without
+  /// waiting on the file (see ``init(start:length:kind:pageSize:file:fileOffset:resolver:stagingBytes:)``).
+  public static let defaultStagingBytes = 1 << 20
+  /// The largest staging buffer accepted.
+  public static let maxStagingBytes = 256 << 20
+
   /// Sets up a snapshot of `memory` into `file` at `fileOffset` (the file receives `memory.length`
   /// bytes there). Nothing is protected until ``cut()``.
   public convenience init(
-    memory: AnonymousMemory, file: FileDescriptor, fileOffset: Int = 0, resolver: Resolver
+    memory: AnonymousMemory, file: FileDescriptor, fileOffset: Int = 0, resolver: Resolver,
+    stagingBytes: Int = LiveSnapshot.defaultStagingBytes
   ) throws(UserfaultfdError) {
     try self.init(start: memory.baseAddress, length: memory.length, kind: TrackedMemoryKind(memory),
-                  pageSize: memory.pageSize, file: file, fileOffset: fileOffset, resolver: resolver)
+                  pageSize: memory.pageSize, file: file, fileOffset: fileOffset, resolver: resolver,
+                  stagingBytes: stagingBytes)
   }
 
   /// Sets up a snapshot of `length` bytes at `start` into `file` at `fileOffset`: registers the
   /// range for write protection (populating it first on kernels before 6.4) and starts the
   /// resolver. Nothing is protected until ``cut()``.
   ///
-  /// - Throws: ``UserfaultfdError/invalidArgument(_:_:)`` for a misaligned range or a negative
-  ///   offset; ``UserfaultfdError/notSupported(_:_:)`` naming the capability and Linux release
+  /// A writer's fault copies its page into a staging buffer of `stagingBytes` (a memory copy, a
+  /// microsecond or less) and the background thread writes it to the file: a buffered write can
+  /// sleep for milliseconds when the kernel throttles dirty page cache, and no writer should wait
+  /// on that. When every staging page is taken, the fault writes the file itself
+  /// (``LiveSnapshotReport/faultsThatWroteTheFile``). The buffer is mapped, not touched, at setup:
+  /// it costs memory only as far as it is used (``LiveSnapshotReport/stagingPeakPages``).
+  ///
+  /// - Parameter stagingBytes: 0 ... ``maxStagingBytes``; whole pages of `pageSize` are used (0
+  ///   pages for a 1 GiB hugetlbfs page and the default: faults then write the file).
+  /// - Throws: ``UserfaultfdError/invalidArgument(_:_:)`` for a misaligned range, a negative
+  ///   offset or a staging size out of range; ``UserfaultfdError/notSupported(_:_:)`` naming the capability and Linux release
   ///   missing (uffd-wp: 5.7 anonymous, 5.19 shmem and hugetlbfs; SIGBUS mode: 4.14);
   ///   the register ioctl's failure. Nothing is left registered on failure.
   public init(
     start: UnsafeMutableRawPointer, length: Int, kind: TrackedMemoryKind, pageSize: Int = PageSize.base,
-    file: FileDescriptor, fileOffset: Int = 0, resolver: Resolver
+    file: FileDescriptor, fileOffset: Int = 0, resolver: Resolver, stagingBytes: Int = LiveSnapshot.defaultStagingBytes
   ) throws(UserfaultfdError) {
-    guard pageSize >= PageSize.base, pageSize & (pageSize - 1) == 0, pageSize <= AnonymousMemory.maxAlignment else {
-      throw .invalidArgument(.liveSnapshot, .badAlignment(pageSize, pageSize: PageSize.base, max: AnonymousMemory.maxAlignment))
-    }
-    let range = try PageRange(start, length: length, role: .range, operation: .liveSnapshot)
-    guard range.start % UInt(pageSize) == 0 else {
-      throw .invalidArgument(.liveSnapshot, .misaligned(role: .range, address: Address(rawValue: range.start), pageSize: pageSize))
-    }
-    guard length % pageSize == 0 else {
-      throw .invalidArgument(.liveSnapshot, .lengthNotPageMultiple(role: .range, length: length, pageSize: pageSize))
-    }
+    let range = try PageRange(start, length: length, pageSize: pageSize, role: .range, operation: .liveSnapshot)
     guard fileOffset >= 0, fileOffset <= Int.max - length else {
       throw .invalidArgument(.liveSnapshot, .outOfRange(parameter: "fileOffset", value: fileOffset, valid: 0...(Int.max - length)))
+    }
+    guard (0...Self.maxStagingBytes).contains(stagingBytes) else {
+      throw .invalidArgument(.liveSnapshot, .outOfRange(parameter: "stagingBytes", value: stagingBytes, valid: 0...Self.maxStagingBytes))
     }
     let supported = try Userfaultfd.probeSupportedFeatures().features
     let wp = DirtyTrackingBackend.writeProtectFaults
@@ -131,8 +142,8 @@ public final class LiveSnapshot: @unchecked Sendable {
     if supported.contains(.wpUnpopulated) { features.insert(.wpUnpopulated) }
     let uffd = try Userfaultfd(features: features, options: .nonBlocking)
     guard let context = cuffd_snapshot_context_create(
-      uffd.coreDescriptor, file.rawValue, Int64(fileOffset), range.start, length, pageSize)
-    else { throw .systemCallFailed("allocating the snapshot's page states", .current) }
+      uffd.coreDescriptor, file.rawValue, Int64(fileOffset), range.start, length, pageSize, stagingBytes / pageSize)
+    else { throw .systemCallFailed("allocating the snapshot's page states and staging buffer", .current) }
     self.resolver = resolver
     self.start = start
     self.length = length
@@ -233,14 +244,21 @@ public final class LiveSnapshot: @unchecked Sendable {
     do {
       copier = try DedicatedThread {
         guard let context = OpaquePointer(bitPattern: contextAddress) else { return }
+        // Staged pages go to the file between steps: the staging buffer stays free for writers.
         let holdUntil = monotonicSeconds() + seconds
-        while monotonicSeconds() < holdUntil && !progress.cancelled.load(ordering: .relaxed) { usleep(1000) }
+        while monotonicSeconds() < holdUntil && !progress.cancelled.load(ordering: .relaxed) {
+          if cuffd_snapshot_drain_staging(context) == 0 { usleep(200) }
+        }
         var page = 0
         while page < pages && !progress.cancelled.load(ordering: .relaxed) {
           let count = min(Self.chunkPages, pages - page)
           _ = cuffd_snapshot_copy_chunk(context, base + UInt(page * pageSize), count)
+          _ = cuffd_snapshot_drain_staging(context)
           page += count
         }
+        // Every page is copied or staged now (a fault stages before it marks the page copied,
+        // and the chunks waited for those marks): one more pass writes the last staged pages.
+        _ = cuffd_snapshot_drain_staging(context)
         progress.finishedAt.store(Int(monotonicSeconds() * 1e9), ordering: .relaxed)
         progress.done.store(true, ordering: .releasing)
       }
@@ -289,6 +307,7 @@ public final class LiveSnapshot: @unchecked Sendable {
     return LiveSnapshotReport(
       resolver: resolver, pages: length / pageSize, pageSize: pageSize,
       copiedBeforeWrites: Int(stats.copied_by_faults), copiedInBackground: Int(stats.copied_in_background),
+      faultsThatWroteTheFile: Int(stats.written_by_faults), stagingPeakPages: Int(stats.staging_peak_pages),
       cutSeconds: cut, copySeconds: max(0, finishedAt - cutAt - cut), populatedFirst: populatedFirst)
   }
 
@@ -339,6 +358,11 @@ public struct LiveSnapshotReport: Sendable, Hashable {
   public let copiedBeforeWrites: Int
   /// Pages the background thread copied.
   public let copiedInBackground: Int
+  /// Of ``copiedBeforeWrites``, the faults that found the staging buffer full and wrote the file
+  /// themselves (their writers waited on file I/O; 0 when the buffer kept up).
+  public let faultsThatWroteTheFile: Int
+  /// The most staging pages in use at once: the staging buffer's memory high-water mark, in pages.
+  public let stagingPeakPages: Int
   /// How long write-protecting the range took (the pause writers need for a point-in-time copy).
   public let cutSeconds: Double
   /// From the end of the cut to the last page copied.
