@@ -10,7 +10,7 @@ import Userfaultfd
 package struct DirtyBenchmark {
   /// One row: a method, a mode and a writer, medians over the runs.
   package struct Row: Encodable, Sendable {
-    /// `wp-async`, `uffd-wp`, `uffd-wp-sigbus`, `fork-cow` or `none`.
+    /// `wp-async`, `uffd-wp`, `soft-dirty`, `uffd-wp-sigbus`, `fork-cow` or `none`.
     package var method: String
     /// `dirty` (collections while writing) or `live-snapshot`.
     package var mode: String
@@ -74,7 +74,10 @@ package struct DirtyBenchmark {
     var dirty = DirtyTrackingBackend.available(for: .anonymous).map(\.rawValue)
     dirty.append("none")
     var live: [String] = []
-    var missing: [String] = ["soft-dirty: not implemented by this tool (CONFIG_MEM_SOFT_DIRTY; absent on many kernels)"]
+    var missing: [String] = []
+    if !dirty.contains(DirtyTrackingBackend.softDirty.rawValue) {
+      missing.append("soft-dirty: needs \(DirtyTrackingBackend.softDirty.requirement(for: .anonymous)); this kernel lacks it")
+    }
     if DirtyTrackingBackend.writeProtectFaults.isAvailable(
       for: .anonymous, supported: (try? Userfaultfd.probeSupportedFeatures().features) ?? [])
     {

@@ -19,7 +19,9 @@ import Synchronization
 /// The backend is chosen when the tracker starts, from what the kernel offers, and is visible in
 /// ``backend``: ``DirtyTrackingBackend/asyncWriteProtect`` (Linux 6.7+) where available, else
 /// ``DirtyTrackingBackend/writeProtectFaults`` (Linux 5.7+ for anonymous memory, 5.19+ for shmem
-/// and hugetlbfs). A kernel with neither throws at setup, naming what is missing.
+/// and hugetlbfs), else ``DirtyTrackingBackend/softDirty`` (kernels built with
+/// `CONFIG_MEM_SOFT_DIRTY`; anonymous and shmem memory; exact only while writers are paused around
+/// ``collect()``). A kernel with none throws at setup, naming what is missing.
 ///
 /// ## What "written" means
 /// A page is reported when it was not write-protected at collection time: written since the
@@ -58,7 +60,10 @@ public final class DirtyTracker: @unchecked Sendable {
   /// then holds memory.
   public let populatedAtStart: Bool
 
-  private let uffd: Userfaultfd
+  /// The userfaultfd of the two write-protect backends; nil for soft-dirty.
+  private let uffd: Userfaultfd?
+  /// soft-dirty: this range's entry in the process-wide registry; nil for the other backends.
+  private let softDirty: SoftDirtyPages.Range?
   private let state: Mutex<State>
   /// uffd-wp: pages dropped by MADV_DONTNEED since the last collection: reported, and protected
   /// again (populated first before Linux 6.4: their next write would not fault otherwise). A lock
@@ -102,14 +107,30 @@ public final class DirtyTracker: @unchecked Sendable {
     backend: DirtyTrackingBackend? = nil
   ) throws(UserfaultfdError) {
     let range = try PageRange(start, length: length, pageSize: pageSize, role: .range, operation: .dirtyTracking)
-    let supported = try Userfaultfd.probeSupportedFeatures().features
     let chosen: DirtyTrackingBackend
     if let backend { chosen = backend } else { chosen = try DirtyTrackingBackend.best(for: kind) }
+    // Soft-dirty needs no userfaultfd (it is what a kernel without uffd-wp offers).
+    let supported = chosen == .softDirty ? [] : try Userfaultfd.probeSupportedFeatures().features
     guard chosen.isAvailable(for: kind, supported: supported) else {
       throw .notSupported(
         .dirtyTracking,
         "the \(chosen) backend on \(kind.rawValue) memory needs \(chosen.requirement(for: kind)); this kernel"
           + " (\(kernelRelease())) lacks it")
+    }
+    self.backend = chosen
+    self.kind = kind
+    self.start = start
+    self.length = length
+    self.pageSize = pageSize
+    if chosen == .softDirty {
+      let tracked = SoftDirtyPages.Range(start: range.start, pages: length / pageSize)
+      uffd = nil
+      softDirty = tracked
+      populatedAtStart = false
+      state = Mutex(State(scanner: nil, written: PageBitmap(pageCount: 0)))
+      removedPages = Mutex(PageBitmap(pageCount: 0))
+      try SoftDirtyPages.shared.add(tracked)
+      return
     }
     var features = chosen.neededFeatures(for: kind)
     // Catches first writes to never-touched pages in the synchronous backend (Linux 6.4+); WP_ASYNC
@@ -118,18 +139,14 @@ public final class DirtyTracker: @unchecked Sendable {
     if chosen == .writeProtectFaults { features.insert(.eventRemove) }
     let uffd = try Userfaultfd(features: features, options: .nonBlocking)
     let pages = length / pageSize
-    self.backend = chosen
-    self.kind = kind
-    self.start = start
-    self.length = length
-    self.pageSize = pageSize
     self.uffd = uffd
+    softDirty = nil
     // Only anonymous memory needs it: shmem and hugetlbfs keep a protection marker in an empty
     // page table entry since uffd-wp came to them (5.19); anonymous memory since WP_UNPOPULATED.
     self.populatedAtStart = chosen == .writeProtectFaults && kind == .anonymous && !features.contains(.wpUnpopulated)
 
     try uffd.register(start, length: length, mode: .writeProtect)
-    do {
+    do throws(UserfaultfdError) {
       switch chosen {
       case .asyncWriteProtect:
         let scanner = try PagemapScanner()
@@ -142,6 +159,8 @@ public final class DirtyTracker: @unchecked Sendable {
         try uffd.writeProtect(start, length: length)
         state = Mutex(State(scanner: nil, written: PageBitmap(pageCount: pages)))
         removedPages = Mutex(PageBitmap(pageCount: pages))
+      case .softDirty:
+        throw UserfaultfdError.notSupported(.dirtyTracking, "soft-dirty tracking takes no userfaultfd")  // handled above
       }
     } catch {
       try? uffd.removeWriteProtection(start, length: length)
@@ -159,6 +178,7 @@ public final class DirtyTracker: @unchecked Sendable {
   private var faultLoop: WriteFaultLoop? { faultLoopBox.withLock { $0 } }
 
   private func startFaultLoop() throws(UserfaultfdError) {
+    guard let uffd else { return }
     let base = UInt(bitPattern: start), end = base + UInt(length), page = pageSize
     let callbacks = WriteFaultLoop.Callbacks(
       writeFault: { [weak self] address in self?.releaseWrite(at: address) ?? true },
@@ -189,6 +209,7 @@ public final class DirtyTracker: @unchecked Sendable {
     guard address >= base, address - base < UInt(length) else { return true }
     let index = Int((address - base) / UInt(pageSize))
     let page = base + UInt(index * pageSize)
+    guard let uffd else { return true }
     return state.withLock { state in
       state.written.set(index)
       guard let pointer = UnsafeMutableRawPointer(bitPattern: page) else { return true }
@@ -226,6 +247,14 @@ public final class DirtyTracker: @unchecked Sendable {
         return try scanner.collectWritten(base, end)
       }
       return WrittenPages(ranges: runs, pageSize: pageSize)
+    case .softDirty:
+      guard let softDirty else { return WrittenPages(ranges: [], pageSize: pageSize) }
+      let written = try SoftDirtyPages.shared.collect(softDirty)
+      var ranges: [Range<Address>] = []
+      for run in written.runs() {
+        appendRun(&ranges, base + UInt(run.lowerBound * pageSize), base + UInt(run.upperBound * pageSize))
+      }
+      return WrittenPages(ranges: ranges, pageSize: pageSize)
     case .writeProtectFaults:
       // EAGAIN means a remove event is being delivered: the handler thread reads it (it needs
       // neither lock this holds while waiting), then the whole step is tried again. Bits are
@@ -249,7 +278,8 @@ public final class DirtyTracker: @unchecked Sendable {
   static let maxCollectRetries = 2000
 
   private func collectSynchronous(_ base: UInt) throws(UserfaultfdError) -> WrittenPages {
-    try state.withLock { (state) throws(UserfaultfdError) -> WrittenPages in
+    guard let uffd else { return WrittenPages(ranges: [], pageSize: pageSize) }
+    return try state.withLock { (state) throws(UserfaultfdError) -> WrittenPages in
       let removed = removedPages.withLock { $0 }
       let dirty = state.written.union(removed)
       var ranges: [Range<Address>] = []
@@ -287,6 +317,8 @@ public final class DirtyTracker: @unchecked Sendable {
   /// handler thread and unregisters. Safe to call more than once; ``collect()`` throws afterwards.
   public func stop() {
     guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
+    if let softDirty { SoftDirtyPages.shared.remove(softDirty) }
+    guard let uffd else { return }
     try? uffd.removeWriteProtection(start, length: length)
     faultLoop?.stop()
     // A fault read just before the loop stopped may still wait: waking the range releases it
