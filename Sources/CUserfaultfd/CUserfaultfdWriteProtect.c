@@ -56,6 +56,7 @@ struct cuffd_snapshot_context {
   int out_fd;
   uintptr_t region_base;
   size_t region_length;
+  uintptr_t read_offset; /* where this process reads the pages: region address + read_offset */
   size_t page_size;
   int64_t out_offset;
   _Atomic uint8_t *states; /* region_length / page_size bytes */
@@ -81,7 +82,8 @@ struct cuffd_snapshot_context {
 
 struct cuffd_snapshot_context *cuffd_snapshot_context_create(int uffd, int out_fd, int64_t out_offset,
                                                              uintptr_t region_base, size_t region_length,
-                                                             size_t page_size, size_t staging_pages) {
+                                                             size_t page_size, size_t staging_pages,
+                                                             uintptr_t read_base) {
   if (page_size == 0 || region_length % page_size != 0 || staging_pages > CUFFD_SNAPSHOT_MAX_STAGING_PAGES) {
     errno = EINVAL;
     return NULL;
@@ -113,6 +115,7 @@ struct cuffd_snapshot_context *cuffd_snapshot_context_create(int uffd, int out_f
   c->out_offset = out_offset;
   c->region_base = region_base;
   c->region_length = region_length;
+  c->read_offset = read_base - region_base; /* wraps as unsigned: adding it back gives read_base */
   c->page_size = page_size;
   return c;
 }
@@ -176,7 +179,7 @@ static int stage_page(struct cuffd_snapshot_context *c, uintptr_t page, size_t i
     if (!atomic_compare_exchange_strong_explicit(&c->slots[k].state, &expected, SLOT_FILLING,
                                                  memory_order_acquire, memory_order_relaxed))
       continue;
-    memcpy(c->staging + k * c->page_size, (const void *)page, c->page_size);
+    memcpy(c->staging + k * c->page_size, (const void *)(page + c->read_offset), c->page_size);
     c->slots[k].page_index = index;
     atomic_store_explicit(&c->slots[k].state, SLOT_FULL, memory_order_release);
     atomic_store_explicit(&c->slot_hint, k + 1, memory_order_relaxed);
@@ -202,7 +205,7 @@ int cuffd_snapshot_copy_page(struct cuffd_snapshot_context *c, uintptr_t page, i
     if (by_fault && stage_page(c, page, index)) {
       atomic_fetch_add_explicit(&c->staged_by_faults, 1, memory_order_relaxed);
     } else {
-      int error = write_fully(c->out_fd, (const uint8_t *)page, c->page_size,
+      int error = write_fully(c->out_fd, (const uint8_t *)(page + c->read_offset), c->page_size,
                               c->out_offset + (int64_t)(page - c->region_base));
       if (error != 0) count_write_error(c, error);
       if (by_fault) atomic_fetch_add_explicit(&c->written_by_faults, 1, memory_order_relaxed);
@@ -296,7 +299,7 @@ int cuffd_snapshot_copy_chunk(struct cuffd_snapshot_context *c, uintptr_t start,
     size_t run = claim_run(c, first + index, pages - index);
     if (run > 0) {
       uintptr_t address = c->region_base + (first + index) * c->page_size;
-      int error = write_fully(c->out_fd, (const uint8_t *)address, run * c->page_size,
+      int error = write_fully(c->out_fd, (const uint8_t *)(address + c->read_offset), run * c->page_size,
                               c->out_offset + (int64_t)(address - c->region_base));
       if (error != 0) count_write_error(c, error);
       atomic_fetch_add_explicit(&c->copied_in_background, run, memory_order_relaxed);

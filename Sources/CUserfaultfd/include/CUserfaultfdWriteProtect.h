@@ -103,10 +103,13 @@ struct cuffd_snapshot_stats {
 /// A context for `region_length` bytes at `region_base` (page size `page_size`), their pages
 /// going to `out_fd` at `out_offset + (page - region_base)`, released through `uffd`, with
 /// `staging_pages` staging slots (at most CUFFD_SNAPSHOT_MAX_STAGING_PAGES; 0: faults write the
-/// file themselves). NULL with errno EINVAL (bad sizes) or ENOMEM.
+/// file themselves). The pages are read at `read_base` in this process: `region_base` itself, or
+/// this process's mapping of the same pages when the region is another process's (the ioctls
+/// take the region's addresses). NULL with errno EINVAL (bad sizes) or ENOMEM.
 struct cuffd_snapshot_context *cuffd_snapshot_context_create(int uffd, int out_fd, int64_t out_offset,
                                                              uintptr_t region_base, size_t region_length,
-                                                             size_t page_size, size_t staging_pages);
+                                                             size_t page_size, size_t staging_pages,
+                                                             uintptr_t read_base);
 void cuffd_snapshot_context_destroy(struct cuffd_snapshot_context *context);
 void cuffd_snapshot_context_stats(const struct cuffd_snapshot_context *context, struct cuffd_snapshot_stats *out);
 /// Whether the page at `page` has been copied (its state is COPIED).

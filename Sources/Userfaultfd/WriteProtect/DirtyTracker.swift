@@ -62,6 +62,9 @@ public final class DirtyTracker: @unchecked Sendable {
 
   /// The userfaultfd of the two write-protect backends; nil for soft-dirty.
   private let uffd: Userfaultfd?
+  /// Whether this tracker registered the range (and unregisters it when it stops); false when the
+  /// registration is another process's (``init(adopting:region:processID:)``).
+  private let ownsRegistration: Bool
   /// soft-dirty: this range's entry in the process-wide registry; nil for the other backends.
   private let softDirty: SoftDirtyPages.Range?
   private let state: Mutex<State>
@@ -122,6 +125,7 @@ public final class DirtyTracker: @unchecked Sendable {
     self.start = start
     self.length = length
     self.pageSize = pageSize
+    ownsRegistration = true
     if chosen == .softDirty {
       let tracked = SoftDirtyPages.Range(start: range.start, pages: length / pageSize)
       uffd = nil
@@ -168,6 +172,52 @@ public final class DirtyTracker: @unchecked Sendable {
       throw error
     }
     if chosen == .writeProtectFaults {
+      try startFaultLoop()
+    }
+  }
+
+  /// Watches the writes of another process, which offers its range (see ``MemoryOffer``): `uffd`
+  /// is its userfaultfd, handed over and adopted (``Userfaultfd/init(adopting:origin:)``), opened
+  /// non-blocking with write-protect faults, `region` (its addresses, shmem) registered for write
+  /// protection by that process. The backend follows the handle: wp-async when it was opened with
+  /// `UFFD_FEATURE_WP_ASYNC` (collections scan `/proc/PID/pagemap` of `processID`, which needs
+  /// ptrace read access to it), else uffd-wp with a handler thread here. The registration stays
+  /// the other process's: ``stop()`` un-protects the range and leaves it registered.
+  ///
+  /// - Throws: ``UserfaultfdError/invalidArgument(_:_:)`` for a misaligned region or a blocking
+  ///   handle; ``UserfaultfdError/notSupported(_:_:)`` when the handle lacks write-protect faults;
+  ///   the protect's failure (EPERM from PAGEMAP_SCAN: the range is not registered for wp-async).
+  public init(adopting uffd: Userfaultfd, region: Range<Address>, processID: Int32) throws(UserfaultfdError) {
+    let length = region.upperBound - region.lowerBound
+    guard let start = UnsafeMutableRawPointer(bitPattern: region.lowerBound.rawValue), length > 0 else {
+      throw .invalidArgument(.dirtyTracking, .nonPositiveLength(role: .range, length: length))
+    }
+    let range = try PageRange(start, length: length, role: .range, operation: .dirtyTracking)
+    guard uffd.isNonBlocking else { throw .invalidArgument(.dirtyTracking, .handleIsBlocking) }
+    guard uffd.features.contains(.pageFaultFlagWP) else {
+      throw .notSupported(.dirtyTracking, "the handed-over userfaultfd lacks UFFD_FEATURE_PAGEFAULT_FLAG_WP (features: \(uffd.features))")
+    }
+    let chosen: DirtyTrackingBackend = uffd.features.contains(.wpAsync) ? .asyncWriteProtect : .writeProtectFaults
+    let pages = length / PageSize.base
+    backend = chosen
+    kind = .shmem
+    self.start = start
+    self.length = length
+    pageSize = PageSize.base
+    populatedAtStart = false
+    ownsRegistration = false
+    self.uffd = uffd
+    softDirty = nil
+    switch chosen {
+    case .asyncWriteProtect:
+      let scanner = try PagemapScanner(pid: processID)
+      try scanner.protectAll(range.start, range.end)
+      state = Mutex(State(scanner: scanner, written: PageBitmap(pageCount: 0)))
+      removedPages = Mutex(PageBitmap(pageCount: 0))
+    default:
+      try uffd.writeProtect(start, length: length)
+      state = Mutex(State(scanner: nil, written: PageBitmap(pageCount: pages)))
+      removedPages = Mutex(PageBitmap(pageCount: pages))
       try startFaultLoop()
     }
   }
@@ -324,7 +374,7 @@ public final class DirtyTracker: @unchecked Sendable {
     // A fault read just before the loop stopped may still wait: waking the range releases it
     // (the pages are unprotected now, so its retried write succeeds).
     try? uffd.wake(start, length: length)
-    try? uffd.unregister(start, length: length)
+    if ownsRegistration { try? uffd.unregister(start, length: length) }
     uffd.close()
   }
 

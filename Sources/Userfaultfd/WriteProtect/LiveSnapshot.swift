@@ -68,6 +68,9 @@ public final class LiveSnapshot: @unchecked Sendable {
   public let populatedFirst: Bool
 
   private let uffd: Userfaultfd
+  /// Whether this snapshot registered the range (and unregisters it at the end); false when the
+  /// registration is another process's (``init(adopting:region:view:pageSize:file:fileOffset:stagingBytes:)``).
+  private let ownsRegistration: Bool
   private let file: FileDescriptor
   private let context: OpaquePointer
   private let sigbusSlot: Int32
@@ -142,8 +145,10 @@ public final class LiveSnapshot: @unchecked Sendable {
     if supported.contains(.wpUnpopulated) { features.insert(.wpUnpopulated) }
     let uffd = try Userfaultfd(features: features, options: .nonBlocking)
     guard let context = cuffd_snapshot_context_create(
-      uffd.coreDescriptor, file.rawValue, Int64(fileOffset), range.start, length, pageSize, stagingBytes / pageSize)
+      uffd.coreDescriptor, file.rawValue, Int64(fileOffset), range.start, length, pageSize, stagingBytes / pageSize,
+      range.start)
     else { throw .systemCallFailed("allocating the snapshot's page states and staging buffer", .current) }
+    self.ownsRegistration = true
     self.resolver = resolver
     self.start = start
     self.length = length
@@ -178,16 +183,8 @@ public final class LiveSnapshot: @unchecked Sendable {
       }
       if slot >= 0 { cuffd_sigbus_activate(slot) }
       if resolver == .handlerThread {
-        let contextAddress = UInt(bitPattern: UnsafeMutableRawPointer(context))
-        let callbacks = WriteFaultLoop.Callbacks(
-          writeFault: { page in
-            guard let context = OpaquePointer(bitPattern: contextAddress) else { return true }
-            if cuffd_snapshot_release_page(context, page & ~UInt(pageSize - 1), 1) == 0 { return true }
-            return Errno.current != .resourceTemporarilyUnavailable
-          },
-          removed: { _, _ in })
         do {
-          faultLoop = try WriteFaultLoop(uffd: uffd, callbacks: callbacks)
+          faultLoop = try Self.startFaultLoop(uffd: uffd, context: context, pageSize: pageSize)
         } catch {
           try? uffd.unregister(start, length: length)
           throw error
@@ -201,6 +198,78 @@ public final class LiveSnapshot: @unchecked Sendable {
       throw error
     }
     sigbusSlot = slot
+  }
+
+  /// Sets up a snapshot of another process's memory, which that process offers (see
+  /// ``MemoryOffer``): `uffd` is its userfaultfd, handed over and adopted
+  /// (``Userfaultfd/init(adopting:origin:)``), opened non-blocking with
+  /// `UFFD_FEATURE_PAGEFAULT_FLAG_WP` and without `UFFD_FEATURE_WP_ASYNC`, with `region` (its
+  /// addresses) registered for write protection by that process; `view` is where this process
+  /// maps the same pages (the memfd the process shared), read for the copy. A handler thread here
+  /// resolves its writers' faults (``Resolver/handlerThread``). The registration stays the other
+  /// process's: the end of the snapshot un-protects the range and leaves it registered.
+  ///
+  /// - Throws: ``UserfaultfdError/invalidArgument(_:_:)`` for a misaligned region, a blocking
+  ///   handle, a negative offset or a staging size out of range;
+  ///   ``UserfaultfdError/notSupported(_:_:)`` when the handle lacks write-protect faults or
+  ///   resolves them itself (WP_ASYNC).
+  public init(
+    adopting uffd: Userfaultfd, region: Range<Address>, view: UnsafeRawPointer, pageSize: Int = PageSize.base,
+    file: FileDescriptor, fileOffset: Int = 0, stagingBytes: Int = LiveSnapshot.defaultStagingBytes
+  ) throws(UserfaultfdError) {
+    let length = region.upperBound - region.lowerBound
+    guard let start = UnsafeMutableRawPointer(bitPattern: region.lowerBound.rawValue), length > 0 else {
+      throw .invalidArgument(.liveSnapshot, .nonPositiveLength(role: .range, length: length))
+    }
+    let range = try PageRange(start, length: length, pageSize: pageSize, role: .range, operation: .liveSnapshot)
+    _ = try PageRange(view, length: length, pageSize: pageSize, role: .source, operation: .liveSnapshot)
+    guard fileOffset >= 0, fileOffset <= Int.max - length else {
+      throw .invalidArgument(.liveSnapshot, .outOfRange(parameter: "fileOffset", value: fileOffset, valid: 0...(Int.max - length)))
+    }
+    guard (0...Self.maxStagingBytes).contains(stagingBytes) else {
+      throw .invalidArgument(.liveSnapshot, .outOfRange(parameter: "stagingBytes", value: stagingBytes, valid: 0...Self.maxStagingBytes))
+    }
+    guard uffd.isNonBlocking else { throw .invalidArgument(.liveSnapshot, .handleIsBlocking) }
+    guard uffd.features.contains(.pageFaultFlagWP), !uffd.features.contains(.wpAsync) else {
+      throw .notSupported(.liveSnapshot, "the handed-over userfaultfd must be opened with UFFD_FEATURE_PAGEFAULT_FLAG_WP"
+        + " and without UFFD_FEATURE_WP_ASYNC (features: \(uffd.features))")
+    }
+    guard let context = cuffd_snapshot_context_create(
+      uffd.coreDescriptor, file.rawValue, Int64(fileOffset), range.start, length, pageSize, stagingBytes / pageSize,
+      UInt(bitPattern: view))
+    else { throw .systemCallFailed("allocating the snapshot's page states and staging buffer", .current) }
+    self.ownsRegistration = false
+    self.resolver = .handlerThread
+    self.start = start
+    self.length = length
+    self.pageSize = pageSize
+    self.populatedFirst = false
+    self.uffd = uffd
+    self.file = file
+    self.context = context
+    self.sigbusSlot = -1
+    do {
+      faultLoop = try Self.startFaultLoop(uffd: uffd, context: context, pageSize: pageSize)
+    } catch {
+      cuffd_snapshot_context_destroy(context)
+      throw error
+    }
+  }
+
+  /// The handler thread: each write fault's page is copied out, then un-protected (waking its
+  /// writer); EAGAIN (a remove event pending) makes the loop try again.
+  private static func startFaultLoop(
+    uffd: Userfaultfd, context: OpaquePointer, pageSize: Int
+  ) throws(UserfaultfdError) -> WriteFaultLoop {
+    let contextAddress = UInt(bitPattern: UnsafeMutableRawPointer(context))
+    let callbacks = WriteFaultLoop.Callbacks(
+      writeFault: { page in
+        guard let context = OpaquePointer(bitPattern: contextAddress) else { return true }
+        if cuffd_snapshot_release_page(context, page & ~UInt(pageSize - 1), 1) == 0 { return true }
+        return Errno.current != .resourceTemporarilyUnavailable
+      },
+      removed: { _, _ in })
+    return try WriteFaultLoop(uffd: uffd, callbacks: callbacks)
   }
 
   deinit {
@@ -332,7 +401,7 @@ public final class LiveSnapshot: @unchecked Sendable {
     faultLoop?.stop()
     if sigbusSlot >= 0 { cuffd_sigbus_retire(sigbusSlot) }
     try? uffd.wake(start, length: length)
-    try? uffd.unregister(start, length: length)
+    if ownsRegistration { try? uffd.unregister(start, length: length) }
     uffd.close()
   }
 
