@@ -57,6 +57,13 @@ struct cuffd_snapshot_context {
   uintptr_t region_base;
   size_t region_length;
   uintptr_t read_offset; /* where this process reads the pages: region address + read_offset */
+  // Incremental snapshots: `slots[i]` is page i's place in the output (its rank among the pages of
+  // the layer), or the page index itself when NULL; `written[i]` is set by a fault on page i
+  // (tracking mode), so the next layer knows which pages changed; in tracking mode the copier
+  // leaves pages protected, so every first write after the cut is seen.
+  uint64_t *file_slots;
+  _Atomic uint8_t *written;
+  int tracking;
   size_t page_size;
   int64_t out_offset;
   _Atomic uint8_t *states; /* region_length / page_size bytes */
@@ -122,6 +129,8 @@ struct cuffd_snapshot_context *cuffd_snapshot_context_create(int uffd, int out_f
 
 void cuffd_snapshot_context_destroy(struct cuffd_snapshot_context *c) {
   if (c == NULL) return;
+  free(c->file_slots);
+  free((void *)c->written);
   if (c->staging != NULL) munmap(c->staging, c->slot_count * c->page_size);
   free(c->slots);
   free((void *)c->states);
@@ -159,6 +168,12 @@ static int write_fully(int fd, const uint8_t *source, size_t length, int64_t off
     done += (size_t)n;
   }
   return 0;
+}
+
+// Where page `index`'s content goes in the output, from the output offset.
+static int64_t file_position(const struct cuffd_snapshot_context *c, size_t index) {
+  uint64_t slot = c->file_slots != NULL ? c->file_slots[index] : index;
+  return (int64_t)(slot * c->page_size);
 }
 
 static void count_write_error(struct cuffd_snapshot_context *c, int error) {
@@ -206,7 +221,7 @@ int cuffd_snapshot_copy_page(struct cuffd_snapshot_context *c, uintptr_t page, i
       atomic_fetch_add_explicit(&c->staged_by_faults, 1, memory_order_relaxed);
     } else {
       int error = write_fully(c->out_fd, (const uint8_t *)(page + c->read_offset), c->page_size,
-                              c->out_offset + (int64_t)(page - c->region_base));
+                              c->out_offset + file_position(c, index));
       if (error != 0) count_write_error(c, error);
       if (by_fault) atomic_fetch_add_explicit(&c->written_by_faults, 1, memory_order_relaxed);
     }
@@ -227,7 +242,7 @@ size_t cuffd_snapshot_drain_staging(struct cuffd_snapshot_context *c) {
     if (atomic_load_explicit(&c->slots[k].state, memory_order_acquire) != SLOT_FULL) continue;
     uint64_t index = c->slots[k].page_index;
     int error = write_fully(c->out_fd, c->staging + k * c->page_size, c->page_size,
-                            c->out_offset + (int64_t)(index * c->page_size));
+                            c->out_offset + file_position(c, index));
     if (error != 0) count_write_error(c, error);
     atomic_store_explicit(&c->slots[k].state, SLOT_FREE, memory_order_release);
     atomic_fetch_sub_explicit(&c->staging_used, 1, memory_order_relaxed);
@@ -256,6 +271,9 @@ static int unprotect(int uffd, uintptr_t start, size_t length, int wake) {
 }
 
 int cuffd_snapshot_release_page(struct cuffd_snapshot_context *c, uintptr_t page, int by_fault) {
+  // Marked before the page is un-protected: the next layer's cut (writers paused) sees it.
+  if (c->tracking && by_fault && page >= c->region_base && page - c->region_base < c->region_length)
+    atomic_store_explicit(&c->written[(page - c->region_base) / c->page_size], 1, memory_order_release);
   cuffd_snapshot_copy_page(c, page, by_fault);
   int saved = errno;
   if (unprotect(c->uffd, page, c->page_size, 1) != 0) {
@@ -300,7 +318,7 @@ int cuffd_snapshot_copy_chunk(struct cuffd_snapshot_context *c, uintptr_t start,
     if (run > 0) {
       uintptr_t address = c->region_base + (first + index) * c->page_size;
       int error = write_fully(c->out_fd, (const uint8_t *)(address + c->read_offset), run * c->page_size,
-                              c->out_offset + (int64_t)(address - c->region_base));
+                              c->out_offset + file_position(c, first + index));
       if (error != 0) count_write_error(c, error);
       atomic_fetch_add_explicit(&c->copied_in_background, run, memory_order_relaxed);
       for (size_t k = 0; k < run; k++)
@@ -313,8 +331,9 @@ int cuffd_snapshot_copy_chunk(struct cuffd_snapshot_context *c, uintptr_t start,
       index++;
     }
   }
-  // Every page of the chunk is in the file: let writers at them without a fault.
-  if (unprotect(c->uffd, start, pages * c->page_size, 1) != 0) {
+  // Every page of the chunk is in the file: let writers at them without a fault (unless tracking:
+  // then the next first write must fault to be recorded).
+  if (!c->tracking && unprotect(c->uffd, start, pages * c->page_size, 1) != 0) {
     int error = errno;
     int zero = 0;
     atomic_compare_exchange_strong(&c->first_unprotect_errno, &zero, error);
@@ -322,4 +341,49 @@ int cuffd_snapshot_copy_chunk(struct cuffd_snapshot_context *c, uintptr_t start,
     return -1;
   }
   return 0;
+}
+
+int cuffd_snapshot_enable_tracking(struct cuffd_snapshot_context *c) {
+  size_t pages = c->region_length / c->page_size;
+  c->written = calloc(pages + 1, 1);
+  c->file_slots = calloc(pages + 1, sizeof *c->file_slots);
+  if (c->written == NULL || c->file_slots == NULL) {
+    free((void *)c->written);
+    free(c->file_slots);
+    c->written = NULL;
+    c->file_slots = NULL;
+    errno = ENOMEM;
+    return -1;
+  }
+  for (size_t i = 0; i < pages; i++) c->file_slots[i] = i;  /* the base layer: every page in place */
+  c->tracking = 1;
+  return 0;
+}
+
+size_t cuffd_snapshot_take_written(struct cuffd_snapshot_context *c, uint8_t *out) {
+  size_t pages = c->region_length / c->page_size, count = 0;
+  for (size_t i = 0; i < pages; i++) {
+    out[i] = c->written != NULL ? atomic_exchange_explicit(&c->written[i], 0, memory_order_acq_rel) : 0;
+    count += out[i];
+  }
+  return count;
+}
+
+void cuffd_snapshot_begin_layer(struct cuffd_snapshot_context *c, int out_fd, int64_t out_offset, const uint8_t *include) {
+  size_t pages = c->region_length / c->page_size;
+  uint64_t rank = 0;
+  for (size_t i = 0; i < pages; i++) {
+    int in = include == NULL || include[i];
+    if (c->file_slots != NULL) c->file_slots[i] = in ? rank : 0;
+    if (in) rank++;
+    atomic_store_explicit(&c->states[i], in ? CUFFD_SNAPSHOT_PAGE_PENDING : CUFFD_SNAPSHOT_PAGE_COPIED,
+                          memory_order_release);
+  }
+  c->out_fd = out_fd;
+  c->out_offset = out_offset;
+  atomic_store(&c->copied_by_faults, 0);
+  atomic_store(&c->copied_in_background, 0);
+  atomic_store(&c->staged_by_faults, 0);
+  atomic_store(&c->written_by_faults, 0);
+  atomic_store(&c->staging_peak, 0);
 }

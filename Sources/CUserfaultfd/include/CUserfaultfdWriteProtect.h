@@ -143,4 +143,21 @@ int cuffd_snapshot_release_page(struct cuffd_snapshot_context *context, uintptr_
 /// errors are counted in the stats instead).
 int cuffd_snapshot_copy_chunk(struct cuffd_snapshot_context *context, uintptr_t start, size_t pages);
 
+// MARK: - Incremental snapshots
+
+/// Tracking mode (for a series of layers): faults mark their page written, the background copy
+/// leaves pages protected, and each layer's pages go to consecutive places in its output. 0, or
+/// -1 with errno ENOMEM. Call once, before anything is armed.
+int cuffd_snapshot_enable_tracking(struct cuffd_snapshot_context *context);
+
+/// Copies the written marks into `out` (one byte per page) and clears them; returns how many
+/// were set. Call with the range's writers paused.
+size_t cuffd_snapshot_take_written(struct cuffd_snapshot_context *context, uint8_t *out);
+
+/// Starts a layer: the pages with `include[i]` set (every page when NULL) are to be copied, in
+/// page order, to `out_fd` from `out_offset`; the others count as copied. Resets the counters.
+/// Call with the writers paused and no copy running.
+void cuffd_snapshot_begin_layer(struct cuffd_snapshot_context *context, int out_fd, int64_t out_offset,
+                                const uint8_t *include);
+
 #endif

@@ -79,7 +79,16 @@ public final class LiveSnapshot: @unchecked Sendable {
   private let copierBox = Mutex<DedicatedThread?>(nil)
   private let timing = Mutex<(cut: Double, cutAt: Double)>((0, 0))
 
-  private enum Phase { case armed, cutting, copying, finished }
+  private enum Phase { case armed, cutting, copying, tracking, finished }
+
+  /// Whether this snapshot is the base of a series of diff layers
+  /// (``cutDiff(into:fileOffset:)``): it then keeps tracking writes after each copy finishes.
+  public let isIncremental: Bool
+  /// Layers cut so far (the base counts; 0 before the first cut).
+  public var layerCount: Int { layers.load(ordering: .acquiring) }
+  private let layers = Atomic<Int>(0)
+  /// Pages in the layer being copied.
+  private let layerPages = Atomic<Int>(0)
 
   /// Pages the background copier handles per step (one pwrite and one un-protect ioctl each).
   static let chunkPages = 64
@@ -94,11 +103,11 @@ public final class LiveSnapshot: @unchecked Sendable {
   /// bytes there). Nothing is protected until ``cut()``.
   public convenience init(
     memory: AnonymousMemory, file: FileDescriptor, fileOffset: Int = 0, resolver: Resolver,
-    stagingBytes: Int = LiveSnapshot.defaultStagingBytes
+    stagingBytes: Int = LiveSnapshot.defaultStagingBytes, incremental: Bool = false
   ) throws(UserfaultfdError) {
     try self.init(start: memory.baseAddress, length: memory.length, kind: TrackedMemoryKind(memory),
                   pageSize: memory.pageSize, file: file, fileOffset: fileOffset, resolver: resolver,
-                  stagingBytes: stagingBytes)
+                  stagingBytes: stagingBytes, incremental: incremental)
   }
 
   /// Sets up a snapshot of `length` bytes at `start` into `file` at `fileOffset`: registers the
@@ -112,15 +121,21 @@ public final class LiveSnapshot: @unchecked Sendable {
   /// (``LiveSnapshotReport/faultsThatWroteTheFile``). The buffer is mapped, not touched, at setup:
   /// it costs memory only as far as it is used (``LiveSnapshotReport/stagingPeakPages``).
   ///
-  /// - Parameter stagingBytes: 0 ... ``maxStagingBytes``; whole pages of `pageSize` are used (0
-  ///   pages for a 1 GiB hugetlbfs page and the default: faults then write the file).
+  /// - Parameters:
+  ///   - stagingBytes: 0 ... ``maxStagingBytes``; whole pages of `pageSize` are used (0 pages for
+  ///     a 1 GiB hugetlbfs page and the default: faults then write the file).
+  ///   - incremental: make this snapshot the base of a series: after each copy the range stays
+  ///     registered and every first write is recorded (the copier leaves pages protected, and a
+  ///     fault un-protects its page), so ``cutDiff(into:fileOffset:)`` can write a diff layer of
+  ///     exactly the pages written since the previous cut. ``cancel()`` ends the series.
   /// - Throws: ``UserfaultfdError/invalidArgument(_:_:)`` for a misaligned range, a negative
   ///   offset or a staging size out of range; ``UserfaultfdError/notSupported(_:_:)`` naming the capability and Linux release
   ///   missing (uffd-wp: 5.7 anonymous, 5.19 shmem and hugetlbfs; SIGBUS mode: 4.14);
   ///   the register ioctl's failure. Nothing is left registered on failure.
   public init(
     start: UnsafeMutableRawPointer, length: Int, kind: TrackedMemoryKind, pageSize: Int = PageSize.base,
-    file: FileDescriptor, fileOffset: Int = 0, resolver: Resolver, stagingBytes: Int = LiveSnapshot.defaultStagingBytes
+    file: FileDescriptor, fileOffset: Int = 0, resolver: Resolver, stagingBytes: Int = LiveSnapshot.defaultStagingBytes,
+    incremental: Bool = false
   ) throws(UserfaultfdError) {
     let range = try PageRange(start, length: length, pageSize: pageSize, role: .range, operation: .liveSnapshot)
     guard fileOffset >= 0, fileOffset <= Int.max - length else {
@@ -148,6 +163,11 @@ public final class LiveSnapshot: @unchecked Sendable {
       uffd.coreDescriptor, file.rawValue, Int64(fileOffset), range.start, length, pageSize, stagingBytes / pageSize,
       range.start)
     else { throw .systemCallFailed("allocating the snapshot's page states and staging buffer", .current) }
+    if incremental && cuffd_snapshot_enable_tracking(context) != 0 {
+      cuffd_snapshot_context_destroy(context)
+      throw .systemCallFailed("allocating the snapshot's write marks", .current)
+    }
+    self.isIncremental = incremental
     self.ownsRegistration = true
     self.resolver = resolver
     self.start = start
@@ -238,6 +258,7 @@ public final class LiveSnapshot: @unchecked Sendable {
       uffd.coreDescriptor, file.rawValue, Int64(fileOffset), range.start, length, pageSize, stagingBytes / pageSize,
       UInt(bitPattern: view))
     else { throw .systemCallFailed("allocating the snapshot's page states and staging buffer", .current) }
+    self.isIncremental = false
     self.ownsRegistration = false
     self.resolver = .handlerThread
     self.start = start
@@ -306,9 +327,19 @@ public final class LiveSnapshot: @unchecked Sendable {
     }
     let cut = monotonicSeconds() - began
     timing.withLock { $0.cut = cut; $0.cutAt = began }
+    layerPages.store(length / pageSize, ordering: .releasing)
+    try startCopier(holdingFor: seconds)
+    layers.wrappingAdd(1, ordering: .acquiringAndReleasing)
+    return cut
+  }
+
+  /// Starts the background copy of the current layer (after `seconds`), and enters `copying`.
+  private func startCopier(holdingFor seconds: Double) throws(UserfaultfdError) {
     let base = UInt(bitPattern: start), pages = length / pageSize, pageSize = self.pageSize
     let contextAddress = UInt(bitPattern: UnsafeMutableRawPointer(context))
     let progress = self.progress
+    progress.done.store(false, ordering: .releasing)
+    copierBox.withLock { $0 }?.join()  // the previous layer's, long finished
     let copier: DedicatedThread
     do {
       copier = try DedicatedThread {
@@ -338,7 +369,55 @@ public final class LiveSnapshot: @unchecked Sendable {
     }
     copierBox.withLock { $0 = copier }
     phase.withLock { $0 = .copying }
-    return cut
+  }
+
+  /// Cuts the next layer of an incremental series (``isIncremental``), after the previous layer's
+  /// ``finish(timeoutSeconds:)``: the pages written since the previous cut are protected again and
+  /// copied, live, into a diff layer written to `file` at `fileOffset` (its format:
+  /// ``SnapshotDiffLayer``). Pause the writers around this call, as around ``cut()``. Returns the
+  /// layer's header (its pages); then ``finish(timeoutSeconds:)`` reports as for the base.
+  ///
+  /// - Throws: ``UserfaultfdError/invalidArgument(_:_:)`` when the snapshot is not incremental, a
+  ///   layer is still copying, or the series ended; writing the header's failure; the protect's
+  ///   failure (the series then ends: writers are released).
+  @discardableResult
+  public func cutDiff(into file: FileDescriptor, fileOffset: Int = 0) throws(UserfaultfdError) -> SnapshotDiffLayer {
+    guard isIncremental, fileOffset >= 0 else { throw .invalidArgument(.liveSnapshot, .serverStopped) }
+    try phase.withLock { (phase) throws(UserfaultfdError) in
+      guard phase == .tracking else { throw .invalidArgument(.liveSnapshot, .serverStopped) }
+      phase = .cutting
+    }
+    let pages = length / pageSize
+    var marks = [UInt8](repeating: 0, count: pages)
+    let began = monotonicSeconds()
+    _ = marks.withUnsafeMutableBufferPointer { cuffd_snapshot_take_written(context, $0.baseAddress) }
+    let indices = marks.indices.filter { marks[$0] != 0 }
+    let layer = SnapshotDiffLayer(number: layerCount, pageSize: pageSize, rangeLength: length, pageIndices: indices)
+    do throws(UserfaultfdError) {
+      try layer.writeHeader(to: file, at: fileOffset)
+      marks.withUnsafeBufferPointer { include in
+        cuffd_snapshot_begin_layer(context, file.rawValue, Int64(fileOffset + layer.dataOffset), include.baseAddress)
+      }
+      // Everything else is still protected (a page un-protected since the last cut is a written
+      // one): protecting the written runs again protects the whole range.
+      var run = indices.startIndex
+      while run < indices.endIndex {
+        var end = run + 1
+        while end < indices.endIndex && indices[end] == indices[end - 1] + 1 { end += 1 }
+        guard let pointer = UnsafeMutableRawPointer(bitPattern: UInt(bitPattern: start) + UInt(indices[run] * pageSize)) else { break }
+        try uffd.writeProtect(pointer, length: (end - run) * pageSize)
+        run = end
+      }
+      let cut = monotonicSeconds() - began
+      timing.withLock { $0.cut = cut; $0.cutAt = began }
+      layerPages.store(indices.count, ordering: .releasing)
+      try startCopier(holdingFor: 0)
+    } catch {
+      tearDown()
+      throw error
+    }
+    layers.wrappingAdd(1, ordering: .acquiringAndReleasing)
+    return layer
   }
 
   /// Whether the background copy has finished (every page is in the file).
@@ -363,7 +442,11 @@ public final class LiveSnapshot: @unchecked Sendable {
       usleep(500)
     }
     let (cut, cutAt) = timing.withLock { ($0.cut, $0.cutAt) }
-    tearDown()
+    if isIncremental {
+      phase.withLock { $0 = .tracking }
+    } else {
+      tearDown()
+    }
     var stats = cuffd_snapshot_stats()
     cuffd_snapshot_context_stats(context, &stats)
     if stats.write_errors > 0 {
@@ -374,14 +457,15 @@ public final class LiveSnapshot: @unchecked Sendable {
     }
     let finishedAt = Double(progress.finishedAt.load(ordering: .relaxed)) / 1e9
     return LiveSnapshotReport(
-      resolver: resolver, pages: length / pageSize, pageSize: pageSize,
+      resolver: resolver, pages: layerPages.load(ordering: .acquiring), pageSize: pageSize,
       copiedBeforeWrites: Int(stats.copied_by_faults), copiedInBackground: Int(stats.copied_in_background),
       faultsThatWroteTheFile: Int(stats.written_by_faults), stagingPeakPages: Int(stats.staging_peak_pages),
       cutSeconds: cut, copySeconds: max(0, finishedAt - cutAt - cut), populatedFirst: populatedFirst)
   }
 
   /// Abandons the snapshot: stops the copy, releases every writer and unregisters. The file is
-  /// incomplete. Safe to call more than once, and after ``finish(timeoutSeconds:)``.
+  /// incomplete. Safe to call more than once, and after ``finish(timeoutSeconds:)`` (which is how
+  /// an incremental series ends).
   public func cancel() {
     progress.cancelled.store(true, ordering: .relaxed)
     copierBox.withLock { $0 }?.join()
@@ -419,7 +503,7 @@ private final class CopyProgress: Sendable {
 public struct LiveSnapshotReport: Sendable, Hashable {
   /// How faulting writes were resolved.
   public let resolver: LiveSnapshot.Resolver
-  /// Pages in the snapshot.
+  /// Pages in the snapshot (or in the diff layer: the pages written since the previous cut).
   public let pages: Int
   /// The page size.
   public let pageSize: Int
