@@ -117,6 +117,9 @@ final class DirtyBenchWriter: @unchecked Sendable {
 
   func resume() { pauseRequested.store(false, ordering: .releasing) }
 
+  /// Whether a pause is requested (the bench pausing it already).
+  var isPaused: Bool { pauseRequested.load(ordering: .acquiring) }
+
   /// Runs the fault probe and waits for it (at most `seconds`); the mean faulting write in µs.
   func probeFaults(seconds: Double = 60) -> Double? {
     probeRequested.store(true, ordering: .releasing)

@@ -207,7 +207,15 @@ package struct DirtyBenchmark {
     var wrong = 0
     func collectIntoMirror() throws {
       guard let tracker else { return }
-      for range in try tracker.collect().ranges {
+      // Soft-dirty is exact only with the writer paused around the collection (its read and
+      // clear are two steps): paused here, as its users must; the pause shows in the writer's
+      // stall and throughput.
+      let pausing = !tracker.backend.isExactUnderConcurrentWrites && !writer.isPaused
+        && !writer.exited.load(ordering: .acquiring)
+      if pausing && !writer.pause() { throw ToolError("\(method): the writer did not pause within 10 s") }
+      let written = try tracker.collect()
+      if pausing { writer.resume() }
+      for range in written.ranges {
         let offset = range.lowerBound - Address(memory.baseAddress)
         let count = range.upperBound - range.lowerBound
         (mirror.baseAddress + offset).copyMemory(from: memory.baseAddress + offset, byteCount: count)
