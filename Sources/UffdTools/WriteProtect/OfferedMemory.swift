@@ -22,9 +22,10 @@ package final class OfferedMemory {
   /// `expectedProcessID`.
   package init(socketPath: String, expectedProcessID: Int32, timeout: Duration) throws {
     let socket = try UnixSocket.connect(to: socketPath)
-    guard let peer = socket.peerProcessID, peer == expectedProcessID else {
+    let owner = socket.peerProcessID
+    guard let peer = owner, peer == expectedProcessID else {
       socket.close()
-      throw ToolError("\(socketPath) belongs to process \(socket.peerProcessID.map(String.init) ?? "unknown"), not \(expectedProcessID)")
+      throw ToolError("\(socketPath) belongs to process \(owner.map(String.init) ?? "unknown"), not \(expectedProcessID)")
     }
     guard let first = try socket.receive(timeout: timeout) else {
       socket.close()
