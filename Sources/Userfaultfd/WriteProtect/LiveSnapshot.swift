@@ -94,7 +94,7 @@ public final class LiveSnapshot: @unchecked Sendable {
   static let chunkPages = 64
 
   /// The default staging buffer: 1 MiB, 256 base pages a writer's fault can copy into without
-  /// waiting on the file (see ``init(start:length:kind:pageSize:file:fileOffset:resolver:stagingBytes:)``).
+  /// waiting on the file (see ``init(start:length:kind:pageSize:file:fileOffset:resolver:stagingBytes:incremental:)``).
   public static let defaultStagingBytes = 1 << 20
   /// The largest staging buffer accepted.
   public static let maxStagingBytes = 256 << 20
@@ -121,13 +121,14 @@ public final class LiveSnapshot: @unchecked Sendable {
   /// (``LiveSnapshotReport/faultsThatWroteTheFile``). The buffer is mapped, not touched, at setup:
   /// it costs memory only as far as it is used (``LiveSnapshotReport/stagingPeakPages``).
   ///
-  /// - Parameters:
-  ///   - stagingBytes: 0 ... ``maxStagingBytes``; whole pages of `pageSize` are used (0 pages for
-  ///     a 1 GiB hugetlbfs page and the default: faults then write the file).
-  ///   - incremental: make this snapshot the base of a series: after each copy the range stays
-  ///     registered and every first write is recorded (the copier leaves pages protected, and a
-  ///     fault un-protects its page), so ``cutDiff(into:fileOffset:)`` can write a diff layer of
-  ///     exactly the pages written since the previous cut. ``cancel()`` ends the series.
+  /// `stagingBytes` is 0 ... ``maxStagingBytes``; whole pages of `pageSize` are used (0 pages for
+  /// a 1 GiB hugetlbfs page and the default: faults then write the file).
+  ///
+  /// `incremental` makes this snapshot the base of a series: after each copy the range stays
+  /// registered and every first write is recorded (the copier leaves pages protected, and a fault
+  /// un-protects its page), so ``cutDiff(into:fileOffset:)`` can write a diff layer of exactly the
+  /// pages written since the previous cut. ``cancel()`` ends the series.
+  ///
   /// - Throws: ``UserfaultfdError/invalidArgument(_:_:)`` for a misaligned range, a negative
   ///   offset or a staging size out of range; ``UserfaultfdError/notSupported(_:_:)`` naming the capability and Linux release
   ///   missing (uffd-wp: 5.7 anonymous, 5.19 shmem and hugetlbfs; SIGBUS mode: 4.14);
