@@ -171,7 +171,8 @@ static void *ref_copier(void *unused) {
   return NULL;
 }
 
-double cuffd_ref_wp_fault_cost(char *base, size_t length, int fd, int in_thread, const size_t *pages, size_t count) {
+double cuffd_ref_wp_fault_cost(char *base, size_t length, int fd, int in_thread, const size_t *pages, size_t count,
+                               int64_t *times) {
   memset(&ref, 0, sizeof ref);
   ref.base = (uintptr_t)base;
   ref.length = length;
@@ -224,7 +225,9 @@ double cuffd_ref_wp_fault_cost(char *base, size_t length, int fd, int in_thread,
     int64_t began = cuffd_ref_now_ns();
     *first = i;
     *last = i;
-    total += cuffd_ref_now_ns() - began;
+    int64_t took = cuffd_ref_now_ns() - began;
+    if (times != NULL) times[i] = took;
+    total += took;
   }
   result = count > 0 ? (double)total / (double)count : 0;
 out:

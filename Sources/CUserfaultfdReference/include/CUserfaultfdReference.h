@@ -118,7 +118,9 @@ int cuffd_ref_fork_snapshot(const char *base, size_t length, int fd, int *done_f
 /// timing each write. A fault copies its page into one of 256 staging pages (pwrite when all are
 /// taken) and un-protects it: in a handler thread (blocking read after poll) or, `in_thread`, in
 /// the writer's SIGBUS handler (installed for the call, the previous one restored). Waits for the
-/// copy to finish. Returns the mean nanoseconds per write, or -errno.
-double cuffd_ref_wp_fault_cost(char *base, size_t length, int fd, int in_thread, const size_t *pages, size_t count);
+/// copy to finish. Returns the mean nanoseconds per write, or -errno; each write's nanoseconds in
+/// `times[0..<count]` when `times` is not NULL.
+double cuffd_ref_wp_fault_cost(char *base, size_t length, int fd, int in_thread, const size_t *pages, size_t count,
+                               int64_t *times);
 
 #endif

@@ -132,6 +132,9 @@ final class DirtyBenchWriter: @unchecked Sendable {
     return Double(faultNanos.reduce(0, +)) / Double(faultNanos.count) / 1000
   }
 
+  /// The median of the last fault probe's writes, in µs (0 before any probe).
+  var faultMedianMicroseconds: Double { median(faultNanos.map { Double($0) / 1000 }) }
+
   /// Starts a measuring window: resets the write counter and the stall histogram.
   func startWindow() {
     _ = pause()

@@ -26,6 +26,11 @@ package struct DirtyBenchmark {
     package var stallP999Us: Double
     /// Mean time of a write that faults (the first write to a protected page).
     package var faultCostUs: Double
+    /// The median faulting write: the mean above includes writes the scheduler preempted (on a
+    /// shared 2-vCPU machine, a few long ones move the mean far more than the median).
+    package var faultCostP50Us: Double
+    /// The C reference's median faulting write (0 where it did not run).
+    package var cFaultCostP50Us: Double
     /// The same probe against the package's fault path written in plain C, measured in the same
     /// run right after (live-snapshot uffd-wp rows; 0 elsewhere): the reference the targets name.
     package var cFaultCostUs: Double
@@ -110,7 +115,7 @@ package struct DirtyBenchmark {
         var sample = job.mode == "dirty"
           ? try measureDirty(job.method, job.writer) : try measureLive(job.method, job.writer)
         if job.mode == "live-snapshot", job.method.hasPrefix("uffd-wp") {
-          sample.cFaultCost = try referenceFaultCost(inThread: job.method == "uffd-wp-sigbus")
+          (sample.cFaultCost, sample.cFaultP50) = try referenceFaultCost(inThread: job.method == "uffd-wp-sigbus")
         }
         samples["\(job.mode)|\(job.method)|\(job.writer.rawValue)", default: []].append(sample)
       }
@@ -126,6 +131,7 @@ package struct DirtyBenchmark {
         dirtyFraction: dirtyFraction, writerThroughputRatio: baseRate > 0 ? rate / baseRate : 0,
         writesPerSecond: rate, stallP50Us: median(list.map(\.p50)), stallP99Us: median(list.map(\.p99)),
         stallP999Us: median(list.map(\.p999)), faultCostUs: median(list.map(\.faultCost)),
+        faultCostP50Us: median(list.map(\.faultP50)), cFaultCostP50Us: median(list.map(\.cFaultP50)),
         cFaultCostUs: median(list.map(\.cFaultCost)),
         cutPauseMs: median(list.map(\.cutMs)), collectMs: median(list.map(\.collectMs)),
         extraMemoryBytes: Int(median(list.map { Double($0.extraBytes) })),
@@ -139,13 +145,16 @@ package struct DirtyBenchmark {
     "Dirty tracking and live snapshots under a writer (medians of \(runs) runs; ratio = writes over the"
       + " window vs the same writer untracked)\n"
       + formatTable(
-        ["mode", "method", "writer", "GiB", "thru ratio", "stall p50 µs", "p99", "p99.9", "fault µs", "C fault µs", "cut ms",
+        ["mode", "method", "writer", "GiB", "thru ratio", "stall p50 µs", "p99", "p99.9", "fault µs", "C fault µs",
+         "fault p50", "C p50", "cut ms",
          "collect ms", "extra MiB", "missed", "wrong"],
         rows.map {
           [$0.mode, $0.method, $0.writer, String(format: "%.2f", $0.gib), String(format: "%.2f", $0.writerThroughputRatio),
            String(format: "%.2f", $0.stallP50Us), String(format: "%.1f", $0.stallP99Us),
            String(format: "%.1f", $0.stallP999Us), String(format: "%.2f", $0.faultCostUs),
            $0.cFaultCostUs > 0 ? String(format: "%.2f", $0.cFaultCostUs) : "-",
+           String(format: "%.2f", $0.faultCostP50Us),
+           $0.cFaultCostP50Us > 0 ? String(format: "%.2f", $0.cFaultCostP50Us) : "-",
            String(format: "%.2f", $0.cutPauseMs), String(format: "%.2f", $0.collectMs),
            String(format: "%.1f", Double($0.extraMemoryBytes) / 1_048_576), "\($0.missedPages)", "\($0.wrongPages)"]
         })
@@ -153,7 +162,7 @@ package struct DirtyBenchmark {
 
   struct Sample {
     var writesPerSecond = 0.0, p50 = 0.0, p99 = 0.0, p999 = 0.0, faultCost = 0.0, cFaultCost = 0.0, cutMs = 0.0
-    var collectMs = 0.0
+    var collectMs = 0.0, faultP50 = 0.0, cFaultP50 = 0.0
     var extraBytes = 0, missed = 0, wrong = 0
   }
 
@@ -203,6 +212,7 @@ package struct DirtyBenchmark {
       }
     }
     sample.faultCost = writer.probeFaults() ?? -1
+    sample.faultP50 = writer.faultMedianMicroseconds
     let inWorkingSet = Set(writer.workingSet)
     var wrong = 0
     func collectIntoMirror() throws {
@@ -321,6 +331,7 @@ package struct DirtyBenchmark {
     sample.cutMs = Double(cutEnded - cutBegan) / 1e6
     writer.resume()
     sample.faultCost = method == "none" ? 0 : (writer.probeFaults() ?? -1)
+    sample.faultP50 = method == "none" ? 0 : writer.faultMedianMicroseconds
     writer.startWindow()
     let windowStart = cuffd_ref_now_ns()
     // Wait for the copy to finish (bounded), measuring extra memory at its end.
@@ -364,9 +375,9 @@ package struct DirtyBenchmark {
     return sample
   }
 
-  /// The C reference's mean faulting write (µs) on a fresh populated range of the same size, with
-  /// the probe pages the Swift writer uses.
-  private func referenceFaultCost(inThread: Bool) throws -> Double {
+  /// The C reference's mean and median faulting write (µs) on a fresh populated range of the same
+  /// size, with the probe pages the Swift writer uses.
+  private func referenceFaultCost(inThread: Bool) throws -> (mean: Double, median: Double) {
     let memory = try AnonymousMemory(length: length, populate: true)
     try memory.advise(.noHugePage)
     let path = "\(directory)/uffd-bench-dirty-reference-\(getpid()).snapshot"
@@ -379,12 +390,15 @@ package struct DirtyBenchmark {
     let count = max(1, min(pages, Int((Double(pages) * dirtyFraction).rounded())))
     let workingSet = (0..<count).map { $0 * pages / count }
     let probe = workingSet.suffix(min(Self.probePages, count)).reversed().map { $0 }
+    var times = [Int64](repeating: 0, count: probe.count)
     let nanos = probe.withUnsafeBufferPointer { buffer in
-      cuffd_ref_wp_fault_cost(memory.baseAddress.assumingMemoryBound(to: CChar.self), length, file.rawValue,
-                              inThread ? 1 : 0, buffer.baseAddress, buffer.count)
+      times.withUnsafeMutableBufferPointer { out in
+        cuffd_ref_wp_fault_cost(memory.baseAddress.assumingMemoryBound(to: CChar.self), length, file.rawValue,
+                                inThread ? 1 : 0, buffer.baseAddress, buffer.count, out.baseAddress)
+      }
     }
     guard nanos >= 0 else { throw ToolError("the C fault-cost reference failed: \(Errno(rawValue: Int32(-nanos)))") }
-    return nanos / 1000
+    return (nanos / 1000, median(times.map { Double($0) / 1000 }))
   }
 
   /// Snapshot pages whose first and last words are not the writer's record at the cut.

@@ -16,9 +16,13 @@ package enum DirtyPicture {
     typealias Bar = (label: String, value: Double, color: String, text: String)
     var panels: [(title: String, bars: [Bar])] = []
     func color(_ method: String) -> String { method == "fork-cow" ? forkColor : swiftColor }
-    panels.append(("Faulting write, mean µs (grey: the same fault path in C, same run)", live.flatMap { row -> [Bar] in
-      var bars: [Bar] = [(row.method, row.faultCostUs, color(row.method), String(format: "%.2f", row.faultCostUs))]
-      if row.cFaultCostUs > 0 { bars.append(("  C reference", row.cFaultCostUs, referenceColor, String(format: "%.2f", row.cFaultCostUs))) }
+    panels.append(("Faulting write, mean µs (median in brackets; grey: the same fault path in C, same run)", live.flatMap { row -> [Bar] in
+      var bars: [Bar] = [(row.method, row.faultCostUs, color(row.method),
+                          String(format: "%.2f (%.2f)", row.faultCostUs, row.faultCostP50Us))]
+      if row.cFaultCostUs > 0 {
+        bars.append(("  C reference", row.cFaultCostUs, referenceColor,
+                     String(format: "%.2f (%.2f)", row.cFaultCostUs, row.cFaultCostP50Us)))
+      }
       return bars
     }))
     panels.append(("Writer stall p99, µs (\(writer) writer, 3 s from the cut)", live.map {
@@ -40,7 +44,7 @@ package enum DirtyPicture {
     }
     let gib = rows.first?.gib ?? 0, fraction = rows.first?.dirtyFraction ?? 0
     let height = 50 + panels.reduce(0.0) { $0 + panelGap + rowHeight * Double(max(1, $1.bars.count)) } + 10
-    let width = labelWidth + barWidth + 90
+    let width = labelWidth + barWidth + 190
     var svg = """
       <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(width))" height="\(Int(height))" viewBox="0 0 \(Int(width)) \(Int(height))" font-family="sans-serif" font-size="12">
       <rect width="100%" height="100%" fill="white"/>

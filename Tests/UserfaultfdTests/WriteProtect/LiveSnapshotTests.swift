@@ -103,7 +103,7 @@ struct LiveSnapshotTests {
   /// Faults copy into the staging buffer, or write the file themselves when it is full or absent:
   /// the file is exact whichever way a page went. No staging: every fault wrote the file; one
   /// staging page: it fills at once, so both ways run; the default: the writers' faults stage.
-  @Test(.enabled(if: hasWriteProtect, Tracking.needs(.writeProtectFaults)),
+  @Test(.enabled(if: hasWriteProtect, Tracking.needs(.writeProtectFaults)), .serialized,
         arguments: LiveSnapshot.Resolver.allCases, [0, PageSize.base, LiveSnapshot.defaultStagingBytes])
   func stagedAndDirectCopiesAreEachExact(resolver: LiveSnapshot.Resolver, stagingBytes: Int) throws {
     let report = try checkSnapshot(resolver: resolver, kind: .anonymous, pages: 1024, writers: 2, stagingBytes: stagingBytes)
@@ -149,9 +149,9 @@ struct LiveSnapshotTests {
       for (number, writer) in team.enumerated() {
         for index in stride(from: number, to: pages, by: writers) { expected[index] = writer.lastWritten[index] }
       }
-      // Half the time the background copy waits 50 ms, so the writers surely reach pages first
-      // and the copy-before-write path runs; otherwise the two race.
-      try snapshot.cut(holdingBackgroundCopyFor: holdCopy ? 0.05 : 0)
+      // Half the time the background copy waits 200 ms, so the writers surely reach pages first
+      // (even on a loaded machine) and the copy-before-write path runs; otherwise the two race.
+      try snapshot.cut(holdingBackgroundCopyFor: holdCopy ? 0.2 : 0)
       for writer in team { writer.resume() }
       usleep(20_000)
       report = try snapshot.finish(timeoutSeconds: 60)
