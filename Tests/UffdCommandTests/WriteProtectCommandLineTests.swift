@@ -23,6 +23,8 @@ struct WriteProtectCommandLineTests {
     ["dirty", "watch", "--pid", "1"], ["dirty", "watch", "--pid", "1", "--socket", "/tmp/s", "--interval-ms", "5"],
     ["dirty", "watch", "--pid", "1", "--socket", "/tmp/s", "--count", "0"],
     ["dirty", "watch", "--pid", "1", "--socket", "/tmp/s", "--range", "-"],
+    ["dirty", "watch", "--pid", "0", "--socket", "/tmp/s"],
+    ["dirty", "watch", "--pid", "1", "--socket", "/tmp/s", "--timeout-seconds", "3601"],
   ])
   func badValuesAreUsageErrors(arguments: [String]) {
     do {
@@ -118,8 +120,8 @@ struct WriteProtectCommandLineTests {
     let memory = try AnonymousMemory.memfd(length: pages * PageSize.base)
     let path = "/tmp/uffd-offer-\(getpid())-watch.sock"
     let offerer = Offerer(memory: memory, path: path, purpose: .dirtyTracking, writeRounds: 4)
-    let job = DirtyWatchJob(socketPath: path, processID: getpid(), range: nil, intervalMilliseconds: 50, count: 8,
-                            timeoutSeconds: 30)
+    let job = DirtyWatchJob(target: OfferTarget(socketPath: path, processID: getpid(), range: nil, timeoutSeconds: 30),
+                            intervalMilliseconds: 50, count: 8)
     var samples: [DirtyWatchJob.Sample] = []
     try job.run { samples.append($0) }
     #expect(offerer.join(), "the offering thread did not finish")

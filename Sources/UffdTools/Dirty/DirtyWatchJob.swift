@@ -5,21 +5,14 @@ import Userfaultfd
 /// `uffd dirty watch`: the write rate of a range another process offers (``MemoryOffer``), one
 /// sample per interval: pages written, bytes per second, and where in the range (a heat line).
 package struct DirtyWatchJob {
-  package let socketPath: String
-  package let processID: Int32
-  package let range: Range<Address>?
+  package let target: OfferTarget
   package let intervalMilliseconds: Int
   package let count: Int
-  package let timeoutSeconds: Double
 
-  package init(socketPath: String, processID: Int32, range: Range<Address>?, intervalMilliseconds: Int, count: Int,
-               timeoutSeconds: Double) {
-    self.socketPath = socketPath
-    self.processID = processID
-    self.range = range
+  package init(target: OfferTarget, intervalMilliseconds: Int, count: Int) {
+    self.target = target
     self.intervalMilliseconds = intervalMilliseconds
     self.count = count
-    self.timeoutSeconds = timeoutSeconds
   }
 
   /// One interval.
@@ -41,8 +34,7 @@ package struct DirtyWatchJob {
   /// Connects, starts tracking, and calls `emit` with each sample; stops early when the process
   /// hangs up.
   package func run(emit: (Sample) -> Void) throws {
-    let offered = try OfferedMemory(socketPath: socketPath, expectedProcessID: processID, timeout: .seconds(timeoutSeconds))
-    let region = try offered.subrange(range)
+    let (offered, region) = try target.connect()
     let tracker = try DirtyTracker(adopting: offered.uffd, region: region, processID: offered.processID)
     defer {
       tracker.stop()

@@ -5,18 +5,12 @@ import Userfaultfd
 /// `uffd snapshot live`: a live snapshot of a range another process offers (``MemoryOffer``),
 /// written to a file while that process's writers run; faults resolved by a handler thread here.
 package struct LiveSnapshotJob {
-  package let socketPath: String
-  package let processID: Int32
-  package let range: Range<Address>?
+  package let target: OfferTarget
   package let outputPath: String
-  package let timeoutSeconds: Double
 
-  package init(socketPath: String, processID: Int32, range: Range<Address>?, outputPath: String, timeoutSeconds: Double) {
-    self.socketPath = socketPath
-    self.processID = processID
-    self.range = range
+  package init(target: OfferTarget, outputPath: String) {
+    self.target = target
     self.outputPath = outputPath
-    self.timeoutSeconds = timeoutSeconds
   }
 
   /// What the tool prints.
@@ -35,8 +29,7 @@ package struct LiveSnapshotJob {
 
   /// Connects, protects the range (the cut), tells the process `cut`, copies, tells it `done`.
   package func run() throws -> Result {
-    let offered = try OfferedMemory(socketPath: socketPath, expectedProcessID: processID, timeout: .seconds(timeoutSeconds))
-    let region = try offered.subrange(range)
+    let (offered, region) = try target.connect()
     let file = try FileDescriptor.open(FilePath(outputPath), .readWrite, options: [.create, .truncate],
                                        permissions: [.ownerReadWrite])
     defer { try? file.close() }
@@ -49,7 +42,7 @@ package struct LiveSnapshotJob {
       snapshot.cancel()
       throw error
     }
-    let report = try snapshot.finish(timeoutSeconds: timeoutSeconds)
+    let report = try snapshot.finish(timeoutSeconds: target.timeoutSeconds)
     try? offered.tell("done")
     return Result(
       processID: offered.processID, start: "0x" + String(region.lowerBound.rawValue, radix: 16),

@@ -70,6 +70,28 @@ package final class OfferedMemory {
   package func tell(_ word: String) throws { try socket.send(Array(word.utf8)) }
 }
 
+/// Which offer a tool connects to: the process, its socket, the part of its range, how long to wait.
+package struct OfferTarget: Sendable {
+  package let socketPath: String
+  package let processID: Int32
+  /// Part of the offered range (the process's addresses); nil for all of it.
+  package let range: Range<Address>?
+  package let timeoutSeconds: Double
+
+  package init(socketPath: String, processID: Int32, range: Range<Address>?, timeoutSeconds: Double) {
+    self.socketPath = socketPath
+    self.processID = processID
+    self.range = range
+    self.timeoutSeconds = timeoutSeconds
+  }
+
+  /// Connects and takes the handshake; returns the offer and the range to work on.
+  package func connect() throws -> (offered: OfferedMemory, region: Range<Address>) {
+    let offered = try OfferedMemory(socketPath: socketPath, expectedProcessID: processID, timeout: .seconds(timeoutSeconds))
+    return (offered, try offered.subrange(range))
+  }
+}
+
 /// Parses `START-END` (hexadecimal with 0x, or decimal) into an address range.
 package func parseAddressRange(_ text: String) -> Range<Address>? {
   let parts = text.split(separator: "-", omittingEmptySubsequences: false)

@@ -13,29 +13,13 @@ struct SnapshotLiveCommand: ParsableCommand {
       + " and the rest in the background, and tells it `done`. Trust: the process lets this tool stall its writes to"
       + " the range and read them; the socket is owner-only and the process accepts only its own user or root.")
 
-  @Option(help: "The process offering its memory.")
-  var pid: Int32
-  @Option(help: "The Unix socket the process offers its memory on.")
-  var socket: String
-  @Option(help: "Part of the offered range to copy, START-END in the process's addresses (hex with 0x); default: all.")
-  var range: String?
+  @OptionGroup var offer: OfferOptions
   @Option(help: "The snapshot file (created or truncated).")
   var out: String
-  @Option(help: "Seconds to wait for the handshake and for the copy (1-3600).")
-  var timeoutSeconds = 60
   @OptionGroup var output: OutputOptions
 
-  func validate() throws {
-    guard pid > 0 else { throw ValidationError("--pid must be a process id, got \(pid)") }
-    try check(timeoutSeconds, in: 1...3600, "--timeout-seconds")
-    if let range, parseAddressRange(range) == nil {
-      throw ValidationError("--range must be START-END with START < END (e.g. 0x7f0000000000-0x7f0000100000), got \(range)")
-    }
-  }
-
   func run() throws {
-    let job = LiveSnapshotJob(socketPath: socket, processID: pid, range: range.flatMap(parseAddressRange), outputPath: out,
-                              timeoutSeconds: Double(timeoutSeconds))
+    let job = LiveSnapshotJob(target: offer.target, outputPath: out)
     let result = try job.run()
     if output.json {
       print(try JSONOutput.string(result))
