@@ -25,12 +25,12 @@ guard try offer.handOver(timeout: .seconds(120)) else {
   print("no tool connected within 120 s")
   exit(1)
 }
-// For a point-in-time copy the writer waits for the cut.
-if purpose == .liveSnapshot {
-  guard try offer.waitForTool(timeout: .seconds(60)) == "cut" else {
-    print("the tool did not cut")
-    exit(1)
-  }
+// The writer starts once its writes are seen: at the cut (a point-in-time copy), or once the
+// tool is watching.
+let expected = purpose == .liveSnapshot ? "cut" : "watching"
+guard try offer.waitForTool(timeout: .seconds(60)) == expected else {
+  print("the tool did not say \(expected)")
+  exit(1)
 }
 final class Flag: Sendable { let stop = Atomic<Bool>(false); let writes = Atomic<Int>(0) }
 let flag = Flag()

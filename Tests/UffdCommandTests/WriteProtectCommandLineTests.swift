@@ -57,9 +57,9 @@ struct WriteProtectCommandLineTests {
           defer { offer.close() }
           box.ready.store(true, ordering: .releasing)
           guard try offer.handOver(timeout: .seconds(20)) else { this.failure = "no tool connected"; return }
-          if purpose == .liveSnapshot {
-            guard try offer.waitForTool(timeout: .seconds(20)) == "cut" else { this.failure = "no cut"; return }
-          }
+          // Writes start once they are seen: after the cut, or once the tool is watching.
+          let word = purpose == .liveSnapshot ? "cut" : "watching"
+          guard try offer.waitForTool(timeout: .seconds(20)) == word else { this.failure = "no \(word)"; return }
           for round in 0..<writeRounds {
             for page in 0..<(memory.length / PageSize.base) {
               (memory.baseAddress + page * PageSize.base).storeBytes(of: UInt64(1000 + round), as: UInt64.self)

@@ -168,6 +168,18 @@ package struct DirtyBenchmark {
 
   private var length: Int { mib << 20 }
 
+  /// The range under test: base pages only (huge pages refused before anything is allocated: on a
+  /// kernel with THP "always", populating first would map huge pages, which soft-dirty reports
+  /// whole and the write-protect backends split on the first write), every page allocated.
+  private func populatedBasePages() throws -> AnonymousMemory {
+    let memory = try AnonymousMemory(length: length)
+    try memory.advise(.noHugePage)
+    for offset in stride(from: 0, to: length, by: memory.pageSize) {
+      (memory.baseAddress + offset).storeBytes(of: 0, as: UInt8.self)
+    }
+    return memory
+  }
+
   /// Faulting writes timed per run (the fault cost): pages of the working set from its end down.
   static let probePages = 2000
 
@@ -189,8 +201,7 @@ package struct DirtyBenchmark {
 
   private func measureDirty(_ method: String, _ kind: WriterKind) throws -> Sample {
     var sample = Sample()
-    let memory = try AnonymousMemory(length: length, populate: true)
-    try memory.advise(.noHugePage)
+    let memory = try populatedBasePages()
     let pages = memory.length / memory.pageSize
     let mirror = try AnonymousMemory(length: length, populate: true)
     mirror.baseAddress.copyMemory(from: memory.baseAddress, byteCount: length)
@@ -277,8 +288,7 @@ package struct DirtyBenchmark {
 
   private func measureLive(_ method: String, _ kind: WriterKind) throws -> Sample {
     var sample = Sample()
-    let memory = try AnonymousMemory(length: length, populate: true)
-    try memory.advise(.noHugePage)
+    let memory = try populatedBasePages()
     let pages = memory.length / memory.pageSize
     let path = "\(directory)/uffd-bench-dirty-\(getpid()).snapshot"
     let file = try FileDescriptor.open(FilePath(path), .readWrite, options: [.create, .truncate], permissions: [.ownerReadWrite])
@@ -378,8 +388,7 @@ package struct DirtyBenchmark {
   /// The C reference's mean and median faulting write (µs) on a fresh populated range of the same
   /// size, with the probe pages the Swift writer uses.
   private func referenceFaultCost(inThread: Bool) throws -> (mean: Double, median: Double) {
-    let memory = try AnonymousMemory(length: length, populate: true)
-    try memory.advise(.noHugePage)
+    let memory = try populatedBasePages()
     let path = "\(directory)/uffd-bench-dirty-reference-\(getpid()).snapshot"
     let file = try FileDescriptor.open(FilePath(path), .readWrite, options: [.create, .truncate], permissions: [.ownerReadWrite])
     defer {

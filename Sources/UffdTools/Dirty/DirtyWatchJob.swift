@@ -36,6 +36,8 @@ package struct DirtyWatchJob {
   package func run(emit: (Sample) -> Void) throws {
     let (offered, region) = try target.connect()
     let tracker = try DirtyTracker(adopting: offered.uffd, region: region, processID: offered.processID)
+    // From now on every write is seen: the process may start (or go on) writing.
+    try offered.tell("watching")
     defer {
       tracker.stop()
       try? offered.tell("done")

@@ -66,8 +66,8 @@ package final class OfferedMemory {
     return range
   }
 
-  /// Tells the offering process `word` (`cut`, `done`).
-  package func tell(_ word: String) throws { try socket.send(Array(word.utf8)) }
+  /// Tells the offering process `word` (`cut`, `watching`, `done`), one word a line.
+  package func tell(_ word: String) throws { try socket.send(Array((word + "\n").utf8)) }
 }
 
 /// Which offer a tool connects to: the process, its socket, the part of its range, how long to wait.

@@ -20,8 +20,9 @@ import SystemPackage
 /// a Unix socket, and to the one tool that connects sends two messages: the range as a JSON array
 /// of one ``GuestRegion`` (Firecracker's handshake format; `offset` is the range's offset in the
 /// memfd) carrying the userfaultfd, then the word `memfd` carrying the memfd behind the range. The
-/// tool answers `cut` once it has protected the range (writers the process paused for a
-/// point-in-time copy may resume) and `done` when it has finished.
+/// tool answers, one word a line, `cut` once it has protected the range for a live snapshot (writers the process
+/// paused for a point-in-time copy may resume), or `watching` once it tracks the range's writes,
+/// and `done` when it has finished.
 ///
 /// ## Trust
 /// Handing over a userfaultfd registered on a range gives the tool the power to stall every write
@@ -34,8 +35,8 @@ import SystemPackage
 /// The range must be memfd memory (``AnonymousMemory/memfd(length:)``), so the tool can map the
 /// same pages; write protection of shmem needs Linux 5.19.
 public final class MemoryOffer: @unchecked Sendable {
-  // @unchecked: `client` is set once by handOver and read afterwards by the same caller; the
-  // other stored properties are immutable.
+  // @unchecked: `client` and `pending` are used by the one caller driving the offer (handOver,
+  // then waitForTool); the other stored properties are immutable.
 
   /// What the tool will do with the range: it decides how the userfaultfd is opened.
   public enum Purpose: String, Sendable, Hashable {
@@ -55,6 +56,8 @@ public final class MemoryOffer: @unchecked Sendable {
   private let uffd: Userfaultfd
   private let listener: UnixSocket
   private var client: UnixSocket?
+  /// Bytes the tool sent that do not yet make a whole word.
+  private var pending: [UInt8] = []
 
   /// Registers `memory` for write protection with a new userfaultfd and listens at `socketPath`
   /// (which must not exist; it is created owner-only and removed by ``close()``).
@@ -125,12 +128,30 @@ public final class MemoryOffer: @unchecked Sendable {
     }
   }
 
-  /// Waits up to `timeout` for the tool's next word (`cut`, `done`); nil when it hung up or said
-  /// nothing in time.
+  /// Waits up to `timeout` for the tool's next word (`cut`, `watching`, `done`); nil when it hung
+  /// up or said nothing in time.
   public func waitForTool(timeout: Duration) throws(UserfaultfdError) -> String? {
     guard let client else { return nil }
-    guard let message = try client.receive(capacity: 64, timeout: timeout) else { return nil }
-    return String(decoding: message.bytes, as: UTF8.self)
+    let deadline = ContinuousClock.now + timeout
+    // Words end with a newline; the socket is a stream, so two may arrive in one read.
+    while true {
+      if let end = pending.firstIndex(of: UInt8(ascii: "\n")) {
+        let word = String(decoding: pending[..<end], as: UTF8.self)
+        pending.removeSubrange(...end)
+        return word
+      }
+      let left = deadline - ContinuousClock.now
+      guard left > .zero else { return nil }
+      let message: UnixSocket.Message?
+      do {
+        message = try client.receive(capacity: 256, timeout: left)
+      } catch .systemCallFailed(_, .timedOut) {
+        return nil
+      }
+      guard let message else { return nil }
+      pending.append(contentsOf: message.bytes)
+      guard pending.count <= 4096 else { return nil }  // not a tool speaking this protocol
+    }
   }
 
   /// Ends the offer: un-protects the range (waking any writer a vanished tool left waiting),
