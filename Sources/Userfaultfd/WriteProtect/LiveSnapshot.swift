@@ -41,7 +41,9 @@ import SystemPackage
 /// (``populatedFirst``), since those writes would not fault.
 ///
 /// Do not drop (`MADV_DONTNEED`) or unmap memory under a running snapshot: a page dropped before it
-/// was copied is copied as zeros.
+/// was copied is copied as zeros. In an incremental series (`incremental: true`) a drop between
+/// cuts is not a write: the next layer does not hold the page (restored, it keeps its content from
+/// the earlier layer, where the memory now reads zeros).
 public final class LiveSnapshot: @unchecked Sendable {
   // @unchecked: the stored properties are immutable after init, except `phase` (a Mutex) and the
   // handler-thread and copier references (behind it); the C context is written before anything is
@@ -57,7 +59,8 @@ public final class LiveSnapshot: @unchecked Sendable {
 
   /// How faulting writes are resolved.
   public let resolver: Resolver
-  /// The first byte of the range.
+  /// The first byte of the range (in the other process's address space for a snapshot made with
+  /// ``init(adopting:region:view:pageSize:file:fileOffset:stagingBytes:)``: never dereference it here).
   public let start: UnsafeMutableRawPointer
   /// The length of the range in bytes.
   public let length: Int
