@@ -60,6 +60,10 @@ package struct DirtyBenchmark {
   let pacedIntervalMicroseconds: Int
   let writers: [WriterKind]
   let directory: String
+  /// Live snapshots: how long the background copy waits after the cut (0: it starts at once). A
+  /// diagnostic: with the copier held back past the fault probe, no other thread of the process
+  /// runs while the probe's faults un-protect pages, so their TLB flushes interrupt no other CPU.
+  package var holdCopyMilliseconds = 0
 
   /// A benchmark over `mib` MiB, `runs` runs per row (medians reported), writers measured for
   /// `seconds` from the cut.
@@ -335,7 +339,7 @@ package struct DirtyBenchmark {
       guard pid > 0 else { throw ToolError("fork: \(Errno(rawValue: -pid))") }
       child = (pid, done, release)
     case "none": break
-    default: try snapshot?.cut()
+    default: try snapshot?.cut(holdingBackgroundCopyFor: Double(holdCopyMilliseconds) / 1000)
     }
     let cutEnded = cuffd_ref_now_ns()
     sample.cutMs = Double(cutEnded - cutBegan) / 1e6

@@ -28,6 +28,8 @@ struct DirtyBenchCommand: ParsableCommand {
   var directory = "/tmp"
   @Option(help: "Also draw the results as an SVG picture to this file.")
   var svg: String?
+  @Option(help: "Diagnostic: hold the live snapshots' background copy back this many ms after the cut (0-10000).")
+  var holdCopyMs = 0
   @OptionGroup var output: OutputOptions
 
   func validate() throws {
@@ -37,13 +39,15 @@ struct DirtyBenchCommand: ParsableCommand {
     try check(seconds, in: 1...30, "--seconds")
     try check(pacedIntervalUs, in: 1...10000, "--paced-interval-us")
     if let svg, svg.isEmpty { throw ValidationError("--svg needs a file name") }
+    try check(holdCopyMs, in: 0...10000, "--hold-copy-ms")
   }
 
   func run() throws {
-    let benchmark = DirtyBenchmark(
+    var benchmark = DirtyBenchmark(
       mib: mib, runs: runs, dirtyFraction: Double(dirtyPercent) / 100, seconds: Double(seconds),
       pacedIntervalMicroseconds: pacedIntervalUs,
       writers: writer.isEmpty ? DirtyBenchmark.WriterKind.allCases : writer, directory: directory)
+    benchmark.holdCopyMilliseconds = holdCopyMs
     let measured = try benchmark.run(filter: only, progress: Progress("bench dirty").callAsFunction)
     if let svg { try DirtyPicture.write(measured, runs: runs, to: svg) }
     print(output.json ? try JSONOutput.string(["rows": measured]) : DirtyBenchmark.table(measured, runs: runs))
