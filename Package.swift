@@ -129,6 +129,12 @@ let package = Package(
       ],
       path: "Examples/RestoreClient"
     ),
+    // A cooperating process for `uffd snapshot live` / `uffd dirty watch`: offers memfd memory.
+    .executableTarget(
+      name: "OfferMemoryExample",
+      dependencies: ["Userfaultfd"],
+      path: "Examples/OfferMemory"
+    ),
     // Process-level helpers only tests need (fork a child that holds pages, touch memory in a child).
     .target(
       name: "CUserfaultfdTestSupport",

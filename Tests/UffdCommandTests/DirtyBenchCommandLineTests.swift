@@ -9,7 +9,7 @@ struct DirtyBenchCommandLineTests {
     ["--mib", "0"], ["--mib", "15"], ["--mib", "65537"], ["--mib", "-1"], ["--mib", "x"],
     ["--runs", "0"], ["--runs", "51"], ["--dirty-percent", "0"], ["--dirty-percent", "101"],
     ["--seconds", "0"], ["--seconds", "31"], ["--paced-interval-us", "0"], ["--paced-interval-us", "10001"],
-    ["--writer", "lazy"],
+    ["--writer", "lazy"], ["--hold-copy-ms", "-1"], ["--hold-copy-ms", "10001"], ["--svg", ""],
   ])
   func badValuesAreUsageErrors(arguments: [String]) {
     do {

@@ -77,7 +77,10 @@ void cuffd_populate_by_atomic_add(uintptr_t start, size_t length, size_t page_si
 /// Per-page states of a live snapshot's copy (one byte each in `states`).
 #define CUFFD_SNAPSHOT_PAGE_PENDING 0 /* not copied; still write-protected */
 #define CUFFD_SNAPSHOT_PAGE_COPYING 1 /* one thread is copying it */
-#define CUFFD_SNAPSHOT_PAGE_COPIED  2 /* in the file; may be unprotected */
+#define CUFFD_SNAPSHOT_PAGE_COPIED  2 /* in the file or staged; may be unprotected */
+
+/// The most staging pages a snapshot context takes.
+#define CUFFD_SNAPSHOT_MAX_STAGING_PAGES 65536
 
 /// What the copy step needs: the range, where its pages go, one state byte per page and the
 /// counters it keeps. Opaque (its fields are C atomics); made once at setup, before anything is
@@ -92,24 +95,39 @@ struct cuffd_snapshot_stats {
   int first_write_errno;
   uint64_t unprotect_errors; /* UFFDIO_WRITEPROTECT failures when releasing a page */
   int first_unprotect_errno;
+  uint64_t staged_by_faults;   /* of copied_by_faults: copied into staging (no file I/O in the fault) */
+  uint64_t written_by_faults;  /* of copied_by_faults: written to the file by the fault (staging full) */
+  uint64_t staging_peak_pages; /* the most staging slots in use at once */
 };
 
 /// A context for `region_length` bytes at `region_base` (page size `page_size`), their pages
-/// going to `out_fd` at `out_offset + (page - region_base)`, released through `uffd`. NULL with
-/// errno ENOMEM when it cannot be allocated.
+/// going to `out_fd` at `out_offset + (page - region_base)`, released through `uffd`, with
+/// `staging_pages` staging slots (at most CUFFD_SNAPSHOT_MAX_STAGING_PAGES; 0: faults write the
+/// file themselves). The pages are read at `read_base` in this process: `region_base` itself, or
+/// this process's mapping of the same pages when the region is another process's (the ioctls
+/// take the region's addresses). NULL with errno EINVAL (bad sizes) or ENOMEM.
 struct cuffd_snapshot_context *cuffd_snapshot_context_create(int uffd, int out_fd, int64_t out_offset,
                                                              uintptr_t region_base, size_t region_length,
-                                                             size_t page_size);
+                                                             size_t page_size, size_t staging_pages,
+                                                             uintptr_t read_base);
 void cuffd_snapshot_context_destroy(struct cuffd_snapshot_context *context);
 void cuffd_snapshot_context_stats(const struct cuffd_snapshot_context *context, struct cuffd_snapshot_stats *out);
 /// Whether the page at `page` has been copied (its state is COPIED).
 int cuffd_snapshot_page_is_copied(const struct cuffd_snapshot_context *context, uintptr_t page);
 
-/// Copies the page at `page` (page-aligned, inside the region) to the file unless it is already
-/// there, waiting (at most one page copy) when another thread is copying it. `by_fault` says
-/// which counter to bump. Returns 0 once the page is in the file (or its write failed and was
-/// counted): the caller may then unprotect it. Async-signal-safe.
+/// Copies the page at `page` (page-aligned, inside the region) out unless it already is, waiting
+/// (at most one page copy) when another thread is copying it. A fault (`by_fault`) copies it into
+/// a free staging slot (a memcpy: no file I/O in the writer's way), or writes the file itself when
+/// every slot is taken; otherwise it goes to the file. Returns 0 once the page is saved (or its
+/// write failed and was counted): the caller may then unprotect it. Async-signal-safe.
 int cuffd_snapshot_copy_page(struct cuffd_snapshot_context *context, uintptr_t page, int by_fault);
+
+/// Writes every staged page to the file and frees its slot (the background thread's job, between
+/// chunks and at the end). Returns how many pages it wrote; write errors are counted in the stats.
+size_t cuffd_snapshot_drain_staging(struct cuffd_snapshot_context *context);
+
+/// Staging slots in use now (pages copied by faults, not yet in the file).
+size_t cuffd_snapshot_staged_pages(struct cuffd_snapshot_context *context);
 
 /// SIGBUS resolver (a `cuffd_sigbus_resolver`) for a write-protect fault in a live snapshot's
 /// range: copies the page out, then unprotects it so the write completes when the handler
@@ -124,5 +142,22 @@ int cuffd_snapshot_release_page(struct cuffd_snapshot_context *context, uintptr_
 /// the whole chunk with one ioctl. Returns 0, or -1 with errno when the un-protect failed (write
 /// errors are counted in the stats instead).
 int cuffd_snapshot_copy_chunk(struct cuffd_snapshot_context *context, uintptr_t start, size_t pages);
+
+// MARK: - Incremental snapshots
+
+/// Tracking mode (for a series of layers): faults mark their page written, the background copy
+/// leaves pages protected, and each layer's pages go to consecutive places in its output. 0, or
+/// -1 with errno ENOMEM. Call once, before anything is armed.
+int cuffd_snapshot_enable_tracking(struct cuffd_snapshot_context *context);
+
+/// Copies the written marks into `out` (one byte per page) and clears them; returns how many
+/// were set. Call with the range's writers paused.
+size_t cuffd_snapshot_take_written(struct cuffd_snapshot_context *context, uint8_t *out);
+
+/// Starts a layer: the pages with `include[i]` set (every page when NULL) are to be copied, in
+/// page order, to `out_fd` from `out_offset`; the others count as copied. Resets the counters.
+/// Call with the writers paused and no copy running.
+void cuffd_snapshot_begin_layer(struct cuffd_snapshot_context *context, int out_fd, int64_t out_offset,
+                                const uint8_t *include);
 
 #endif

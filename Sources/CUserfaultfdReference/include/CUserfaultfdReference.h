@@ -111,4 +111,16 @@ int cuffd_ref_wait(pid_t pid, int milliseconds);
 /// child's pid (the parent's ends of the pipes in `*done_fd` / `*release_fd`), or -errno.
 int cuffd_ref_fork_snapshot(const char *base, size_t length, int fd, int *done_fd, int *release_fd);
 
+/// The cost of a faulting write under a live snapshot, the package's way in plain C: registers
+/// `length` bytes at `base` (populated) for uffd-wp, protects them all, starts a background copier
+/// to `fd` (64-page pwrites, then un-protect; staged pages written between chunks), and has the
+/// calling thread write the first and last word of each of `pages[0..<count]` (page indices),
+/// timing each write. A fault copies its page into one of 256 staging pages (pwrite when all are
+/// taken) and un-protects it: in a handler thread (blocking read after poll) or, `in_thread`, in
+/// the writer's SIGBUS handler (installed for the call, the previous one restored). Waits for the
+/// copy to finish. Returns the mean nanoseconds per write, or -errno; each write's nanoseconds in
+/// `times[0..<count]` when `times` is not NULL.
+double cuffd_ref_wp_fault_cost(char *base, size_t length, int fd, int in_thread, const size_t *pages, size_t count,
+                               int64_t *times);
+
 #endif

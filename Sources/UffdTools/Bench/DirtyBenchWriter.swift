@@ -117,6 +117,9 @@ final class DirtyBenchWriter: @unchecked Sendable {
 
   func resume() { pauseRequested.store(false, ordering: .releasing) }
 
+  /// Whether a pause is requested (the bench pausing it already).
+  var isPaused: Bool { pauseRequested.load(ordering: .acquiring) }
+
   /// Runs the fault probe and waits for it (at most `seconds`); the mean faulting write in µs.
   func probeFaults(seconds: Double = 60) -> Double? {
     probeRequested.store(true, ordering: .releasing)
@@ -128,6 +131,9 @@ final class DirtyBenchWriter: @unchecked Sendable {
     guard !faultNanos.isEmpty else { return 0 }
     return Double(faultNanos.reduce(0, +)) / Double(faultNanos.count) / 1000
   }
+
+  /// The median of the last fault probe's writes, in µs (0 before any probe).
+  var faultMedianMicroseconds: Double { median(faultNanos.map { Double($0) / 1000 }) }
 
   /// Starts a measuring window: resets the write counter and the stall histogram.
   func startWindow() {

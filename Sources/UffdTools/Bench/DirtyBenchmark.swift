@@ -10,7 +10,7 @@ import Userfaultfd
 package struct DirtyBenchmark {
   /// One row: a method, a mode and a writer, medians over the runs.
   package struct Row: Encodable, Sendable {
-    /// `wp-async`, `uffd-wp`, `uffd-wp-sigbus`, `fork-cow` or `none`.
+    /// `wp-async`, `uffd-wp`, `soft-dirty`, `uffd-wp-sigbus`, `fork-cow` or `none`.
     package var method: String
     /// `dirty` (collections while writing) or `live-snapshot`.
     package var mode: String
@@ -26,6 +26,14 @@ package struct DirtyBenchmark {
     package var stallP999Us: Double
     /// Mean time of a write that faults (the first write to a protected page).
     package var faultCostUs: Double
+    /// The median faulting write: the mean above includes writes the scheduler preempted (on a
+    /// shared 2-vCPU machine, a few long ones move the mean far more than the median).
+    package var faultCostP50Us: Double
+    /// The C reference's median faulting write (0 where it did not run).
+    package var cFaultCostP50Us: Double
+    /// The same probe against the package's fault path written in plain C, measured in the same
+    /// run right after (live-snapshot uffd-wp rows; 0 elsewhere): the reference the targets name.
+    package var cFaultCostUs: Double
     /// Write-protecting the range (`fork()` for fork-cow): the pause writers need for a cut.
     package var cutPauseMs: Double
     /// Dirty: one collection of the range with the working set written once (report and
@@ -52,6 +60,10 @@ package struct DirtyBenchmark {
   let pacedIntervalMicroseconds: Int
   let writers: [WriterKind]
   let directory: String
+  /// Live snapshots: how long the background copy waits after the cut (0: it starts at once). A
+  /// diagnostic: with the copier held back past the fault probe, no other thread of the process
+  /// runs while the probe's faults un-protect pages, so their TLB flushes interrupt no other CPU.
+  package var holdCopyMilliseconds = 0
 
   /// A benchmark over `mib` MiB, `runs` runs per row (medians reported), writers measured for
   /// `seconds` from the cut.
@@ -71,7 +83,10 @@ package struct DirtyBenchmark {
     var dirty = DirtyTrackingBackend.available(for: .anonymous).map(\.rawValue)
     dirty.append("none")
     var live: [String] = []
-    var missing: [String] = ["soft-dirty: not implemented by this tool (CONFIG_MEM_SOFT_DIRTY; absent on many kernels)"]
+    var missing: [String] = []
+    if !dirty.contains(DirtyTrackingBackend.softDirty.rawValue) {
+      missing.append("soft-dirty: needs \(DirtyTrackingBackend.softDirty.requirement(for: .anonymous)); this kernel lacks it")
+    }
     if DirtyTrackingBackend.writeProtectFaults.isAvailable(
       for: .anonymous, supported: (try? Userfaultfd.probeSupportedFeatures().features) ?? [])
     {
@@ -101,8 +116,11 @@ package struct DirtyBenchmark {
     for round in 0..<runs {
       for (index, job) in jobs.enumerated() {
         progress("run \(round + 1)/\(runs) [\(index + 1)/\(jobs.count)] \(job.mode) \(job.method) \(job.writer.rawValue)")
-        let sample = job.mode == "dirty"
+        var sample = job.mode == "dirty"
           ? try measureDirty(job.method, job.writer) : try measureLive(job.method, job.writer)
+        if job.mode == "live-snapshot", job.method.hasPrefix("uffd-wp") {
+          (sample.cFaultCost, sample.cFaultP50) = try referenceFaultCost(inThread: job.method == "uffd-wp-sigbus")
+        }
         samples["\(job.mode)|\(job.method)|\(job.writer.rawValue)", default: []].append(sample)
       }
     }
@@ -117,6 +135,8 @@ package struct DirtyBenchmark {
         dirtyFraction: dirtyFraction, writerThroughputRatio: baseRate > 0 ? rate / baseRate : 0,
         writesPerSecond: rate, stallP50Us: median(list.map(\.p50)), stallP99Us: median(list.map(\.p99)),
         stallP999Us: median(list.map(\.p999)), faultCostUs: median(list.map(\.faultCost)),
+        faultCostP50Us: median(list.map(\.faultP50)), cFaultCostP50Us: median(list.map(\.cFaultP50)),
+        cFaultCostUs: median(list.map(\.cFaultCost)),
         cutPauseMs: median(list.map(\.cutMs)), collectMs: median(list.map(\.collectMs)),
         extraMemoryBytes: Int(median(list.map { Double($0.extraBytes) })),
         missedPages: list.map(\.missed).max() ?? 0, wrongPages: list.map(\.wrong).max() ?? 0, runs: list.count))
@@ -129,28 +149,48 @@ package struct DirtyBenchmark {
     "Dirty tracking and live snapshots under a writer (medians of \(runs) runs; ratio = writes over the"
       + " window vs the same writer untracked)\n"
       + formatTable(
-        ["mode", "method", "writer", "GiB", "thru ratio", "stall p50 µs", "p99", "p99.9", "fault µs", "cut ms",
+        ["mode", "method", "writer", "GiB", "thru ratio", "stall p50 µs", "p99", "p99.9", "fault µs", "C fault µs",
+         "fault p50", "C p50", "cut ms",
          "collect ms", "extra MiB", "missed", "wrong"],
         rows.map {
           [$0.mode, $0.method, $0.writer, String(format: "%.2f", $0.gib), String(format: "%.2f", $0.writerThroughputRatio),
            String(format: "%.2f", $0.stallP50Us), String(format: "%.1f", $0.stallP99Us),
            String(format: "%.1f", $0.stallP999Us), String(format: "%.2f", $0.faultCostUs),
+           $0.cFaultCostUs > 0 ? String(format: "%.2f", $0.cFaultCostUs) : "-",
+           String(format: "%.2f", $0.faultCostP50Us),
+           $0.cFaultCostP50Us > 0 ? String(format: "%.2f", $0.cFaultCostP50Us) : "-",
            String(format: "%.2f", $0.cutPauseMs), String(format: "%.2f", $0.collectMs),
            String(format: "%.1f", Double($0.extraMemoryBytes) / 1_048_576), "\($0.missedPages)", "\($0.wrongPages)"]
         })
   }
 
   struct Sample {
-    var writesPerSecond = 0.0, p50 = 0.0, p99 = 0.0, p999 = 0.0, faultCost = 0.0, cutMs = 0.0, collectMs = 0.0
+    var writesPerSecond = 0.0, p50 = 0.0, p99 = 0.0, p999 = 0.0, faultCost = 0.0, cFaultCost = 0.0, cutMs = 0.0
+    var collectMs = 0.0, faultP50 = 0.0, cFaultP50 = 0.0
     var extraBytes = 0, missed = 0, wrong = 0
   }
 
   private var length: Int { mib << 20 }
 
+  /// The range under test: base pages only (huge pages refused before anything is allocated: on a
+  /// kernel with THP "always", populating first would map huge pages, which soft-dirty reports
+  /// whole and the write-protect backends split on the first write), every page allocated.
+  private func populatedBasePages() throws -> AnonymousMemory {
+    let memory = try AnonymousMemory(length: length)
+    try memory.advise(.noHugePage)
+    for offset in stride(from: 0, to: length, by: memory.pageSize) {
+      (memory.baseAddress + offset).storeBytes(of: 0, as: UInt8.self)
+    }
+    return memory
+  }
+
+  /// Faulting writes timed per run (the fault cost): pages of the working set from its end down.
+  static let probePages = 2000
+
   private func writer(for memory: AnonymousMemory, _ kind: WriterKind) throws -> DirtyBenchWriter {
     try DirtyBenchWriter(
       memory: memory, dirtyFraction: dirtyFraction,
-      pacedIntervalNanos: kind == .paced ? Int64(pacedIntervalMicroseconds) * 1000 : nil, probePages: 2000)
+      pacedIntervalNanos: kind == .paced ? Int64(pacedIntervalMicroseconds) * 1000 : nil, probePages: Self.probePages)
   }
 
   private func fillStats(_ sample: inout Sample, _ writer: DirtyBenchWriter, elapsed: Double) {
@@ -165,8 +205,7 @@ package struct DirtyBenchmark {
 
   private func measureDirty(_ method: String, _ kind: WriterKind) throws -> Sample {
     var sample = Sample()
-    let memory = try AnonymousMemory(length: length, populate: true)
-    try memory.advise(.noHugePage)
+    let memory = try populatedBasePages()
     let pages = memory.length / memory.pageSize
     let mirror = try AnonymousMemory(length: length, populate: true)
     mirror.baseAddress.copyMemory(from: memory.baseAddress, byteCount: length)
@@ -188,11 +227,20 @@ package struct DirtyBenchmark {
       }
     }
     sample.faultCost = writer.probeFaults() ?? -1
+    sample.faultP50 = writer.faultMedianMicroseconds
     let inWorkingSet = Set(writer.workingSet)
     var wrong = 0
     func collectIntoMirror() throws {
       guard let tracker else { return }
-      for range in try tracker.collect().ranges {
+      // Soft-dirty is exact only with the writer paused around the collection (its read and
+      // clear are two steps): paused here, as its users must; the pause shows in the writer's
+      // stall and throughput.
+      let pausing = !tracker.backend.isExactUnderConcurrentWrites && !writer.isPaused
+        && !writer.exited.load(ordering: .acquiring)
+      if pausing && !writer.pause() { throw ToolError("\(method): the writer did not pause within 10 s") }
+      let written = try tracker.collect()
+      if pausing { writer.resume() }
+      for range in written.ranges {
         let offset = range.lowerBound - Address(memory.baseAddress)
         let count = range.upperBound - range.lowerBound
         (mirror.baseAddress + offset).copyMemory(from: memory.baseAddress + offset, byteCount: count)
@@ -244,8 +292,7 @@ package struct DirtyBenchmark {
 
   private func measureLive(_ method: String, _ kind: WriterKind) throws -> Sample {
     var sample = Sample()
-    let memory = try AnonymousMemory(length: length, populate: true)
-    try memory.advise(.noHugePage)
+    let memory = try populatedBasePages()
     let pages = memory.length / memory.pageSize
     let path = "\(directory)/uffd-bench-dirty-\(getpid()).snapshot"
     let file = try FileDescriptor.open(FilePath(path), .readWrite, options: [.create, .truncate], permissions: [.ownerReadWrite])
@@ -292,12 +339,13 @@ package struct DirtyBenchmark {
       guard pid > 0 else { throw ToolError("fork: \(Errno(rawValue: -pid))") }
       child = (pid, done, release)
     case "none": break
-    default: try snapshot?.cut()
+    default: try snapshot?.cut(holdingBackgroundCopyFor: Double(holdCopyMilliseconds) / 1000)
     }
     let cutEnded = cuffd_ref_now_ns()
     sample.cutMs = Double(cutEnded - cutBegan) / 1e6
     writer.resume()
     sample.faultCost = method == "none" ? 0 : (writer.probeFaults() ?? -1)
+    sample.faultP50 = method == "none" ? 0 : writer.faultMedianMicroseconds
     writer.startWindow()
     let windowStart = cuffd_ref_now_ns()
     // Wait for the copy to finish (bounded), measuring extra memory at its end.
@@ -339,6 +387,31 @@ package struct DirtyBenchmark {
     }
     if method != "none" { sample.wrong = try wrongPages(file, expected: expected, pageSize: memory.pageSize) }
     return sample
+  }
+
+  /// The C reference's mean and median faulting write (µs) on a fresh populated range of the same
+  /// size, with the probe pages the Swift writer uses.
+  private func referenceFaultCost(inThread: Bool) throws -> (mean: Double, median: Double) {
+    let memory = try populatedBasePages()
+    let path = "\(directory)/uffd-bench-dirty-reference-\(getpid()).snapshot"
+    let file = try FileDescriptor.open(FilePath(path), .readWrite, options: [.create, .truncate], permissions: [.ownerReadWrite])
+    defer {
+      try? file.close()
+      _ = unlink(path)
+    }
+    let pages = memory.length / memory.pageSize
+    let count = max(1, min(pages, Int((Double(pages) * dirtyFraction).rounded())))
+    let workingSet = (0..<count).map { $0 * pages / count }
+    let probe = workingSet.suffix(min(Self.probePages, count)).reversed().map { $0 }
+    var times = [Int64](repeating: 0, count: probe.count)
+    let nanos = probe.withUnsafeBufferPointer { buffer in
+      times.withUnsafeMutableBufferPointer { out in
+        cuffd_ref_wp_fault_cost(memory.baseAddress.assumingMemoryBound(to: CChar.self), length, file.rawValue,
+                                inThread ? 1 : 0, buffer.baseAddress, buffer.count, out.baseAddress)
+      }
+    }
+    guard nanos >= 0 else { throw ToolError("the C fault-cost reference failed: \(Errno(rawValue: Int32(-nanos)))") }
+    return (nanos / 1000, median(times.map { Double($0) / 1000 }))
   }
 
   /// Snapshot pages whose first and last words are not the writer's record at the cut.

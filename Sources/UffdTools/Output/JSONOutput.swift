@@ -3,11 +3,11 @@ import Foundation
 /// The tool's one JSON encoding: report structs use Swift's lowerCamelCase, the JSON uses
 /// snake_case keys (`memcpy_gbps`), pretty-printed with sorted keys so output diffs cleanly.
 package enum JSONOutput {
-  /// `value` as the tool prints it.
-  package static func string<T: Encodable>(_ value: T) throws -> String {
+  /// `value` as the tool prints it; one line when not `pretty` (JSON lines, one per sample).
+  package static func string<T: Encodable>(_ value: T, pretty: Bool = true) throws -> String {
     let encoder = JSONEncoder()
     encoder.keyEncodingStrategy = .convertToSnakeCase
-    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+    encoder.outputFormatting = pretty ? [.prettyPrinted, .sortedKeys] : [.sortedKeys]
     return String(decoding: try encoder.encode(value), as: UTF8.self)
   }
 }

@@ -10,6 +10,9 @@ struct PageMap: ~Copyable {
     var isPresent: Bool { raw & (1 << 63) != 0 }
     /// Bit 62: the page is swapped out.
     var isSwapped: Bool { raw & (1 << 62) != 0 }
+    /// Bit 55: the page was written since the process's soft-dirty bits were last cleared
+    /// (`CONFIG_MEM_SOFT_DIRTY`; always clear on kernels built without it).
+    var isSoftDirty: Bool { raw & (1 << 55) != 0 }
     /// Bit 56: the page is mapped by this process only.
     var isExclusive: Bool { raw & (1 << 56) != 0 }
     /// Neither present nor swapped: a hole.

@@ -24,6 +24,24 @@ struct PageRange: Sendable, Equatable {
     self.length = length
   }
 
+  /// Checks a range of `pageSize` pages (the base page, or a hugetlbfs page size) before any
+  /// system call: `pageSize` a power of two from the base page to the largest supported alignment,
+  /// the checks above, and the range aligned to `pageSize` and a whole number of its pages.
+  init(
+    _ start: UnsafeRawPointer, length: Int, pageSize: Int, role: RangeRole, operation: Operation
+  ) throws(UserfaultfdError) {
+    guard pageSize >= PageSize.base, pageSize & (pageSize - 1) == 0, pageSize <= AnonymousMemory.maxAlignment else {
+      throw .invalidArgument(operation, .badAlignment(pageSize, pageSize: PageSize.base, max: AnonymousMemory.maxAlignment))
+    }
+    try self.init(start, length: length, role: role, operation: operation)
+    guard self.start % UInt(pageSize) == 0 else {
+      throw .invalidArgument(operation, .misaligned(role: role, address: Address(rawValue: self.start), pageSize: pageSize))
+    }
+    guard length % pageSize == 0 else {
+      throw .invalidArgument(operation, .lengthNotPageMultiple(role: role, length: length, pageSize: pageSize))
+    }
+  }
+
   @inline(never)
   private static func explain(
     _ address: UInt, _ length: Int, _ role: RangeRole, _ operation: Operation

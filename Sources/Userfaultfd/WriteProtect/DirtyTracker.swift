@@ -19,7 +19,9 @@ import Synchronization
 /// The backend is chosen when the tracker starts, from what the kernel offers, and is visible in
 /// ``backend``: ``DirtyTrackingBackend/asyncWriteProtect`` (Linux 6.7+) where available, else
 /// ``DirtyTrackingBackend/writeProtectFaults`` (Linux 5.7+ for anonymous memory, 5.19+ for shmem
-/// and hugetlbfs). A kernel with neither throws at setup, naming what is missing.
+/// and hugetlbfs), else ``DirtyTrackingBackend/softDirty`` (kernels built with
+/// `CONFIG_MEM_SOFT_DIRTY`; anonymous and shmem memory; exact only while writers are paused around
+/// ``collect()``). A kernel with none throws at setup, naming what is missing.
 ///
 /// ## What "written" means
 /// A page is reported when it was not write-protected at collection time: written since the
@@ -58,7 +60,13 @@ public final class DirtyTracker: @unchecked Sendable {
   /// then holds memory.
   public let populatedAtStart: Bool
 
-  private let uffd: Userfaultfd
+  /// The userfaultfd of the two write-protect backends; nil for soft-dirty.
+  private let uffd: Userfaultfd?
+  /// Whether this tracker registered the range (and unregisters it when it stops); false when the
+  /// registration is another process's (``init(adopting:region:processID:)``).
+  private let ownsRegistration: Bool
+  /// soft-dirty: this range's entry in the process-wide registry; nil for the other backends.
+  private let softDirty: SoftDirtyPages.Range?
   private let state: Mutex<State>
   /// uffd-wp: pages dropped by MADV_DONTNEED since the last collection: reported, and protected
   /// again (populated first before Linux 6.4: their next write would not fault otherwise). A lock
@@ -101,24 +109,32 @@ public final class DirtyTracker: @unchecked Sendable {
     start: UnsafeMutableRawPointer, length: Int, kind: TrackedMemoryKind, pageSize: Int = PageSize.base,
     backend: DirtyTrackingBackend? = nil
   ) throws(UserfaultfdError) {
-    guard pageSize >= PageSize.base, pageSize & (pageSize - 1) == 0, pageSize <= AnonymousMemory.maxAlignment else {
-      throw .invalidArgument(.dirtyTracking, .badAlignment(pageSize, pageSize: PageSize.base, max: AnonymousMemory.maxAlignment))
-    }
-    let range = try PageRange(start, length: length, role: .range, operation: .dirtyTracking)
-    guard range.start % UInt(pageSize) == 0 else {
-      throw .invalidArgument(.dirtyTracking, .misaligned(role: .range, address: Address(rawValue: range.start), pageSize: pageSize))
-    }
-    guard length % pageSize == 0 else {
-      throw .invalidArgument(.dirtyTracking, .lengthNotPageMultiple(role: .range, length: length, pageSize: pageSize))
-    }
-    let supported = try Userfaultfd.probeSupportedFeatures().features
+    let range = try PageRange(start, length: length, pageSize: pageSize, role: .range, operation: .dirtyTracking)
     let chosen: DirtyTrackingBackend
     if let backend { chosen = backend } else { chosen = try DirtyTrackingBackend.best(for: kind) }
+    // Soft-dirty needs no userfaultfd (it is what a kernel without uffd-wp offers).
+    let supported = chosen == .softDirty ? [] : try Userfaultfd.probeSupportedFeatures().features
     guard chosen.isAvailable(for: kind, supported: supported) else {
       throw .notSupported(
         .dirtyTracking,
         "the \(chosen) backend on \(kind.rawValue) memory needs \(chosen.requirement(for: kind)); this kernel"
           + " (\(kernelRelease())) lacks it")
+    }
+    self.backend = chosen
+    self.kind = kind
+    self.start = start
+    self.length = length
+    self.pageSize = pageSize
+    ownsRegistration = true
+    if chosen == .softDirty {
+      let tracked = SoftDirtyPages.Range(start: range.start, pages: length / pageSize)
+      uffd = nil
+      softDirty = tracked
+      populatedAtStart = false
+      state = Mutex(State(scanner: nil, written: PageBitmap(pageCount: 0)))
+      removedPages = Mutex(PageBitmap(pageCount: 0))
+      try SoftDirtyPages.shared.add(tracked)
+      return
     }
     var features = chosen.neededFeatures(for: kind)
     // Catches first writes to never-touched pages in the synchronous backend (Linux 6.4+); WP_ASYNC
@@ -127,18 +143,14 @@ public final class DirtyTracker: @unchecked Sendable {
     if chosen == .writeProtectFaults { features.insert(.eventRemove) }
     let uffd = try Userfaultfd(features: features, options: .nonBlocking)
     let pages = length / pageSize
-    self.backend = chosen
-    self.kind = kind
-    self.start = start
-    self.length = length
-    self.pageSize = pageSize
     self.uffd = uffd
+    softDirty = nil
     // Only anonymous memory needs it: shmem and hugetlbfs keep a protection marker in an empty
     // page table entry since uffd-wp came to them (5.19); anonymous memory since WP_UNPOPULATED.
     self.populatedAtStart = chosen == .writeProtectFaults && kind == .anonymous && !features.contains(.wpUnpopulated)
 
     try uffd.register(start, length: length, mode: .writeProtect)
-    do {
+    do throws(UserfaultfdError) {
       switch chosen {
       case .asyncWriteProtect:
         let scanner = try PagemapScanner()
@@ -151,6 +163,8 @@ public final class DirtyTracker: @unchecked Sendable {
         try uffd.writeProtect(start, length: length)
         state = Mutex(State(scanner: nil, written: PageBitmap(pageCount: pages)))
         removedPages = Mutex(PageBitmap(pageCount: pages))
+      case .softDirty:
+        throw UserfaultfdError.notSupported(.dirtyTracking, "soft-dirty tracking takes no userfaultfd")  // handled above
       }
     } catch {
       try? uffd.removeWriteProtection(start, length: length)
@@ -162,12 +176,59 @@ public final class DirtyTracker: @unchecked Sendable {
     }
   }
 
+  /// Watches the writes of another process, which offers its range (see ``MemoryOffer``): `uffd`
+  /// is its userfaultfd, handed over and adopted (``Userfaultfd/init(adopting:origin:)``), opened
+  /// non-blocking with write-protect faults, `region` (its addresses, shmem) registered for write
+  /// protection by that process. The backend follows the handle: wp-async when it was opened with
+  /// `UFFD_FEATURE_WP_ASYNC` (collections scan `/proc/PID/pagemap` of `processID`, which needs
+  /// ptrace read access to it), else uffd-wp with a handler thread here. The registration stays
+  /// the other process's: ``stop()`` un-protects the range and leaves it registered.
+  ///
+  /// - Throws: ``UserfaultfdError/invalidArgument(_:_:)`` for a misaligned region or a blocking
+  ///   handle; ``UserfaultfdError/notSupported(_:_:)`` when the handle lacks write-protect faults;
+  ///   the protect's failure (EPERM from PAGEMAP_SCAN: the range is not registered for wp-async).
+  public init(adopting uffd: Userfaultfd, region: Range<Address>, processID: Int32) throws(UserfaultfdError) {
+    let length = region.upperBound - region.lowerBound
+    guard let start = UnsafeMutableRawPointer(bitPattern: region.lowerBound.rawValue), length > 0 else {
+      throw .invalidArgument(.dirtyTracking, .nonPositiveLength(role: .range, length: length))
+    }
+    let range = try PageRange(start, length: length, role: .range, operation: .dirtyTracking)
+    guard uffd.isNonBlocking else { throw .invalidArgument(.dirtyTracking, .handleIsBlocking) }
+    guard uffd.features.contains(.pageFaultFlagWP) else {
+      throw .notSupported(.dirtyTracking, "the handed-over userfaultfd lacks UFFD_FEATURE_PAGEFAULT_FLAG_WP (features: \(uffd.features))")
+    }
+    let chosen: DirtyTrackingBackend = uffd.features.contains(.wpAsync) ? .asyncWriteProtect : .writeProtectFaults
+    let pages = length / PageSize.base
+    backend = chosen
+    kind = .shmem
+    self.start = start
+    self.length = length
+    pageSize = PageSize.base
+    populatedAtStart = false
+    ownsRegistration = false
+    self.uffd = uffd
+    softDirty = nil
+    switch chosen {
+    case .asyncWriteProtect:
+      let scanner = try PagemapScanner(pid: processID)
+      try scanner.protectAll(range.start, range.end)
+      state = Mutex(State(scanner: scanner, written: PageBitmap(pageCount: 0)))
+      removedPages = Mutex(PageBitmap(pageCount: 0))
+    default:
+      try uffd.writeProtect(start, length: length)
+      state = Mutex(State(scanner: nil, written: PageBitmap(pageCount: pages)))
+      removedPages = Mutex(PageBitmap(pageCount: pages))
+      try startFaultLoop()
+    }
+  }
+
   /// The uffd-wp backend's handler thread. Started after init (it calls back into `self`), so
   /// stored behind its own lock.
   private let faultLoopBox = Mutex<WriteFaultLoop?>(nil)
   private var faultLoop: WriteFaultLoop? { faultLoopBox.withLock { $0 } }
 
   private func startFaultLoop() throws(UserfaultfdError) {
+    guard let uffd else { return }
     let base = UInt(bitPattern: start), end = base + UInt(length), page = pageSize
     let callbacks = WriteFaultLoop.Callbacks(
       writeFault: { [weak self] address in self?.releaseWrite(at: address) ?? true },
@@ -198,6 +259,7 @@ public final class DirtyTracker: @unchecked Sendable {
     guard address >= base, address - base < UInt(length) else { return true }
     let index = Int((address - base) / UInt(pageSize))
     let page = base + UInt(index * pageSize)
+    guard let uffd else { return true }
     return state.withLock { state in
       state.written.set(index)
       guard let pointer = UnsafeMutableRawPointer(bitPattern: page) else { return true }
@@ -235,6 +297,14 @@ public final class DirtyTracker: @unchecked Sendable {
         return try scanner.collectWritten(base, end)
       }
       return WrittenPages(ranges: runs, pageSize: pageSize)
+    case .softDirty:
+      guard let softDirty else { return WrittenPages(ranges: [], pageSize: pageSize) }
+      let written = try SoftDirtyPages.shared.collect(softDirty)
+      var ranges: [Range<Address>] = []
+      for run in written.runs() {
+        appendRun(&ranges, base + UInt(run.lowerBound * pageSize), base + UInt(run.upperBound * pageSize))
+      }
+      return WrittenPages(ranges: ranges, pageSize: pageSize)
     case .writeProtectFaults:
       // EAGAIN means a remove event is being delivered: the handler thread reads it (it needs
       // neither lock this holds while waiting), then the whole step is tried again. Bits are
@@ -258,7 +328,8 @@ public final class DirtyTracker: @unchecked Sendable {
   static let maxCollectRetries = 2000
 
   private func collectSynchronous(_ base: UInt) throws(UserfaultfdError) -> WrittenPages {
-    try state.withLock { (state) throws(UserfaultfdError) -> WrittenPages in
+    guard let uffd else { return WrittenPages(ranges: [], pageSize: pageSize) }
+    return try state.withLock { (state) throws(UserfaultfdError) -> WrittenPages in
       let removed = removedPages.withLock { $0 }
       let dirty = state.written.union(removed)
       var ranges: [Range<Address>] = []
@@ -296,12 +367,14 @@ public final class DirtyTracker: @unchecked Sendable {
   /// handler thread and unregisters. Safe to call more than once; ``collect()`` throws afterwards.
   public func stop() {
     guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
+    if let softDirty { SoftDirtyPages.shared.remove(softDirty) }
+    guard let uffd else { return }
     try? uffd.removeWriteProtection(start, length: length)
     faultLoop?.stop()
     // A fault read just before the loop stopped may still wait: waking the range releases it
     // (the pages are unprotected now, so its retried write succeeds).
     try? uffd.wake(start, length: length)
-    try? uffd.unregister(start, length: length)
+    if ownsRegistration { try? uffd.unregister(start, length: length) }
     uffd.close()
   }
 

@@ -41,7 +41,9 @@ import SystemPackage
 /// (``populatedFirst``), since those writes would not fault.
 ///
 /// Do not drop (`MADV_DONTNEED`) or unmap memory under a running snapshot: a page dropped before it
-/// was copied is copied as zeros.
+/// was copied is copied as zeros. In an incremental series (`incremental: true`) a drop between
+/// cuts is not a write: the next layer does not hold the page (restored, it keeps its content from
+/// the earlier layer, where the memory now reads zeros).
 public final class LiveSnapshot: @unchecked Sendable {
   // @unchecked: the stored properties are immutable after init, except `phase` (a Mutex) and the
   // handler-thread and copier references (behind it); the C context is written before anything is
@@ -57,7 +59,8 @@ public final class LiveSnapshot: @unchecked Sendable {
 
   /// How faulting writes are resolved.
   public let resolver: Resolver
-  /// The first byte of the range.
+  /// The first byte of the range (in the other process's address space for a snapshot made with
+  /// ``init(adopting:region:view:pageSize:file:fileOffset:stagingBytes:)``: never dereference it here).
   public let start: UnsafeMutableRawPointer
   /// The length of the range in bytes.
   public let length: Int
@@ -68,6 +71,9 @@ public final class LiveSnapshot: @unchecked Sendable {
   public let populatedFirst: Bool
 
   private let uffd: Userfaultfd
+  /// Whether this snapshot registered the range (and unregisters it at the end); false when the
+  /// registration is another process's (``init(adopting:region:view:pageSize:file:fileOffset:stagingBytes:)``).
+  private let ownsRegistration: Bool
   private let file: FileDescriptor
   private let context: OpaquePointer
   private let sigbusSlot: Int32
@@ -76,44 +82,71 @@ public final class LiveSnapshot: @unchecked Sendable {
   private let copierBox = Mutex<DedicatedThread?>(nil)
   private let timing = Mutex<(cut: Double, cutAt: Double)>((0, 0))
 
-  private enum Phase { case armed, cutting, copying, finished }
+  private enum Phase { case armed, cutting, copying, tracking, finished }
+
+  /// Whether this snapshot is the base of a series of diff layers
+  /// (``cutDiff(into:fileOffset:)``): it then keeps tracking writes after each copy finishes.
+  public let isIncremental: Bool
+  /// Layers cut so far (the base counts; 0 before the first cut).
+  public var layerCount: Int { layers.load(ordering: .acquiring) }
+  private let layers = Atomic<Int>(0)
+  /// Pages in the layer being copied.
+  private let layerPages = Atomic<Int>(0)
 
   /// Pages the background copier handles per step (one pwrite and one un-protect ioctl each).
   static let chunkPages = 64
 
+  /// The default staging buffer: 1 MiB, 256 base pages a writer's fault can copy into without
+  /// waiting on the file (see ``init(start:length:kind:pageSize:file:fileOffset:resolver:stagingBytes:incremental:)``).
+  public static let defaultStagingBytes = 1 << 20
+  /// The largest staging buffer accepted.
+  public static let maxStagingBytes = 256 << 20
+
   /// Sets up a snapshot of `memory` into `file` at `fileOffset` (the file receives `memory.length`
   /// bytes there). Nothing is protected until ``cut()``.
   public convenience init(
-    memory: AnonymousMemory, file: FileDescriptor, fileOffset: Int = 0, resolver: Resolver
+    memory: AnonymousMemory, file: FileDescriptor, fileOffset: Int = 0, resolver: Resolver,
+    stagingBytes: Int = LiveSnapshot.defaultStagingBytes, incremental: Bool = false
   ) throws(UserfaultfdError) {
     try self.init(start: memory.baseAddress, length: memory.length, kind: TrackedMemoryKind(memory),
-                  pageSize: memory.pageSize, file: file, fileOffset: fileOffset, resolver: resolver)
+                  pageSize: memory.pageSize, file: file, fileOffset: fileOffset, resolver: resolver,
+                  stagingBytes: stagingBytes, incremental: incremental)
   }
 
   /// Sets up a snapshot of `length` bytes at `start` into `file` at `fileOffset`: registers the
   /// range for write protection (populating it first on kernels before 6.4) and starts the
   /// resolver. Nothing is protected until ``cut()``.
   ///
-  /// - Throws: ``UserfaultfdError/invalidArgument(_:_:)`` for a misaligned range or a negative
-  ///   offset; ``UserfaultfdError/notSupported(_:_:)`` naming the capability and Linux release
+  /// A writer's fault copies its page into a staging buffer of `stagingBytes` (a memory copy, a
+  /// microsecond or less) and the background thread writes it to the file: a buffered write can
+  /// sleep for milliseconds when the kernel throttles dirty page cache, and no writer should wait
+  /// on that. When every staging page is taken, the fault writes the file itself
+  /// (``LiveSnapshotReport/faultsThatWroteTheFile``). The buffer is mapped, not touched, at setup:
+  /// it costs memory only as far as it is used (``LiveSnapshotReport/stagingPeakPages``).
+  ///
+  /// `stagingBytes` is 0 ... ``maxStagingBytes``; whole pages of `pageSize` are used (0 pages for
+  /// a 1 GiB hugetlbfs page and the default: faults then write the file).
+  ///
+  /// `incremental` makes this snapshot the base of a series: after each copy the range stays
+  /// registered and every first write is recorded (the copier leaves pages protected, and a fault
+  /// un-protects its page), so ``cutDiff(into:fileOffset:)`` can write a diff layer of exactly the
+  /// pages written since the previous cut. ``cancel()`` ends the series.
+  ///
+  /// - Throws: ``UserfaultfdError/invalidArgument(_:_:)`` for a misaligned range, a negative
+  ///   offset or a staging size out of range; ``UserfaultfdError/notSupported(_:_:)`` naming the capability and Linux release
   ///   missing (uffd-wp: 5.7 anonymous, 5.19 shmem and hugetlbfs; SIGBUS mode: 4.14);
   ///   the register ioctl's failure. Nothing is left registered on failure.
   public init(
     start: UnsafeMutableRawPointer, length: Int, kind: TrackedMemoryKind, pageSize: Int = PageSize.base,
-    file: FileDescriptor, fileOffset: Int = 0, resolver: Resolver
+    file: FileDescriptor, fileOffset: Int = 0, resolver: Resolver, stagingBytes: Int = LiveSnapshot.defaultStagingBytes,
+    incremental: Bool = false
   ) throws(UserfaultfdError) {
-    guard pageSize >= PageSize.base, pageSize & (pageSize - 1) == 0, pageSize <= AnonymousMemory.maxAlignment else {
-      throw .invalidArgument(.liveSnapshot, .badAlignment(pageSize, pageSize: PageSize.base, max: AnonymousMemory.maxAlignment))
-    }
-    let range = try PageRange(start, length: length, role: .range, operation: .liveSnapshot)
-    guard range.start % UInt(pageSize) == 0 else {
-      throw .invalidArgument(.liveSnapshot, .misaligned(role: .range, address: Address(rawValue: range.start), pageSize: pageSize))
-    }
-    guard length % pageSize == 0 else {
-      throw .invalidArgument(.liveSnapshot, .lengthNotPageMultiple(role: .range, length: length, pageSize: pageSize))
-    }
+    let range = try PageRange(start, length: length, pageSize: pageSize, role: .range, operation: .liveSnapshot)
     guard fileOffset >= 0, fileOffset <= Int.max - length else {
       throw .invalidArgument(.liveSnapshot, .outOfRange(parameter: "fileOffset", value: fileOffset, valid: 0...(Int.max - length)))
+    }
+    guard (0...Self.maxStagingBytes).contains(stagingBytes) else {
+      throw .invalidArgument(.liveSnapshot, .outOfRange(parameter: "stagingBytes", value: stagingBytes, valid: 0...Self.maxStagingBytes))
     }
     let supported = try Userfaultfd.probeSupportedFeatures().features
     let wp = DirtyTrackingBackend.writeProtectFaults
@@ -131,8 +164,15 @@ public final class LiveSnapshot: @unchecked Sendable {
     if supported.contains(.wpUnpopulated) { features.insert(.wpUnpopulated) }
     let uffd = try Userfaultfd(features: features, options: .nonBlocking)
     guard let context = cuffd_snapshot_context_create(
-      uffd.coreDescriptor, file.rawValue, Int64(fileOffset), range.start, length, pageSize)
-    else { throw .systemCallFailed("allocating the snapshot's page states", .current) }
+      uffd.coreDescriptor, file.rawValue, Int64(fileOffset), range.start, length, pageSize, stagingBytes / pageSize,
+      range.start)
+    else { throw .systemCallFailed("allocating the snapshot's page states and staging buffer", .current) }
+    if incremental && cuffd_snapshot_enable_tracking(context) != 0 {
+      cuffd_snapshot_context_destroy(context)
+      throw .systemCallFailed("allocating the snapshot's write marks", .current)
+    }
+    self.isIncremental = incremental
+    self.ownsRegistration = true
     self.resolver = resolver
     self.start = start
     self.length = length
@@ -167,16 +207,8 @@ public final class LiveSnapshot: @unchecked Sendable {
       }
       if slot >= 0 { cuffd_sigbus_activate(slot) }
       if resolver == .handlerThread {
-        let contextAddress = UInt(bitPattern: UnsafeMutableRawPointer(context))
-        let callbacks = WriteFaultLoop.Callbacks(
-          writeFault: { page in
-            guard let context = OpaquePointer(bitPattern: contextAddress) else { return true }
-            if cuffd_snapshot_release_page(context, page & ~UInt(pageSize - 1), 1) == 0 { return true }
-            return Errno.current != .resourceTemporarilyUnavailable
-          },
-          removed: { _, _ in })
         do {
-          faultLoop = try WriteFaultLoop(uffd: uffd, callbacks: callbacks)
+          faultLoop = try Self.startFaultLoop(uffd: uffd, context: context, pageSize: pageSize)
         } catch {
           try? uffd.unregister(start, length: length)
           throw error
@@ -190,6 +222,79 @@ public final class LiveSnapshot: @unchecked Sendable {
       throw error
     }
     sigbusSlot = slot
+  }
+
+  /// Sets up a snapshot of another process's memory, which that process offers (see
+  /// ``MemoryOffer``): `uffd` is its userfaultfd, handed over and adopted
+  /// (``Userfaultfd/init(adopting:origin:)``), opened non-blocking with
+  /// `UFFD_FEATURE_PAGEFAULT_FLAG_WP` and without `UFFD_FEATURE_WP_ASYNC`, with `region` (its
+  /// addresses) registered for write protection by that process; `view` is where this process
+  /// maps the same pages (the memfd the process shared), read for the copy. A handler thread here
+  /// resolves its writers' faults (``Resolver/handlerThread``). The registration stays the other
+  /// process's: the end of the snapshot un-protects the range and leaves it registered.
+  ///
+  /// - Throws: ``UserfaultfdError/invalidArgument(_:_:)`` for a misaligned region, a blocking
+  ///   handle, a negative offset or a staging size out of range;
+  ///   ``UserfaultfdError/notSupported(_:_:)`` when the handle lacks write-protect faults or
+  ///   resolves them itself (WP_ASYNC).
+  public init(
+    adopting uffd: Userfaultfd, region: Range<Address>, view: UnsafeRawPointer, pageSize: Int = PageSize.base,
+    file: FileDescriptor, fileOffset: Int = 0, stagingBytes: Int = LiveSnapshot.defaultStagingBytes
+  ) throws(UserfaultfdError) {
+    let length = region.upperBound - region.lowerBound
+    guard let start = UnsafeMutableRawPointer(bitPattern: region.lowerBound.rawValue), length > 0 else {
+      throw .invalidArgument(.liveSnapshot, .nonPositiveLength(role: .range, length: length))
+    }
+    let range = try PageRange(start, length: length, pageSize: pageSize, role: .range, operation: .liveSnapshot)
+    _ = try PageRange(view, length: length, pageSize: pageSize, role: .source, operation: .liveSnapshot)
+    guard fileOffset >= 0, fileOffset <= Int.max - length else {
+      throw .invalidArgument(.liveSnapshot, .outOfRange(parameter: "fileOffset", value: fileOffset, valid: 0...(Int.max - length)))
+    }
+    guard (0...Self.maxStagingBytes).contains(stagingBytes) else {
+      throw .invalidArgument(.liveSnapshot, .outOfRange(parameter: "stagingBytes", value: stagingBytes, valid: 0...Self.maxStagingBytes))
+    }
+    guard uffd.isNonBlocking else { throw .invalidArgument(.liveSnapshot, .handleIsBlocking) }
+    guard uffd.features.contains(.pageFaultFlagWP), !uffd.features.contains(.wpAsync) else {
+      throw .notSupported(.liveSnapshot, "the handed-over userfaultfd must be opened with UFFD_FEATURE_PAGEFAULT_FLAG_WP"
+        + " and without UFFD_FEATURE_WP_ASYNC (features: \(uffd.features))")
+    }
+    guard let context = cuffd_snapshot_context_create(
+      uffd.coreDescriptor, file.rawValue, Int64(fileOffset), range.start, length, pageSize, stagingBytes / pageSize,
+      UInt(bitPattern: view))
+    else { throw .systemCallFailed("allocating the snapshot's page states and staging buffer", .current) }
+    self.isIncremental = false
+    self.ownsRegistration = false
+    self.resolver = .handlerThread
+    self.start = start
+    self.length = length
+    self.pageSize = pageSize
+    self.populatedFirst = false
+    self.uffd = uffd
+    self.file = file
+    self.context = context
+    self.sigbusSlot = -1
+    do {
+      faultLoop = try Self.startFaultLoop(uffd: uffd, context: context, pageSize: pageSize)
+    } catch {
+      cuffd_snapshot_context_destroy(context)
+      throw error
+    }
+  }
+
+  /// The handler thread: each write fault's page is copied out, then un-protected (waking its
+  /// writer); EAGAIN (a remove event pending) makes the loop try again.
+  private static func startFaultLoop(
+    uffd: Userfaultfd, context: OpaquePointer, pageSize: Int
+  ) throws(UserfaultfdError) -> WriteFaultLoop {
+    let contextAddress = UInt(bitPattern: UnsafeMutableRawPointer(context))
+    let callbacks = WriteFaultLoop.Callbacks(
+      writeFault: { page in
+        guard let context = OpaquePointer(bitPattern: contextAddress) else { return true }
+        if cuffd_snapshot_release_page(context, page & ~UInt(pageSize - 1), 1) == 0 { return true }
+        return Errno.current != .resourceTemporarilyUnavailable
+      },
+      removed: { _, _ in })
+    return try WriteFaultLoop(uffd: uffd, callbacks: callbacks)
   }
 
   deinit {
@@ -226,21 +331,38 @@ public final class LiveSnapshot: @unchecked Sendable {
     }
     let cut = monotonicSeconds() - began
     timing.withLock { $0.cut = cut; $0.cutAt = began }
+    layerPages.store(length / pageSize, ordering: .releasing)
+    try startCopier(holdingFor: seconds)
+    layers.wrappingAdd(1, ordering: .acquiringAndReleasing)
+    return cut
+  }
+
+  /// Starts the background copy of the current layer (after `seconds`), and enters `copying`.
+  private func startCopier(holdingFor seconds: Double) throws(UserfaultfdError) {
     let base = UInt(bitPattern: start), pages = length / pageSize, pageSize = self.pageSize
     let contextAddress = UInt(bitPattern: UnsafeMutableRawPointer(context))
     let progress = self.progress
+    progress.done.store(false, ordering: .releasing)
+    copierBox.withLock { $0 }?.join()  // the previous layer's, long finished
     let copier: DedicatedThread
     do {
       copier = try DedicatedThread {
         guard let context = OpaquePointer(bitPattern: contextAddress) else { return }
+        // Staged pages go to the file between steps: the staging buffer stays free for writers.
         let holdUntil = monotonicSeconds() + seconds
-        while monotonicSeconds() < holdUntil && !progress.cancelled.load(ordering: .relaxed) { usleep(1000) }
+        while monotonicSeconds() < holdUntil && !progress.cancelled.load(ordering: .relaxed) {
+          if cuffd_snapshot_drain_staging(context) == 0 { usleep(200) }
+        }
         var page = 0
         while page < pages && !progress.cancelled.load(ordering: .relaxed) {
           let count = min(Self.chunkPages, pages - page)
           _ = cuffd_snapshot_copy_chunk(context, base + UInt(page * pageSize), count)
+          _ = cuffd_snapshot_drain_staging(context)
           page += count
         }
+        // Every page is copied or staged now (a fault stages before it marks the page copied,
+        // and the chunks waited for those marks): one more pass writes the last staged pages.
+        _ = cuffd_snapshot_drain_staging(context)
         progress.finishedAt.store(Int(monotonicSeconds() * 1e9), ordering: .relaxed)
         progress.done.store(true, ordering: .releasing)
       }
@@ -251,7 +373,55 @@ public final class LiveSnapshot: @unchecked Sendable {
     }
     copierBox.withLock { $0 = copier }
     phase.withLock { $0 = .copying }
-    return cut
+  }
+
+  /// Cuts the next layer of an incremental series (``isIncremental``), after the previous layer's
+  /// ``finish(timeoutSeconds:)``: the pages written since the previous cut are protected again and
+  /// copied, live, into a diff layer written to `file` at `fileOffset` (its format:
+  /// ``SnapshotDiffLayer``). Pause the writers around this call, as around ``cut()``. Returns the
+  /// layer's header (its pages); then ``finish(timeoutSeconds:)`` reports as for the base.
+  ///
+  /// - Throws: ``UserfaultfdError/invalidArgument(_:_:)`` when the snapshot is not incremental, a
+  ///   layer is still copying, or the series ended; writing the header's failure; the protect's
+  ///   failure (the series then ends: writers are released).
+  @discardableResult
+  public func cutDiff(into file: FileDescriptor, fileOffset: Int = 0) throws(UserfaultfdError) -> SnapshotDiffLayer {
+    guard isIncremental, fileOffset >= 0 else { throw .invalidArgument(.liveSnapshot, .serverStopped) }
+    try phase.withLock { (phase) throws(UserfaultfdError) in
+      guard phase == .tracking else { throw .invalidArgument(.liveSnapshot, .serverStopped) }
+      phase = .cutting
+    }
+    let pages = length / pageSize
+    var marks = [UInt8](repeating: 0, count: pages)
+    let began = monotonicSeconds()
+    _ = marks.withUnsafeMutableBufferPointer { cuffd_snapshot_take_written(context, $0.baseAddress) }
+    let indices = marks.indices.filter { marks[$0] != 0 }
+    let layer = SnapshotDiffLayer(number: layerCount, pageSize: pageSize, rangeLength: length, pageIndices: indices)
+    do throws(UserfaultfdError) {
+      try layer.writeHeader(to: file, at: fileOffset)
+      marks.withUnsafeBufferPointer { include in
+        cuffd_snapshot_begin_layer(context, file.rawValue, Int64(fileOffset + layer.dataOffset), include.baseAddress)
+      }
+      // Everything else is still protected (a page un-protected since the last cut is a written
+      // one): protecting the written runs again protects the whole range.
+      var run = indices.startIndex
+      while run < indices.endIndex {
+        var end = run + 1
+        while end < indices.endIndex && indices[end] == indices[end - 1] + 1 { end += 1 }
+        guard let pointer = UnsafeMutableRawPointer(bitPattern: UInt(bitPattern: start) + UInt(indices[run] * pageSize)) else { break }
+        try uffd.writeProtect(pointer, length: (end - run) * pageSize)
+        run = end
+      }
+      let cut = monotonicSeconds() - began
+      timing.withLock { $0.cut = cut; $0.cutAt = began }
+      layerPages.store(indices.count, ordering: .releasing)
+      try startCopier(holdingFor: 0)
+    } catch {
+      tearDown()
+      throw error
+    }
+    layers.wrappingAdd(1, ordering: .acquiringAndReleasing)
+    return layer
   }
 
   /// Whether the background copy has finished (every page is in the file).
@@ -276,7 +446,11 @@ public final class LiveSnapshot: @unchecked Sendable {
       usleep(500)
     }
     let (cut, cutAt) = timing.withLock { ($0.cut, $0.cutAt) }
-    tearDown()
+    if isIncremental {
+      phase.withLock { $0 = .tracking }
+    } else {
+      tearDown()
+    }
     var stats = cuffd_snapshot_stats()
     cuffd_snapshot_context_stats(context, &stats)
     if stats.write_errors > 0 {
@@ -287,13 +461,15 @@ public final class LiveSnapshot: @unchecked Sendable {
     }
     let finishedAt = Double(progress.finishedAt.load(ordering: .relaxed)) / 1e9
     return LiveSnapshotReport(
-      resolver: resolver, pages: length / pageSize, pageSize: pageSize,
+      resolver: resolver, pages: layerPages.load(ordering: .acquiring), pageSize: pageSize,
       copiedBeforeWrites: Int(stats.copied_by_faults), copiedInBackground: Int(stats.copied_in_background),
+      faultsThatWroteTheFile: Int(stats.written_by_faults), stagingPeakPages: Int(stats.staging_peak_pages),
       cutSeconds: cut, copySeconds: max(0, finishedAt - cutAt - cut), populatedFirst: populatedFirst)
   }
 
   /// Abandons the snapshot: stops the copy, releases every writer and unregisters. The file is
-  /// incomplete. Safe to call more than once, and after ``finish(timeoutSeconds:)``.
+  /// incomplete. Safe to call more than once, and after ``finish(timeoutSeconds:)`` (which is how
+  /// an incremental series ends).
   public func cancel() {
     progress.cancelled.store(true, ordering: .relaxed)
     copierBox.withLock { $0 }?.join()
@@ -313,7 +489,7 @@ public final class LiveSnapshot: @unchecked Sendable {
     faultLoop?.stop()
     if sigbusSlot >= 0 { cuffd_sigbus_retire(sigbusSlot) }
     try? uffd.wake(start, length: length)
-    try? uffd.unregister(start, length: length)
+    if ownsRegistration { try? uffd.unregister(start, length: length) }
     uffd.close()
   }
 
@@ -331,7 +507,7 @@ private final class CopyProgress: Sendable {
 public struct LiveSnapshotReport: Sendable, Hashable {
   /// How faulting writes were resolved.
   public let resolver: LiveSnapshot.Resolver
-  /// Pages in the snapshot.
+  /// Pages in the snapshot (or in the diff layer: the pages written since the previous cut).
   public let pages: Int
   /// The page size.
   public let pageSize: Int
@@ -339,6 +515,11 @@ public struct LiveSnapshotReport: Sendable, Hashable {
   public let copiedBeforeWrites: Int
   /// Pages the background thread copied.
   public let copiedInBackground: Int
+  /// Of ``copiedBeforeWrites``, the faults that found the staging buffer full and wrote the file
+  /// themselves (their writers waited on file I/O; 0 when the buffer kept up).
+  public let faultsThatWroteTheFile: Int
+  /// The most staging pages in use at once: the staging buffer's memory high-water mark, in pages.
+  public let stagingPeakPages: Int
   /// How long write-protecting the range took (the pause writers need for a point-in-time copy).
   public let cutSeconds: Double
   /// From the end of the cut to the last page copied.

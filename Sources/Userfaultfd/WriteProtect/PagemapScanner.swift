@@ -16,10 +16,12 @@ final class PagemapScanner {
   /// for the next call); 512 x 24 bytes keeps calls few for scattered writes.
   static let vectorLength = 512
 
-  /// Opens this process's pagemap.
-  init() throws(UserfaultfdError) {
-    let fd = try valueOrErrno(retryOnInterrupt: true) { open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC) }
-      .get(systemCall: "open(/proc/self/pagemap)")
+  /// Opens the pagemap of this process, or of process `pid` (which needs ptrace read access to it:
+  /// root, or the same user where the ptrace scope allows).
+  init(pid: Int32? = nil) throws(UserfaultfdError) {
+    let path = pid.map { "/proc/\($0)/pagemap" } ?? "/proc/self/pagemap"
+    let fd = try valueOrErrno(retryOnInterrupt: true) { open(path, O_RDONLY | O_CLOEXEC) }
+      .get(systemCall: "open(\(path))")
     self.fd = fd
     vector = .allocate(capacity: Self.vectorLength)
     vector.initialize(repeating: cuffd_page_region(start: 0, end: 0, categories: 0))

@@ -7,7 +7,7 @@ extension DirtyBenchmark.WriterKind: ExpressibleByArgument {}
 struct DirtyBenchCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "dirty",
-    abstract: "Dirty tracking and live snapshots under a writer: wp-async, uffd-wp, uffd-wp-sigbus, fork-cow, none.")
+    abstract: "Dirty tracking and live snapshots under a writer: wp-async, uffd-wp, soft-dirty, uffd-wp-sigbus, fork-cow, none.")
 
   @Option(parsing: .unconditional, help: "Range size in MiB (16-65536).")
   var mib = 1024
@@ -26,6 +26,10 @@ struct DirtyBenchCommand: ParsableCommand {
   var only: String?
   @Option(help: "Folder for the snapshot files.")
   var directory = "/tmp"
+  @Option(help: "Also draw the results as an SVG picture to this file.")
+  var svg: String?
+  @Option(help: "Diagnostic: hold the live snapshots' background copy back this many ms after the cut (0-10000).")
+  var holdCopyMs = 0
   @OptionGroup var output: OutputOptions
 
   func validate() throws {
@@ -34,14 +38,18 @@ struct DirtyBenchCommand: ParsableCommand {
     try check(dirtyPercent, in: 1...100, "--dirty-percent")
     try check(seconds, in: 1...30, "--seconds")
     try check(pacedIntervalUs, in: 1...10000, "--paced-interval-us")
+    if let svg, svg.isEmpty { throw ValidationError("--svg needs a file name") }
+    try check(holdCopyMs, in: 0...10000, "--hold-copy-ms")
   }
 
   func run() throws {
-    let benchmark = DirtyBenchmark(
+    var benchmark = DirtyBenchmark(
       mib: mib, runs: runs, dirtyFraction: Double(dirtyPercent) / 100, seconds: Double(seconds),
       pacedIntervalMicroseconds: pacedIntervalUs,
       writers: writer.isEmpty ? DirtyBenchmark.WriterKind.allCases : writer, directory: directory)
+    benchmark.holdCopyMilliseconds = holdCopyMs
     let measured = try benchmark.run(filter: only, progress: Progress("bench dirty").callAsFunction)
+    if let svg { try DirtyPicture.write(measured, runs: runs, to: svg) }
     print(output.json ? try JSONOutput.string(["rows": measured]) : DirtyBenchmark.table(measured, runs: runs))
   }
 }

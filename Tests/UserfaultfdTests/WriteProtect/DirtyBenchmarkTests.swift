@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(FoundationXML)
+import FoundationXML
+#endif
 import Testing
 import Userfaultfd
 @testable import UffdTools
@@ -25,10 +28,19 @@ struct DirtyBenchmarkTests {
     for row in json["rows"] ?? [] {
       for key in ["method", "mode", "writer", "gib", "dirty_fraction", "writer_throughput_ratio", "stall_p50_us",
                   "stall_p99_us", "stall_p999_us", "fault_cost_us", "cut_pause_ms", "collect_ms",
-                  "extra_memory_bytes", "missed_pages", "wrong_pages"] {
+                  "extra_memory_bytes", "missed_pages", "wrong_pages", "c_fault_cost_us", "fault_cost_p50_us",
+                  "c_fault_cost_p50_us"] {
         #expect(row[key] != nil, "missing \(key)")
       }
     }
+    // The uffd-wp live rows carry the C reference's fault cost, measured in the same run.
+    for row in rows where row.mode == "live-snapshot" && row.method.hasPrefix("uffd-wp") {
+      #expect(row.cFaultCostUs > 0, "\(row.method): the C reference ran")
+    }
+    // --svg: well-formed XML naming every live method.
+    let svg = DirtyPicture.svg(rows, runs: 1)
+    #expect(XMLParser(data: Data(svg.utf8)).parse(), "the picture parses as XML")
+    for method in live where method != "none" { #expect(svg.contains(">\(method)<"), "\(method) in the picture") }
   }
 }
 }

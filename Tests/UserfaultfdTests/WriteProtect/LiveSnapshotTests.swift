@@ -100,10 +100,26 @@ struct LiveSnapshotTests {
     }
   }
 
+  /// Faults copy into the staging buffer, or write the file themselves when it is full or absent:
+  /// the file is exact whichever way a page went. No staging: every fault wrote the file; one
+  /// staging page: it fills at once, so both ways run; the default: the writers' faults stage.
+  @Test(.enabled(if: hasWriteProtect, Tracking.needs(.writeProtectFaults)), .serialized,
+        arguments: LiveSnapshot.Resolver.allCases, [0, PageSize.base, LiveSnapshot.defaultStagingBytes])
+  func stagedAndDirectCopiesAreEachExact(resolver: LiveSnapshot.Resolver, stagingBytes: Int) throws {
+    let report = try checkSnapshot(resolver: resolver, kind: .anonymous, pages: 1024, writers: 2, stagingBytes: stagingBytes)
+    guard let report else { return }
+    #expect(report.stagingPeakPages <= stagingBytes / PageSize.base)
+    if stagingBytes == 0 { #expect(report.faultsThatWroteTheFile == report.copiedBeforeWrites) }
+    if stagingBytes == LiveSnapshot.defaultStagingBytes && report.copiedBeforeWrites > 0 {
+      #expect(report.stagingPeakPages > 0, "the writers' faults used the staging buffer")
+    }
+  }
+
+  @discardableResult
   func checkSnapshot(
     resolver: LiveSnapshot.Resolver, kind: TrackedMemoryKind, pages: Int, writers: Int, transparentHuge: Bool = false,
-    holdCopy: Bool = true
-  ) throws {
+    holdCopy: Bool = true, stagingBytes: Int = LiveSnapshot.defaultStagingBytes
+  ) throws -> LiveSnapshotReport? {
     let memory = try Tracking.memory(kind, pages: pages, transparentHuge: transparentHuge)
     let page = memory.pageSize
     // Half the pages hold data before the snapshot; the rest were never touched.
@@ -120,7 +136,7 @@ struct LiveSnapshotTests {
       try? file.close()
       _ = unlink(path.string)
     }
-    let snapshot = try LiveSnapshot(memory: memory, file: file, resolver: resolver)
+    let snapshot = try LiveSnapshot(memory: memory, file: file, resolver: resolver, stagingBytes: stagingBytes)
     let base = Address(memory.baseAddress)
     let team = (0..<writers).map {
       SequenceWriter(base: base, pages: pages, pageSize: page, first: $0, every: writers, initial: initial)
@@ -133,9 +149,9 @@ struct LiveSnapshotTests {
       for (number, writer) in team.enumerated() {
         for index in stride(from: number, to: pages, by: writers) { expected[index] = writer.lastWritten[index] }
       }
-      // Half the time the background copy waits 50 ms, so the writers surely reach pages first
-      // and the copy-before-write path runs; otherwise the two race.
-      try snapshot.cut(holdingBackgroundCopyFor: holdCopy ? 0.05 : 0)
+      // Half the time the background copy waits 200 ms, so the writers surely reach pages first
+      // (even on a loaded machine) and the copy-before-write path runs; otherwise the two race.
+      try snapshot.cut(holdingBackgroundCopyFor: holdCopy ? 0.2 : 0)
       for writer in team { writer.resume() }
       usleep(20_000)
       report = try snapshot.finish(timeoutSeconds: 60)
@@ -146,9 +162,10 @@ struct LiveSnapshotTests {
     }
     for writer in team where !writer.finish() { Issue.record("a writer did not finish within 20 s") }
     let totalWrites = team.reduce(0) { $0 + $1.writes.load(ordering: .relaxed) }
-    guard let report else { return }
+    guard let report else { return nil }
     print("live snapshot (\(resolver.rawValue), \(kind.rawValue), \(pages) pages, \(writers) writers):"
-      + " \(report.copiedBeforeWrites) pages copied before a write, \(report.copiedInBackground) in the background,"
+      + " \(report.copiedBeforeWrites) pages copied before a write (\(report.faultsThatWroteTheFile) of them written"
+      + " to the file by the fault, staging peak \(report.stagingPeakPages) pages), \(report.copiedInBackground) in the background,"
       + " cut \(String(format: "%.2f", report.cutSeconds * 1000)) ms, \(totalWrites) writes, populated first: \(report.populatedFirst)")
     #expect(report.copiedBeforeWrites + report.copiedInBackground == pages, "every page copied exactly once")
     if holdCopy { #expect(report.copiedBeforeWrites > 0, "the writers reached pages before the copier") }
@@ -168,6 +185,7 @@ struct LiveSnapshotTests {
     #expect(wrong.count == 0, "\(resolver.rawValue) on \(kind.rawValue): \(wrong.count) pages differ from the cut, first \(wrong.prefix(8))")
     // The writers went on after the cut: the memory moved on while the file kept the cut.
     #expect(totalWrites > 0)
+    return report
   }
 
   @Test(.enabled(if: hasWriteProtect, Tracking.needs(.writeProtectFaults)))
@@ -184,6 +202,11 @@ struct LiveSnapshotTests {
     }
     #expect(throws: UserfaultfdError.self) {
       try LiveSnapshot(memory: memory, file: file, fileOffset: -1, resolver: .handlerThread)
+    }
+    for stagingBytes in [-1, LiveSnapshot.maxStagingBytes + 1, Int.max] {
+      #expect(throws: UserfaultfdError.self) {
+        try LiveSnapshot(memory: memory, file: file, resolver: .handlerThread, stagingBytes: stagingBytes)
+      }
     }
     let snapshot = try LiveSnapshot(memory: memory, file: file, resolver: .handlerThread)
     #expect(throws: UserfaultfdError.self) { try snapshot.finish() }  // before the cut
