@@ -36,7 +36,7 @@ package final class PagerSession: Sendable {
     logger[metadataKey: "client_pid"] = "\(clientPID.map(String.init) ?? "unknown")"
     logger[metadataKey: "snapshot"] = "\(snapshotPath)"
     self.logger = logger
-    prefetching = Atomic(server.configuration.prefetch)
+    prefetching = Atomic(server.configuration.prefetch || server.isReplaying)
   }
 
   /// The counters now.

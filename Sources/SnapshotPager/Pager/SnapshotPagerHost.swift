@@ -45,6 +45,8 @@ public final class SnapshotPagerHost: Sendable {
   /// thread touches it once started; the Mutex makes that checkable rather than assumed.
   private let watched = Mutex(Watched())
   private let onSessionEnded: (@Sendable (SnapshotServer.Statistics) -> Void)?
+  /// Working sets recorded and replayed (WorkingSet/).
+  let workingSets: WorkingSetLibrary
 
   /// The sessions known to the pager, for the control requests and the session cap.
   struct Registry {
@@ -72,6 +74,7 @@ public final class SnapshotPagerHost: Sendable {
     let metrics = PagerMetrics(factory: metricsFactory ?? MetricsSystem.factory)
     self.metrics = metrics
     catalog = SnapshotCatalog(populate: configuration.populateSnapshots)
+    workingSets = WorkingSetLibrary(settings: configuration.workingSets, logger: logger)
     acceptorEpoll = try Epoll()
     var loops: [ServingLoop] = []
     let ended = Mutex<(@Sendable (PagerSession, SnapshotServer.Statistics) -> Void)?>(nil)
@@ -111,11 +114,13 @@ public final class SnapshotPagerHost: Sendable {
         watch(.controlListener(socket))
         logger.info("control socket listening", metadata: ["socket": "\(controlPath)"])
       }
+      try workingSets.start()
       for loop in loops { try loop.start() }
       let acceptor = try DedicatedThread { [self] in runAcceptor() }
       acceptorThread.withLock { $0 = acceptor }
     } catch {
       for loop in loops { loop.stop() }
+      workingSets.stop()
       watched.withLock { $0 = Watched() }
       for path in bound { unlink(path) }
       throw error
@@ -174,6 +179,7 @@ public final class SnapshotPagerHost: Sendable {
       registry.endedTotals.add(statistics)
       registry.ended += 1
     }
+    workingSets.collect(session.server, snapshotPath: session.snapshotPath, sessionID: session.id, final: true, logger: session.logger)
     metrics.sessionsActive.record(activeSessions)
     metrics.sessionsEnded[statistics.endReason]?.increment()
     session.logger.info("session ended", metadata: [
@@ -323,11 +329,13 @@ public final class SnapshotPagerHost: Sendable {
         }
       }
       expireHandshakes()
+      collectSettledTraces()
     }
     // The end: every socket closes, the loops end what is still live, then the pager is finished.
     let tokens = watched.withLock { Array($0.entries.keys) }
     for token in tokens { unwatch(token) }
     for loop in loops { loop.stop() }
+    workingSets.stop()  // after the loops: the traces of the sessions they ended are written
     logger.info("stopped", metadata: ["sessions_served": "\(totalSessions)"])
     finished.store(true, ordering: .releasing)
   }
@@ -398,6 +406,7 @@ public final class SnapshotPagerHost: Sendable {
       let server = try SnapshotServer(
         uffd: uffd, regions: regions, snapshot: handshake.snapshot, configuration: configuration.server,
         overlay: handshake.overlay, observer: metrics)
+      workingSets.prepare(server, snapshotPath: handshake.snapshotPath, logger: sessionLogger)
       let session = PagerSession(
         number: handshake.number, server: server, client: handshake.socket, snapshotPath: handshake.snapshotPath, logger: logger)
       let count = registry.withLock { registry in
@@ -418,6 +427,14 @@ public final class SnapshotPagerHost: Sendable {
       metrics.failedHandshakes.increment()
       sessionLogger.warning("handshake refused: \(error)")
       handshake.socket.close()
+    }
+  }
+
+  /// Recording sessions whose restore has settled hand their trace to the working-set writer.
+  private func collectSettledTraces() {
+    guard configuration.workingSets.recordDirectory != nil else { return }
+    for session in registry.withLock({ Array($0.live.values) }) where session.server.isRecording {
+      workingSets.collect(session.server, snapshotPath: session.snapshotPath, sessionID: session.id, final: false, logger: session.logger)
     }
   }
 
