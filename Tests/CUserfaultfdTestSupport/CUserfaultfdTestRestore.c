@@ -142,3 +142,5 @@ pid_t cuffd_test_restore_client(const char *socket_path, const char *snapshot_pa
   if (pid == 0) client(socket_path, snapshot_path, size, huge, script, progress, pause_us);
   return pid;
 }
+
+long cuffd_test_restore_progress(volatile long *counter) { return __atomic_load_n(counter, __ATOMIC_ACQUIRE); }

@@ -23,12 +23,13 @@ package final class PagerSession: Sendable {
   /// Whether the prefetcher still has pages to copy (the loop's own flag).
   let prefetching: Atomic<Bool>
 
-  init(number: UInt64, server: SnapshotServer, client: UnixSocket, snapshotPath: String, logger: Logger) {
+  init(number: UInt64, server: SnapshotServer, client: UnixSocket, snapshotPath: String, logger: Logger,
+       clientPID: Int32? = nil) {
     self.number = number
     id = "s-\(number)"
     self.server = server
     self.client = client
-    clientPID = client.peerProcessID
+    self.clientPID = clientPID ?? client.peerProcessID
     self.snapshotPath = snapshotPath
     started = .now
     var logger = logger

@@ -32,8 +32,8 @@ public final class SnapshotPagerHost: Sendable {
   let metrics: PagerMetrics
   let catalog: SnapshotCatalog
   let loops: [ServingLoop]
-  private let registry = Mutex(Registry())
-  private let nextSession = Atomic<UInt64>(1)
+  let registry = Mutex(Registry())
+  let nextSession = Atomic<UInt64>(1)
   private let draining = Atomic<Bool>(false)
   private let stopping = Atomic<Bool>(false)
   private let finished = Atomic<Bool>(false)
@@ -116,6 +116,7 @@ public final class SnapshotPagerHost: Sendable {
       }
       try workingSets.start()
       for loop in loops { try loop.start() }
+      readoptSessions()  // Restart/: the sessions a previous pager served, before any new client
       let acceptor = try DedicatedThread { [self] in runAcceptor() }
       acceptorThread.withLock { $0 = acceptor }
     } catch {
@@ -180,6 +181,7 @@ public final class SnapshotPagerHost: Sendable {
       registry.ended += 1
     }
     workingSets.collect(session.server, snapshotPath: session.snapshotPath, sessionID: session.id, final: true, logger: session.logger)
+    forgetSessionState(session, reason: statistics.endReason)
     metrics.sessionsActive.record(activeSessions)
     metrics.sessionsEnded[statistics.endReason]?.increment()
     session.logger.info("session ended", metadata: [
@@ -421,6 +423,8 @@ public final class SnapshotPagerHost: Sendable {
       session.logger.info("session started", metadata: [
         "regions": "\(regions.count)", "bytes": "\(regions.reduce(UInt64(0)) { $0 &+ $1.size })", "loop": "\(loop.index)",
         "overlay_pages": "\(handshake.overlay?.count ?? 0)"])
+      // Recorded before its first fault is served: a pager killed at any point after finds it.
+      saveSessionState(session, hasOverlay: handshake.overlay != nil)
       loop.adopt(session)
     } catch {
       releaseSlot()

@@ -147,3 +147,20 @@ extension SnapshotServer {
     return min(low, map.regions.count - 1)
   }
 }
+
+extension SnapshotServer {
+  /// Marks the pages of the region at `regionBase` that `present` says are present as served
+  /// (a re-adopted session: its client has them already); how many were marked.
+  package func markPresent(regionBase: UInt, pageSize: Int, present: [Bool]) -> Int {
+    state.withLock { serving in
+      guard let region = serving.map.region(containing: regionBase), serving.map.regions[region].pageSize == pageSize else { return 0 }
+      let first = serving.map.page(of: regionBase, in: region)
+      var marked = 0
+      for (index, isPresent) in present.enumerated() where isPresent && index < serving.map.regions[region].pageCount {
+        serving.map.mark((first + index)..<(first + index + 1), .served)
+        marked += 1
+      }
+      return marked
+    }
+  }
+}

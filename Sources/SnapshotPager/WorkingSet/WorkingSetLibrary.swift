@@ -94,10 +94,11 @@ package final class WorkingSetLibrary: Sendable {
     return try? result.get()
   }
 
-  /// Sets up a new session: replay when its snapshot has a valid working set, recording when the
-  /// pager records and the working set still gathers traces. Runs on the acceptor (a `stat` and,
+  /// Sets up a new session: replay when its snapshot has a valid working set, recording (unless
+  /// `recording` is false: a re-adopted session's trace would miss its start) when the pager
+  /// records and the working set still gathers traces. Runs on the acceptor (a `stat` and,
   /// when the file changed, one read).
-  func prepare(_ server: SnapshotServer, snapshotPath: String, logger: Logger) {
+  func prepare(_ server: SnapshotServer, snapshotPath: String, logger: Logger, recording: Bool = true) {
     guard settings.isActive, let identity = identity(of: snapshotPath) else { return }
     var traces = 0
     if let directory = settings.replayDirectory,
@@ -110,7 +111,7 @@ package final class WorkingSetLibrary: Sendable {
         return  // a replayed session's faults are not its working set: it is not recorded
       }
     }
-    guard settings.recordDirectory != nil else { return }
+    guard recording, settings.recordDirectory != nil else { return }
     if traces == 0, let directory = settings.recordDirectory, directory != settings.replayDirectory,
        let set = workingSet(in: directory, of: snapshotPath, identity: identity, logger: logger) {
       traces = set.traces

@@ -31,4 +31,7 @@ pid_t cuffd_test_restore_client(const char *socket_path, const char *snapshot_pa
 /// Whether page `index` of `pages` is in the working set the scripts touch.
 int cuffd_test_restore_in_working_set(size_t index, size_t pages, int huge);
 
+/// An acquire load of a counter a client stores into (shared memory).
+long cuffd_test_restore_progress(volatile long *counter);
+
 #endif
