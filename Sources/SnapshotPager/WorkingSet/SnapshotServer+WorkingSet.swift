@@ -53,8 +53,12 @@ extension SnapshotServer {
   func replayStep() -> Bool {
     state.withLock { serving in
       guard var queue = serving.replay, !queue.isFinished else { return false }
+      // The first fault before any replay copy (or a short wait for one).
+      if serving.statistics.faults == 0, let start = serving.start, ContinuousClock.now - start < ReplayQueue.startDelay {
+        return true
+      }
+      serving.replay = nil  // the queue is this step's alone (its scratch array is not copied)
       defer { serving.replay = queue }
-      if queue.source != nil { queue.build(against: serving.map) }
       // The step's pages: retried ones first, then the queue's next, up to the byte budget.
       queue.scratch.removeAll(keepingCapacity: true)
       var bytes = 0
@@ -71,12 +75,22 @@ extension SnapshotServer {
         return true
       }
       while let page = queue.retry.last, take(page) { queue.retry.removeLast() }
-      while queue.cursor < queue.pages.count && bytes < ReplayQueue.stepBytes {
-        guard take(queue.pages[queue.cursor]) else { break }
+      while queue.cursor < queue.source.pages.count && bytes < ReplayQueue.stepBytes {
+        guard let page = queue.page(ofEntry: queue.cursor, in: map) else {
+          queue.uncovered += 1
+          queue.cursor += 1
+          continue
+        }
+        if page == queue.lastPage {  // another 4 KiB entry of the same huge page
+          queue.cursor += 1
+          continue
+        }
+        guard take(page) else { break }
+        queue.lastPage = page
         queue.cursor += 1
       }
       if queue.scratch.isEmpty {
-        if queue.cursor >= queue.pages.count && queue.retry.isEmpty { queue.finishedAt = .now }
+        if queue.cursor >= queue.source.pages.count && queue.retry.isEmpty { queue.finishedAt = .now }
         return !queue.isFinished
       }
       queue.scratch.sort()
