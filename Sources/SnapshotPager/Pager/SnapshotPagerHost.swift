@@ -114,7 +114,7 @@ public final class SnapshotPagerHost: Sendable {
         watch(.controlListener(socket))
         logger.info("control socket listening", metadata: ["socket": "\(controlPath)"])
       }
-      try workingSets.start()
+      try workingSets.start(snapshots: configuration.listens.map(\.snapshotPath))
       for loop in loops { try loop.start() }
       readoptSessions()  // Restart/: the sessions a previous pager served, before any new client
       let acceptor = try DedicatedThread { [self] in runAcceptor() }

@@ -1,3 +1,4 @@
+import Glibc
 import Userfaultfd
 
 extension SnapshotServer {
@@ -55,6 +56,9 @@ extension SnapshotServer {
       guard var queue = serving.replay, !queue.isFinished else { return false }
       // The first fault before any replay copy (or a short wait for one).
       if serving.statistics.faults == 0, let start = serving.start, ContinuousClock.now - start < ReplayQueue.startDelay {
+        // The loop comes straight back while replay is due: leave the CPU to the client, whose
+        // first fault is what the loop waits for (on a loaded 2-CPU host a spinning loop delays it).
+        sched_yield()
         return true
       }
       serving.replay = nil  // the queue is this step's alone (its scratch array is not copied)

@@ -167,7 +167,9 @@ public struct WorkingSet: Sendable, Hashable {
 
   /// Writes the file at `path` atomically: a temporary file in the same folder, renamed over it,
   /// so a reader (or a pager restarted meanwhile) sees the old file or the new one, never half.
-  public func write(to path: String) throws(WorkingSetError) {
+  /// `beforeRename` hears the written file's identity just before it takes the path (a cache can
+  /// know the new file before any reader finds it).
+  public func write(to path: String, beforeRename: (SnapshotIdentity) -> Void = { _ in }) throws(WorkingSetError) {
     let temporary = "\(path).tmp-\(getpid())"
     let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
     guard fd >= 0 else { throw .unreadable(path: temporary, errno: errno) }
@@ -187,6 +189,7 @@ public struct WorkingSet: Sendable, Hashable {
       }
       done += wrote
     }
+    if let written = SnapshotIdentity(descriptor: fd) { beforeRename(written) }
     close(fd)
     guard rename(temporary, path) == 0 else {
       let error = errno

@@ -19,7 +19,7 @@ package final class WorkingSetLibrary: Sendable {
   private let logger: Logger
   /// Each snapshot's identity, taken when its first session starts (the catalog maps a path once).
   private let identities = Mutex<[String: SnapshotIdentity]>([:])
-  /// The last working set read per snapshot path, with the file's identity when read.
+  /// The last working set read (or written) per working-set file, with the file's identity then.
   private let loaded = Mutex<[String: (file: SnapshotIdentity, result: Result<WorkingSet, WorkingSetError>)]>([:])
   private let queue = Mutex<[Job]>([])
   private let stopping = Atomic<Bool>(false)
@@ -42,8 +42,14 @@ package final class WorkingSetLibrary: Sendable {
     self.logger = logger
   }
 
-  /// Starts the writer thread (when recording).
-  func start() throws(UserfaultfdError) {
+  /// Reads the working sets of `snapshots` (so the first session's handshake does not decode
+  /// one) and starts the writer thread (when recording).
+  func start(snapshots: [String]) throws(UserfaultfdError) {
+    if let directory = settings.replayDirectory {
+      for snapshot in snapshots {
+        if let identity = identity(of: snapshot) { _ = workingSet(in: directory, of: snapshot, identity: identity, logger: logger) }
+      }
+    }
     guard settings.recordDirectory != nil else { return }
     let thread = try DedicatedThread { [self] in runWriter() }
     writer.withLock { $0 = thread }
@@ -83,11 +89,11 @@ package final class WorkingSetLibrary: Sendable {
                           logger: Logger) -> WorkingSet? {
     let path = workingSetPath(directory: directory, snapshotPath: snapshotPath)
     guard let file = try? SnapshotIdentity(path: path) else { return nil }  // no file
-    if let cached = loaded.withLock({ $0[snapshotPath] }), cached.file == file {
+    if let cached = loaded.withLock({ $0[path] }), cached.file == file {
       return try? cached.result.get()
     }
     let result = Result { () throws(WorkingSetError) -> WorkingSet in try WorkingSet.read(from: path, expecting: identity) }
-    loaded.withLock { $0[snapshotPath] = (file, result) }
+    loaded.withLock { $0[path] = (file, result) }
     if case .failure(let error) = result {
       logger.warning("working set refused, serving on demand: \(error)", metadata: ["working_set": "\(path)"])
     }
@@ -179,7 +185,8 @@ package final class WorkingSetLibrary: Sendable {
         job.logger.warning("replacing the working set (\(error))", metadata: ["working_set": "\(mergedPath)"])
       }
       let merged = try WorkingSet.merge(inputs)
-      try merged.write(to: mergedPath)
+      // The next session finds it decoded already (its handshake reads only the file's stat).
+      try merged.write(to: mergedPath) { file in loaded.withLock { $0[mergedPath] = (file, .success(merged)) } }
       job.logger.info("working set written", metadata: [
         "working_set": "\(mergedPath)", "pages": "\(merged.pages.count)", "traces": "\(merged.traces)"])
     } catch {
