@@ -29,8 +29,4 @@ extension SnapshotServer {
       }
     }
   }
-
-  /// Whether released pages of this session may have been handed back to the kernel (a fault
-  /// read before the unregister then needs only a wake).
-  var hasHandedBack: Bool { state.withLock { $0.handedBack > 0 } }
 }

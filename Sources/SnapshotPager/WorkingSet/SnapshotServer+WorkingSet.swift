@@ -66,13 +66,14 @@ extension SnapshotServer {
       // The step's pages: retried ones first, then the queue's next, up to the byte budget.
       queue.scratch.removeAll(keepingCapacity: true)
       var bytes = 0
-      let map = serving.map
+      // The page map is read in place: a local copy would make each mark below copy its states
+      // (copy-on-write), a byte per guest page per step.
       func take(_ page: Int) -> Bool {
-        guard map.states[page] == .untouched else {
+        guard serving.map.states[page] == .untouched else {
           queue.skipped += 1
           return true
         }
-        let size = map.regions[Self.region(of: page, in: map)].pageSize
+        let size = serving.map.regions[Self.region(of: page, in: serving.map)].pageSize
         if bytes > 0 && bytes + size > ReplayQueue.stepBytes { return false }
         bytes += size
         queue.scratch.append(page)
@@ -80,7 +81,7 @@ extension SnapshotServer {
       }
       while let page = queue.retry.last, take(page) { queue.retry.removeLast() }
       while queue.cursor < queue.source.pages.count && bytes < ReplayQueue.stepBytes {
-        guard let page = queue.page(ofEntry: queue.cursor, in: map) else {
+        guard let page = queue.page(ofEntry: queue.cursor, in: serving.map) else {
           queue.uncovered += 1
           queue.cursor += 1
           continue
@@ -102,14 +103,14 @@ extension SnapshotServer {
       let clock = ContinuousClock()
       while index < queue.scratch.count {
         let first = queue.scratch[index]
-        let region = Self.region(of: first, in: map)
-        let pageSize = map.regions[region].pageSize
-        let regionEnd = map.regions[region].firstPage + map.regions[region].pageCount
+        let region = Self.region(of: first, in: serving.map)
+        let pageSize = serving.map.regions[region].pageSize
+        let regionEnd = serving.map.regions[region].firstPage + serving.map.regions[region].pageCount
         var count = 1
         while index + count < queue.scratch.count, queue.scratch[index + count] == first + count, first + count < regionEnd {
           count += 1
         }
-        let fileOffset = map.fileOffset(ofPage: first, in: region)
+        let fileOffset = serving.map.fileOffset(ofPage: first, in: region)
         var source = snapshot.address(at: fileOffset).rawValue
         if let overlay {
           if let own = overlay.source(at: fileOffset) {
@@ -119,7 +120,7 @@ extension SnapshotServer {
             count = overlay.pagesBeforeOverlay(from: fileOffset, pages: count, pageSize: pageSize)
           }
         }
-        let answer = RangeIoctl.copy(uffd.coreDescriptor, map.address(ofPage: first, in: region), from: source, length: count * pageSize)
+        let answer = RangeIoctl.copy(uffd.coreDescriptor, serving.map.address(ofPage: first, in: region), from: source, length: count * pageSize)
         let done = answer.bytesDone / pageSize
         if done > 0 {
           serving.map.mark(first..<(first + done), .served)
