@@ -103,6 +103,8 @@ package struct RestoreBenchmark {
       + [Pattern.sequential, .random10pct].flatMap { pattern in
         installs.map { ("swift-in-process", Strategy.faultAround, $0, pattern) }
       }
+      // The daemon's own prefetch (one serving loop, copies between faults, no second thread).
+      + [("swift-daemon", Strategy.prefetch, Install.copyFromMapping, Pattern.sequential)]
     func key(_ row: (handler: String, strategy: Strategy, install: Install, pattern: Pattern)) -> String {
       "\(row.handler)/\(row.strategy.rawValue)/\(row.install.rawValue)/\(row.pattern.rawValue)"
     }
