@@ -47,6 +47,8 @@ public final class SnapshotPagerHost: Sendable {
   private let onSessionEnded: (@Sendable (SnapshotServer.Statistics) -> Void)?
   /// Working sets recorded and replayed (WorkingSet/).
   let workingSets: WorkingSetLibrary
+  /// The state directory's lock file, held for the pager's life (Restart/).
+  let stateLock = Mutex<Int32>(-1)
 
   /// The sessions known to the pager, for the control requests and the session cap.
   struct Registry {
@@ -97,6 +99,7 @@ public final class SnapshotPagerHost: Sendable {
     var bound: [String] = []
     do {
       raiseDescriptorLimit()
+      try lockStateDirectory()  // Restart/: one pager per state directory
       for listen in configuration.listens {
         let snapshot = try catalog.snapshot(at: listen.snapshotPath)
         // The first session's handshake must not pay for the JSON decoder's, the page map's and
@@ -122,6 +125,7 @@ public final class SnapshotPagerHost: Sendable {
     } catch {
       for loop in loops { loop.stop() }
       workingSets.stop()
+      releaseStateDirectory()
       watched.withLock { $0 = Watched() }
       for path in bound { unlink(path) }
       throw error
@@ -338,6 +342,7 @@ public final class SnapshotPagerHost: Sendable {
     for token in tokens { unwatch(token) }
     for loop in loops { loop.stop() }
     workingSets.stop()  // after the loops: the traces of the sessions they ended are written
+    releaseStateDirectory()
     logger.info("stopped", metadata: ["sessions_served": "\(totalSessions)"])
     finished.store(true, ordering: .releasing)
   }

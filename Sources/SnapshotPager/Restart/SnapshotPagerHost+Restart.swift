@@ -25,6 +25,38 @@ import Userfaultfd
 /// pager handed back (unregistered) stay unregistered, but a page released and not handed back
 /// in the instant before the crash would be served from the snapshot again.
 extension SnapshotPagerHost {
+  /// Takes the state directory (creating it, mode 0700) for this pager: an exclusive `flock` on
+  /// its `lock` file, held until the process exits (the kernel lets go of it when the process
+  /// dies, SIGKILL included). Two pagers re-adopting the same sessions would both read their
+  /// events, and a REMOVE one of them never saw could let the other serve stale snapshot bytes.
+  ///
+  /// - Throws: `UserfaultfdError.invalidArgument` when another pager holds the directory or it
+  ///   cannot be created.
+  func lockStateDirectory() throws(UserfaultfdError) {
+    guard let directory = configuration.stateDirectory else { return }
+    if mkdir(directory, 0o700) != 0 && errno != EEXIST {
+      throw .invalidArgument(.serve, .badConfiguration("state directory \(directory): \(String(cString: strerror(errno)))"))
+    }
+    let fd = open("\(directory)/lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+    guard fd >= 0 else {
+      throw .invalidArgument(.serve, .badConfiguration("state directory \(directory): \(String(cString: strerror(errno)))"))
+    }
+    guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+      close(fd)
+      throw .invalidArgument(.serve, .badConfiguration(
+        "state directory \(directory) is held by another running pager (its lock file is locked): one pager per state directory"))
+    }
+    stateLock.withLock { $0 = fd }
+  }
+
+  /// Lets go of the state directory (the pager has stopped).
+  func releaseStateDirectory() {
+    stateLock.withLock { fd in
+      if fd >= 0 { close(fd) }
+      fd = -1
+    }
+  }
+
   /// Records a session before its first fault is served (on the acceptor; only with a state
   /// directory: a few hundred microseconds of /proc reads and one small file).
   func saveSessionState(_ session: PagerSession, hasOverlay: Bool) {
@@ -73,7 +105,6 @@ extension SnapshotPagerHost {
   /// Re-adopts the sessions recorded in the state directory (at start, before any new client).
   func readoptSessions() {
     guard let directory = configuration.stateDirectory else { return }
-    mkdir(directory, 0o700)
     let (records, unreadable) = SessionRecord.all(in: directory)
     for path in unreadable {
       logger.warning("unreadable session state removed", metadata: ["state_file": "\(path)"])

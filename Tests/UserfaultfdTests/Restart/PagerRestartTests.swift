@@ -136,6 +136,27 @@ struct PagerRestartTests {
     #expect(daemon.wait(seconds: 20) == 0, "SIGTERM drains the last daemon, exit 0")
   }
 
+  @Test func aStateDirectoryServesOnePagerAtATime() throws {
+    let directory = "/tmp/uffd-test-\(getpid())-state-lock"
+    try? FileManager.default.removeItem(atPath: directory)
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    func pager(_ name: String) throws -> SnapshotPagerHost {
+      var configuration = PagerConfiguration(controlPath: PagerFixture.socketPath(name), loops: 1)
+      configuration.stateDirectory = directory
+      return try SnapshotPagerHost(configuration: configuration, logger: PagerFixture.quietLogger)
+    }
+    let first = try pager("lock-1")
+    try first.start()
+    let second = try pager("lock-2")
+    #expect(throws: UserfaultfdError.self, "a second pager on the same state directory is refused") { try second.start() }
+    first.stop()
+    #expect(first.waitUntilFinished(timeout: .seconds(10)))
+    let third = try pager("lock-3")
+    try third.start()  // the directory is free again once the first has stopped
+    third.stop()
+    #expect(third.waitUntilFinished(timeout: .seconds(10)))
+  }
+
   /// Why sessions cannot be re-adopted on this kernel, if they cannot (pidfd_getfd: Linux 5.6).
   static let unavailable = SnapshotPagerHost.pidfdGetfdUnavailable()
 
