@@ -66,6 +66,9 @@ public struct PagerConfiguration: Sendable {
   /// Where the pager keeps each live session's client, regions and snapshot, so that a pager
   /// started after this one died re-adopts them (nil: sessions die with the pager).
   public var stateDirectory: String?
+  /// The control socket of a running pager to take every listening socket and session from
+  /// (an upgrade without a restart gap); nil: start afresh.
+  public var takeoverControlPath: String?
 
   /// The valid session cap.
   public static let maxSessionsRange = 1...65_536

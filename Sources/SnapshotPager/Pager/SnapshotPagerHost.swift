@@ -38,12 +38,12 @@ public final class SnapshotPagerHost: Sendable {
   private let stopping = Atomic<Bool>(false)
   private let finished = Atomic<Bool>(false)
   private let started = Atomic<Bool>(false)
-  private let acceptorEpoll: Epoll
+  let acceptorEpoll: Epoll
   private let acceptorThread = Mutex<DedicatedThread?>(nil)
   private let drainDeadline = Mutex<ContinuousClock.Instant?>(nil)
   /// Everything the acceptor thread owns (sockets, handshakes, control connections). Only that
   /// thread touches it once started; the Mutex makes that checkable rather than assumed.
-  private let watched = Mutex(Watched())
+  let watched = Mutex(Watched())
   private let onSessionEnded: (@Sendable (SnapshotServer.Statistics) -> Void)?
   /// Working sets recorded and replayed (WorkingSet/).
   let workingSets: WorkingSetLibrary
@@ -97,28 +97,33 @@ public final class SnapshotPagerHost: Sendable {
       throw .invalidArgument(.serve, .badConfiguration("this pager has been started already"))
     }
     var bound: [String] = []
+    var taken = TakenOver()
     do {
       raiseDescriptorLimit()
+      taken = try receiveTakeover()  // Restart/Takeover.swift: only with --takeover
       try lockStateDirectory()  // Restart/: one pager per state directory
       for listen in configuration.listens {
         let snapshot = try catalog.snapshot(at: listen.snapshotPath)
         // The first session's handshake must not pay for the JSON decoder's, the page map's and
         // the histogram's first use (runtime metadata: hundreds of microseconds).
         SnapshotServer.warmUp(snapshot)
-        let socket = try ListeningSocket.bind(listen.socketPath, access: configuration.socketAccess)
+        let inherited = taken.listener(at: listen.socketPath)
+        let socket = if let inherited { inherited } else { try bind(listen.socketPath) }
         bound.append(listen.socketPath)
         watch(.listener(Listener(socket: socket, path: listen.socketPath, snapshot: snapshot, snapshotPath: listen.snapshotPath)))
         logger.info("listening", metadata: [
           "socket": "\(listen.socketPath)", "snapshot": "\(listen.snapshotPath)", "snapshot_bytes": "\(snapshot.length)"])
       }
       if let controlPath = configuration.controlPath {
-        let socket = try ListeningSocket.bind(controlPath, access: configuration.socketAccess)
+        let inherited = taken.listener(at: controlPath)
+        let socket = if let inherited { inherited } else { try bind(controlPath) }
         bound.append(controlPath)
         watch(.controlListener(socket))
         logger.info("control socket listening", metadata: ["socket": "\(controlPath)"])
       }
       try workingSets.start(snapshots: configuration.listens.map(\.snapshotPath))
       for loop in loops { try loop.start() }
+      adoptTakenOver(&taken)
       readoptSessions()  // Restart/: the sessions a previous pager served, before any new client
       let acceptor = try DedicatedThread { [self] in runAcceptor() }
       acceptorThread.withLock { $0 = acceptor }
@@ -126,11 +131,17 @@ public final class SnapshotPagerHost: Sendable {
       for loop in loops { loop.stop() }
       workingSets.stop()
       releaseStateDirectory()
+      for session in taken.sessions { close(session.uffd) }
       watched.withLock { $0 = Watched() }
       for path in bound { unlink(path) }
       throw error
     }
     logger.info("serving", metadata: ["loops": "\(loops.count)", "max_sessions": "\(configuration.maxSessions)"])
+  }
+
+  /// Binds a listening socket at `path` with the configured access (a socket taken over is used as is).
+  private func bind(_ path: String) throws(UserfaultfdError) -> UnixSocket {
+    try ListeningSocket.bind(path, access: configuration.socketAccess)
   }
 
   /// Stops taking sessions (the sockets go away, the control socket answers "draining") and ends
@@ -492,6 +503,12 @@ public final class SnapshotPagerHost: Sendable {
       let line = Array(connection.buffer[..<newline])
       connection.buffer.removeSubrange(...newline)
       guard !line.allSatisfy({ $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\r") }) else { continue }
+      if isHandoverRequest(line) {  // Restart/Takeover.swift: the sessions go to a new pager
+        watched.withLock { _ = $0.entries.removeValue(forKey: token) }
+        acceptorEpoll.remove(fd)
+        handOver(over: connection.socket)
+        return
+      }
       let answer = ControlProtocol.encode(respond(to: line))
       // Answers are small; a client that does not read them loses its connection, never the pager's time.
       let sent = answer.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }

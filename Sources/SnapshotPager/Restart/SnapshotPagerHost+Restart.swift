@@ -41,6 +41,9 @@ extension SnapshotPagerHost {
     guard fd >= 0 else {
       throw .invalidArgument(.serve, .badConfiguration("state directory \(directory): \(String(cString: strerror(errno)))"))
     }
+    // Taking over, the old pager lets go of the directory as it stops: wait for it (bounded).
+    let deadline = ContinuousClock.now + (configuration.takeoverControlPath != nil ? .seconds(10) : .zero)
+    while flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK && ContinuousClock.now < deadline { usleep(10_000) }
     guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
       close(fd)
       throw .invalidArgument(.serve, .badConfiguration(
@@ -120,6 +123,8 @@ extension SnapshotPagerHost {
     var highest: UInt64 = 0
     for record in records {
       highest = max(highest, record.session)
+      // Taken over already (the old pager's records stay for a later restart).
+      if registry.withLock({ $0.live[record.session] != nil }) { continue }
       readopt(record, directory: directory)
     }
     // New sessions are numbered after the re-adopted ones.
@@ -154,17 +159,27 @@ extension SnapshotPagerHost {
         ? "pidfd_getfd was refused (the pager needs ptrace access to its clients: CAP_SYS_PTRACE)"
         : "pidfd_getfd: \(String(cString: strerror(error)))")
     }
+    if let failure = adopt(record, descriptor: descriptor, client: pidSocket, sessionLogger: sessionLogger) {
+      drop(failure)
+    }
+  }
+
+  /// Serves a session another pager served: `descriptor` is this process's copy of the client's
+  /// userfaultfd (taken over: this function owns it), `client` what says when the client is gone
+  /// (its connection, or a pidfd). Marks the pages present in the client as served, gives the
+  /// session to a loop and wakes every region. Nil on success, else why it could not.
+  func adopt(_ record: SessionRecord, descriptor: Int32, client: UnixSocket, sessionLogger: Logger) -> String? {
     guard ClientProcess.isUserfaultfd("/proc/self/fd/\(descriptor)") else {
       close(descriptor)
-      pidSocket.close()
-      return drop("descriptor \(record.uffdDescriptor) of the client is no longer a userfaultfd")
+      client.close()
+      return "descriptor \(record.uffdDescriptor) of the client is no longer a userfaultfd"
     }
     _ = cuffd_set_nonblocking(descriptor)
     do throws(UserfaultfdError) {
       guard reserveRestoredSlot() else {
         close(descriptor)
-        pidSocket.close()
-        return drop("--max-sessions is reached")
+        client.close()
+        return "--max-sessions is reached"
       }
       let uffd: Userfaultfd
       do {
@@ -188,7 +203,7 @@ extension SnapshotPagerHost {
       }
       workingSets.prepare(server, snapshotPath: record.snapshot, logger: sessionLogger, recording: false)
       let session = PagerSession(
-        number: record.session, server: server, client: pidSocket, snapshotPath: record.snapshot, logger: logger,
+        number: record.session, server: server, client: client, snapshotPath: record.snapshot, logger: logger,
         clientPID: record.pid)
       let count = registry.withLock { registry in
         registry.pending -= 1
@@ -198,6 +213,7 @@ extension SnapshotPagerHost {
       }
       metrics.sessionsTotal.increment()
       metrics.sessionsActive.record(count)
+      if let directory = configuration.stateDirectory { try? record.write(directory: directory) }
       let loop = loops.min { $0.load.load(ordering: .relaxed) < $1.load.load(ordering: .relaxed) } ?? loops[0]
       loop.adopt(session)
       // Threads whose fault the dead pager read and never answered wait until woken.
@@ -206,10 +222,11 @@ extension SnapshotPagerHost {
       }
       session.logger.info("session re-adopted", metadata: [
         "present_pages": "\(present)", "regions": "\(record.regions.count)", "loop": "\(loop.index)"])
+      return nil
     } catch {
       registry.withLock { $0.pending -= 1 }
-      pidSocket.close()
-      drop("\(error)")
+      client.close()
+      return "\(error)"
     }
   }
 

@@ -73,6 +73,8 @@ struct ServeCommand: AsyncParsableCommand {
   var replay: String?
   @Option(help: ArgumentHelp("Keep each live session's client, regions and snapshot here, and re-adopt the sessions found here at start (a pager restarted after a crash or upgrade; needs Linux 5.6 pidfd_getfd and ptrace access to the clients).", valueName: "dir"))
   var stateDir: String?
+  @Option(help: ArgumentHelp("Take every listening socket and live session from the running pager whose control socket this is (an upgrade: the old one hands them over and exits).", valueName: "control-socket"))
+  var takeover: String?
   @Option(parsing: .unconditional, help: "Sessions' traces a snapshot's working set gathers before recording stops (1-64).")
   var recordTraces = 3
   @Option(parsing: .unconditional, help: "Seconds of the settle window: a recording stops when a window adds at most 16 pages or 1% (0.1-600).")
@@ -98,8 +100,8 @@ struct ServeCommand: AsyncParsableCommand {
     guard settleSeconds.isFinite, settleSeconds >= 0.1, settleSeconds <= 600 else {
       throw ValidationError("--settle-seconds must be 0.1 to 600, got \(settleSeconds)")
     }
-    if once, record != nil || replay != nil || stateDir != nil {
-      throw ValidationError("--record, --replay and --state-dir go with the daemon, not --once")
+    if once, record != nil || replay != nil || stateDir != nil || takeover != nil {
+      throw ValidationError("--record, --replay, --state-dir and --takeover go with the daemon, not --once")
     }
     guard (socket == nil) == (snapshot == nil) else { throw ValidationError("--socket and --snapshot go together") }
     _ = try pairs()
@@ -177,6 +179,7 @@ struct ServeCommand: AsyncParsableCommand {
     configuration.socketAccess = try access()
     configuration.loopNiceness = Int32(loopNice)
     configuration.stateDirectory = stateDir
+    configuration.takeoverControlPath = takeover
     configuration.workingSets = WorkingSetSettings(
       recordDirectory: record, replayDirectory: replay, traces: recordTraces,
       settle: SettleDetector(window: .milliseconds(Int64(settleSeconds * 1000))))

@@ -157,6 +157,49 @@ struct PagerRestartTests {
     #expect(third.waitUntilFinished(timeout: .seconds(10)))
   }
 
+  @Test func aNewPagerTakesOverEverySessionAndSocketWithoutAGap() throws {
+    let pages = 2048
+    let snapshot = try Snapshot(pages: pages, pageSize: PageSize.base, name: "takeover")
+    let socket = PagerFixture.socketPath("takeover")
+    let control = PagerFixture.socketPath("takeover-control")
+    func configuration(takeover: Bool) -> PagerConfiguration {
+      var configuration = PagerConfiguration(listens: [.init(socketPath: socket, snapshotPath: snapshot.path)], controlPath: control, loops: 2)
+      configuration.handshakeTimeout = .seconds(5)
+      if takeover { configuration.takeoverControlPath = control }
+      return configuration
+    }
+    let old = try SnapshotPagerHost(configuration: configuration(takeover: false), logger: PagerFixture.quietLogger)
+    try old.start()
+    defer {
+      old.stop()
+      _ = old.waitUntilFinished(timeout: .seconds(10))
+    }
+    let progress = try Progress(3)
+    let children = (0..<3).map { index in
+      cuffd_test_restore_client(socket, snapshot.path, pages * PageSize.base, 0, Int32(CUFFD_TEST_RESTORE_SLOW_FULL.rawValue),
+                                progress.counters + index, 2000)
+    }
+    defer { for child in children where child > 0 { _ = cuffd_test_wait(child, 0) } }
+    #expect(eventually(seconds: 30) { (0..<3).allSatisfy { progress.pages($0) > 0 } && progress.pages(0) >= pages / 3 },
+            "every client is being restored")
+    // The upgrade: a new pager takes everything from the running one.
+    let new = try SnapshotPagerHost(configuration: configuration(takeover: true), logger: PagerFixture.quietLogger)
+    try new.start()
+    defer {
+      new.stop()
+      #expect(new.waitUntilFinished(timeout: .seconds(20)))
+    }
+    #expect(old.waitUntilFinished(timeout: .seconds(10)), "the old pager stopped after handing over")
+    #expect(new.activeSessions == 3, "the new pager serves the three sessions")
+    #expect(access(socket, F_OK) == 0 && access(control, F_OK) == 0, "the socket paths stayed: they are the new pager's")
+    let statuses = children.map { $0 > 0 ? cuffd_test_wait($0, 60_000) : -1 }
+    #expect(statuses == [0, 0, 0], "every client restored every byte with its markers intact")
+    // New clients reach the new pager at the same path.
+    let later = cuffd_test_restore_client(socket, snapshot.path, pages * PageSize.base, 0, Int32(CUFFD_TEST_RESTORE_WORKING_SET.rawValue), nil, 0)
+    #expect(later > 0 && cuffd_test_wait(later, 60_000) == 0, "a client after the takeover is served")
+    #expect(eventually(seconds: 10) { new.activeSessions == 0 })
+  }
+
   /// Why sessions cannot be re-adopted on this kernel, if they cannot (pidfd_getfd: Linux 5.6).
   static let unavailable = SnapshotPagerHost.pidfdGetfdUnavailable()
 
