@@ -15,6 +15,7 @@ struct WorkingSetCommandLineTests {
     ["serve", "--listen", "a=b", "--settle-seconds", "601"],
     ["serve", "--once", "--listen", "a=b", "--record", "/tmp/ws"], ["serve", "--once", "--listen", "a=b", "--replay", "/tmp/ws"],
     ["serve", "--once", "--listen", "a=b", "--state-dir", "/tmp/state"],
+    ["serve", "--once", "--listen", "a=b", "--takeover", "/tmp/control.sock"],
   ])
   func badCommandLinesAreUsageErrors(arguments: [String]) {
     do {
@@ -30,6 +31,7 @@ struct WorkingSetCommandLineTests {
     let command = try UffdCommand.parseAsRoot([
       "serve", "--listen", "/run/a.sock=/srv/a.mem", "--record", "/var/lib/uffd/ws", "--replay", "/var/lib/uffd/ws",
       "--record-traces", "5", "--settle-seconds", "0.5", "--state-dir", "/var/lib/uffd/state",
+      "--control", "/run/uffd/control.sock", "--takeover", "/run/uffd/control.sock",
     ])
     #expect(command is ServeCommand)
   }
