@@ -202,6 +202,7 @@ public final class SnapshotPagerHost: Sendable {
     session.logger.info("session ended", metadata: [
       "reason": "\(statistics.endReason.rawValue)", "faults": "\(statistics.faults)",
       "pages_by_fault": "\(statistics.pagesByFault)", "pages_by_prefetch": "\(statistics.pagesByPrefetch)",
+      "pages_by_replay": "\(statistics.pagesByReplay)",
       "zero_pages": "\(statistics.zeroPages)", "failed_faults": "\(statistics.failedFaults)",
       "fault_p50_us": "\(Self.microseconds(statistics.faultLatencyP50))", "fault_p99_us": "\(Self.microseconds(statistics.faultLatencyP99))",
     ])

@@ -26,6 +26,8 @@ extension SnapshotServer {
     public var pagesByFault = 0
     /// Pages brought in by the background prefetcher.
     public var pagesByPrefetch = 0
+    /// Pages brought in by replaying the snapshot's recorded working set.
+    public var pagesByReplay = 0
     /// Pages served from the session's overlay instead of the snapshot.
     public var overlayPages = 0
     /// Pages zero-filled because the client had released them.

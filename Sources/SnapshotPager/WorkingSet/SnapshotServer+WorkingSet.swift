@@ -124,7 +124,7 @@ extension SnapshotServer {
         let done = answer.bytesDone / pageSize
         if done > 0 {
           serving.map.mark(first..<(first + done), .served)
-          serving.statistics.pagesByPrefetch += done
+          serving.statistics.pagesByReplay += done
           serving.statistics.bytesServed += done * pageSize
           queue.replayed += done
         }

@@ -107,7 +107,7 @@ struct WorkingSetReplayTests {
       // At most a tenth of the recorded clone's faults; one fault may race the replay's first step
       // on a slow machine (qemu TCG: the huge-page case records only 2 faults).
       #expect(second.faults <= max(1, first.faults / 10), "replay took at most a tenth of the faults (\(second.faults) against \(first.faults))")
-      #expect(second.pagesByPrefetch > 0, "pages came by replay")
+      #expect(second.pagesByReplay > 0, "pages came by replay")
       if !huge {
         #expect(second.releasedPages > 0, "the client released part of the working set")
         #expect(second.zeroPages == 0, "its released pages were zero-filled by the kernel, with no round trip to the pager")
@@ -155,7 +155,7 @@ struct WorkingSetReplayTests {
       #expect(pager.waitUntilFinished(timeout: .seconds(20)))
       #expect(log.contains("working set refused, serving on demand") && log.contains(expected), "a clear log line says \(expected)")
       let statistics = try #require(ended.list.withLock { $0.first })
-      #expect(statistics.pagesByPrefetch == 0 && statistics.faults > 0, "nothing was replayed")
+      #expect(statistics.pagesByReplay == 0 && statistics.faults > 0, "nothing was replayed")
     }
   }
 }
