@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Testing
 @testable import SnapshotPager
+import Userfaultfd
 
 /// The working-set file, the settle detector and the merge, without a kernel: round trips, every
 /// kind of damaged or hostile file refused with its reason, and the merge's order.
@@ -172,6 +173,18 @@ struct WorkingSetFormatTests {
     other.snapshot.inode += 1
     #expect(throws: WorkingSetError.self) { _ = try WorkingSet.merge([Self.sample(), other]) }
     #expect(throws: WorkingSetError.self) { _ = try WorkingSet.merge([]) }
+  }
+
+  @Test func sessionRecordsRoundTripThroughTheirHandWrittenJSON() throws {
+    let record = SessionRecord(
+      session: 42, pid: 1234, startTime: 98_765, uffdDescriptor: 7, snapshot: "/srv/a \"b\"\\c\u{1}é.mem",
+      regions: [GuestRegion(base: Address(rawValue: 0x7F00_0000_0000), size: 1 << 30, offset: 0),
+                GuestRegion(base: Address(rawValue: 0x7F10_0000_0000), size: 2 << 20, offset: 1 << 30, pageSize: 2 << 20)])
+    var kibOnly = record
+    kibOnly.regions[1].pageSize = nil  // the older spelling alone
+    let decoded = try JSONDecoder().decode(SessionRecord.self, from: Data(record.json()))
+    #expect(decoded == record)
+    #expect(try JSONDecoder().decode(SessionRecord.self, from: Data(kibOnly.json())) == kibOnly)
   }
 
   @Test func theCRCIsCRC32C() {
