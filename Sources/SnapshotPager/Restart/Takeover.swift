@@ -9,10 +9,10 @@ import Userfaultfd
 /// control socket, for everything it serves, and the running one hands it over with SCM_RIGHTS:
 /// its listening sockets (so no client finds the socket closed or missing), then, per live
 /// session, its userfaultfd and the client's connection, each after the session's serving loop has
-/// let go of it between two turns. The old pager then stops without ending any session; the new
+/// let go of it between two turns. The old pager then drains what it kept (nothing, usually); the new
 /// one serves them from its next turn, marking the pages present in each client as served and
 /// waking every region, as a restart does. Sessions created with overlay pages are not handed over
-/// (their overlay lives in the old pager's memory): they end with it. A client in the middle of its
+/// (their overlay lives in the old pager's memory): the old pager drains them. A client in the middle of its
 /// handshake at that instant sees its connection closed.
 ///
 /// The messages, one JSON object each (``HandoverMessage``), a descriptor attached to all but the
@@ -110,7 +110,10 @@ extension SnapshotPagerHost {
     _ = send(HandoverMessage(kind: "done"), nil)
     socket.close()
     logger.info("handed over: stopping", metadata: ["sessions": "\(handed)", "listeners": "\(listeners.count)"])
-    stop()
+    // A drain, not a stop: what could not be handed over (overlay sessions, or every session left
+    // when the new pager went away mid-handover) is still served until it ends or the drain
+    // timeout passes; with nothing left the pager ends at once.
+    drain()
   }
 
   /// The new pager's side (``PagerConfiguration/takeoverControlPath``): asks the running pager
