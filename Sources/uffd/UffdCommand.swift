@@ -8,6 +8,6 @@ struct UffdCommand: AsyncParsableCommand {
     commandName: "uffd",
     abstract: "userfaultfd from Swift: probe the kernel's UFFDIO_MOVE support and more.",
     subcommands: [ProbeCommand.self, CompactCommand.self, BenchCommand.self, StressCommand.self, ServeCommand.self,
-                  SnapshotCommand.self, DirtyCommand.self]
+                  SnapshotCommand.self, DirtyCommand.self, WorkingSetCommand.self]
   )
 }

@@ -58,7 +58,7 @@ struct CommandLineTests {
 
   @Test func thereIsNoDefaultSubcommand() throws {
     #expect(UffdCommand.configuration.defaultSubcommand == nil, "an unknown word must not run a subcommand")
-    #expect(UffdCommand.configuration.subcommands.map { $0.configuration.commandName } == ["probe", "compact", "bench", "stress", "serve", "snapshot", "dirty"])
+    #expect(UffdCommand.configuration.subcommands.map { $0.configuration.commandName } == ["probe", "compact", "bench", "stress", "serve", "snapshot", "dirty", "working-set"])
     #expect(try UffdCommand.parseAsRoot(["probe"]) is ProbeCommand)
   }
 

@@ -284,5 +284,6 @@ static inline void *cuffd_map_failed(void) { return MAP_FAILED; }
 #include "CUserfaultfdMaps.h"
 #include "CUserfaultfdEpoll.h"
 #include "CUserfaultfdWriteProtect.h"
+#include "CUserfaultfdPidfd.h"
 
 #endif /* CUSERFAULTFD_H */

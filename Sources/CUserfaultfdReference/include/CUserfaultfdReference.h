@@ -77,6 +77,8 @@ pid_t cuffd_ref_restore_client(const char *socket_path, size_t size, int pattern
 int cuffd_ref_restore_server(int listener, const char *snapshot, size_t snapshot_length, int64_t *latencies_ns,
                              size_t capacity, size_t *faults);
 
+#include "CUserfaultfdRecordedReference.h"
+
 // MARK: - A fleet of clones (`uffd bench fleet`)
 
 /// What one clone of the fleet measured, in memory shared with the parent.

@@ -67,6 +67,7 @@ enum ControlProtocol {
     var faults = 0
     var pagesByFault = 0
     var pagesByPrefetch = 0
+    var pagesByReplay = 0
     var zeroPages = 0
     var overlayPages = 0
     var releasedPages = 0
@@ -83,6 +84,7 @@ enum ControlProtocol {
       faults += s.faults + s.wakes
       pagesByFault += s.pagesByFault
       pagesByPrefetch += s.pagesByPrefetch
+      pagesByReplay += s.pagesByReplay
       zeroPages += s.zeroPages
       overlayPages += s.overlayPages
       releasedPages += s.releasedPages
@@ -94,6 +96,7 @@ enum ControlProtocol {
       case sessions, faults
       case pagesByFault = "pages_by_fault"
       case pagesByPrefetch = "pages_by_prefetch"
+      case pagesByReplay = "pages_by_replay"
       case zeroPages = "zero_pages"
       case overlayPages = "overlay_pages"
       case releasedPages = "released_pages"

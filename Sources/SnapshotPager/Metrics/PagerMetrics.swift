@@ -15,6 +15,9 @@ package final class PagerMetrics: FaultObserver, Sendable {
   let pagesByPrefetch: Counter
   let pagesZero: Counter
   let pagesOverlay: Counter
+  let pagesByReplay: Counter
+  /// Pages clients released (REMOVE); the pager hands them back to the kernel's zero-fill.
+  let pagesReleased: Counter
   let bytesCopied: Counter
   let failedFaults: Counter
   let failedPrefetches: Counter
@@ -36,6 +39,8 @@ package final class PagerMetrics: FaultObserver, Sendable {
     pagesByPrefetch = Counter(label: "uffd_pager_pages_total", dimensions: [("source", "prefetch")], factory: factory)
     pagesZero = Counter(label: "uffd_pager_pages_total", dimensions: [("source", "zero")], factory: factory)
     pagesOverlay = Counter(label: "uffd_pager_pages_total", dimensions: [("source", "overlay")], factory: factory)
+    pagesByReplay = Counter(label: "uffd_pager_pages_total", dimensions: [("source", "replay")], factory: factory)
+    pagesReleased = Counter(label: "uffd_pager_released_pages_total", factory: factory)
     bytesCopied = Counter(label: "uffd_pager_bytes_copied_total", factory: factory)
     failedFaults = Counter(label: "uffd_pager_failed_total", dimensions: [("kind", "fault")], factory: factory)
     failedPrefetches = Counter(label: "uffd_pager_failed_total", dimensions: [("kind", "prefetch")], factory: factory)
@@ -55,6 +60,8 @@ package final class PagerMetrics: FaultObserver, Sendable {
     delta(pagesByPrefetch, now.pagesByPrefetch - before.pagesByPrefetch)
     delta(pagesZero, now.zeroPages - before.zeroPages)
     delta(pagesOverlay, now.overlayPages - before.overlayPages)
+    delta(pagesByReplay, now.pagesByReplay - before.pagesByReplay)
+    delta(pagesReleased, now.releasedPages - before.releasedPages)
     delta(bytesCopied, now.bytesServed - before.bytesServed)
     delta(failedFaults, now.failedFaults - before.failedFaults)
     delta(failedPrefetches, now.prefetchErrors - before.prefetchErrors)

@@ -61,6 +61,14 @@ public struct PagerConfiguration: Sendable {
   /// -10: a loop serves many clients, and one it has just woken must not preempt it (lowering it
   /// needs CAP_SYS_NICE; without it the loops keep the process's value).
   public var loopNiceness: Int32?
+  /// Working sets: where sessions are recorded and replayed from (nothing by default).
+  public var workingSets = WorkingSetSettings()
+  /// Where the pager keeps each live session's client, regions and snapshot, so that a pager
+  /// started after this one died re-adopts them (nil: sessions die with the pager).
+  public var stateDirectory: String?
+  /// The control socket of a running pager to take every listening socket and session from
+  /// (an upgrade without a restart gap); nil: start afresh.
+  public var takeoverControlPath: String?
 
   /// The valid session cap.
   public static let maxSessionsRange = 1...65_536
@@ -112,6 +120,9 @@ public struct PagerConfiguration: Sendable {
     }
     if let loopNiceness, !(-20...19).contains(loopNiceness) {
       throw .invalidArgument(.serve, .outOfRange(parameter: "loopNiceness", value: Int(loopNiceness), valid: -20...19))
+    }
+    guard WorkingSetSettings.tracesRange.contains(workingSets.traces) else {
+      throw .invalidArgument(.serve, .outOfRange(parameter: "traces", value: workingSets.traces, valid: WorkingSetSettings.tracesRange))
     }
     let paths = listens.map(\.socketPath) + (controlPath.map { [$0] } ?? [])
     guard Set(paths).count == paths.count else {

@@ -23,20 +23,23 @@ package final class PagerSession: Sendable {
   /// Whether the prefetcher still has pages to copy (the loop's own flag).
   let prefetching: Atomic<Bool>
 
-  init(number: UInt64, server: SnapshotServer, client: UnixSocket, snapshotPath: String, logger: Logger) {
+  /// `clientPID` names the client when `client` cannot (a pidfd standing for a re-adopted
+  /// session's connection); otherwise it comes from the connection (SO_PEERCRED).
+  init(number: UInt64, server: SnapshotServer, client: UnixSocket, snapshotPath: String, logger: Logger,
+       clientPID: Int32? = nil) {
     self.number = number
     id = "s-\(number)"
     self.server = server
     self.client = client
-    clientPID = client.peerProcessID
+    self.clientPID = clientPID ?? client.peerProcessID
     self.snapshotPath = snapshotPath
     started = .now
     var logger = logger
     logger[metadataKey: "session"] = "\(id)"
-    logger[metadataKey: "client_pid"] = "\(clientPID.map(String.init) ?? "unknown")"
+    logger[metadataKey: "client_pid"] = "\(self.clientPID.map(String.init) ?? "unknown")"
     logger[metadataKey: "snapshot"] = "\(snapshotPath)"
     self.logger = logger
-    prefetching = Atomic(server.configuration.prefetch)
+    prefetching = Atomic(server.configuration.prefetch || server.isReplaying)
   }
 
   /// The counters now.

@@ -16,6 +16,8 @@ final class ServingLoop: Sendable {
   private let epoll: Epoll
   /// Sessions handed over by the acceptor, taken by the loop on its next turn.
   private let mailbox = Mutex<[PagerSession]>([])
+  /// Sessions to let go of without ending them (a takeover: another pager serves them next).
+  private let releases = Mutex<[ReleaseRequest]>([])
   private let stopRequested = Atomic<Bool>(false)
   /// Sessions this loop serves (for the least-loaded choice).
   let load = Atomic<Int>(0)
@@ -43,6 +45,20 @@ final class ServingLoop: Sendable {
     load.add(1, ordering: .relaxed)
     mailbox.withLock { $0.append(session) }
     epoll.wake()
+  }
+
+  /// Stops serving `session` without ending it, between two turns (no fault of it is then read
+  /// and unanswered, save retries the next server wakes); whether the loop did within `timeout`.
+  func release(_ session: PagerSession, timeout: Duration) -> Bool {
+    let request = ReleaseRequest(number: session.number)
+    releases.withLock { $0.append(request) }
+    epoll.wake()
+    let deadline = ContinuousClock.now + timeout
+    while !request.done.load(ordering: .acquiring) {
+      guard ContinuousClock.now < deadline else { return false }
+      usleep(200)
+    }
+    return true
   }
 
   /// Ends every session of this loop and the thread (any thread); waits for it.
@@ -93,6 +109,15 @@ final class ServingLoop: Sendable {
         }
         session.server.begin()
         sessions[session.number] = session
+      }
+      for request in releases.withLock({ box in defer { box.removeAll() }; return box }) {
+        if let session = sessions.removeValue(forKey: request.number) {
+          epoll.remove(session.server.uffd.fileDescriptor.rawValue)
+          epoll.remove(session.client.fileDescriptor.rawValue)
+          report(session, nil)
+          load.subtract(1, ordering: .relaxed)
+        }
+        request.done.store(true, ordering: .releasing)
       }
       if stopRequested.load(ordering: .acquiring) {
         for session in Array(sessions.values) { end(session, .stopped) }
@@ -159,4 +184,11 @@ final class ServingLoop: Sendable {
       before = now
     }
   }
+}
+
+/// A takeover's request to let go of one session (``ServingLoop/release(_:timeout:)``).
+final class ReleaseRequest: Sendable {
+  let number: UInt64
+  let done = Atomic<Bool>(false)
+  init(number: UInt64) { self.number = number }
 }

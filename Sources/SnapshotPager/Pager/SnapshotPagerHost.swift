@@ -32,19 +32,23 @@ public final class SnapshotPagerHost: Sendable {
   let metrics: PagerMetrics
   let catalog: SnapshotCatalog
   let loops: [ServingLoop]
-  private let registry = Mutex(Registry())
-  private let nextSession = Atomic<UInt64>(1)
+  let registry = Mutex(Registry())
+  let nextSession = Atomic<UInt64>(1)
   private let draining = Atomic<Bool>(false)
   private let stopping = Atomic<Bool>(false)
   private let finished = Atomic<Bool>(false)
   private let started = Atomic<Bool>(false)
-  private let acceptorEpoll: Epoll
+  let acceptorEpoll: Epoll
   private let acceptorThread = Mutex<DedicatedThread?>(nil)
   private let drainDeadline = Mutex<ContinuousClock.Instant?>(nil)
   /// Everything the acceptor thread owns (sockets, handshakes, control connections). Only that
   /// thread touches it once started; the Mutex makes that checkable rather than assumed.
-  private let watched = Mutex(Watched())
+  let watched = Mutex(Watched())
   private let onSessionEnded: (@Sendable (SnapshotServer.Statistics) -> Void)?
+  /// Working sets recorded and replayed (WorkingSet/).
+  let workingSets: WorkingSetLibrary
+  /// The state directory's lock file, held for the pager's life (Restart/).
+  let stateLock = Mutex<Int32>(-1)
 
   /// The sessions known to the pager, for the control requests and the session cap.
   struct Registry {
@@ -72,6 +76,7 @@ public final class SnapshotPagerHost: Sendable {
     let metrics = PagerMetrics(factory: metricsFactory ?? MetricsSystem.factory)
     self.metrics = metrics
     catalog = SnapshotCatalog(populate: configuration.populateSnapshots)
+    workingSets = WorkingSetLibrary(settings: configuration.workingSets, logger: logger)
     acceptorEpoll = try Epoll()
     var loops: [ServingLoop] = []
     let ended = Mutex<(@Sendable (PagerSession, SnapshotServer.Statistics) -> Void)?>(nil)
@@ -92,35 +97,51 @@ public final class SnapshotPagerHost: Sendable {
       throw .invalidArgument(.serve, .badConfiguration("this pager has been started already"))
     }
     var bound: [String] = []
+    var taken = TakenOver()
     do {
       raiseDescriptorLimit()
+      taken = try receiveTakeover()  // Restart/Takeover.swift: only with --takeover
+      try lockStateDirectory()  // Restart/: one pager per state directory
       for listen in configuration.listens {
         let snapshot = try catalog.snapshot(at: listen.snapshotPath)
         // The first session's handshake must not pay for the JSON decoder's, the page map's and
         // the histogram's first use (runtime metadata: hundreds of microseconds).
         SnapshotServer.warmUp(snapshot)
-        let socket = try ListeningSocket.bind(listen.socketPath, access: configuration.socketAccess)
+        let inherited = taken.listener(at: listen.socketPath)
+        let socket = if let inherited { inherited } else { try bind(listen.socketPath) }
         bound.append(listen.socketPath)
         watch(.listener(Listener(socket: socket, path: listen.socketPath, snapshot: snapshot, snapshotPath: listen.snapshotPath)))
         logger.info("listening", metadata: [
           "socket": "\(listen.socketPath)", "snapshot": "\(listen.snapshotPath)", "snapshot_bytes": "\(snapshot.length)"])
       }
       if let controlPath = configuration.controlPath {
-        let socket = try ListeningSocket.bind(controlPath, access: configuration.socketAccess)
+        let inherited = taken.listener(at: controlPath)
+        let socket = if let inherited { inherited } else { try bind(controlPath) }
         bound.append(controlPath)
         watch(.controlListener(socket))
         logger.info("control socket listening", metadata: ["socket": "\(controlPath)"])
       }
+      try workingSets.start(snapshots: configuration.listens.map(\.snapshotPath))
       for loop in loops { try loop.start() }
+      adoptTakenOver(&taken)
+      readoptSessions()  // Restart/: the sessions a previous pager served, before any new client
       let acceptor = try DedicatedThread { [self] in runAcceptor() }
       acceptorThread.withLock { $0 = acceptor }
     } catch {
       for loop in loops { loop.stop() }
+      workingSets.stop()
+      releaseStateDirectory()
+      for session in taken.sessions { close(session.uffd) }
       watched.withLock { $0 = Watched() }
       for path in bound { unlink(path) }
       throw error
     }
     logger.info("serving", metadata: ["loops": "\(loops.count)", "max_sessions": "\(configuration.maxSessions)"])
+  }
+
+  /// Binds a listening socket at `path` with the configured access (a socket taken over is used as is).
+  private func bind(_ path: String) throws(UserfaultfdError) -> UnixSocket {
+    try ListeningSocket.bind(path, access: configuration.socketAccess)
   }
 
   /// Stops taking sessions (the sockets go away, the control socket answers "draining") and ends
@@ -174,11 +195,14 @@ public final class SnapshotPagerHost: Sendable {
       registry.endedTotals.add(statistics)
       registry.ended += 1
     }
+    workingSets.collect(session.server, snapshotPath: session.snapshotPath, sessionID: session.id, final: true, logger: session.logger)
+    forgetSessionState(session, reason: statistics.endReason)
     metrics.sessionsActive.record(activeSessions)
     metrics.sessionsEnded[statistics.endReason]?.increment()
     session.logger.info("session ended", metadata: [
       "reason": "\(statistics.endReason.rawValue)", "faults": "\(statistics.faults)",
       "pages_by_fault": "\(statistics.pagesByFault)", "pages_by_prefetch": "\(statistics.pagesByPrefetch)",
+      "pages_by_replay": "\(statistics.pagesByReplay)",
       "zero_pages": "\(statistics.zeroPages)", "failed_faults": "\(statistics.failedFaults)",
       "fault_p50_us": "\(Self.microseconds(statistics.faultLatencyP50))", "fault_p99_us": "\(Self.microseconds(statistics.faultLatencyP99))",
     ])
@@ -323,11 +347,14 @@ public final class SnapshotPagerHost: Sendable {
         }
       }
       expireHandshakes()
+      collectSettledTraces()
     }
     // The end: every socket closes, the loops end what is still live, then the pager is finished.
     let tokens = watched.withLock { Array($0.entries.keys) }
     for token in tokens { unwatch(token) }
     for loop in loops { loop.stop() }
+    workingSets.stop()  // after the loops: the traces of the sessions they ended are written
+    releaseStateDirectory()
     logger.info("stopped", metadata: ["sessions_served": "\(totalSessions)"])
     finished.store(true, ordering: .releasing)
   }
@@ -398,6 +425,7 @@ public final class SnapshotPagerHost: Sendable {
       let server = try SnapshotServer(
         uffd: uffd, regions: regions, snapshot: handshake.snapshot, configuration: configuration.server,
         overlay: handshake.overlay, observer: metrics)
+      workingSets.prepare(server, snapshotPath: handshake.snapshotPath, logger: sessionLogger)
       let session = PagerSession(
         number: handshake.number, server: server, client: handshake.socket, snapshotPath: handshake.snapshotPath, logger: logger)
       let count = registry.withLock { registry in
@@ -412,12 +440,22 @@ public final class SnapshotPagerHost: Sendable {
       session.logger.info("session started", metadata: [
         "regions": "\(regions.count)", "bytes": "\(regions.reduce(UInt64(0)) { $0 &+ $1.size })", "loop": "\(loop.index)",
         "overlay_pages": "\(handshake.overlay?.count ?? 0)"])
+      // Recorded before its first fault is served: a pager killed at any point after finds it.
+      saveSessionState(session, hasOverlay: handshake.overlay != nil)
       loop.adopt(session)
     } catch {
       releaseSlot()
       metrics.failedHandshakes.increment()
       sessionLogger.warning("handshake refused: \(error)")
       handshake.socket.close()
+    }
+  }
+
+  /// Recording sessions whose restore has settled hand their trace to the working-set writer.
+  private func collectSettledTraces() {
+    guard configuration.workingSets.recordDirectory != nil else { return }
+    for session in registry.withLock({ Array($0.live.values) }) where session.server.isRecording {
+      workingSets.collect(session.server, snapshotPath: session.snapshotPath, sessionID: session.id, final: false, logger: session.logger)
     }
   }
 
@@ -466,6 +504,12 @@ public final class SnapshotPagerHost: Sendable {
       let line = Array(connection.buffer[..<newline])
       connection.buffer.removeSubrange(...newline)
       guard !line.allSatisfy({ $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\r") }) else { continue }
+      if isHandoverRequest(line) {  // Restart/Takeover.swift: the sessions go to a new pager
+        watched.withLock { _ = $0.entries.removeValue(forKey: token) }
+        acceptorEpoll.remove(fd)
+        handOver(over: connection.socket)
+        return
+      }
       let answer = ControlProtocol.encode(respond(to: line))
       // Answers are small; a client that does not read them loses its connection, never the pager's time.
       let sent = answer.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }

@@ -76,7 +76,7 @@ public final class SnapshotServer: Sendable {
   /// The settings.
   public let configuration: Configuration
 
-  private let state: Mutex<ServingState>
+  let state: Mutex<ServingState>
   private let faultsWaiting = Atomic<Int>(0)
   private let stopping = Atomic<Bool>(false)
   private let wakeup: (read: Int32, write: Int32)
@@ -311,6 +311,11 @@ public final class SnapshotServer: Sendable {
         return .done
       case .released:
         answer = serving.zeroFill(target, pageSize: pageSize, uffd: uffd, zeros: zeros)
+        if answer.outcome == .failed, answer.errno == .noSuchFileOrDirectory, serving.handedBack > 0 {
+          // Handed back to the kernel meanwhile (unregistered): it zero-fills the page itself.
+          _ = RangeIoctl.wake(uffd.coreDescriptor, target, length: pageSize)
+          return .done
+        }
       case .untouched:
         pages = serving.window(for: target, pageSize: pageSize, limit: configuration.faultAroundPages)
         pages = max(1, map.untouchedRun(from: page, in: region, limit: pages))
@@ -338,6 +343,9 @@ public final class SnapshotServer: Sendable {
       if done > 0 {
         serving.map.mark(page..<(page + done), fromSnapshot ? .served : .zeroFilled)
         if fromSnapshot { serving.statistics.pagesByFault += done } else { serving.statistics.zeroPages += done }
+        if fromSnapshot, serving.trace != nil {
+          serving.trace?.record(fileOffset: map.fileOffset(ofPage: page, in: region), pages: done, pageSize: pageSize, at: readAt)
+        }
         serving.statistics.bytesServed += done * pageSize
       }
       switch answer.outcome {
@@ -503,7 +511,10 @@ public final class SnapshotServer: Sendable {
         switch buffer.event(at: index, of: uffd) {
         case .pageFault(let fault):
           faults.append((fault, readAt))
-        case .remove(let start, let end), .unmap(let start, let end):
+        case .remove(let start, let end):
+          state.withLock { $0.release(start: start.rawValue, end: end.rawValue) }
+          handBack(start: start.rawValue, end: end.rawValue)
+        case .unmap(let start, let end):
           state.withLock { $0.release(start: start.rawValue, end: end.rawValue) }
         case .fork(let child):
           child.close()
@@ -527,9 +538,10 @@ public final class SnapshotServer: Sendable {
   /// Whether faults wait for a retry (the loop should come back within a millisecond).
   package var hasDeferredFaults: Bool { loopDeferred.withLock { !$0.isEmpty } }
 
-  /// One prefetch copy when the configuration asks for prefetching; false once nothing is left
-  /// (or prefetching is off). A loop calls it only when no fault of any session is ready.
+  /// One replay step of the session's working set while it has one, then one prefetch copy when
+  /// the configuration asks for prefetching; false once nothing is left (or neither is on). A loop calls it only when no fault of any session is ready.
   package func prefetchOnce() -> Bool {
+    if replayStep() { return true }  // a working set first, in its recorded order
     guard configuration.prefetch else { return false }
     return prefetchStep() != .finished
   }

@@ -26,6 +26,8 @@ extension SnapshotServer {
     public var pagesByFault = 0
     /// Pages brought in by the background prefetcher.
     public var pagesByPrefetch = 0
+    /// Pages brought in by replaying the snapshot's recorded working set.
+    public var pagesByReplay = 0
     /// Pages served from the session's overlay instead of the snapshot.
     public var overlayPages = 0
     /// Pages zero-filled because the client had released them.
@@ -74,6 +76,11 @@ extension SnapshotServer {
     var prefetchNext = 0
     // Two significant digits (1%) are plenty for p50 / p99 and keep a session's histogram near 30 KiB
     // (three would be 216 KiB per session).
+    /// The working-set recording and replay of this session, when it has them.
+    var trace: AccessTrace?
+    var replay: ReplayQueue?
+    /// Released ranges unregistered (handed back to the kernel's zero-fill).
+    var handedBack = 0
     var latency = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .two)
 
     init(map: RestorePageMap, action: UnresolvableFaultAction, window: Int) {

@@ -29,6 +29,13 @@ package struct RestoreBenchmark {
     package var faults: Int
     package var faultP50Us: Double
     package var faultP99Us: Double
+    /// The restart row only: from the new daemon's start until every clone had its working set,
+    /// pages found overwritten after the clone wrote them, clones that finished, clones.
+    package var restartToDoneMs: Double? = nil
+    package var copiedTwice: Int? = nil
+    package var stalls: Int? = nil
+    package var clientsOk: Int? = nil
+    package var clients: Int? = nil
   }
 
   /// The whole report.
@@ -63,6 +70,9 @@ package struct RestoreBenchmark {
 
   package let mib: Int
   package let reps: Int
+  /// The `uffd` executable whose `serve` the restart row kills and starts again (no restart row
+  /// when nil).
+  package var daemonExecutable: String?
 
   /// Snapshot sizes the benchmark accepts, in MiB.
   package static let mibRange = 4...65536
@@ -93,6 +103,8 @@ package struct RestoreBenchmark {
       + [Pattern.sequential, .random10pct].flatMap { pattern in
         installs.map { ("swift-in-process", Strategy.faultAround, $0, pattern) }
       }
+      // The daemon's own prefetch (one serving loop, copies between faults, no second thread).
+      + [("swift-daemon", Strategy.prefetch, Install.copyFromMapping, Pattern.sequential)]
     func key(_ row: (handler: String, strategy: Strategy, install: Install, pattern: Pattern)) -> String {
       "\(row.handler)/\(row.strategy.rawValue)/\(row.install.rawValue)/\(row.pattern.rawValue)"
     }
@@ -107,7 +119,7 @@ package struct RestoreBenchmark {
         samples[key(row), default: []].append(sample)
       }
     }
-    return Report(mib: mib, reps: reps, memcpyGbps: memcpy, rows: rows.map { row in
+    var report = Report(mib: mib, reps: reps, memcpyGbps: memcpy, rows: rows.map { row in
       let key = key(row)
       let runs = samples[key] ?? []
       let complete = median(runs.map(\.completeMs))
@@ -119,6 +131,8 @@ package struct RestoreBenchmark {
         faults: Int(median(runs.map { Double($0.faults) })),
         faultP50Us: median(runs.map(\.p50Us)), faultP99Us: median(runs.map(\.p99Us)))
     })
+    report.rows += try workingSetRows(path: path, snapshot: snapshot, progress: progress)  // RecordedRestoreBenchmark.swift
+    return report
   }
 
   /// The rows as the tool prints them.
@@ -132,6 +146,10 @@ package struct RestoreBenchmark {
            String(format: "%.2f", $0.gbps), String(format: "%.2f", report.memcpyGbps > 0 ? $0.gbps / report.memcpyGbps : 0),
            "\($0.faults)", String(format: "%.1f", $0.faultP50Us), String(format: "%.1f", $0.faultP99Us)]
         })
+      + report.rows.filter { $0.restartToDoneMs != nil }.map { row in
+        String(format: "\nrestart: %d of %d clones finished, %.1f ms from the restart to the last page, %d pages copied twice, %d reads stalled >= 50 ms",
+               row.clientsOk ?? 0, row.clients ?? 0, row.restartToDoneMs ?? 0, row.copiedTwice ?? 0, row.stalls ?? 0)
+      }.joined()
   }
 
   struct Sample {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import UffdTools
 
 /// `uffd bench restore`.
@@ -19,7 +20,10 @@ struct RestoreBenchCommand: ParsableCommand {
   }
 
   func run() throws {
-    let report = try RestoreBenchmark(mib: mib, reps: runs).run(progress: Progress("bench restore"))
+    var benchmark = RestoreBenchmark(mib: mib, reps: runs)
+    // The restart row kills and restarts this very executable's `serve`.
+    benchmark.daemonExecutable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    let report = try benchmark.run(progress: Progress("bench restore"))
     print(output.json ? try JSONOutput.string(report) : RestoreBenchmark.table(report))
   }
 }

@@ -67,6 +67,18 @@ struct ServeCommand: AsyncParsableCommand {
   var prefetchPages = 64
   @Option(parsing: .unconditional, help: "With --once: seconds to wait for the client (default: as long as it takes).")
   var acceptTimeout: Double?
+  @Option(help: ArgumentHelp("Record sessions' working sets into this folder (<snapshot name>.wset, merged across the first --record-traces sessions).", valueName: "dir"))
+  var record: String?
+  @Option(help: ArgumentHelp("Replay working sets from this folder ahead of demand (stale or corrupt ones are refused and logged).", valueName: "dir"))
+  var replay: String?
+  @Option(help: ArgumentHelp("Keep each live session's client, regions and snapshot here, and re-adopt the sessions found here at start (a pager restarted after a crash or upgrade; needs Linux 5.6 pidfd_getfd and ptrace access to the clients).", valueName: "dir"))
+  var stateDir: String?
+  @Option(help: ArgumentHelp("Take every listening socket and live session from the running pager whose control socket this is (an upgrade: the old one hands them over and exits).", valueName: "control-socket"))
+  var takeover: String?
+  @Option(parsing: .unconditional, help: "Sessions' traces a snapshot's working set gathers before recording stops (1-64).")
+  var recordTraces = 3
+  @Option(parsing: .unconditional, help: "Seconds of the settle window: a recording stops when a window adds at most 16 pages or 1% (0.1-600).")
+  var settleSeconds: Double = 2
   @OptionGroup var output: OutputOptions
 
   func validate() throws {
@@ -83,6 +95,13 @@ struct ServeCommand: AsyncParsableCommand {
     }
     guard handshakeTimeout.isFinite, handshakeTimeout >= 0.1, handshakeTimeout <= 3600 else {
       throw ValidationError("--handshake-timeout must be 0.1 to 3600 seconds, got \(handshakeTimeout)")
+    }
+    try check(recordTraces, in: WorkingSetSettings.tracesRange, "--record-traces")
+    guard settleSeconds.isFinite, settleSeconds >= 0.1, settleSeconds <= 600 else {
+      throw ValidationError("--settle-seconds must be 0.1 to 600, got \(settleSeconds)")
+    }
+    if once, record != nil || replay != nil || stateDir != nil || takeover != nil {
+      throw ValidationError("--record, --replay, --state-dir and --takeover go with the daemon, not --once")
     }
     guard (socket == nil) == (snapshot == nil) else { throw ValidationError("--socket and --snapshot go together") }
     _ = try pairs()
@@ -159,6 +178,11 @@ struct ServeCommand: AsyncParsableCommand {
     configuration.populateSnapshots = !noPopulate
     configuration.socketAccess = try access()
     configuration.loopNiceness = Int32(loopNice)
+    configuration.stateDirectory = stateDir
+    configuration.takeoverControlPath = takeover
+    configuration.workingSets = WorkingSetSettings(
+      recordDirectory: record, replayDirectory: replay, traces: recordTraces,
+      settle: SettleDetector(window: .milliseconds(Int64(settleSeconds * 1000))))
     LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
     do {
       try await PagerDaemon(configuration: configuration, metrics: try metricsAddress()).run(logger: Logger(label: "uffd.serve"))

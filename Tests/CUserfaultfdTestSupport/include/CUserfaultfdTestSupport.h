@@ -49,5 +49,6 @@ static inline void cuffd_test_atomic_increment(unsigned long long *word) {
 }
 
 #include "CUserfaultfdTestVMM.h"
+#include "CUserfaultfdTestRestore.h"
 
 #endif
