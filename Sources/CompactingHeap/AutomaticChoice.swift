@@ -110,6 +110,10 @@ struct AutomaticChoice: Sendable {
 
   init(moveUnusableBecause: String?) { self.moveUnusableBecause = moveUnusableBecause }
 
+  /// Cycles before the first decision: ``explorationSamples`` of each strategy (the first cycle
+  /// counts as one of its strategy's).
+  var warmUpCycles: Int { 2 * explorationSamples }
+
   /// Whether a calibration is wanted before the next ``next()`` (MOVE usable, none yet).
   var needsCalibration: Bool { moveUnusableBecause == nil && calibration == nil }
 
