@@ -40,8 +40,7 @@ struct CompactionContext: @unchecked Sendable {
   /// whole stall. Tells the stalls a GC MOVE (its TLB-flush interrupt, its page-table locks)
   /// lands in from the rest.
   let overlappingStalls: StallHistogram
-  /// Per fault, the faulting thread's CPU time over it (``ThreadSchedule``, microsecond
-  /// resolution): what the fault cost when it ran, without the time it spent off the CPU.
+  /// Per fault, the faulting thread's CPU time over it (``ThreadSchedule``): what the fault cost when it ran, without the time it spent off the CPU.
   let faultCPU: StallHistogram
   /// The stalls of the faults during which the thread was neither preempted nor gave up the CPU:
   /// the stall distribution as it would be on an idle machine.
@@ -186,7 +185,7 @@ struct CompactionContext: @unchecked Sendable {
       let end = CycleClock.now()
       let scheduleAfter = ThreadSchedule.now()
       stalls.record(nanoseconds: Int(end - start))
-      faultCPU.record(nanoseconds: (scheduleAfter.cpuMicroseconds &- scheduleBefore.cpuMicroseconds) &* 1000)
+      faultCPU.record(nanoseconds: scheduleAfter.cpuNanoseconds &- scheduleBefore.cpuNanoseconds)
       let preempted = scheduleAfter.involuntarySwitches &- scheduleBefore.involuntarySwitches
       let blocked = scheduleAfter.voluntarySwitches &- scheduleBefore.voluntarySwitches
       if preempted > 0 {

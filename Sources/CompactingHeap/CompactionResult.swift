@@ -75,7 +75,7 @@ public struct CompactionResult: Sendable {
   public var waitsOnProcessing: Int = 0
   /// Faults that waited for a page being mapped (one ioctl at most), by the GC or another mutator.
   public var waitsOnMapping: Int = 0
-  /// Each fault's CPU time (the faulting thread's, from getrusage: microsecond resolution):
+  /// Each fault's CPU time (the faulting thread's, `CLOCK_THREAD_CPUTIME_ID`):
   /// what serving it cost while it ran. A stall far above it was spent off the CPU.
   public var mutatorFaultCPU = MutatorStall()
   /// The stalls of the faults whose thread kept the CPU throughout (no involuntary and no

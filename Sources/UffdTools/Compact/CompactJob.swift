@@ -61,6 +61,8 @@ package struct CompactJob: Sendable {
   /// selector's own warm-up, ``StrategySelector/warmUpCycles``, when `auto` runs beside the fixed
   /// strategies; none when it runs alone).
   package var autoWarmUp: Int?
+  /// Heaps backed by transparent huge pages (``Heap/hugePages``).
+  package var hugePages = false
   /// The valid warm-up counts.
   package static let autoWarmUpRange = 0...100
 
@@ -99,7 +101,7 @@ package struct CompactJob: Sendable {
     for cycle in 0..<warmUp {
       let label = "auto warm-up \(cycle + 1)/\(warmUp)"
       progress("\(label): building a \(heapMib) MiB heap (seed \(seed))")
-      let heap = try Heap(capacity: heapMib << 20, mutators: mutators)
+      let heap = try Heap(capacity: heapMib << 20, mutators: mutators, hugePages: hugePages)
       try Workload(seed: seed).populate(heap)
       let compactor = try Compactor(heap: heap, configuration: configuration(.automatic), selector: selector)
       let result = try compactor.run { progress("\(label): \($0)") }
@@ -112,7 +114,7 @@ package struct CompactJob: Sendable {
       for strategy in strategies {
         let label = "run \(run)/\(runs), \(strategy.rawValue)"
         progress("\(label): building a \(heapMib) MiB heap (seed \(seed))")
-        let heap = try Heap(capacity: heapMib << 20, mutators: mutators)
+        let heap = try Heap(capacity: heapMib << 20, mutators: mutators, hugePages: hugePages)
         try Workload(seed: seed).populate(heap)
         let compactor = try Compactor(heap: heap, configuration: configuration(strategy), selector: selector)
         let result = try compactor.run { progress("\(label): \($0)") }
@@ -124,7 +126,7 @@ package struct CompactJob: Sendable {
       }
     }
     progress("measuring the page routine alone (no ioctls, one thread)")
-    let routineHeap = try Heap(capacity: heapMib << 20, mutators: mutators)
+    let routineHeap = try Heap(capacity: heapMib << 20, mutators: mutators, hugePages: hugePages)
     try Workload(seed: seed).populate(routineHeap)
     let routine = try PageRoutineBenchmark.measure(routineHeap)
     // Measured again after the cycles; the better of the two is the bound (this shared machine's
@@ -139,6 +141,7 @@ package struct CompactJob: Sendable {
     report.modes[MappingStrategy.automatic.rawValue]?.warmUpCycles = warmUpChoices.map {
       CompactReport.Choice(strategy: $0.strategy.rawValue, reason: $0.reason)
     }
+    report.hugePages = hugePages
     report.gcRunPages = gcRunPages
     report.minimumMoveRun = minimumMoveRun
     report.mutatorMapping = mutatorMapping.rawValue
@@ -151,7 +154,7 @@ package struct CompactJob: Sendable {
   /// --page-routine` prints; quick to run under `valgrind --tool=callgrind`, whose instruction
   /// counts stay repeatable on a loaded machine.
   package func pageRoutine(repetitions: Int) throws -> (liveBytes: Int, nanoseconds: Int64) {
-    let heap = try Heap(capacity: heapMib << 20, mutators: mutators)
+    let heap = try Heap(capacity: heapMib << 20, mutators: mutators, hugePages: hugePages)
     try Workload(seed: seed).populate(heap)
     return try PageRoutineBenchmark.measure(heap, repetitions: repetitions)
   }

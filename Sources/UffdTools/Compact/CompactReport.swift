@@ -162,6 +162,8 @@ package struct CompactReport: Encodable, Sendable {
   package var minimumMoveRun = 16
   package var mutatorMapping = "copy"
   package var registerBeforeRemap = false
+  /// Heaps backed by transparent huge pages (`--huge-pages`).
+  package var hugePages = false
   package var seed: UInt64
   package var faultMode: String
   package var runs: Int
@@ -290,6 +292,7 @@ package struct CompactReport: Encodable, Sendable {
     lines.append(
       "GC runs of up to \(gcRunPages) pages per ioctl; under MOVE, runs under \(minimumMoveRun) pages copied, mutator mapping \(mutatorMapping);"
         + (registerBeforeRemap ? " the heap registered before the mremap." : " the mremap before the registration."))
+    if hugePages { lines.append("Heaps backed by transparent huge pages (MADV_HUGEPAGE).") }
     lines.append("Medians of \(runs) runs per strategy (strategies interleaved); counts from the median run.")
     let names = ["move", "copy", "copy-1", "auto"].filter { modes[$0] != nil }
     lines.append(formatTable(
