@@ -56,8 +56,8 @@ struct ConcurrentCompactionTests {
   }
 
   /// A heap backed by transparent huge pages (from-space released in 2 MiB steps, MOVEs out of
-  /// huge pages that the kernel splits first) verifies under every strategy and both fault modes,
-  /// and gives its from-space back.
+  /// huge pages that the kernel splits first) verifies under every strategy and both fault modes;
+  /// under COPY it gives its from-space back during the cycle.
   @Test(arguments: modes)
   func hugePageHeapsVerify(mode: (MappingStrategy, FaultMode)) throws {
     let (strategy, faultMode) = mode
@@ -69,7 +69,11 @@ struct ConcurrentCompactionTests {
     #expect(result.verified)
     #expect(result.errnoCounts.isEmpty, "\(result.errnoCounts)")
     #expect(result.mutatorWrites > 0)
-    #expect(result.releasedPages > 0, "from-space given back during the cycle")
+    if strategy != .move {
+      // COPY gives every from-space page back as the GC passes it (now in 2 MiB steps); MOVE
+      // only its spare dead pages, which a 16 MiB heap may not have (8 MiB steps).
+      #expect(result.releasedPages > 0, "from-space given back during the cycle")
+    }
   }
 
   /// One page per mutator fault (ART's choice) as well as blocks: the same result.
