@@ -40,6 +40,11 @@ struct CompactionContext: @unchecked Sendable {
   /// whole stall. Tells the stalls a GC MOVE (its TLB-flush interrupt, its page-table locks)
   /// lands in from the rest.
   let overlappingStalls: StallHistogram
+  /// Per fault, the faulting thread's CPU time over it (``ThreadSchedule``): what the fault cost when it ran, without the time it spent off the CPU.
+  let faultCPU: StallHistogram
+  /// The stalls of the faults during which the thread was neither preempted nor gave up the CPU:
+  /// the stall distribution as it would be on an idle machine.
+  let stallsOnCPU: StallHistogram
   /// Odd while the GC thread is in a map ioctl: incremented before and after each.
   let gcMapSequence: UnsafeMutablePointer<Atomic<Int>>
   /// The GC thread's copy buffer (``PageState/Kind/buffered`` pages' slots).
@@ -171,12 +176,24 @@ struct CompactionContext: @unchecked Sendable {
   /// maps it if the GC compacted it and has not mapped it yet, waits while someone else is at it.
   /// Async-signal-safe: called from SIGBUS handlers and from the fault-server thread.
   func resolveFault(at address: UInt) {
+    // Read outside the timed window, so the stall does not include these two system calls.
+    let scheduleBefore = ThreadSchedule.now()
     let start = CycleClock.now()
     var waitingSince: Int64 = 0  // When it began waiting on someone else's page; 0: never.
     let sequence = gcMapSequence[0].load(ordering: .acquiring)
     defer {
       let end = CycleClock.now()
+      let scheduleAfter = ThreadSchedule.now()
       stalls.record(nanoseconds: Int(end - start))
+      faultCPU.record(nanoseconds: scheduleAfter.cpuNanoseconds &- scheduleBefore.cpuNanoseconds)
+      let preempted = scheduleAfter.involuntarySwitches &- scheduleBefore.involuntarySwitches
+      let blocked = scheduleAfter.voluntarySwitches &- scheduleBefore.voluntarySwitches
+      if preempted > 0 {
+        counters.add(.preemptedFaults)
+        counters.add(.involuntarySwitchesInFaults, preempted)
+      }
+      if blocked > 0 { counters.add(.blockedFaults) }
+      if preempted == 0 && blocked == 0 { stallsOnCPU.record(nanoseconds: Int(end - start)) }
       if waitingSince != 0 { waits.record(nanoseconds: Int(end - waitingSince)) }
       // A GC map ioctl was running when the fault began, or began or ended during it.
       if sequence & 1 == 1 || gcMapSequence[0].load(ordering: .acquiring) != sequence {
@@ -290,7 +307,7 @@ final class CompactionResources: @unchecked Sendable {
     for index in 0..<pageCount { (states + index).initialize(to: Atomic(PageState.unprocessed.rawValue)) }
     mappedAt = .allocate(capacity: pageCount)
     mappedAt.initialize(repeating: 0, count: pageCount)
-    atomicCount = 5 + CycleCounters.slotCount + 3 * StallHistogram.slotCount
+    atomicCount = 5 + CycleCounters.slotCount + 5 * StallHistogram.slotCount
     atomics = .allocate(capacity: atomicCount)
     for index in 0..<atomicCount { (atomics + index).initialize(to: Atomic(0)) }
     atomics[0].store(layout.fromPages - 1, ordering: .relaxed)  // The recycle cursor.
@@ -305,6 +322,8 @@ final class CompactionResources: @unchecked Sendable {
       stalls: StallHistogram(slots: atomics + 2 + CycleCounters.slotCount), mappedAt: mappedAt,
       waits: StallHistogram(slots: atomics + 3 + CycleCounters.slotCount + StallHistogram.slotCount),
       overlappingStalls: StallHistogram(slots: atomics + 4 + CycleCounters.slotCount + 2 * StallHistogram.slotCount),
+      faultCPU: StallHistogram(slots: atomics + 5 + CycleCounters.slotCount + 3 * StallHistogram.slotCount),
+      stallsOnCPU: StallHistogram(slots: atomics + 5 + CycleCounters.slotCount + 4 * StallHistogram.slotCount),
       gcMapSequence: atomics + 4 + CycleCounters.slotCount + 3 * StallHistogram.slotCount,
       gcBuffer: gcBufferMemory.baseAddress.assumingMemoryBound(to: UInt64.self),
       phaseStart: atomics + 2 + CycleCounters.slotCount + StallHistogram.slotCount, uffd: uffd.coreDescriptor,

@@ -75,6 +75,18 @@ public struct CompactionResult: Sendable {
   public var waitsOnProcessing: Int = 0
   /// Faults that waited for a page being mapped (one ioctl at most), by the GC or another mutator.
   public var waitsOnMapping: Int = 0
+  /// Each fault's CPU time (the faulting thread's, `CLOCK_THREAD_CPUTIME_ID`):
+  /// what serving it cost while it ran. A stall far above it was spent off the CPU.
+  public var mutatorFaultCPU = MutatorStall()
+  /// The stalls of the faults whose thread kept the CPU throughout (no involuntary and no
+  /// voluntary context switch): the stalls the compaction itself causes.
+  public var mutatorStallOnCPU = MutatorStall()
+  /// Faults during which the scheduler preempted the faulting thread at least once.
+  public var preemptedFaults: Int = 0
+  /// Involuntary context switches during faults, added up.
+  public var involuntarySwitchesInFaults: Int = 0
+  /// Faults during which the thread gave up the CPU itself (a back-off sleep, blocking in the kernel).
+  public var blockedFaults: Int = 0
   /// When the pages were mapped over the concurrent phase, by the GC thread and by mutators.
   public var timeline = MappingTimeline()
 

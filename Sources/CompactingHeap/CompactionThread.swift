@@ -12,6 +12,8 @@ import Userfaultfd
 struct CompactionThread {
   /// COPY releases from-space in steps of at least this many bytes (as ART does).
   static let releaseStep = 8 << 20
+  /// Base pages per 2 MiB huge page: from-space is released in whole huge pages.
+  static var hugePagePages: Int { PageSize.huge / PageSize.base }
   /// Mutator-held pages the GC goes past before it waits for one.
   static let maxSkippedPages = 4096
 
@@ -150,7 +152,10 @@ struct CompactionThread {
   private func releaseFromSpace(upTo stillReading: Int, releasedFrom released: Int, last: Bool) -> Int {
     let layout = context.layout
     let pageBytes = layout.pageSize
-    let needed = stillReading >= 0 ? layout.lastSource[stillReading] + 1 : 0
+    var needed = stillReading >= 0 ? layout.lastSource[stillReading] + 1 : 0
+    // Up to a huge-page boundary: releasing part of a 2 MiB page (``Heap/hugePages``) would split
+    // it and free it page by page again; the rest goes with the next step.
+    if !last { needed = (needed + Self.hugePagePages - 1) / Self.hugePagePages * Self.hugePagePages }
     guard needed < released && ((released - needed) * pageBytes >= Self.releaseStep || last) else {
       return released
     }

@@ -213,6 +213,11 @@ public final class Compactor: @unchecked Sendable {
       mutatorWait: Self.stall(cycle.resources.context.waits),
       mutatorStallOverlappingGCMapping: Self.stall(cycle.resources.context.overlappingStalls), waitsOnProcessing: counters.load(.waitsOnProcessing),
       waitsOnMapping: counters.load(.waitsOnMapping),
+      mutatorFaultCPU: Self.stall(cycle.resources.context.faultCPU),
+      mutatorStallOnCPU: Self.stall(cycle.resources.context.stallsOnCPU),
+      preemptedFaults: counters.load(.preemptedFaults),
+      involuntarySwitchesInFaults: counters.load(.involuntarySwitchesInFaults),
+      blockedFaults: counters.load(.blockedFaults),
       timeline: MappingTimeline(
         records: cycle.resources.context.mappedAt, count: marked.plan.layout.pageCount, bins: Self.timelineBins))
   }

@@ -12,6 +12,10 @@ struct CycleCounters: @unchecked Sendable {
     /// Faults that waited for a page being compacted by the GC (`processing`), or being mapped
     /// (`mapping`: by the GC, or by another mutator that found it compacted).
     case waitsOnProcessing, waitsOnMapping
+    /// Faults during which the scheduler took the CPU from the faulting thread at least once
+    /// (``ThreadSchedule``), and those switches added up; faults during which it gave the CPU up
+    /// itself (slept in a back-off, blocked in the kernel).
+    case preemptedFaults, involuntarySwitchesInFaults, blockedFaults
   }
 
   /// The map ioctls, for the per-errno table.
@@ -26,7 +30,7 @@ struct CycleCounters: @unchecked Sendable {
   static var errnoSlots: Int { 256 }
   /// Per ioctl: calls, pages mapped, then one slot per errno.
   static var ioctlSlots: Int { 2 + errnoSlots }
-  static var nameCount: Int { 12 }
+  static var nameCount: Int { 15 }
   static var slotCount: Int { nameCount + 3 * ioctlSlots }
 
   let slots: UnsafeMutablePointer<Atomic<Int>>

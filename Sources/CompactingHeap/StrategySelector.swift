@@ -12,6 +12,12 @@ import Userfaultfd
 public final class StrategySelector: Sendable {
   private let state: Mutex<AutomaticChoice>
 
+  /// Cycles a new selector takes before its choices follow the evidence: the first (the
+  /// calibration's guess) and those measuring each strategy before the first decision. A heap
+  /// that runs for a while pays them once; a benchmark that wants the settled choice runs them
+  /// first (`uffd compact --auto-warm-up`).
+  public static var warmUpCycles: Int { AutomaticChoice(moveUnusableBecause: nil).warmUpCycles }
+
   /// A selector that knows nothing yet: its first cycle calibrates.
   public init() { state = Mutex(AutomaticChoice(moveUnusableBecause: nil)) }
 

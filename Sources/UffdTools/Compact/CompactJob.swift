@@ -57,6 +57,14 @@ package struct CompactJob: Sendable {
   package var mutatorMapping = MutatorMapping.copy
   package var registerBeforeRemap = false
   package var minimumMoveRun = 16
+  /// Automatic cycles run before the measured ones and left out of the medians (nil: the
+  /// selector's own warm-up, ``StrategySelector/warmUpCycles``, when `auto` runs beside the fixed
+  /// strategies; none when it runs alone).
+  package var autoWarmUp: Int?
+  /// Heaps backed by transparent huge pages (``Heap/hugePages``).
+  package var hugePages = false
+  /// The valid warm-up counts.
+  package static let autoWarmUpRange = 0...100
 
   /// The cycle configuration for `strategy`.
   func configuration(_ strategy: MappingStrategy) -> CompactionConfiguration {
@@ -85,11 +93,28 @@ package struct CompactJob: Sendable {
     var results: [MappingStrategy: [CompactionResult]] = [:]
     // One selector for every automatic cycle: it learns across them, as it would across one heap's cycles.
     let selector = StrategySelector()
+    // The selector's warm-up, left out of the medians: a heap's selector settles once, in its
+    // first few cycles, and compares the strategies it does not run; the measured cycles then
+    // show the choice it settled on, as a long-running heap's cycles would.
+    let warmUp = strategies.contains(.automatic) ? (autoWarmUp ?? (strategies.count > 1 ? StrategySelector.warmUpCycles : 0)) : 0
+    var warmUpChoices: [StrategyChoice] = []
+    for cycle in 0..<warmUp {
+      let label = "auto warm-up \(cycle + 1)/\(warmUp)"
+      progress("\(label): building a \(heapMib) MiB heap (seed \(seed))")
+      let heap = try Heap(capacity: heapMib << 20, mutators: mutators, hugePages: hugePages)
+      try Workload(seed: seed).populate(heap)
+      let compactor = try Compactor(heap: heap, configuration: configuration(.automatic), selector: selector)
+      let result = try compactor.run { progress("\(label): \($0)") }
+      if let choice = result.choice {
+        progress("\(label): chose \(choice.strategy.rawValue): \(choice.reason)")
+        warmUpChoices.append(choice)
+      }
+    }
     for run in 1...runs {
       for strategy in strategies {
         let label = "run \(run)/\(runs), \(strategy.rawValue)"
         progress("\(label): building a \(heapMib) MiB heap (seed \(seed))")
-        let heap = try Heap(capacity: heapMib << 20, mutators: mutators)
+        let heap = try Heap(capacity: heapMib << 20, mutators: mutators, hugePages: hugePages)
         try Workload(seed: seed).populate(heap)
         let compactor = try Compactor(heap: heap, configuration: configuration(strategy), selector: selector)
         let result = try compactor.run { progress("\(label): \($0)") }
@@ -101,7 +126,7 @@ package struct CompactJob: Sendable {
       }
     }
     progress("measuring the page routine alone (no ioctls, one thread)")
-    let routineHeap = try Heap(capacity: heapMib << 20, mutators: mutators)
+    let routineHeap = try Heap(capacity: heapMib << 20, mutators: mutators, hugePages: hugePages)
     try Workload(seed: seed).populate(routineHeap)
     let routine = try PageRoutineBenchmark.measure(routineHeap)
     // Measured again after the cycles; the better of the two is the bound (this shared machine's
@@ -113,11 +138,25 @@ package struct CompactJob: Sendable {
       seed: seed, faultMode: faultMode, memcpyGBps: memcpy, results: results)
     report.pageRoutineGbps = Double(routine.liveBytes) / max(1, Double(routine.nanoseconds))
     report.pageRoutineMemcpyFraction = memcpy > 0 ? report.pageRoutineGbps / memcpy : 0
+    report.modes[MappingStrategy.automatic.rawValue]?.warmUpCycles = warmUpChoices.map {
+      CompactReport.Choice(strategy: $0.strategy.rawValue, reason: $0.reason)
+    }
+    report.hugePages = hugePages
     report.gcRunPages = gcRunPages
     report.minimumMoveRun = minimumMoveRun
     report.mutatorMapping = mutatorMapping.rawValue
     report.registerBeforeRemap = registerBeforeRemap
     return report
+  }
+
+  /// The page routine alone on this job's heap (no ioctls, no faults, one thread): live bytes,
+  /// pages, and CPU nanoseconds of the best of `repetitions` passes. What `uffd compact
+  /// --page-routine` prints; quick to run under `valgrind --tool=callgrind`, whose instruction
+  /// counts stay repeatable on a loaded machine.
+  package func pageRoutine(repetitions: Int) throws -> (liveBytes: Int, nanoseconds: Int64) {
+    let heap = try Heap(capacity: heapMib << 20, mutators: mutators, hugePages: hugePages)
+    try Workload(seed: seed).populate(heap)
+    return try PageRoutineBenchmark.measure(heap, repetitions: repetitions)
   }
 
   private func milliseconds(_ nanoseconds: Int64) -> String {

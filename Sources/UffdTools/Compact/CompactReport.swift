@@ -85,6 +85,18 @@ package struct CompactReport: Encodable, Sendable {
     /// The median run's faults that waited for a page the GC was compacting / being mapped.
     package var waitsOnProcessing: Int
     package var waitsOnMapping: Int
+    /// Each fault's own CPU time (the faulting thread's), percentiles' medians over the runs:
+    /// what a fault costs while it runs.
+    package var mutatorFaultCpuUs: Stall
+    /// The stalls of the faults whose thread kept the CPU throughout (no context switch of
+    /// either kind), percentiles' medians over the runs, and how many in the median run.
+    package var mutatorStallOnCpuUs: Stall
+    package var faultsOnCpu: Int
+    /// The median run's faults preempted at least once (the scheduler took the CPU), the
+    /// involuntary switches in them, and the faults that gave the CPU up themselves.
+    package var preemptedFaults: Int
+    package var involuntarySwitchesInFaults: Int
+    package var blockedFaults: Int
     /// The median run's stalls by powers of two of microseconds (element k: 2^k to 2^(k+1) µs).
     package var mutatorStallCountsPow2Us: [Int]
     package var mappingTimeline: Timeline
@@ -93,6 +105,9 @@ package struct CompactReport: Encodable, Sendable {
     package var strategyChosen: [String: Int]? = nil
     /// `auto` only: the last cycle's reason for its choice.
     package var strategyReason: String? = nil
+    /// `auto` only: the warm-up cycles run before the measured ones (left out of every median),
+    /// their choices and reasons in order; empty when none ran.
+    package var warmUpCycles: [Choice]? = nil
     /// `auto` only: every cycle's choice and reason, in order.
     package var strategyCycles: [Choice]? = nil
     /// `auto` only: the calibration and the costs measured under each strategy it chose.
@@ -147,6 +162,8 @@ package struct CompactReport: Encodable, Sendable {
   package var minimumMoveRun = 16
   package var mutatorMapping = "copy"
   package var registerBeforeRemap = false
+  /// Heaps backed by transparent huge pages (`--huge-pages`).
+  package var hugePages = false
   package var seed: UInt64
   package var faultMode: String
   package var runs: Int
@@ -163,6 +180,12 @@ package struct CompactReport: Encodable, Sendable {
   package var autoVsBestGcRatio: Double?
   /// `auto`'s mutator stall p99 over the better of `move` and `copy`.
   package var autoVsBestStallP99Ratio: Double?
+  /// `auto`'s GC thread time and stall p99 over the better fixed strategy (the one of `move` and
+  /// `copy` with the lower median GC thread time), round by round (the cycles of one round ran
+  /// one after another), median over the rounds: less sensitive than the ratio of medians to a
+  /// slow spell of the machine that lands on some rounds.
+  package var autoVsBetterGcRatioPerRound: Double?
+  package var autoVsBetterStallP99RatioPerRound: Double?
   /// The same two over `auto`'s decided cycles only (``Mode/decided``).
   package var autoDecidedVsBestGcRatio: Double?
   package var autoDecidedVsBestStallP99Ratio: Double?
@@ -204,6 +227,10 @@ package struct CompactReport: Encodable, Sendable {
         mutatorStallOverlappingGcIoctlUs: Stall(medianOf: runs, of: \.mutatorStallOverlappingGCMapping),
         faultsOverlappingGcIoctl: typical.mutatorStallOverlappingGCMapping.count,
         waitsOnProcessing: typical.waitsOnProcessing, waitsOnMapping: typical.waitsOnMapping,
+        mutatorFaultCpuUs: Stall(medianOf: runs, of: \.mutatorFaultCPU),
+        mutatorStallOnCpuUs: Stall(medianOf: runs, of: \.mutatorStallOnCPU),
+        faultsOnCpu: typical.mutatorStallOnCPU.count, preemptedFaults: typical.preemptedFaults,
+        involuntarySwitchesInFaults: typical.involuntarySwitchesInFaults, blockedFaults: typical.blockedFaults,
         mutatorStallCountsPow2Us: typical.mutatorStall.countsByPowerOfTwoMicroseconds,
         mappingTimeline: Timeline(
           binMs: Double(typical.timeline.binNanoseconds) / 1e6, pagesByGc: typical.timeline.pagesByGC,
@@ -236,6 +263,16 @@ package struct CompactReport: Encodable, Sendable {
         autoVsBestGcRatio = auto.compactionThreadMs / max(1e-9, min(move.compactionThreadMs, copy.compactionThreadMs))
         let best = min(move.mutatorStallUs.p99, copy.mutatorStallUs.p99)
         if best > 0 { autoVsBestStallP99Ratio = auto.mutatorStallUs.p99 / best }
+        let better: MappingStrategy = move.compactionThreadMs <= copy.compactionThreadMs ? .move : .copy
+        if let fixed = results[better], let automatic = results[.automatic], fixed.count == automatic.count {
+          autoVsBetterGcRatioPerRound = median(zip(automatic, fixed).map {
+            Double($0.compactionWallNanoseconds) / Double(max(1, $1.compactionWallNanoseconds))
+          })
+          let stalls = zip(automatic, fixed).filter { $1.mutatorStall.p99 > 0 }
+          if !stalls.isEmpty {
+            autoVsBetterStallP99RatioPerRound = median(stalls.map { Double($0.mutatorStall.p99) / Double($1.mutatorStall.p99) })
+          }
+        }
         if let decided = auto.decided {
           autoDecidedVsBestGcRatio = decided.compactionThreadMs / max(1e-9, min(move.compactionThreadMs, copy.compactionThreadMs))
           if best > 0 { autoDecidedVsBestStallP99Ratio = decided.mutatorStallUs.p99 / best }
@@ -255,6 +292,7 @@ package struct CompactReport: Encodable, Sendable {
     lines.append(
       "GC runs of up to \(gcRunPages) pages per ioctl; under MOVE, runs under \(minimumMoveRun) pages copied, mutator mapping \(mutatorMapping);"
         + (registerBeforeRemap ? " the heap registered before the mremap." : " the mremap before the registration."))
+    if hugePages { lines.append("Heaps backed by transparent huge pages (MADV_HUGEPAGE).") }
     lines.append("Medians of \(runs) runs per strategy (strategies interleaved); counts from the median run.")
     let names = ["move", "copy", "copy-1", "auto"].filter { modes[$0] != nil }
     lines.append(formatTable(
@@ -284,6 +322,10 @@ package struct CompactReport: Encodable, Sendable {
       lines.append(String(
         format: "%@: %d of %d faults overlapped a GC map ioctl: their stall p50 %.1f µs, p99 %.1f µs, max %.1f µs",
         name, m.faultsOverlappingGcIoctl, m.mutatorFaults, overlap.p50, overlap.p99, overlap.max))
+      let onCpu = m.mutatorStallOnCpuUs, cpu = m.mutatorFaultCpuUs
+      lines.append(String(
+        format: "%@: %d faults preempted (%d involuntary switches), %d gave up the CPU; the %d that kept it: stall p50 %.1f µs, p99 %.1f µs, max %.1f µs; fault CPU time p99 %.0f µs, max %.0f µs",
+        name, m.preemptedFaults, m.involuntarySwitchesInFaults, m.blockedFaults, m.faultsOnCpu, onCpu.p50, onCpu.p99, onCpu.max, cpu.p99, cpu.max))
       lines.append("\(name): \(m.mutatorFaults) mutator faults, \(m.recycledPages) recycled pages, "
         + "\(m.bufferPages) GC buffer pages, \(m.releasedPages) from-space pages released early, \(m.busyFallbacks) EBUSY fallbacks, "
         + "\(m.intrudedPages) pages found mapped outside the compaction, \(m.mutatorWrites) mutator writes verified (\(Int(m.mutatorWritesPerMs))/ms); "
@@ -310,6 +352,14 @@ package struct CompactReport: Encodable, Sendable {
     if let gc = autoVsBestGcRatio {
       lines.append(String(format: "auto over the better of MOVE and COPY: GC thread time %.2f, mutator stall p99 %@", gc,
                           autoVsBestStallP99Ratio.map { String(format: "%.2f", $0) } ?? "n/a"))
+    }
+    if let gc = autoVsBetterGcRatioPerRound {
+      lines.append(String(format: "auto over the better fixed strategy, round by round (median of the rounds' ratios): GC thread time %.2f, mutator stall p99 %@", gc,
+                          autoVsBetterStallP99RatioPerRound.map { String(format: "%.2f", $0) } ?? "n/a"))
+    }
+    if let warmUp = modes["auto"]?.warmUpCycles, !warmUp.isEmpty {
+      lines.append("auto: \(warmUp.count) warm-up cycles before the measured ones (not in the medians): "
+        + warmUp.map(\.strategy).joined(separator: ", "))
     }
     if let gc = autoDecidedVsBestGcRatio, let cycles = modes["auto"]?.decided?.cycles {
       lines.append(String(format: "auto's %d decided cycles (after measuring both) over the better: GC thread time %.2f, mutator stall p99 %@",

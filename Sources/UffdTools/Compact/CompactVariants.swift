@@ -75,7 +75,7 @@ package struct CompactVariantsJob: Sendable {
     var results = Array(repeating: [CompactionResult](), count: variants.count)
     for run in 1...base.runs {
       for (index, variant) in variants.enumerated() {
-        let heap = try Heap(capacity: base.heapMib << 20, mutators: base.mutators)
+        let heap = try Heap(capacity: base.heapMib << 20, mutators: base.mutators, hugePages: base.hugePages)
         try Workload(seed: base.seed).populate(heap)
         let result = try Compactor(heap: heap, configuration: configuration(variant)).run()
         progress("round \(run)/\(base.runs), \(variant.name): verified, GC \(String(format: "%.1f", Double(result.compactionWallNanoseconds) / 1e6)) ms")

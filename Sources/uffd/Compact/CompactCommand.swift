@@ -42,6 +42,12 @@ struct CompactCommand: ParsableCommand {
   var svg: String?
   @Flag(help: "Run ART's techniques on and off instead (a row per variant, each against batched COPY): each row sets the strategy, run lengths, mutator mapping and pause order (some rows the block size).")
   var variants = false
+  @Option(parsing: .unconditional, help: "Automatic cycles run before the measured ones, left out of the medians (0-100; default: the selector's warm-up, \(StrategySelector.warmUpCycles) cycles, when auto runs beside other strategies, 0 when alone).")
+  var autoWarmUp: Int?
+  @Flag(help: "Back the heap with transparent huge pages (MADV_HUGEPAGE): from-space is then given back in 2 MiB pages, far cheaper for the GC thread.")
+  var hugePages = false
+  @Flag(help: "Time only the page-compaction routine on the heap (no ioctls, no faults, one thread), --runs passes, and print its rate: for profiling.")
+  var pageRoutine = false
   @Option(parsing: .unconditional, help: "Cycles per strategy (1-100, strategies interleaved); the table shows medians.")
   var runs = 3
   @OptionGroup var output: OutputOptions
@@ -51,6 +57,7 @@ struct CompactCommand: ParsableCommand {
     try check(mutators, in: CompactJob.mutatorRange, "--mutators")
     try check(mutatorBlockPages, in: CompactJob.blockPagesRange, "--mutator-block-pages")
     try check(runs, in: CompactJob.runRange, "--runs")
+    if let autoWarmUp { try check(autoWarmUp, in: CompactJob.autoWarmUpRange, "--auto-warm-up") }
     try check(gcRunPages, in: CompactJob.gcRunPagesRange, "--gc-run-pages")
     try check(minimumMoveRun, in: CompactJob.gcRunPagesRange, "--minimum-move-run")
     if variants && svg != nil {
@@ -72,6 +79,14 @@ struct CompactCommand: ParsableCommand {
     job.mutatorMapping = mutatorMapping
     job.registerBeforeRemap = registerBeforeRemap
     job.minimumMoveRun = minimumMoveRun
+    job.autoWarmUp = autoWarmUp
+    job.hugePages = hugePages
+    if pageRoutine {
+      let routine = try job.pageRoutine(repetitions: runs)
+      let gbps = Double(routine.liveBytes) / Swift.max(1, Double(routine.nanoseconds))
+      print("page routine: \(routine.liveBytes) live bytes in \(routine.nanoseconds / 1000) µs of CPU (best of \(runs)): \(gbps) GB/s")
+      return
+    }
     if variants {
       let report = try CompactVariantsJob(base: job).run(progress: Progress("compact"))
       print(output.json ? try JSONOutput.string(report) : report.table)
