@@ -7,6 +7,6 @@ struct UffdCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "uffd",
     abstract: "userfaultfd from Swift: probe the kernel's UFFDIO_MOVE support and more.",
-    subcommands: [ProbeCommand.self, CompactCommand.self, BenchCommand.self, StressCommand.self, ServeCommand.self]
+    subcommands: [ProbeCommand.self, CompactCommand.self, BenchCommand.self, StressCommand.self, ServeCommand.self, SnapshotCommand.self]
   )
 }

@@ -61,6 +61,9 @@ public struct PagerConfiguration: Sendable {
   /// -10: a loop serves many clients, and one it has just woken must not preempt it (lowering it
   /// needs CAP_SYS_NICE; without it the loops keep the process's value).
   public var loopNiceness: Int32?
+  /// Chunked snapshots (a manifest's `s3://`, `http(s)://` or local `.json` address given as a
+  /// snapshot): the host-wide chunk cache, fetch deadlines and retries, the failure policy.
+  public var remote = RemoteSnapshotConfiguration()
 
   /// The valid session cap.
   public static let maxSessionsRange = 1...65_536
@@ -113,6 +116,7 @@ public struct PagerConfiguration: Sendable {
     if let loopNiceness, !(-20...19).contains(loopNiceness) {
       throw .invalidArgument(.serve, .outOfRange(parameter: "loopNiceness", value: Int(loopNiceness), valid: -20...19))
     }
+    do { try remote.validate() } catch { throw .invalidArgument(.serve, .badConfiguration("\(error)")) }
     let paths = listens.map(\.socketPath) + (controlPath.map { [$0] } ?? [])
     guard Set(paths).count == paths.count else {
       throw .invalidArgument(.socket, .badConfiguration("a socket path is given twice"))

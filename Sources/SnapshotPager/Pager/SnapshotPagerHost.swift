@@ -71,7 +71,11 @@ public final class SnapshotPagerHost: Sendable {
     self.logger = logger
     let metrics = PagerMetrics(factory: metricsFactory ?? MetricsSystem.factory)
     self.metrics = metrics
-    catalog = SnapshotCatalog(populate: configuration.populateSnapshots)
+    let cache: ChunkCache
+    do { cache = try ChunkCache(configuration: configuration.remote, logger: logger, metricsFactory: metricsFactory) } catch {
+      throw .invalidArgument(.serve, .badConfiguration("\(error)"))
+    }
+    catalog = SnapshotCatalog(populate: configuration.populateSnapshots, remote: RemoteSnapshots(cache: cache))
     acceptorEpoll = try Epoll()
     var loops: [ServingLoop] = []
     let ended = Mutex<(@Sendable (PagerSession, SnapshotServer.Statistics) -> Void)?>(nil)

@@ -67,9 +67,11 @@ struct ServeCommand: AsyncParsableCommand {
   var prefetchPages = 64
   @Option(parsing: .unconditional, help: "With --once: seconds to wait for the client (default: as long as it takes).")
   var acceptTimeout: Double?
+  @OptionGroup(title: "Chunked and remote snapshots") var remote: RemoteSnapshotOptions
   @OptionGroup var output: OutputOptions
 
   func validate() throws {
+    try remote.check(once: once, snapshots: try pairs().map(\.snapshotPath))
     try check(faultAround, in: SnapshotServer.Configuration.faultAroundRange, "--fault-around")
     try check(prefetchPages, in: SnapshotServer.Configuration.prefetchRange, "--prefetch-pages")
     try check(maxSessions, in: PagerConfiguration.maxSessionsRange, "--max-sessions")
@@ -159,6 +161,7 @@ struct ServeCommand: AsyncParsableCommand {
     configuration.populateSnapshots = !noPopulate
     configuration.socketAccess = try access()
     configuration.loopNiceness = Int32(loopNice)
+    configuration.remote = remote.configuration
     LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
     do {
       try await PagerDaemon(configuration: configuration, metrics: try metricsAddress()).run(logger: Logger(label: "uffd.serve"))
