@@ -19,7 +19,11 @@ public struct ChunkFetch: Sendable {
     self.source = source
     self.path = path
     self.bytes = bytes
+    origin = source.location + "|" + path
   }
+
+  /// Where it reads from (the source's location and the path).
+  let origin: String
 }
 
 /// The host-wide chunk cache every session and snapshot of a pager shares: chunks by digest (two
@@ -68,6 +72,9 @@ public final class ChunkCache: Sendable {
     /// Bytes held in memory now (in-flight chunks included).
     public var bytesCached = 0
 
+    /// All zero.
+    public init() {}
+
     enum CodingKeys: String, CodingKey {
       case hits, misses, fetches, retries, failures, evictions
       case joinedInFlight = "joined_in_flight"
@@ -82,7 +89,9 @@ public final class ChunkCache: Sendable {
   private enum Entry {
     case loading(bytes: Int)
     case ready(ChunkBuffer, lastUse: UInt64)
-    case failed(String, until: ContinuousClock.Instant)
+    /// Failed from `origin` (a source and path): a lookup that would fetch from elsewhere (another
+    /// snapshot's store with the same chunk) tries its own store instead of inheriting the failure.
+    case failed(String, until: ContinuousClock.Instant, origin: String)
   }
 
   private struct State {
@@ -156,7 +165,7 @@ public final class ChunkCache: Sendable {
           state.statistics.joinedInFlight += 1
         }
         return (.pending, false)
-      case .failed(let why, let until) where now < until:
+      case .failed(let why, let until, let origin) where now < until && origin == fetch.origin:
         return (.failed(why), false)
       case .failed, nil:
         if counted { state.statistics.misses += 1 }
@@ -236,7 +245,7 @@ public final class ChunkCache: Sendable {
     metrics.failures.increment()
     state.withLock { state in
       if case .loading(let bytes) = state.entries[digest] { state.bytes -= bytes }
-      state.entries[digest] = .failed(lastError, until: .now + failureHold)
+      state.entries[digest] = .failed(lastError, until: .now + failureHold, origin: fetch.origin)
       state.statistics.failures += 1
       state.statistics.bytesCached = state.bytes
     }

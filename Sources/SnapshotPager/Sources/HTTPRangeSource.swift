@@ -119,6 +119,18 @@ enum HTTPExchange {
 
   static func perform(_ client: HTTPClient, _ request: HTTPClientRequest, what: String, timeout: Duration,
                       maxBody: Int) async throws(SnapshotSourceError) -> (Head, [UInt8]) {
+    do {
+      return try await performOnce(client, request, what: what, timeout: timeout, maxBody: maxBody)
+    } catch .transport(let why) where [.GET, .HEAD, .PUT].contains(request.method) {
+      // A pooled connection the server closed meanwhile (nginx closes after some answers): an
+      // idempotent request is sent once more, on a new connection, before it counts as a failure.
+      _ = why
+      return try await performOnce(client, request, what: what, timeout: timeout, maxBody: maxBody)
+    }
+  }
+
+  private static func performOnce(_ client: HTTPClient, _ request: HTTPClientRequest, what: String, timeout: Duration,
+                                  maxBody: Int) async throws(SnapshotSourceError) -> (Head, [UInt8]) {
     try await withTimeout(timeout, what) { () async throws(SnapshotSourceError) -> (Head, [UInt8]) in
       let response: HTTPClientResponse
       do {

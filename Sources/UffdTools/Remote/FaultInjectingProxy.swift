@@ -34,6 +34,8 @@ package final class FaultInjectingProxy: Sendable {
   private let requestCount = Atomic<Int>(0)
   private let acceptor = Mutex<DedicatedThread?>(nil)
   private let connections = Mutex<[DedicatedThread]>([])
+  /// The client sockets open now (shut down by `stop` so their threads end at once).
+  private let open = Mutex<Set<Int32>>([])
 
   /// A proxy to `127.0.0.1:upstreamPort`, listening at an ephemeral port.
   package init(upstreamPort: Int) throws {
@@ -79,6 +81,7 @@ package final class FaultInjectingProxy: Sendable {
       thread?.join()
       thread = nil
     }
+    open.withLock { for fd in $0 { _ = shutdown(fd, Int32(SHUT_RDWR)) } }
     for thread in connections.withLock({ threads in defer { threads.removeAll() }; return threads }) { thread.join() }
   }
 
@@ -98,6 +101,7 @@ package final class FaultInjectingProxy: Sendable {
       guard client >= 0 else { continue }
       _ = fcntl(client, F_SETFD, FD_CLOEXEC)
       Self.setTimeout(client, seconds: 10)
+      open.withLock { _ = $0.insert(client) }
       if let thread = try? DedicatedThread({ [self] in serve(client) }) {
         connections.withLock { $0.append(thread) }
       } else {
@@ -118,6 +122,7 @@ package final class FaultInjectingProxy: Sendable {
   private func serve(_ client: Int32) {
     var upstream: Int32 = -1
     defer {
+      open.withLock { _ = $0.remove(client) }
       _ = close(client)
       if upstream >= 0 { _ = close(upstream) }
     }
