@@ -106,6 +106,8 @@ public final class ChunkCache: Sendable {
   private let state = Mutex(State())
   private let logger: Logger
   private let metrics: ChunkCacheMetrics
+  /// Called when a chunk arrives or fails (the pager wakes its loops to retry waiting faults).
+  private let arrival = Mutex<(@Sendable () -> Void)?>(nil)
   /// How long a failed chunk answers "failed" before a new fault tries again.
   private let failureHold: Duration = .seconds(1)
 
@@ -132,6 +134,10 @@ public final class ChunkCache: Sendable {
   public func prefetch(_ digest: String, fetch: ChunkFetch) {
     _ = lookup(digest, fetch: fetch, counted: false)
   }
+
+  /// Calls `wake` (on a fetching thread) each time a chunk arrives or fails for good, so faults
+  /// waiting for it are retried at once rather than at their next poll.
+  public func whenChunkArrives(_ wake: @escaping @Sendable () -> Void) { arrival.withLock { $0 = wake } }
 
   /// Whether `digest` is in memory now.
   public func contains(_ digest: String) -> Bool {
@@ -249,6 +255,7 @@ public final class ChunkCache: Sendable {
       state.statistics.failures += 1
       state.statistics.bytesCached = state.bytes
     }
+    arrival.withLock { $0 }?()
   }
 
   private func publish(_ digest: String, _ buffer: ChunkBuffer, fromNetwork: Bool, elapsed: Duration) {
@@ -269,6 +276,7 @@ public final class ChunkCache: Sendable {
       state.statistics.bytesCached = state.bytes
       metrics.bytesCached.record(state.bytes)
     }
+    arrival.withLock { $0 }?()
   }
 
   static func digest(_ bytes: [UInt8]) -> String { SigV4Signer.hex(SHA256.hash(data: bytes)) }

@@ -45,6 +45,9 @@ final class ServingLoop: Sendable {
     epoll.wake()
   }
 
+  /// Wakes the loop (any thread): a remote chunk its deferred faults wait for has arrived.
+  func wake() { epoll.wake() }
+
   /// Ends every session of this loop and the thread (any thread); waits for it.
   func stop() {
     stopRequested.store(true, ordering: .releasing)

@@ -85,6 +85,7 @@ public final class SnapshotPagerHost: Sendable {
       })
     }
     self.loops = loops
+    cache.whenChunkArrives { [loops] in for loop in loops { loop.wake() } }
     ended.withLock { $0 = { [weak self] session, statistics in self?.sessionEnded(session, statistics) } }
   }
 
