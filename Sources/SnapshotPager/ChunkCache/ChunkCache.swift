@@ -39,8 +39,8 @@ public final class ChunkCache: Sendable {
   public enum Lookup: Sendable {
     /// The chunk, verified.
     case ready(ChunkBuffer)
-    /// Being fetched.
-    case pending
+    /// Being fetched (`started`: by this lookup).
+    case pending(started: Bool)
     /// Its fetch failed (every attempt), for this reason.
     case failed(String)
   }
@@ -49,9 +49,9 @@ public final class ChunkCache: Sendable {
   public struct Statistics: Sendable, Hashable, Codable {
     /// Lookups that found the chunk in memory.
     public var hits = 0
-    /// Lookups that did not (each started or joined a fetch).
+    /// Lookups that started a fetch.
     public var misses = 0
-    /// Lookups that joined a fetch already in flight.
+    /// Lookups that found their chunk on its way (a waiting fault's retries included).
     public var joinedInFlight = 0
     /// Fetches started (network or disk).
     public var fetches = 0
@@ -166,11 +166,8 @@ public final class ChunkCache: Sendable {
         if counted { state.statistics.hits += 1 }
         return (.ready(buffer), false)
       case .loading:
-        if counted {
-          state.statistics.misses += 1
-          state.statistics.joinedInFlight += 1
-        }
-        return (.pending, false)
+        if counted { state.statistics.joinedInFlight += 1 }
+        return (.pending(started: false), false)
       case .failed(let why, let until, let origin) where now < until && origin == fetch.origin:
         return (.failed(why), false)
       case .failed, nil:
@@ -180,11 +177,11 @@ public final class ChunkCache: Sendable {
         state.statistics.fetches += 1
         evict(&state)
         state.statistics.bytesCached = state.bytes
-        return (.pending, true)
+        return (.pending(started: true), true)
       }
     }
     if counted {
-      if case .ready = answer { metrics.hits.increment() } else { metrics.misses.increment() }
+      if case .ready = answer { metrics.hits.increment() } else if start { metrics.misses.increment() }
     }
     if start {
       Task.detached { [self] in await run(digest, fetch) }

@@ -38,11 +38,11 @@ public struct RemoteSnapshotConfiguration: Sendable, Hashable {
   /// The valid read-ahead.
   public static let readAheadRange = 0...64
 
-  /// The defaults: 1 GiB, 2 s per attempt, 3 attempts from 50 ms back-off, 5 s per fault, 4 chunks
+  /// The defaults: 1 GiB, 2 s per attempt, 3 attempts from 50 ms back-off, 5 s per fault, 8 chunks
   /// of read-ahead, poison.
   public init(cacheBytes: Int = 1 << 30, cacheDirectory: String? = nil, endpoint: String? = nil,
               attemptTimeout: Duration = .seconds(2), attempts: Int = 3, backoff: Duration = .milliseconds(50),
-              faultDeadline: Duration = .seconds(5), readAheadChunks: Int = 4, onFailure: FailurePolicy = .poison) {
+              faultDeadline: Duration = .seconds(5), readAheadChunks: Int = 8, onFailure: FailurePolicy = .poison) {
     self.cacheBytes = cacheBytes
     self.cacheDirectory = cacheDirectory
     self.endpoint = endpoint

@@ -91,8 +91,9 @@ public final class ChunkedSnapshot: Sendable {
       let inChunk = (extent.pageInChunk + page - extent.page) * pageSize
       guard inChunk + run * pageSize <= buffer.count else { return .failed("chunk \(digest.prefix(16)) is shorter than its extents") }
       return .ready(address: buffer.address(at: inChunk), bytes: run * pageSize, keep: buffer)
-    case .pending:
-      readAhead(after: Int(entry))
+    case .pending(let started):
+      // Read ahead once per miss, not on every retry of a fault waiting for this chunk.
+      if started { readAhead(after: Int(entry)) }
       return .pending
     case .failed(let why):
       return .failed(why)

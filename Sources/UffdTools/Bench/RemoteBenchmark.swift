@@ -125,7 +125,8 @@ package struct RemoteBenchmark {
   /// One restore: a pager in this process serving `snapshot` (through a proxy adding `latency`
   /// when `through` names a server), `clones` clones reading their working sets.
   private func measure(snapshot: String, clones: Int, warm: Bool = false, through: (url: String, port: Int)? = nil) throws -> Sample {
-    let proxy = try through.map { try FaultInjectingProxy(upstreamPort: $0.port) }
+    // No latency asked: straight to the server, no proxy in between.
+    let proxy = latency == .zero ? nil : try through.map { try FaultInjectingProxy(upstreamPort: $0.port) }
     defer { proxy?.stop() }
     proxy?.set(.delay(latency))
     var address = snapshot

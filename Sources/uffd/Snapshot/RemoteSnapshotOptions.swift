@@ -17,7 +17,7 @@ struct RemoteSnapshotOptions: ParsableArguments {
   @Option(parsing: .unconditional, help: "Seconds a fault waits for its chunk before --on-fetch-failure applies (0.01-600).")
   var faultDeadline: Double = 5
   @Option(parsing: .unconditional, help: "Chunks fetched ahead of a missed one (0-64).")
-  var readAhead = 4
+  var readAhead = 8
   @Option(help: ArgumentHelp(
     "What a fault whose chunk cannot be fetched gets: poison (SIGBUS in the guest, the session goes on; the session ends where the kernel lacks UFFDIO_POISON, before 6.6) or end-session.",
     valueName: "poison|end-session"))
