@@ -32,6 +32,8 @@ public struct SigV4Signer: Sendable {
   ///   - headers: every header to sign (`host` among them), names in any case.
   ///   - payloadHash: the hex SHA-256 of the body (``emptyPayloadHash`` for none), or `UNSIGNED-PAYLOAD`.
   ///   - date: `yyyyMMddTHHmmssZ` (``SigV4Signer/timestamp(_:)``).
+  ///   - addContentHash: whether to add and sign `x-amz-content-sha256` (S3 wants it; other
+  ///     services' requests, such as the SigV4 test suite's, do not have it).
   public func signedHeaders(method: String, path: String, query: [(String, String)] = [], headers: [(String, String)],
                             payloadHash: String, date: String, addContentHash: Bool = true) -> [(String, String)] {
     var added: [(String, String)] = [("x-amz-date", date)]
