@@ -141,21 +141,30 @@ enum HTTPExchange {
         throw .transport("\(what): \(error)")
       }
       let head = Head(status: Int(response.status.code), headers: response.headers)
-      let body: ByteBuffer
+      // The body straight into one array sized from Content-Length (a 2 MiB chunk is copied once,
+      // not grown by doubling), never more than `maxBody` bytes.
+      let limit = max(maxBody, 64 << 10)
+      var body: [UInt8] = []
+      body.reserveCapacity(min(limit, head.headers.first(name: "content-length").flatMap(Int.init) ?? 0))
       do {
-        body = try await response.body.collect(upTo: max(maxBody, 64 << 10))
+        for try await part in response.body {
+          guard body.count + part.readableBytes <= limit else { throw SnapshotSourceError.badResponse("\(what): more than \(limit) bytes") }
+          body.append(contentsOf: part.readableBytesView)
+        }
+      } catch let error as SnapshotSourceError {
+        throw error
       } catch {
         throw .transport("\(what): reading the body: \(error)")
       }
       switch head.status {
       case 200..<300:
-        return (head, Array(body.readableBytesView))
+        return (head, body)
       case 304, 412:
         throw .objectChanged(what)
       case 404:
         throw .notFound(what)
       case 401, 403:
-        throw .denied("\(what): \(String(decoding: body.readableBytesView.prefix(300), as: UTF8.self))")
+        throw .denied("\(what): \(String(decoding: body.prefix(300), as: UTF8.self))")
       case 416:
         throw .badResponse("\(what): range not satisfiable")
       default:

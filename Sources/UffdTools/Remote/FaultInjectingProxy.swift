@@ -161,10 +161,12 @@ package final class FaultInjectingProxy: Sendable {
         guard connected == 0 else { return }
       }
       guard Self.send(upstream, request.head + request.body) else { return }
+      // The response is streamed through as it arrives (no store-and-forward of a 2 MiB body).
       var fromUpstream = Reader(fd: upstream)
-      guard var response = fromUpstream.message(isResponse: true, requestMethod: request.method) else { return }
-      if current == .wrongBytes, !response.body.isEmpty { response.body[response.body.count / 2] ^= 0xFF }
-      guard Self.send(client, response.head + response.body) else { return }
+      guard let response = fromUpstream.head(isResponse: true, requestMethod: request.method),
+            Self.send(client, response.head),
+            fromUpstream.forwardBody(of: response, to: client, flippingMiddleByte: current == .wrongBytes)
+      else { return }
       if response.closes {
         _ = close(upstream)
         upstream = -1
@@ -172,7 +174,7 @@ package final class FaultInjectingProxy: Sendable {
     }
   }
 
-  private static func send(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+  fileprivate static func send(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
     var done = 0
     while done < bytes.count {
       let wrote = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress.map { $0 + done }, bytes.count - done, Int32(MSG_NOSIGNAL)) }
@@ -209,7 +211,34 @@ package final class FaultInjectingProxy: Sendable {
       }
     }
 
-    mutating func message(isResponse: Bool, requestMethod: String?) -> Message? {
+    /// A message's head and framing, its body left to read.
+    struct Head {
+      var head: [UInt8]
+      var method: String
+      var length: Int
+      var toEnd: Bool
+      var closes: Bool
+    }
+
+    /// Sends the body of `message` to `fd` as it arrives (one byte in the middle flipped when
+    /// asked); false when either side fails.
+    mutating func forwardBody(of message: Head, to fd: Int32, flippingMiddleByte: Bool) -> Bool {
+      var sent = 0
+      let middle = message.length / 2
+      while message.toEnd || sent < message.length {
+        if buffer.isEmpty, !fill() { return message.toEnd }
+        let take = message.toEnd ? buffer.count : min(buffer.count, message.length - sent)
+        var piece = Array(buffer[0..<take])
+        buffer.removeFirst(take)
+        if flippingMiddleByte, !message.toEnd, middle >= sent, middle < sent + take { piece[middle - sent] ^= 0xFF }
+        guard FaultInjectingProxy.send(fd, piece) else { return false }
+        sent += take
+      }
+      return true
+    }
+
+    /// Reads a message's head and works out its framing.
+    mutating func head(isResponse: Bool, requestMethod: String?) -> Head? {
       var end: Int?
       while end == nil {
         if let found = Self.headEnd(buffer) { end = found } else if buffer.count > 1 << 20 || !fill() { return nil }
@@ -233,16 +262,22 @@ package final class FaultInjectingProxy: Sendable {
         let status = Int(firstLine.split(separator: " ").dropFirst().first ?? "") ?? 0
         if method == "HEAD" || status == 204 || status == 304 || (100..<200).contains(status) { length = 0; toEnd = false }
       }
-      if toEnd {
+      return Head(head: head, method: method, length: length, toEnd: toEnd, closes: closes)
+    }
+
+    /// Reads a whole message (a request: bodies are small).
+    mutating func message(isResponse: Bool, requestMethod: String?) -> Message? {
+      guard let head = head(isResponse: isResponse, requestMethod: requestMethod) else { return nil }
+      if head.toEnd {
         while fill() {}
         let body = buffer
         buffer.removeAll()
-        return Message(head: head, body: body, method: method, closes: true)
+        return Message(head: head.head, body: body, method: head.method, closes: true)
       }
-      while buffer.count < length { if !fill() { return nil } }
-      let body = Array(buffer[0..<length])
-      buffer.removeFirst(length)
-      return Message(head: head, body: body, method: method, closes: closes)
+      while buffer.count < head.length { if !fill() { return nil } }
+      let body = Array(buffer[0..<head.length])
+      buffer.removeFirst(head.length)
+      return Message(head: head.head, body: body, method: head.method, closes: head.closes)
     }
 
     static func headEnd(_ bytes: [UInt8]) -> Int? {
