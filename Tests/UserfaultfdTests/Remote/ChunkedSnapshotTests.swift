@@ -134,6 +134,17 @@ import Testing
     let missing = String(repeating: "1", count: 64)
     _ = cache.chunk(missing, fetch: fetch(missing))
     try await waitUntil { if case .failed = cache.chunk(missing, fetch: fetch(missing)) { true } else { false } }
+    // A chunk that failed from one store is fetched from another that has it (another snapshot
+    // with the same chunk), not failed by inheritance.
+    let elsewhere = try TestSnapshots.folder("cache-elsewhere")
+    defer { try? FileManager.default.removeItem(atPath: elsewhere) }
+    let shared = TestSnapshots.bytes(pages: 512, seed: 777, zeroEvery: 0)
+    let sharedDigest = ChunkCache.digest(shared)
+    try TestSnapshots.write(shared, to: elsewhere + "/" + sharedDigest)
+    _ = cache.chunk(sharedDigest, fetch: fetch(sharedDigest))  // not in `folder`: fails
+    try await waitUntil { if case .failed = cache.chunk(sharedDigest, fetch: fetch(sharedDigest)) { true } else { false } }
+    let other = ChunkFetch(source: LocalFileSource(directory: elsewhere), path: sharedDigest, bytes: 2 << 20)
+    try await waitUntil { if case .ready = cache.chunk(sharedDigest, fetch: other) { true } else { false } }
   }
 }
 

@@ -119,7 +119,13 @@ import UffdTools
     let http = try RemoteServers.requireHTTP()
     let port = try #require(RemoteServers.port(of: http))
     let packed = try await Self.pack("fault-\(name)", pages: 512, chunk: 64 << 10, seed: 11)
-    defer { try? FileManager.default.removeItem(atPath: packed.folder) }
+    // The healthy session's snapshot has other content: chunks it fetched would otherwise serve
+    // the failing session too (the cache is content-addressed), and nothing would fail.
+    let healthy = try await Self.pack("healthy-\(name)", pages: 512, chunk: 64 << 10, seed: 12)
+    defer {
+      try? FileManager.default.removeItem(atPath: packed.folder)
+      try? FileManager.default.removeItem(atPath: healthy.folder)
+    }
     let pushed = try await SnapshotTransfer.push(manifestPath: packed.manifest, to: http + "/" + RemoteServers.prefix("fault-\(name)"))
     let proxy = try FaultInjectingProxy(upstreamPort: port)
     defer { proxy.stop() }
@@ -127,7 +133,7 @@ import UffdTools
     let failingSocket = PagerFixture.socketPath("fault-\(name)")
     let healthySocket = PagerFixture.socketPath("healthy-\(name)")
     try PagerFixture.withPager(socket: failingSocket, snapshot: viaProxy, configure: { configuration in
-      configuration.listens.append(.init(socketPath: healthySocket, snapshotPath: packed.manifest))
+      configuration.listens.append(.init(socketPath: healthySocket, snapshotPath: healthy.manifest))
       configuration.remote.attemptTimeout = .milliseconds(300)
       configuration.remote.attempts = 2
       configuration.remote.backoff = .milliseconds(20)
@@ -137,10 +143,10 @@ import UffdTools
       proxy.set(mode)  // after the manifest was read at start
       let started = ContinuousClock.now
       let failing = cuffd_test_vmm_client(failingSocket, packed.raw, packed.pages * 4096, 0, Int32(CUFFD_TEST_VMM_FULL.rawValue))
-      let healthy = cuffd_test_vmm_client(healthySocket, packed.raw, packed.pages * 4096, 0, Int32(CUFFD_TEST_VMM_FULL.rawValue))
+      let other = cuffd_test_vmm_client(healthySocket, healthy.raw, healthy.pages * 4096, 0, Int32(CUFFD_TEST_VMM_FULL.rawValue))
       let failingStatus = failing > 0 ? cuffd_test_wait(failing, 30_000) : -1
       let elapsed = ContinuousClock.now - started
-      let healthyStatus = healthy > 0 ? cuffd_test_wait(healthy, 30_000) : -1
+      let healthyStatus = other > 0 ? cuffd_test_wait(other, 30_000) : -1
       check(failingStatus, healthyStatus, elapsed, pager.chunkCache?.statistics ?? .init())
       // The store recovers: once the failure is forgotten (1 s), a new clone is served whole.
       proxy.set(.pass)
