@@ -58,7 +58,7 @@ struct CommandLineTests {
 
   @Test func thereIsNoDefaultSubcommand() throws {
     #expect(UffdCommand.configuration.defaultSubcommand == nil, "an unknown word must not run a subcommand")
-    #expect(UffdCommand.configuration.subcommands.map { $0.configuration.commandName } == ["probe", "compact", "bench", "stress", "serve"])
+    #expect(UffdCommand.configuration.subcommands.map { $0.configuration.commandName } == ["probe", "compact", "bench", "stress", "serve", "snapshot"])
     #expect(try UffdCommand.parseAsRoot(["probe"]) is ProbeCommand)
   }
 
