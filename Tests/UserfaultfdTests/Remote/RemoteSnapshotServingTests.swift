@@ -2,6 +2,7 @@ import CUserfaultfdTestSupport
 import Foundation
 import Glibc
 import SnapshotPager
+import Synchronization
 import Testing
 import UffdTools
 @testable import Userfaultfd
@@ -198,6 +199,51 @@ import UffdTools
       #expect(healthy == 0)
       #expect(cache.digestMismatches >= 1)
     }
+  }
+}
+
+extension RemoteSnapshotServingTests {
+  @Test(.enabled(if: RemoteServers.httpAvailable, RemoteServers.httpMissing))
+  func theEndSessionPolicyEndsOnlyThatSession() async throws {
+    let http = try RemoteServers.requireHTTP()
+    let port = try #require(RemoteServers.port(of: http))
+    let packed = try await Self.pack("end-session", pages: 512, chunk: 64 << 10, seed: 21)
+    let healthy = try await Self.pack("end-session-healthy", pages: 512, chunk: 64 << 10, seed: 22)
+    defer {
+      try? FileManager.default.removeItem(atPath: packed.folder)
+      try? FileManager.default.removeItem(atPath: healthy.folder)
+    }
+    let pushed = try await SnapshotTransfer.push(manifestPath: packed.manifest, to: http + "/" + RemoteServers.prefix("end-session"))
+    let proxy = try FaultInjectingProxy(upstreamPort: port)
+    defer { proxy.stop() }
+    let failingSocket = PagerFixture.socketPath("end-session")
+    let healthySocket = PagerFixture.socketPath("end-session-healthy")
+    var configuration = PagerConfiguration(listens: [
+      .init(socketPath: failingSocket, snapshotPath: pushed.manifestURL.replacingOccurrences(of: http, with: proxy.url)),
+      .init(socketPath: healthySocket, snapshotPath: healthy.manifest),
+    ], loops: 2)
+    configuration.remote.onFailure = .endSession
+    configuration.remote.attempts = 1
+    configuration.remote.attemptTimeout = .milliseconds(300)
+    let ended = Mutex<[SnapshotServer.Statistics.EndReason]>([])
+    let pager = try SnapshotPagerHost(configuration: configuration, logger: PagerFixture.quietLogger) { statistics in
+      ended.withLock { $0.append(statistics.endReason) }
+    }
+    try pager.start()
+    defer {
+      pager.stop()
+      #expect(pager.waitUntilFinished(timeout: .seconds(20)))
+    }
+    proxy.set(.kill)
+    let failing = cuffd_test_vmm_client(failingSocket, packed.raw, packed.pages * 4096, 0, Int32(CUFFD_TEST_VMM_FULL.rawValue))
+    let other = cuffd_test_vmm_client(healthySocket, healthy.raw, healthy.pages * 4096, 0, Int32(CUFFD_TEST_VMM_FULL.rawValue))
+    // The failing session ends (reason "failed") within the fault deadline; the pager goes on.
+    try await waitUntil(seconds: 10) { ended.withLock { $0.contains(.failed) } }
+    #expect((other > 0 ? cuffd_test_wait(other, 30_000) : -1) == 0, "the other session restored every byte")
+    // Its client's faulting thread is not resolved: ending a session hands the VM to its VMM or
+    // orchestrator (the socket closed), which stops it. Here: no wrong byte, and it is killed.
+    let status = failing > 0 ? cuffd_test_wait(failing, 1_000) : -1
+    #expect(status != 0 && status != 20 && status != 21, "the failing clone's status \(status)")
   }
 }
 
