@@ -97,6 +97,8 @@ public final class ChunkCache: Sendable {
   private struct State {
     var entries: [String: Entry] = [:]
     var bytes = 0
+    var inFlight = 0
+    var loadingBytes = 0
     var tick: UInt64 = 0
     var statistics = Statistics()
   }
@@ -108,6 +110,10 @@ public final class ChunkCache: Sendable {
   private let metrics: ChunkCacheMetrics
   /// Called when a chunk arrives or fails (the pager wakes its loops to retry waiting faults).
   private let arrival = Mutex<(@Sendable () -> Void)?>(nil)
+  /// The most fetches at once: beyond it a fault's lookup answers "pending" without starting one
+  /// (its retry starts it once a fetch ends) and read-ahead is dropped, so a flood of distinct
+  /// chunks cannot start unbounded work or overrun the memory bound with chunks in flight.
+  public static let maxInFlight = 32
   /// How long a failed chunk answers "failed" before a new fault tries again.
   private let failureHold: Duration = .seconds(1)
 
@@ -171,6 +177,12 @@ public final class ChunkCache: Sendable {
       case .failed(let why, let until, let origin) where now < until && origin == fetch.origin:
         return (.failed(why), false)
       case .failed, nil:
+        // Chunks in flight cannot be evicted: they alone must fit the bound.
+        guard state.inFlight < Self.maxInFlight, state.loadingBytes + fetch.bytes <= configuration.cacheBytes || state.inFlight == 0 else {
+          return (.pending(started: false), false)
+        }
+        state.inFlight += 1
+        state.loadingBytes += fetch.bytes
         if counted { state.statistics.misses += 1 }
         state.entries[digest] = .loading(bytes: fetch.bytes)
         state.bytes += fetch.bytes
@@ -184,7 +196,8 @@ public final class ChunkCache: Sendable {
       if case .ready = answer { metrics.hits.increment() } else if start { metrics.misses.increment() }
     }
     if start {
-      Task.detached { [self] in await run(digest, fetch) }
+      // On the fetch threads, never the shared pool the application may be blocking.
+      Task(executorPreference: FetchExecutor.shared) { [self] in await run(digest, fetch) }
     }
     return answer
   }
@@ -247,7 +260,11 @@ public final class ChunkCache: Sendable {
       "chunk": "\(digest.prefix(16))", "attempts": "\(configuration.attempts)", "error": "\(lastError)", "source": "\(fetch.source.location)"])
     metrics.failures.increment()
     state.withLock { state in
-      if case .loading(let bytes) = state.entries[digest] { state.bytes -= bytes }
+      if case .loading(let bytes) = state.entries[digest] {
+        state.bytes -= bytes
+        state.loadingBytes -= bytes
+      }
+      state.inFlight -= 1
       state.entries[digest] = .failed(lastError, until: .now + failureHold, origin: fetch.origin)
       state.statistics.failures += 1
       state.statistics.bytesCached = state.bytes
@@ -259,7 +276,11 @@ public final class ChunkCache: Sendable {
     metrics.fetchLatency.recordNanoseconds(elapsed.nanosecondsClamped)
     if fromNetwork { metrics.bytesFetched.increment(by: Int64(buffer.count)) }
     state.withLock { state in
-      if case .loading(let bytes) = state.entries[digest] { state.bytes -= bytes }
+      if case .loading(let bytes) = state.entries[digest] {
+        state.bytes -= bytes
+        state.loadingBytes -= bytes
+      }
+      state.inFlight -= 1
       state.tick &+= 1
       state.entries[digest] = .ready(buffer, lastUse: state.tick)
       state.bytes += buffer.count

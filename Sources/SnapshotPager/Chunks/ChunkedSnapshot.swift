@@ -158,7 +158,8 @@ package final class RemoteSnapshots: Sendable {
     let result = Mutex<Result<ChunkedSnapshot, RemoteSnapshotError>?>(nil)
     let done = DispatchSemaphore(value: 0)
     let cache = self.cache
-    let task = Task.detached {
+    // On the fetch threads: the caller (the acceptor, or `start()` on whatever thread) waits for it.
+    let task = Task(executorPreference: FetchExecutor.shared) {
       let outcome: Result<ChunkedSnapshot, RemoteSnapshotError>
       do throws(RemoteSnapshotError) {
         outcome = .success(try await ChunkedSnapshot.open(address, cache: cache, timeout: timeout))

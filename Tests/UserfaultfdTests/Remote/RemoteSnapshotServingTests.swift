@@ -135,10 +135,10 @@ import UffdTools
     let healthySocket = PagerFixture.socketPath("healthy-\(name)")
     try PagerFixture.withPager(socket: failingSocket, snapshot: viaProxy, configure: { configuration in
       configuration.listens.append(.init(socketPath: healthySocket, snapshotPath: healthy.manifest))
-      configuration.remote.attemptTimeout = .milliseconds(300)
+      configuration.remote.attemptTimeout = .milliseconds(500)
       configuration.remote.attempts = 2
       configuration.remote.backoff = .milliseconds(20)
-      configuration.remote.faultDeadline = .seconds(2)
+      configuration.remote.faultDeadline = .seconds(3)
       configure(&configuration.remote)
     }) { pager in
       proxy.set(mode)  // after the manifest was read at start
@@ -186,8 +186,8 @@ import UffdTools
   @Test(.enabled(if: RemoteServers.httpAvailable, RemoteServers.httpMissing))
   func aSlowServerNeverHoldsAFaultPastItsDeadline() async throws {
     try await withInjectedFault(.delay(.seconds(5)), name: "slow") { failing, healthy, elapsed, _ in
-      // Deadline 2 s (attempts of 0.3 s): the fault fails well before the server's 5 s.
-      Self.expectFailedCleanly(failing, elapsed, within: .seconds(4))
+      // Deadline 3 s (two attempts of 0.5 s): the fault fails before the server's 5 s.
+      Self.expectFailedCleanly(failing, elapsed, within: .milliseconds(4500))
       #expect(healthy == 0)
     }
   }
