@@ -52,15 +52,10 @@ public final class ChunkedSnapshot: Sendable {
   /// `timeout`.
   public static func open(_ address: String, cache: ChunkCache, timeout: Duration,
                           environment: [String: String] = ProcessEnvironment.current) async throws(RemoteSnapshotError) -> ChunkedSnapshot {
+    let (source, manifest, _) = try await SnapshotManifest.open(address, endpoint: cache.configuration.endpoint,
+                                                               environment: environment, timeout: timeout)
     do {
-      let location = try SnapshotLocation(address)
-      let source = try location.source(endpoint: cache.configuration.endpoint, environment: environment)
-      let manifest = try SnapshotManifest.decode(try await source.read(location.name, range: nil, expecting: nil, timeout: timeout))
       return try ChunkedSnapshot(manifest: manifest, address: address, source: source, cache: cache)
-    } catch let error as SnapshotSourceError {
-      throw .source(address, error)
-    } catch let error as SnapshotManifestError {
-      throw .manifest(address, error)
     } catch {
       throw .setup(address, "\(error)")
     }

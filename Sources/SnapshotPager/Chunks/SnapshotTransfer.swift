@@ -53,23 +53,12 @@ public enum SnapshotTransfer {
                           timeout: Duration = .seconds(60),
                           environment: [String: String] = ProcessEnvironment.current) async throws(RemoteSnapshotError) -> PushReport {
     let local = try SnapshotLocation.local(manifestPath)
-    let localSource = LocalFileSource(directory: local.folder)
     let prefix = destination.hasSuffix("/") ? String(destination.dropLast()) : destination
     let target = try SnapshotLocation.checked(prefix + "/" + local.name)
     let store: any SnapshotSource
     do { store = try target.source(endpoint: endpoint, environment: environment) } catch { throw .source(destination, error) }
-    let encoded: [UInt8]
-    let manifest: SnapshotManifest
-    do {
-      encoded = try await localSource.read(local.name, range: nil, expecting: nil, timeout: timeout)
-      manifest = try SnapshotManifest.decode(encoded)
-    } catch let error as SnapshotSourceError {
-      throw .source(manifestPath, error)
-    } catch let error as SnapshotManifestError {
-      throw .manifest(manifestPath, error)
-    } catch {
-      throw .setup(manifestPath, "\(error)")
-    }
+    let (localSource, manifest, encoded) = try await SnapshotManifest.open(manifestPath, endpoint: nil, environment: environment,
+                                                                           timeout: timeout)
     var report = PushReport(manifestURL: target.address, chunks: 0, uploaded: 0, skipped: 0, bytesUploaded: 0)
     var seen = Set<String>()
     for layer in manifest.layers {
@@ -101,19 +90,7 @@ public enum SnapshotTransfer {
   /// manifest's identity.
   public static func verify(_ address: String, endpoint: String? = nil, timeout: Duration = .seconds(60),
                             environment: [String: String] = ProcessEnvironment.current) async throws(RemoteSnapshotError) -> VerifyReport {
-    let location = try SnapshotLocation.checked(address)
-    let source: any SnapshotSource
-    let manifest: SnapshotManifest
-    do {
-      source = try location.source(endpoint: endpoint, environment: environment)
-      manifest = try SnapshotManifest.decode(try await source.read(location.name, range: nil, expecting: nil, timeout: timeout))
-    } catch let error as SnapshotSourceError {
-      throw .source(address, error)
-    } catch let error as SnapshotManifestError {
-      throw .manifest(address, error)
-    } catch {
-      throw .setup(address, "\(error)")
-    }
+    let (source, manifest, _) = try await SnapshotManifest.open(address, endpoint: endpoint, environment: environment, timeout: timeout)
     var report = VerifyReport(manifest: address, ok: true, length: manifest.length, layers: manifest.layers.count,
                               chunksChecked: 0, problems: [])
     // Chunks read once each, kept while the rebuild needs them (a diff's pages jump between layers).
@@ -160,6 +137,25 @@ public enum SnapshotTransfer {
     }
     report.ok = report.problems.isEmpty
     return report
+  }
+}
+
+extension SnapshotManifest {
+  /// The source of `address`'s folder, and the manifest there read and checked (with its bytes).
+  static func open(_ address: String, endpoint: String?, environment: [String: String],
+                   timeout: Duration) async throws(RemoteSnapshotError) -> (any SnapshotSource, SnapshotManifest, [UInt8]) {
+    let location = try SnapshotLocation.checked(address)
+    do {
+      let source = try location.source(endpoint: endpoint, environment: environment)
+      let bytes = try await source.read(location.name, range: nil, expecting: nil, timeout: timeout)
+      return (source, try SnapshotManifest.decode(bytes), bytes)
+    } catch let error as SnapshotSourceError {
+      throw .source(address, error)
+    } catch let error as SnapshotManifestError {
+      throw .manifest(address, error)
+    } catch {
+      throw .setup(address, "\(error)")
+    }
   }
 }
 
