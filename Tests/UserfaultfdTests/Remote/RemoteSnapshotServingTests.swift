@@ -247,6 +247,22 @@ extension RemoteSnapshotServingTests {
   }
 }
 
+extension RemoteSnapshotServingTests {
+  @Test(.enabled(if: HugePages.canReserve, "needs 2 MiB hugetlb pages: none could be reserved (vm.nr_hugepages)"))
+  func aChunkedSnapshotServesHugetlbfsClients() async throws {
+    // 2 MiB chunks hold whole huge pages: each is copied from one chunk in one ioctl.
+    let packed = try await Self.pack("huge", pages: 8 * 512, chunk: 2 << 20, seed: 31)
+    defer { try? FileManager.default.removeItem(atPath: packed.folder) }
+    try HugePages.withReserved(32) {
+      let socket = PagerFixture.socketPath("chunked-huge")
+      try PagerFixture.withPager(socket: socket, snapshot: packed.manifest) { _ in
+        let statuses = PagerFixture.runClients(2, socket: socket, snapshot: packed.raw, pages: 8, huge: true)
+        #expect(statuses == [0, 0], "every 2 MiB page of every client checked")
+      }
+    }
+  }
+}
+
 /// What the kernel under test offers.
 enum UserfaultfdTestKernel {
   /// Whether UFFDIO_POISON is there (Linux 6.6+).
