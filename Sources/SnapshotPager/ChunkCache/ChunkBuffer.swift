@@ -19,6 +19,22 @@ public final class ChunkBuffer: Sendable {
     address = UInt(bitPattern: pointer)
   }
 
+  /// `count` zero bytes (nil when memory cannot be had): a huge page assembled from pieces.
+  init?(zeroed count: Int) {
+    var pointer: UnsafeMutableRawPointer?
+    guard count > 0, posix_memalign(&pointer, 4096, count) == 0, let pointer else { return nil }
+    memset(pointer, 0, count)
+    self.count = count
+    address = UInt(bitPattern: pointer)
+  }
+
+  /// Copies `count` bytes from `source` to byte `offset` (only while no one else reads it).
+  func fill(at offset: Int, from source: UInt, count: Int) {
+    guard let to = UnsafeMutableRawPointer(bitPattern: address &+ UInt(offset)),
+          let from = UnsafeRawPointer(bitPattern: source) else { return }
+    memcpy(to, from, count)
+  }
+
   deinit { free(UnsafeMutableRawPointer(bitPattern: address)) }
 
   /// The address of byte `offset`.

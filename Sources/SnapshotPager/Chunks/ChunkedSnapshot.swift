@@ -74,12 +74,12 @@ public final class ChunkedSnapshot: Sendable {
       var run = 1
       let limit = min(wanted, zeros.length / pageSize)
       while run < limit, page + run < table.entries.count, table.entries[page + run] < 0 { run += 1 }
-      guard run * pageSize >= minBytes else { return .failed("a page of \(minBytes) bytes spans a zero run and a chunk") }
+      guard run * pageSize >= minBytes else { return assemble(at: offset, bytes: minBytes) }
       return .ready(address: Address(zeros.baseAddress).rawValue, bytes: run * pageSize, keep: nil)
     }
     let extent = table.extents[Int(entry)]
     let run = min(wanted, extent.page + extent.pages - page)
-    guard run * pageSize >= minBytes else { return .failed("a page of \(minBytes) bytes spans two chunks (a diff layer under huge pages)") }
+    guard run * pageSize >= minBytes else { return assemble(at: offset, bytes: minBytes) }
     let (digest, fetch) = fetches[extent.layer][extent.chunk]
     switch cache.chunk(digest, fetch: fetch) {
     case .ready(let buffer):
@@ -93,6 +93,45 @@ public final class ChunkedSnapshot: Sendable {
     case .failed(let why):
       return .failed(why)
     }
+  }
+
+  /// A huge page whose 4 KiB pages come from several chunks or holes (a diff layer under hugetlbfs
+  /// memory): gathered into a buffer of its own, allocated for this fault (a rare path: a base
+  /// layer's 2 MiB chunks hold whole huge pages), ready when every piece is.
+  private func assemble(at offset: Int, bytes: Int) -> Content {
+    let pageSize = manifest.pageSize
+    guard offset % bytes == 0, offset + bytes <= table.entries.count * pageSize else {
+      return .failed("a page of \(bytes) bytes at \(offset) is not within the snapshot")
+    }
+    guard let buffer = ChunkBuffer(zeroed: bytes) else { return .failed("no memory to assemble a page of \(bytes) bytes") }
+    var waiting = false
+    var last: (layer: Int, chunk: Int, buffer: ChunkBuffer)?
+    for page in (offset / pageSize)..<((offset + bytes) / pageSize) {
+      let entry = table.entries[page]
+      guard entry >= 0 else { continue }  // A hole: the buffer is zeroed.
+      let extent = table.extents[Int(entry)]
+      let chunk: ChunkBuffer
+      if let last, last.layer == extent.layer, last.chunk == extent.chunk {
+        chunk = last.buffer
+      } else {
+        let (digest, fetch) = fetches[extent.layer][extent.chunk]
+        switch cache.chunk(digest, fetch: fetch) {
+        case .ready(let ready):
+          chunk = ready
+          last = (extent.layer, extent.chunk, ready)
+        case .pending(let started):
+          if started { readAhead(after: Int(entry)) }
+          waiting = true
+          continue
+        case .failed(let why):
+          return .failed(why)
+        }
+      }
+      let inChunk = (extent.pageInChunk + page - extent.page) * pageSize
+      guard inChunk + pageSize <= chunk.count else { return .failed("a chunk is shorter than its extents") }
+      buffer.fill(at: page * pageSize - offset, from: chunk.address(at: inChunk), count: pageSize)
+    }
+    return waiting ? .pending : .ready(address: buffer.address(at: 0), bytes: bytes, keep: buffer)
   }
 
   /// Starts fetching the chunks of the extents after `extentIndex` (the next of a sequential run).

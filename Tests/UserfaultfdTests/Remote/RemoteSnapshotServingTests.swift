@@ -249,15 +249,26 @@ extension RemoteSnapshotServingTests {
 
 extension RemoteSnapshotServingTests {
   @Test(.enabled(if: HugePages.canReserve, "needs 2 MiB hugetlb pages: none could be reserved (vm.nr_hugepages)"))
-  func aChunkedSnapshotServesHugetlbfsClients() async throws {
+  func aChunkedSnapshotAndADiffServeHugetlbfsClients() async throws {
     // 2 MiB chunks hold whole huge pages: each is copied from one chunk in one ioctl.
     let packed = try await Self.pack("huge", pages: 8 * 512, chunk: 2 << 20, seed: 31)
     defer { try? FileManager.default.removeItem(atPath: packed.folder) }
+    // A diff over it: its huge pages gather changed 4 KiB pages from the diff's chunks and the
+    // rest from the base's.
+    let next = packed.folder + "/next.mem"
+    try TestSnapshots.write(TestSnapshots.changed(Array(try Data(contentsOf: URL(fileURLWithPath: packed.raw))), fraction: 0.05, seed: 32),
+                            to: next)
+    _ = try await SnapshotPacker.pack(file: next, into: packed.folder + "/next", chunkSize: 2 << 20, basePath: packed.manifest)
     try HugePages.withReserved(32) {
       let socket = PagerFixture.socketPath("chunked-huge")
-      try PagerFixture.withPager(socket: socket, snapshot: packed.manifest) { _ in
+      let diffSocket = PagerFixture.socketPath("chunked-huge-diff")
+      try PagerFixture.withPager(socket: socket, snapshot: packed.manifest, configure: { configuration in
+        configuration.listens.append(.init(socketPath: diffSocket, snapshotPath: packed.folder + "/next/manifest.json"))
+      }) { _ in
         let statuses = PagerFixture.runClients(2, socket: socket, snapshot: packed.raw, pages: 8, huge: true)
         #expect(statuses == [0, 0], "every 2 MiB page of every client checked")
+        let diffStatuses = PagerFixture.runClients(2, socket: diffSocket, snapshot: next, pages: 8, huge: true)
+        #expect(diffStatuses == [0, 0], "every 2 MiB page of the diff checked")
       }
     }
   }
