@@ -67,17 +67,16 @@ public final class ChunkedSnapshot: Sendable {
   package func content(at offset: Int, maxBytes: Int, minBytes: Int) -> Content {
     let pageSize = manifest.pageSize
     let page = offset / pageSize
-    guard page >= 0, page < table.entries.count, maxBytes >= pageSize else { return .failed("offset \(offset) beyond the snapshot") }
+    guard page >= 0, page < table.pages, maxBytes >= pageSize else { return .failed("offset \(offset) beyond the snapshot") }
     let wanted = maxBytes / pageSize
-    let entry = table.entries[page]
-    guard entry >= 0 else {
+    guard let entry = table.index(ofPage: page) else {
       var run = 1
       let limit = min(wanted, zeros.length / pageSize)
-      while run < limit, page + run < table.entries.count, table.entries[page + run] < 0 { run += 1 }
+      while run < limit, page + run < table.pages, table.index(ofPage: page + run) == nil { run += 1 }
       guard run * pageSize >= minBytes else { return assemble(at: offset, bytes: minBytes) }
       return .ready(address: Address(zeros.baseAddress).rawValue, bytes: run * pageSize, keep: nil)
     }
-    let extent = table.extents[Int(entry)]
+    let extent = table.extents[entry]
     let run = min(wanted, extent.page + extent.pages - page)
     guard run * pageSize >= minBytes else { return assemble(at: offset, bytes: minBytes) }
     let (digest, fetch) = fetches[extent.layer][extent.chunk]
@@ -88,7 +87,7 @@ public final class ChunkedSnapshot: Sendable {
       return .ready(address: buffer.address(at: inChunk), bytes: run * pageSize, keep: buffer)
     case .pending(let started):
       // Read ahead once per miss, not on every retry of a fault waiting for this chunk.
-      if started { readAhead(after: Int(entry)) }
+      if started { readAhead(after: entry) }
       return .pending
     case .failed(let why):
       return .failed(why)
@@ -100,16 +99,15 @@ public final class ChunkedSnapshot: Sendable {
   /// layer's 2 MiB chunks hold whole huge pages), ready when every piece is.
   private func assemble(at offset: Int, bytes: Int) -> Content {
     let pageSize = manifest.pageSize
-    guard offset % bytes == 0, offset + bytes <= table.entries.count * pageSize else {
+    guard offset % bytes == 0, offset + bytes <= table.pages * pageSize else {
       return .failed("a page of \(bytes) bytes at \(offset) is not within the snapshot")
     }
     guard let buffer = ChunkBuffer(zeroed: bytes) else { return .failed("no memory to assemble a page of \(bytes) bytes") }
     var waiting = false
     var last: (layer: Int, chunk: Int, buffer: ChunkBuffer)?
     for page in (offset / pageSize)..<((offset + bytes) / pageSize) {
-      let entry = table.entries[page]
-      guard entry >= 0 else { continue }  // A hole: the buffer is zeroed.
-      let extent = table.extents[Int(entry)]
+      guard let entry = table.index(ofPage: page) else { continue }  // A hole: the buffer is zeroed.
+      let extent = table.extents[entry]
       let chunk: ChunkBuffer
       if let last, last.layer == extent.layer, last.chunk == extent.chunk {
         chunk = last.buffer
@@ -120,7 +118,7 @@ public final class ChunkedSnapshot: Sendable {
           chunk = ready
           last = (extent.layer, extent.chunk, ready)
         case .pending(let started):
-          if started { readAhead(after: Int(entry)) }
+          if started { readAhead(after: entry) }
           waiting = true
           continue
         case .failed(let why):

@@ -284,26 +284,52 @@ public enum SnapshotPacker {
   }
 }
 
-/// Page -> extent lookups over a manifest (pack and serve share it).
+/// Page -> extent lookups over a manifest (pack, verify and serve share it): a binary search over
+/// the extents, narrowed by a window index (at most about a million entries however long the
+/// snapshot, so a manifest claiming a huge length costs no huge table), no allocation per lookup.
 struct PageTable: Sendable {
-  /// For each page, its extent's index, or -1 for a zero page.
-  let entries: [Int32]
+  /// The snapshot's pages.
+  let pages: Int
   let extents: [SnapshotManifest.Extent]
+  /// Pages per window.
+  private let window: Int
+  /// For window `w`, the first extent that ends after the window's first page.
+  private let windowStart: [Int32]
 
   init(_ manifest: SnapshotManifest) {
-    let pages = manifest.length / manifest.pageSize
-    var entries = [Int32](repeating: -1, count: pages)
-    for (index, extent) in manifest.extents.enumerated() {
-      for page in extent.page..<(extent.page + extent.pages) where page < pages { entries[page] = Int32(index) }
-    }
-    self.entries = entries
+    pages = manifest.length / manifest.pageSize
     extents = manifest.extents
+    var window = max(1, manifest.chunkSize / manifest.pageSize)
+    while pages / window > 1 << 20 { window *= 2 }
+    self.window = window
+    let windows = pages / window + 1
+    var starts = [Int32](repeating: Int32(clamping: manifest.extents.count), count: windows + 1)
+    var index = 0
+    for w in 0..<windows {
+      let first = w * window
+      while index < extents.count, extents[index].page + extents[index].pages <= first { index += 1 }
+      starts[w] = Int32(clamping: index)
+    }
+    windowStart = starts
   }
 
-  func extent(ofPage page: Int) -> SnapshotManifest.Extent? {
-    guard entries.indices.contains(page), entries[page] >= 0 else { return nil }
-    return extents[Int(entries[page])]
+  /// The index of the extent holding `page`, or nil for a zero page (or one beyond the snapshot).
+  func index(ofPage page: Int) -> Int? {
+    guard page >= 0, page < pages else { return nil }
+    let w = page / window
+    var low = Int(windowStart[w])
+    var high = min(extents.count, Int(windowStart[min(w + 1, windowStart.count - 1)]) + 1)
+    // The last extent starting at or before `page`, within the window's candidates.
+    while low < high {
+      let middle = (low + high) / 2
+      if extents[middle].page <= page { low = middle + 1 } else { high = middle }
+    }
+    let candidate = low - 1
+    guard candidate >= 0, candidate < extents.count, page < extents[candidate].page + extents[candidate].pages else { return nil }
+    return candidate
   }
+
+  func extent(ofPage page: Int) -> SnapshotManifest.Extent? { index(ofPage: page).map { extents[$0] } }
 }
 
 /// Reads a base snapshot's pages from its local chunks, one chunk kept at a time.

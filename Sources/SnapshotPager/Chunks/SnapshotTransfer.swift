@@ -98,7 +98,7 @@ public enum SnapshotTransfer {
     var hasher = SHA256()
     let table = PageTable(manifest)
     let zeroPage = [UInt8](repeating: 0, count: manifest.pageSize)
-    for page in 0..<table.entries.count {
+    for page in 0..<table.pages {
       guard let extent = table.extent(ofPage: page) else {
         hasher.update(data: zeroPage)
         continue

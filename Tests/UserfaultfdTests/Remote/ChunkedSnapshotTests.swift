@@ -97,6 +97,30 @@ import Testing
     }
   }
 
+  @Test func thePageTableFindsEveryPageAndStaysSmallForHugeLengths() throws {
+    // Random extents with gaps, checked page by page against a plain scan.
+    var generator = SplitMix(seed: 9)
+    var extents: [SnapshotManifest.Extent] = []
+    var page = 0
+    while page < 20_000 {
+      page += Int(generator.next() % 40)
+      let pages = 1 + Int(generator.next() % 70)
+      extents.append(.init(page: page, pages: pages, layer: 0, chunk: 0, pageInChunk: 0))
+      page += pages
+    }
+    let manifest = SnapshotManifest(length: (page + 50) * 4096, pageSize: 4096, chunkSize: 65536, identity: "x", extents: extents)
+    let table = PageTable(manifest)
+    for probe in -1...(page + 50) {
+      let expected = extents.firstIndex { probe >= $0.page && probe < $0.page + $0.pages }
+      #expect(table.index(ofPage: probe) == expected, "page \(probe)")
+    }
+    // A manifest claiming 64 TiB in 4 KiB chunks: the index stays near a million entries.
+    let huge = SnapshotManifest(length: 1 << 46, pageSize: 4096, chunkSize: 4096, identity: "x",
+                                extents: [.init(page: (1 << 34) - 1, pages: 1, layer: 0, chunk: 0, pageInChunk: 0)])
+    let hugeTable = PageTable(huge)
+    #expect(hugeTable.index(ofPage: (1 << 34) - 1) == 0 && hugeTable.index(ofPage: 0) == nil && hugeTable.index(ofPage: 1 << 34) == nil)
+  }
+
   @Test func theCacheFetchesOnceStaysBoundedAndNeverServesAWrongChunk() async throws {
     let folder = try TestSnapshots.folder("cache")
     defer { try? FileManager.default.removeItem(atPath: folder) }
