@@ -22,6 +22,9 @@ let package = Package(
     .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+    // Remote snapshots (the pager only): HTTP range and S3 reads, SigV4 signing and chunk digests.
+    .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+    .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
     // `swift package generate-documentation` for the DocC catalogs (CI builds them, warnings as errors).
     .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
   ],
@@ -50,6 +53,8 @@ let package = Package(
         .product(name: "Histogram", package: "hdrhistogram-swift"),  // fault service latencies
         .product(name: "Logging", package: "swift-log"),
         .product(name: "Metrics", package: "swift-metrics"),
+        .product(name: "AsyncHTTPClient", package: "async-http-client"),  // remote snapshot sources
+        .product(name: "Crypto", package: "swift-crypto"),  // chunk digests, S3 SigV4
       ]
     ),
     // The pager as a host daemon: Prometheus exposition over HTTP (swift-nio), start and graceful

@@ -35,6 +35,12 @@ public struct PagerDaemon: Sendable {
       .microseconds(200), .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
       .milliseconds(50), .milliseconds(100), .milliseconds(500), .seconds(1),
     ]
+    // Chunk fetches from a store: from a fraction of a millisecond (loopback) to seconds.
+    factory.durationHistogramBuckets["uffd_chunk_fetch_seconds"] = [
+      .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
+      .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1),
+      .seconds(2), .seconds(5),
+    ]
     let pager = try SnapshotPagerHost(configuration: configuration, logger: logger, metricsFactory: factory)
     try pager.start()
     started(pager)

@@ -69,6 +69,9 @@ public struct PagerConfiguration: Sendable {
   /// The control socket of a running pager to take every listening socket and session from
   /// (an upgrade without a restart gap); nil: start afresh.
   public var takeoverControlPath: String?
+  /// Chunked snapshots (a manifest's `s3://`, `http(s)://` or local `.json` address given as a
+  /// snapshot): the host-wide chunk cache, fetch deadlines and retries, the failure policy.
+  public var remote = RemoteSnapshotConfiguration()
 
   /// The valid session cap.
   public static let maxSessionsRange = 1...65_536
@@ -124,6 +127,7 @@ public struct PagerConfiguration: Sendable {
     guard WorkingSetSettings.tracesRange.contains(workingSets.traces) else {
       throw .invalidArgument(.serve, .outOfRange(parameter: "traces", value: workingSets.traces, valid: WorkingSetSettings.tracesRange))
     }
+    do { try remote.validate() } catch { throw .invalidArgument(.serve, .badConfiguration("\(error)")) }
     let paths = listens.map(\.socketPath) + (controlPath.map { [$0] } ?? [])
     guard Set(paths).count == paths.count else {
       throw .invalidArgument(.socket, .badConfiguration("a socket path is given twice"))

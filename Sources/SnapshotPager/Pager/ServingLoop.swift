@@ -61,6 +61,9 @@ final class ServingLoop: Sendable {
     return true
   }
 
+  /// Wakes the loop (any thread): a remote chunk its deferred faults wait for has arrived.
+  func wake() { epoll.wake() }
+
   /// Ends every session of this loop and the thread (any thread); waits for it.
   func stop() {
     stopRequested.store(true, ordering: .releasing)
@@ -125,7 +128,9 @@ final class ServingLoop: Sendable {
       }
       let deferred = sessions.values.contains { $0.server.hasDeferredFaults }
       let prefetching = sessions.values.contains { $0.prefetching.load(ordering: .relaxed) }
-      epoll.wait(into: &ready, milliseconds: deferred ? 1 : prefetching ? 0 : 1000)
+      // A prefetcher waiting for a remote chunk polls every millisecond rather than spinning.
+      let stalled = prefetching && sessions.values.allSatisfy { !$0.prefetching.load(ordering: .relaxed) || $0.server.prefetchStalled.load(ordering: .relaxed) }
+      epoll.wait(into: &ready, milliseconds: deferred || stalled ? 1 : prefetching ? 0 : 1000)
       for slot in 0..<ready.count {
         let token = ready.tokens[slot]
         if token == Epoll.wakeToken {

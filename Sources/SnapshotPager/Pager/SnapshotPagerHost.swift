@@ -75,7 +75,11 @@ public final class SnapshotPagerHost: Sendable {
     self.logger = logger
     let metrics = PagerMetrics(factory: metricsFactory ?? MetricsSystem.factory)
     self.metrics = metrics
-    catalog = SnapshotCatalog(populate: configuration.populateSnapshots)
+    let cache: ChunkCache
+    do { cache = try ChunkCache(configuration: configuration.remote, logger: logger, metricsFactory: metricsFactory) } catch {
+      throw .invalidArgument(.serve, .badConfiguration("\(error)"))
+    }
+    catalog = SnapshotCatalog(populate: configuration.populateSnapshots, remote: RemoteSnapshots(cache: cache))
     workingSets = WorkingSetLibrary(settings: configuration.workingSets, logger: logger)
     acceptorEpoll = try Epoll()
     var loops: [ServingLoop] = []
@@ -86,6 +90,7 @@ public final class SnapshotPagerHost: Sendable {
       })
     }
     self.loops = loops
+    cache.whenChunkArrives { [loops] in for loop in loops { loop.wake() } }
     ended.withLock { $0 = { [weak self] session, statistics in self?.sessionEnded(session, statistics) } }
   }
 

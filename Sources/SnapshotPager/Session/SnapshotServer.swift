@@ -78,6 +78,8 @@ public final class SnapshotServer: Sendable {
 
   let state: Mutex<ServingState>
   private let faultsWaiting = Atomic<Int>(0)
+  /// Whether the prefetcher waits for a chunk on its way (a loop then polls instead of spinning).
+  package let prefetchStalled = Atomic<Bool>(false)
   private let stopping = Atomic<Bool>(false)
   private let wakeup: (read: Int32, write: Int32)
   /// Zeros in the largest page size, for zero-filling pages ZEROPAGE cannot (hugetlbfs).
@@ -256,6 +258,9 @@ public final class SnapshotServer: Sendable {
         case .gone:
           reason = .processGone
           break loop
+        case .endSession:
+          reason = .failed
+          break loop
         }
       }
       if prefetchDue, state.withLock({ $0.statistics.faults > 0 }) || clock.now - start >= .milliseconds(5) {
@@ -283,7 +288,9 @@ public final class SnapshotServer: Sendable {
     }
   }
 
-  private enum Served { case done, retry, gone }
+  /// What serving one fault came to (`endSession`: a chunk could not be had and the policy ends
+  /// the session).
+  enum Served { case done, retry, gone, endSession }
 
   /// Serves one fault: from the snapshot with fault-around, zeros for a released page, a wake for
   /// a page the prefetcher filled meanwhile.
@@ -335,7 +342,24 @@ public final class SnapshotServer: Sendable {
           answer = copied
         } else {
           if let overlay { pages = overlay.pagesBeforeOverlay(from: fileOffset, pages: pages, pageSize: pageSize) }
-          answer = install(pages * pageSize, at: target, fileOffset: fileOffset)
+          if let chunked = snapshot.chunked {
+            // A chunked snapshot: from the host's chunk cache; a chunk still on its way is waited
+            // for by retrying (never by blocking this thread), up to the fault's deadline.
+            switch chunked.content(at: fileOffset, maxBytes: pages * pageSize, minBytes: pageSize) {
+            case .ready(let source, let bytes, let keep):
+              pages = bytes / pageSize
+              answer = withExtendedLifetime(keep) { RangeIoctl.copy(uffd.coreDescriptor, target, from: source, length: pages * pageSize) }
+            case .pending:
+              guard clock.now - readAt < chunked.cache.configuration.faultDeadline else {
+                return failRemoteFault(&serving, target: target, page: page, pageSize: pageSize)
+              }
+              return .retry
+            case .failed:
+              return failRemoteFault(&serving, target: target, page: page, pageSize: pageSize)
+            }
+          } else {
+            answer = install(pages * pageSize, at: target, fileOffset: fileOffset)
+          }
           fromSnapshot = true
         }
       }
@@ -425,6 +449,7 @@ public final class SnapshotServer: Sendable {
       var pages = max(1, map.untouchedRun(from: next, in: region, limit: configuration.prefetchPages))
       let fileOffset = map.fileOffset(ofPage: next, in: region)
       var source = snapshot.address(at: fileOffset).rawValue
+      var keep: ChunkBuffer?
       var overlaid = false
       if let overlay {
         if let own = overlay.source(at: fileOffset) {
@@ -435,8 +460,24 @@ public final class SnapshotServer: Sendable {
           pages = overlay.pagesBeforeOverlay(from: fileOffset, pages: pages, pageSize: pageSize)
         }
       }
+      if let chunked = snapshot.chunked, !overlaid {
+        switch chunked.content(at: fileOffset, maxBytes: pages * pageSize, minBytes: pageSize) {
+        case .ready(let address, let bytes, let buffer):
+          source = address
+          pages = bytes / pageSize
+          keep = buffer
+          prefetchStalled.store(false, ordering: .relaxed)
+        case .pending:
+          prefetchStalled.store(true, ordering: .relaxed)
+          return .wait
+        case .failed:
+          serving.statistics.prefetchErrors += 1
+          next += 1  // Left for a fault, which applies the failure policy.
+          return .copied
+        }
+      }
       let target = map.address(ofPage: next, in: region)
-      let answer = RangeIoctl.copy(uffd.coreDescriptor, target, from: source, length: pages * pageSize)
+      let answer = withExtendedLifetime(keep) { RangeIoctl.copy(uffd.coreDescriptor, target, from: source, length: pages * pageSize) }
       let done = answer.bytesDone / pageSize
       if done > 0 {
         serving.map.mark(next..<(next + done), .served)
@@ -529,6 +570,7 @@ public final class SnapshotServer: Sendable {
       case .done: break
       case .retry: retry.append(item)
       case .gone: return .ended(.processGone)
+      case .endSession: return .ended(.failed)
       }
     }
     if !retry.isEmpty { loopDeferred.withLock { $0.append(contentsOf: retry) } }

@@ -10,16 +10,26 @@ package final class SnapshotCatalog: Sendable {
 
   private let files = Mutex<[String: SnapshotFile]>([:])
   private let populate: Bool
+  /// Chunked snapshots (manifests, local or remote), when the pager serves them.
+  package let remote: RemoteSnapshots?
 
-  /// A catalog; `populate` maps each file's every page when it is first opened.
-  package init(populate: Bool) { self.populate = populate }
+  /// A catalog; `populate` maps each file's every page when it is first opened; `remote` opens
+  /// manifests (``RemoteSnapshots/isManifest(_:)``).
+  package init(populate: Bool, remote: RemoteSnapshots? = nil) {
+    self.populate = populate
+    self.remote = remote
+  }
 
   /// The mapping of `path`, opened (and populated) on first use.
   package func snapshot(at path: String) throws(UserfaultfdError) -> SnapshotFile {
     if let known = files.withLock({ $0[path] }) { return known }
     // Opened outside the lock: populating a large file takes a while and must not hold up the
     // sessions of other snapshots.
-    let opened = try SnapshotFile(path: path, populate: populate)
+    let opened = if let remote, RemoteSnapshots.isManifest(path) {
+      SnapshotFile(chunked: try remote.snapshot(at: path))
+    } else {
+      try SnapshotFile(path: path, populate: populate)
+    }
     return try files.withLock { (files) throws(UserfaultfdError) -> SnapshotFile in
       if let raced = files[path] { return raced }
       guard files.count < Self.maxSnapshots else {

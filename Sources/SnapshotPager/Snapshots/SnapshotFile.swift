@@ -11,6 +11,9 @@ public final class SnapshotFile: Sendable {
   public let path: String
   private let base: UInt  // The mapping (0 for an empty file); read-only, unmapped in deinit.
   private let descriptor: Int32  // Open for read(2) installs; closed in deinit.
+  /// The chunked (remote) snapshot this stands for, when it is not a local memory file: the
+  /// server reads its pages through the chunk cache instead of a mapping.
+  package let chunked: ChunkedSnapshot?
 
   /// Maps the file at `path` read-only; with `populate`, maps every page of it now
   /// (`MAP_POPULATE`), so that no fault served later takes a minor fault on the mapping (a pager
@@ -33,6 +36,7 @@ public final class SnapshotFile: Sendable {
     self.path = path
     length = Int(info.st_size)
     descriptor = fd
+    chunked = nil
     guard length > 0 else {
       base = 0
       return
@@ -45,9 +49,18 @@ public final class SnapshotFile: Sendable {
     base = UInt(bitPattern: mapped)
   }
 
+  /// A chunked snapshot in place of a file (no mapping, no descriptor).
+  package init(chunked: ChunkedSnapshot) {
+    path = chunked.address
+    length = chunked.length
+    base = 0
+    descriptor = -1
+    self.chunked = chunked
+  }
+
   deinit {
     if base != 0, let pointer = UnsafeMutableRawPointer(bitPattern: base) { _ = munmap(pointer, length) }
-    _ = close(descriptor)
+    if descriptor >= 0 { _ = close(descriptor) }
   }
 
   /// read(2)s `count` bytes from `offset` into `buffer` (a handler producing content itself);
@@ -71,5 +84,5 @@ public final class SnapshotFile: Sendable {
   public func address(at offset: Int) -> Address { Address(rawValue: base &+ UInt(offset)) }
 
   /// The file's bytes.
-  public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: UnsafeRawPointer(bitPattern: base), count: length) }
+  public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: UnsafeRawPointer(bitPattern: base), count: base == 0 ? 0 : length) }
 }

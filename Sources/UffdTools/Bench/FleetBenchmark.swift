@@ -109,7 +109,7 @@ package struct FleetBenchmark {
   }
 
   /// Shared memory for K clones' results and latencies, unmapped by `body`'s end.
-  private func withCloneMemory<T>(_ k: Int, perClone: Int, _ body: (UnsafeMutablePointer<cuffd_ref_fleet_result>, UnsafeMutablePointer<Int64>) throws -> T) throws -> T {
+  func withCloneMemory<T>(_ k: Int, perClone: Int, _ body: (UnsafeMutablePointer<cuffd_ref_fleet_result>, UnsafeMutablePointer<Int64>) throws -> T) throws -> T {
     let resultsBytes = k * MemoryLayout<cuffd_ref_fleet_result>.stride
     let latencyBytes = k * perClone * 8
     let length = resultsBytes + latencyBytes + PageSize.base
@@ -123,7 +123,7 @@ package struct FleetBenchmark {
   }
 
   /// Starts K clones (clone i at `socket(i)`), waits for them (bounded), and summarises.
-  private func runClones(_ k: Int, size: Int, seed: Int, socket: (Int) -> String) throws -> Sample {
+  func runClones(_ k: Int, size: Int, seed: Int, socket: (Int) -> String) throws -> Sample {
     let perClone = size / PageSize.base / 10
     return try withCloneMemory(k, perClone: perClone) { results, latencies in
       var children: [pid_t] = []

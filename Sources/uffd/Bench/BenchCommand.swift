@@ -9,7 +9,7 @@ struct BenchCommand: ParsableCommand {
     abstract: "Benchmark userfaultfd operations on this machine, Swift library beside C reference loops.",
     discussion: "Run in release mode: swift run -c release uffd bench. With no subcommand, runs moves then"
       + " faults; restore, fleet (snapshots restored into forked clients, minutes long) and dirty run only as their own subcommands.",
-    subcommands: [MovesBenchCommand.self, FaultsBenchCommand.self, RestoreBenchCommand.self, FleetBenchCommand.self, DirtyBenchCommand.self])
+    subcommands: [MovesBenchCommand.self, FaultsBenchCommand.self, RestoreBenchCommand.self, FleetBenchCommand.self, DirtyBenchCommand.self, RemoteBenchCommand.self])
 
   @OptionGroup var options: BenchOptions
   @OptionGroup var output: OutputOptions

@@ -79,9 +79,11 @@ struct ServeCommand: AsyncParsableCommand {
   var recordTraces = 3
   @Option(parsing: .unconditional, help: "Seconds of the settle window: a recording stops when a window adds at most 16 pages or 1% (0.1-600).")
   var settleSeconds: Double = 2
+  @OptionGroup(title: "Chunked and remote snapshots") var remote: RemoteSnapshotOptions
   @OptionGroup var output: OutputOptions
 
   func validate() throws {
+    try remote.check(once: once, snapshots: try pairs().map(\.snapshotPath))
     try check(faultAround, in: SnapshotServer.Configuration.faultAroundRange, "--fault-around")
     try check(prefetchPages, in: SnapshotServer.Configuration.prefetchRange, "--prefetch-pages")
     try check(maxSessions, in: PagerConfiguration.maxSessionsRange, "--max-sessions")
@@ -183,6 +185,7 @@ struct ServeCommand: AsyncParsableCommand {
     configuration.workingSets = WorkingSetSettings(
       recordDirectory: record, replayDirectory: replay, traces: recordTraces,
       settle: SettleDetector(window: .milliseconds(Int64(settleSeconds * 1000))))
+    configuration.remote = remote.configuration
     LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
     do {
       try await PagerDaemon(configuration: configuration, metrics: try metricsAddress()).run(logger: Logger(label: "uffd.serve"))

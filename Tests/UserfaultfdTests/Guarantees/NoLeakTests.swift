@@ -21,29 +21,33 @@ struct NoLeakTests {
   }
 
   /// Runs `body` 100 times to warm up, then `cycles` times, and expects the descriptor count
-  /// unchanged and resident memory within `slack` bytes. Resident memory is the whole process's,
-  /// and suites running alongside (a compaction cycle maps tens of MiB) can grow it during one
-  /// measurement: a growth past `slack` is measured again, up to three times in all; a leak grows
-  /// every time, a neighbour's allocation does not.
+  /// unchanged and resident memory within `slack` bytes. Both are the whole process's, and suites
+  /// running alongside (a compaction cycle maps tens of MiB; a pager test holds sockets to its
+  /// clients and servers) can grow them during one measurement: a growth is measured again, up to
+  /// three times in all; a leak grows every time, a neighbour's allocation does not.
   func expectFlat(
     cycles: Int = 10_000, slack: Int = 16 << 20, sourceLocation: SourceLocation = #_sourceLocation,
     _ body: () throws -> Void
   ) rethrows {
     for _ in 0..<100 { try body() }
     var growths: [Int] = []
+    var openings: [Int] = []
     for _ in 0..<3 {
       let descriptors = cuffd_test_count_open_descriptors()
       let resident = residentBytes()
       for _ in 0..<cycles { try body() }
-      // Other suites run in parallel and open a few descriptors of their own; a leak here would be
-      // one or more per cycle, thousands in all.
-      let opened = cuffd_test_count_open_descriptors() - descriptors
-      #expect(opened < 16, "descriptors flat (\(opened) more after \(cycles) cycles)", sourceLocation: sourceLocation)
+      // A leak here would be one or more descriptors per cycle, thousands in all.
+      openings.append(Int(cuffd_test_count_open_descriptors() - descriptors))
       growths.append(residentBytes() - resident)
-      if growths.last ?? 0 < slack { return }
+      if openings.last ?? 0 < 16 && growths.last ?? 0 < slack { return }
     }
-    Issue.record("resident memory grew by \(growths.map { "\($0 >> 10) KiB" }) in three measurements of \(cycles) cycles",
-                 sourceLocation: sourceLocation)
+    if openings.allSatisfy({ $0 >= 16 }) {
+      Issue.record("descriptors grew by \(openings) in three measurements of \(cycles) cycles", sourceLocation: sourceLocation)
+    }
+    if growths.allSatisfy({ $0 >= slack }) {
+      Issue.record("resident memory grew by \(growths.map { "\($0 >> 10) KiB" }) in three measurements of \(cycles) cycles",
+                   sourceLocation: sourceLocation)
+    }
   }
 
   @Test func handlesOpenAndCloseWithoutLeaking() throws {

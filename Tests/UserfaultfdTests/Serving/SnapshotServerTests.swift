@@ -181,18 +181,27 @@ enum HugePages {
     return Int(text.trimmingCharacters(in: .whitespacesAndNewlines))
   }
 
+  /// Held while a test changes the reservation: suites run in parallel, and two tests reading
+  /// and restoring `nr_hugepages` around each other would take pages from one another's clients
+  /// mid-restore and leave the machine's setting changed.
+  static let changing = Mutex(())
+
   /// Whether 8 pages can be reserved now (tries, and gives them back).
   static var canReserve: Bool {
-    guard PageSize.huge == 2 << 20, let before = read() else { return false }
-    defer { _ = write(before) }
-    guard write(before + 8) else { return false }
-    return (free ?? 0) >= 8
+    changing.withLock { _ in
+      guard PageSize.huge == 2 << 20, let before = read() else { return false }
+      defer { _ = write(before) }
+      guard write(before + 8) else { return false }
+      return (free ?? 0) >= 8
+    }
   }
 
   static func withReserved(_ count: Int, _ body: () throws -> Void) throws {
-    guard let before = read() else { throw UserfaultfdError.systemCallFailed("read \(path)", .noSuchFileOrDirectory) }
-    defer { _ = write(before) }
-    _ = write(before + count)
-    try body()
+    try changing.withLock { _ in
+      guard let before = read() else { throw UserfaultfdError.systemCallFailed("read \(path)", .noSuchFileOrDirectory) }
+      defer { _ = write(before) }
+      _ = write(before + count)
+      try body()
+    }
   }
 }
