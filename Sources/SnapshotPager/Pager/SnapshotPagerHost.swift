@@ -433,15 +433,7 @@ public final class SnapshotPagerHost: Sendable {
       workingSets.prepare(server, snapshotPath: handshake.snapshotPath, logger: sessionLogger)
       let session = PagerSession(
         number: handshake.number, server: server, client: handshake.socket, snapshotPath: handshake.snapshotPath, logger: logger)
-      let count = registry.withLock { registry in
-        registry.pending -= 1
-        registry.live[session.number] = session
-        registry.started += 1
-        return registry.live.count
-      }
-      metrics.sessionsTotal.increment()
-      metrics.sessionsActive.record(count)
-      let loop = loops.min { $0.load.load(ordering: .relaxed) < $1.load.load(ordering: .relaxed) } ?? loops[0]
+      let loop = admit(session)
       session.logger.info("session started", metadata: [
         "regions": "\(regions.count)", "bytes": "\(regions.reduce(UInt64(0)) { $0 &+ $1.size })", "loop": "\(loop.index)",
         "overlay_pages": "\(handshake.overlay?.count ?? 0)"])
@@ -626,5 +618,21 @@ public final class SnapshotPagerHost: Sendable {
   static func milliseconds(_ duration: Duration) -> Int {
     let (seconds, attoseconds) = duration.components
     return Int(seconds) * 1000 + Int(attoseconds / 1_000_000_000_000_000)
+  }
+}
+
+extension SnapshotPagerHost {
+  /// Counts `session` (pending until now) as live and picks the least loaded serving loop for it:
+  /// the one step a new session and a re-adopted one share.
+  func admit(_ session: PagerSession) -> ServingLoop {
+    let count = registry.withLock { registry in
+      registry.pending -= 1
+      registry.live[session.number] = session
+      registry.started += 1
+      return registry.live.count
+    }
+    metrics.sessionsTotal.increment()
+    metrics.sessionsActive.record(count)
+    return loops.min { $0.load.load(ordering: .relaxed) < $1.load.load(ordering: .relaxed) } ?? loops[0]
   }
 }

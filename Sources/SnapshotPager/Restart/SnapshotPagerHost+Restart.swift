@@ -205,16 +205,8 @@ extension SnapshotPagerHost {
       let session = PagerSession(
         number: record.session, server: server, client: client, snapshotPath: record.snapshot, logger: logger,
         clientPID: record.pid)
-      let count = registry.withLock { registry in
-        registry.pending -= 1
-        registry.live[session.number] = session
-        registry.started += 1
-        return registry.live.count
-      }
-      metrics.sessionsTotal.increment()
-      metrics.sessionsActive.record(count)
+      let loop = admit(session)
       if let directory = configuration.stateDirectory { try? record.write(directory: directory) }
-      let loop = loops.min { $0.load.load(ordering: .relaxed) < $1.load.load(ordering: .relaxed) } ?? loops[0]
       loop.adopt(session)
       // Threads whose fault the dead pager read and never answered wait until woken.
       for region in record.regions {
