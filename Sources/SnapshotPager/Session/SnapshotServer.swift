@@ -233,19 +233,25 @@ public final class SnapshotServer: Sendable {
       // fault causally may arrive after it (faults are read first).
       var faults = deferred
       deferred.removeAll(keepingCapacity: true)
-      while let count = try? uffd.readEvents(into: buffer), count > 0 {
-        let readAt = clock.now
-        for index in 0..<count {
-          switch buffer.event(at: index, of: uffd) {
-          case .pageFault(let fault):
-            faults.append((fault, readAt))
-            faultsWaiting.add(1, ordering: .relaxed)
-          case .remove(let start, let end), .unmap(let start, let end):
-            state.withLock { $0.release(start: start.rawValue, end: end.rawValue) }
-          case .fork(let child):
-            child.close()
-          case .remap, .unrecognized:
-            state.withLock { $0.statistics.otherEvents += 1 }
+      // Read under the session's lock, which the prefetcher copies under: the kernel zaps a
+      // REMOVE's range only after its event is read, so a prefetch copy between the read and the
+      // marking below could land after the zap and put snapshot bytes where the client released
+      // its pages (they must read zero).
+      state.withLock { serving in
+        while let count = try? uffd.readEvents(into: buffer), count > 0 {
+          let readAt = clock.now
+          for index in 0..<count {
+            switch buffer.event(at: index, of: uffd) {
+            case .pageFault(let fault):
+              faults.append((fault, readAt))
+              faultsWaiting.add(1, ordering: .relaxed)
+            case .remove(let start, let end), .unmap(let start, let end):
+              serving.release(start: start.rawValue, end: end.rawValue)
+            case .fork(let child):
+              child.close()
+            case .remap, .unrecognized:
+              serving.statistics.otherEvents += 1
+            }
           }
         }
       }
