@@ -153,7 +153,10 @@ import Testing
     try await waitUntil {
       if case .failed = cache.chunk(wrong, fetch: fetch(wrong)) { true } else { false }
     }
-    #expect(cache.statistics.digestMismatches == 2 && !cache.contains(wrong))
+    // At least both attempts of the first fetch were refused. A failure is held for 1 s; a lookup
+    // after that starts another fetch (refused again), which a slow machine (qemu TCG: seen on
+    // 6.12) reaches before the wait above sees the failure, so the count is a floor, not exact.
+    #expect(cache.statistics.digestMismatches >= 2 && !cache.contains(wrong))
     // A missing object fails at once (not retried: 404 is final).
     let missing = String(repeating: "1", count: 64)
     _ = cache.chunk(missing, fetch: fetch(missing))
