@@ -36,13 +36,7 @@ struct CommandLineTests {
     ["serve", "--once", "--listen", "a=b", "--metrics", "127.0.0.1:9090"],
   ])
   func badCommandLinesAreUsageErrors(arguments: [String]) {
-    do {
-      let command = try UffdCommand.parseAsRoot(arguments)
-      Issue.record("\(arguments) parsed as \(type(of: command))")
-    } catch {
-      #expect(!UffdCommand.message(for: error).isEmpty, "\(arguments)")
-      #expect(UffdCommand.exitCode(for: error) != .success, "\(arguments)")
-    }
+    expectUsageError(arguments)
   }
 
   @Test func serveTakesSeveralSnapshotsAControlSocketAndTheDaemonOptions() throws {

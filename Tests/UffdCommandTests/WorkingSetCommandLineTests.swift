@@ -18,13 +18,7 @@ struct WorkingSetCommandLineTests {
     ["serve", "--once", "--listen", "a=b", "--takeover", "/tmp/control.sock"],
   ])
   func badCommandLinesAreUsageErrors(arguments: [String]) {
-    do {
-      let command = try UffdCommand.parseAsRoot(arguments)
-      Issue.record("\(arguments) parsed as \(type(of: command))")
-    } catch {
-      #expect(!UffdCommand.message(for: error).isEmpty, "\(arguments)")
-      #expect(UffdCommand.exitCode(for: error) != .success, "\(arguments)")
-    }
+    expectUsageError(arguments)
   }
 
   @Test func theDaemonTakesWorkingSetAndStateFolders() throws {

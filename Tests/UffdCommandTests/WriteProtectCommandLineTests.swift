@@ -27,13 +27,7 @@ struct WriteProtectCommandLineTests {
     ["dirty", "watch", "--pid", "1", "--socket", "/tmp/s", "--timeout-seconds", "3601"],
   ])
   func badValuesAreUsageErrors(arguments: [String]) {
-    do {
-      let command = try UffdCommand.parseAsRoot(arguments)
-      Issue.record("\(arguments) parsed as \(type(of: command))")
-    } catch {
-      #expect(!UffdCommand.message(for: error).isEmpty, "\(arguments)")
-      #expect(UffdCommand.exitCode(for: error) != .success, "\(arguments)")
-    }
+    expectUsageError(arguments)
   }
 
   static let hasShmemWP = DirtyTrackingBackend.writeProtectFaults.isAvailable(
