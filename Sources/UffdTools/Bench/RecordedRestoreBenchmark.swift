@@ -132,13 +132,7 @@ extension RestoreBenchmark {
     let shared = try SharedResults(1)
     let child = cuffd_ref_ws_client(socketPath, snapshot.length, pattern.reference, Self.workingSetSeed, 0, shared.results)
     guard child > 0 else { throw ToolError("fork: \(String(cString: strerror(errno)))") }
-    var count = 0
-    let result = snapshot.bytes.baseAddress.map { base in
-      latencies.withUnsafeMutableBufferPointer {
-        cuffd_ref_restore_server(listener.fileDescriptor.rawValue, base.assumingMemoryBound(to: CChar.self),
-                                 snapshot.length, $0.baseAddress, $0.count, &count)
-      }
-    } ?? -EINVAL
+    let (result, count) = Self.serveWithCReference(listener, snapshot: snapshot, latencies: &latencies)
     let status = cuffd_ref_wait(child, 60_000)
     guard result == 0, status == 0, shared.results[0].status == 0 else {
       throw ToolError("the C reference restore failed (\(result), client \(status))")

@@ -161,6 +161,21 @@ package struct RestoreBenchmark {
     var p99Us: Double
   }
 
+  /// The C reference server on `listener` until its client hangs up: one UFFDIO_COPY per fault,
+  /// each fault's service time (ns) in `latencies`. Returns 0 or -errno, and the faults served.
+  static func serveWithCReference(
+    _ listener: UnixSocket, snapshot: SnapshotFile, latencies: inout [Int64]
+  ) -> (result: Int32, faults: Int) {
+    var count = 0
+    let result = snapshot.bytes.baseAddress.map { base in
+      latencies.withUnsafeMutableBufferPointer {
+        cuffd_ref_restore_server(listener.fileDescriptor.rawValue, base.assumingMemoryBound(to: CChar.self),
+                                 snapshot.length, $0.baseAddress, $0.count, &count)
+      }
+    } ?? -EINVAL
+    return (result, count)
+  }
+
   /// One restore: a client process, and the Swift or C server in this one.
   func measure(_ handler: String, _ strategy: Strategy, _ pattern: Pattern, snapshot: SnapshotFile) throws -> Sample {
     let socketPath = NSTemporaryDirectory() + "uffd-bench-restore-\(getpid()).sock"
@@ -191,13 +206,7 @@ package struct RestoreBenchmark {
       return try finish(report[0], faults: statistics.faults, p50: statistics.faultLatencyP50.microseconds,
                         p99: statistics.faultLatencyP99.microseconds)
     } else {
-      var count = 0
-      let result = snapshot.bytes.baseAddress.map { base in
-        latencies.withUnsafeMutableBufferPointer {
-          cuffd_ref_restore_server(listener.fileDescriptor.rawValue, base.assumingMemoryBound(to: CChar.self),
-                                   snapshot.length, $0.baseAddress, $0.count, &count)
-        }
-      } ?? -EINVAL
+      let (result, count) = Self.serveWithCReference(listener, snapshot: snapshot, latencies: &latencies)
       let status = cuffd_ref_wait(child, 60_000)
       guard result == 0, status == 0 else { throw ToolError("the C reference restore failed (\(result), client \(status))") }
       for latency in latencies.prefix(count) { _ = histogram.record(UInt64(max(0, latency))) }
