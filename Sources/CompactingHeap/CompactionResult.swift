@@ -63,6 +63,10 @@ public struct CompactionResult: Sendable {
   /// registration (I/O into it, another process). The compacted content was written over each in
   /// place (nothing of the heap lost; what the intruder wrote there is gone). 0 in every normal cycle.
   public var intrudedPages: Int = 0
+  /// Pages a MOVE mapped although the kernel answered EEXIST (the source page was gone and the
+  /// destination held it: seen on Linux 6.18 when the source lay in a transparent huge page the
+  /// MOVE split). Counted as moved, not in ``errnoCounts``; 0 on most cycles.
+  public var movesAnsweredExisting: Int = 0
   /// The part of ``mutatorStall`` spent waiting for a page someone else held: per fault that
   /// waited, from its first wait to its return (so it includes mapping the page once free).
   /// ``MutatorStall/count`` is the faults that waited.

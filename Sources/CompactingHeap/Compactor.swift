@@ -210,6 +210,7 @@ public final class Compactor: @unchecked Sendable {
       errnoCounts: counters.errnoCounts(), mutatorWrites: writes, residentBefore: residentBefore,
       peakResident: peak, verified: true, mutatorStall: stall,
       releasedPages: counters.load(.releasedPages), intrudedPages: counters.load(.intrudedPages),
+      movesAnsweredExisting: counters.load(.movesAnsweredExisting),
       mutatorWait: Self.stall(cycle.resources.context.waits),
       mutatorStallOverlappingGCMapping: Self.stall(cycle.resources.context.overlappingStalls), waitsOnProcessing: counters.load(.waitsOnProcessing),
       waitsOnMapping: counters.load(.waitsOnMapping),

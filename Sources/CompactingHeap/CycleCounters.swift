@@ -16,6 +16,8 @@ struct CycleCounters: @unchecked Sendable {
     /// (``ThreadSchedule``), and those switches added up; faults during which it gave the CPU up
     /// itself (slept in a back-off, blocked in the kernel).
     case preemptedFaults, involuntarySwitchesInFaults, blockedFaults
+    /// MOVEs the kernel answered with EEXIST for a page it had moved (``PageMapping``).
+    case movesAnsweredExisting
   }
 
   /// The map ioctls, for the per-errno table.
@@ -30,7 +32,7 @@ struct CycleCounters: @unchecked Sendable {
   static var errnoSlots: Int { 256 }
   /// Per ioctl: calls, pages mapped, then one slot per errno.
   static var ioctlSlots: Int { 2 + errnoSlots }
-  static var nameCount: Int { 15 }
+  static var nameCount: Int { 16 }
   static var slotCount: Int { nameCount + 3 * ioctlSlots }
 
   let slots: UnsafeMutablePointer<Atomic<Int>>

@@ -8,7 +8,9 @@ extension CompactionContext {
   /// UFFDIO_MOVE when `move`, else UFFDIO_COPY. Resumes after partial progress. A page already
   /// present cannot have been mapped by the compaction (only a page's claimer maps it): something
   /// touched the heap in the pause; the content is written over it in place (present, so the
-  /// write does not fault) and counted. A page MOVE refuses as busy is copied instead. A page that
+  /// write does not fault) and counted. Unless the answer was a MOVE's and the source page is
+  /// gone: then the kernel moved the page and still answered EEXIST (see
+  /// ``CompactionResult/movesAnsweredExisting``), and the page is mapped. A page MOVE refuses as busy is copied instead. A page that
   /// cannot be mapped at all gets a zero page so no thread waits forever, and counts as a failure
   /// (the cycle then reports it).
   func mapPages(at index: Int, count: Int, from source: UnsafeMutablePointer<UInt64>, move: Bool) {
@@ -27,6 +29,19 @@ extension CompactionContext {
       counters.called(ioctl, pages: mapped)
       done &+= mapped
       guard let errno = answer.errno else { return }
+      if move && answer.outcome == .alreadyPresent
+        && !ProcessMemory.isResident(source + done &* layout.wordsPerPage)
+      {
+        // MOVE answered EEXIST for a page it had moved: the source page, written just before
+        // the call and touched by nobody else, is gone, and the destination holds it. Linux
+        // 6.18 does this now and then when the source lies in a transparent huge page it
+        // splits. Copying "over the intruder" here would copy the emptied source: a page of
+        // zeros over the compacted one. Counted apart; the page is mapped.
+        counters.add(.movesAnsweredExisting)
+        counters.called(ioctl, pages: 1)
+        done &+= 1
+        continue
+      }
       counters.failed(ioctl, errno: errno.rawValue)
       switch answer.outcome {
       case .done:

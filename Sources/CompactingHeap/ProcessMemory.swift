@@ -1,4 +1,5 @@
 import Glibc
+import Userfaultfd
 
 /// This process's resident memory, from /proc/self/status, with a resettable peak.
 enum ProcessMemory {
@@ -8,6 +9,18 @@ enum ProcessMemory {
     guard fd >= 0 else { return }
     _ = write(fd, "5", 1)
     _ = close(fd)
+  }
+
+  /// Whether the page holding `address` is in this process's page tables (`mincore`; an
+  /// anonymous page moved away or never touched is not). One system call, no allocation:
+  /// async-signal-safe. True when the kernel cannot say, so a caller never takes a page it
+  /// cannot see for gone.
+  @inline(__always)
+  static func isResident(_ address: UnsafeMutablePointer<UInt64>) -> Bool {
+    var vector: UInt8 = 0
+    let page = UnsafeMutableRawPointer(bitPattern: UInt(bitPattern: address) & ~UInt(PageSize.base &- 1))
+    guard mincore(page, PageSize.base, &vector) == 0 else { return true }
+    return vector & 1 != 0
   }
 
   /// Current resident set, bytes (VmRSS).

@@ -76,6 +76,35 @@ struct ConcurrentCompactionTests {
     }
   }
 
+  /// MOVEs out of transparent huge pages, from the GC and from six mutators at once, one page
+  /// per fault and in blocks: Linux 6.18 sometimes answers such a MOVE with EEXIST after moving
+  /// the page (the source gone, the destination holding it). The heap used to read that as a
+  /// page mapped outside the compaction and copy the emptied source over it: a page of zeros
+  /// (seen in 5 of 10 runs of the suite with THP enabled system-wide). Every cycle verifies,
+  /// every page counts as mapped once, and nothing counts as intruded.
+  @Test(arguments: FaultMode.allCases, [1, 16])
+  func movesOutOfHugePagesLoseNothing(faultMode: FaultMode, blockPages: Int) throws {
+    var answeredExisting = 0
+    for seed in UInt64(20)..<24 {
+      let heap = try Heap(capacity: 16 << 20, mutators: 6, hugePages: true)
+      try Workload(seed: seed).populate(heap)
+      let result = try Compactor(
+        heap: heap,
+        configuration: .init(strategy: .move, faultMode: faultMode, seed: seed, mutatorBlockPages: blockPages,
+                             mutatorMapping: .move, minimumMoveRun: 1)).run()
+      let pages = (result.liveBytes + PageSize.base - 1) / PageSize.base
+      #expect(result.verified)
+      #expect(result.pagesMoved + result.pagesCopied == pages)
+      #expect(result.intrudedPages == 0, "no page is mapped outside the compaction here")
+      // A huge page that cannot be split while another thread holds it answers EBUSY (copied
+      // instead) or EAGAIN (retried): handled. Nothing else.
+      #expect(Set(result.errnoCounts.keys).isSubset(of: ["MOVE EBUSY", "MOVE EAGAIN"]), "\(result.errnoCounts)")
+      answeredExisting += result.movesAnsweredExisting
+    }
+    // Not asserted: whether this kernel misreports at all. Printed, so a run shows it.
+    print("movesOutOfHugePagesLoseNothing(\(faultMode), blocks of \(blockPages)): \(answeredExisting) pages moved under an EEXIST answer")
+  }
+
   /// One page per mutator fault (ART's choice) as well as blocks: the same result.
   @Test(arguments: [MappingStrategy.move, .copy], [1, 64])
   func mutatorBlockSizesVerify(strategy: MappingStrategy, blockPages: Int) throws {

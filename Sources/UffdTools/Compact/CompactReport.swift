@@ -62,6 +62,8 @@ package struct CompactReport: Encodable, Sendable {
     package var busyFallbacks: Int
     /// Pages found present where only the compaction maps (something touched the heap in the pause).
     package var intrudedPages: Int
+    /// Pages a MOVE mapped although the kernel answered EEXIST (summed over the runs).
+    package var movesAnsweredExisting: Int
     /// From-space pages released during the concurrent phase.
     package var releasedPages: Int
     package var errnos: [String: Int]
@@ -215,7 +217,8 @@ package struct CompactReport: Encodable, Sendable {
         bufferPages: typical.bufferPages, moveIoctls: typical.moveIoctls, pagesMoved: typical.pagesMoved,
         copyIoctls: typical.copyIoctls, pagesCopied: typical.pagesCopied,
         zeropageIoctls: typical.zeroPageIoctls, busyFallbacks: typical.busyFallbacks,
-        intrudedPages: runs.map(\.intrudedPages).max() ?? 0, releasedPages: typical.releasedPages,
+        intrudedPages: runs.map(\.intrudedPages).max() ?? 0,
+        movesAnsweredExisting: runs.map(\.movesAnsweredExisting).reduce(0, +), releasedPages: typical.releasedPages,
         errnos: typical.errnoCounts, mutatorWrites: typical.mutatorWrites,
         // A median over the runs: one run's rate swings with how the scheduler shared the CPUs.
         mutatorWritesPerMs: median(runs.map(\.mutatorWritesPerMs)),
@@ -328,7 +331,8 @@ package struct CompactReport: Encodable, Sendable {
         name, m.preemptedFaults, m.involuntarySwitchesInFaults, m.blockedFaults, m.faultsOnCpu, onCpu.p50, onCpu.p99, onCpu.max, cpu.p99, cpu.max))
       lines.append("\(name): \(m.mutatorFaults) mutator faults, \(m.recycledPages) recycled pages, "
         + "\(m.bufferPages) GC buffer pages, \(m.releasedPages) from-space pages released early, \(m.busyFallbacks) EBUSY fallbacks, "
-        + "\(m.intrudedPages) pages found mapped outside the compaction, \(m.mutatorWrites) mutator writes verified (\(Int(m.mutatorWritesPerMs))/ms); "
+        + "\(m.intrudedPages) pages found mapped outside the compaction, "
+        + "\(m.movesAnsweredExisting) pages moved that MOVE answered EEXIST for, \(m.mutatorWrites) mutator writes verified (\(Int(m.mutatorWritesPerMs))/ms); "
         + "ioctl errnos (all handled): \(errnos)")
     }
     if let auto = modes["auto"] {

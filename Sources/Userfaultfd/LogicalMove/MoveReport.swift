@@ -127,6 +127,10 @@ public struct MoveReport: Sendable, Equatable, CustomStringConvertible {
   /// 2 MiB steps in which a whole transparent huge page moved as one PMD (counted when the source
   /// could be seen to be a THP: /proc/kpageflags needs CAP_SYS_ADMIN).
   public internal(set) var hugePageMoves = 0
+  /// Pages counted in ``bytesMoved`` that the kernel answered EEXIST for: the source page was
+  /// gone and the destination, empty before, held it (Linux 6.18 does this now and then when the
+  /// source lies in a transparent huge page that other threads are splitting). 0 almost always.
+  public internal(set) var movesAnsweredExisting = 0
   /// UFFDIO_MOVE ioctls issued, including refused ones.
   public internal(set) var moveIoctls = 0
   /// UFFDIO_COPY ioctls issued by the fallback.

@@ -200,6 +200,11 @@ extension PageMover {
         }
         try fallback(pages: pages)
       case .alreadyPresent:
+        if movedDespiteExisting() {
+          report.movesAnsweredExisting += 1
+          advance(.moved, bytes: page)
+          return
+        }
         try stop(.alreadyPresent, failure: failure, cause: .destinationPopulated(Address(rawValue: destination + UInt(offset))), failure.explanation)
       case .refused where failure.errno == .invalidArgument:
         // A range that spans two mappings (after an madvise split one, say) is refused whole:
@@ -283,6 +288,20 @@ extension PageMover {
             let map = PageMap(), let entry = map.entries(at: UInt(bitPattern: dst), count: 1)?.first
       else { return false }
       return PageMap.isTransparentHugePage(frame: entry.frame) ?? false
+    }
+
+    /// Whether a MOVE the kernel answered EEXIST for, with nothing done, in fact moved the page
+    /// at `offset`: the source page is gone and the destination, checked empty before the move
+    /// began, holds one. (Linux 6.18 answers so now and then when the source lies in a
+    /// transparent huge page other threads are splitting; reading it as "destination populated"
+    /// would report a page in the source that is in the destination.) Without that check, or
+    /// without a readable pagemap, it cannot be told apart from a destination filled by someone
+    /// else: false, and the move stops as before.
+    func movedDespiteExisting() -> Bool {
+      guard policy.checkDestinationEmpty, let map = PageMap(),
+            let from = map.entry(at: source + UInt(offset)), let to = map.entry(at: destination + UInt(offset))
+      else { return false }
+      return from.isHole && to.isPresent
     }
 
     mutating func advance(_ outcome: PageOutcome, bytes: Int) {
