@@ -31,6 +31,13 @@ extension Userfaultfd {
   ///   early, or an event is pending), EINVAL (memory type, registration);
   ///   ``InvalidArgument/moveProtections(source:destination:)`` when the two mappings'
   ///   protections differ or are not writable (nothing moved).
+  ///
+  /// An EEXIST does not always mean the page stayed in the source: Linux 6.18 has been measured
+  /// answering EEXIST, with nothing reported done, for a page it had moved, when the source lay in
+  /// a transparent huge page other threads were splitting (the source page gone, the destination
+  /// holding it). Before treating the page as still in the source, look at the source page (a
+  /// hole now means it moved); ``PageMover`` does this for you and counts such pages in
+  /// ``MoveReport/movesAnsweredExisting``.
   public func move(
     from source: UnsafeMutableRawPointer, to destination: UnsafeMutableRawPointer, length: Int,
     options: MoveOptions = []
