@@ -67,7 +67,9 @@ struct ConcurrentCompactionTests {
     let result = try Compactor(
       heap: heap, configuration: .init(strategy: strategy, faultMode: faultMode, seed: 5, minimumMoveRun: 1)).run()
     #expect(result.verified)
-    #expect(result.errnoCounts.isEmpty, "\(result.errnoCounts)")
+    // A huge page another thread holds while a MOVE splits it answers EBUSY (the page is copied)
+    // or EAGAIN (retried): handled, and nothing else may appear.
+    #expect(Set(result.errnoCounts.keys).isSubset(of: ["MOVE EBUSY", "MOVE EAGAIN"]), "\(result.errnoCounts)")
     #expect(result.mutatorWrites > 0)
     if strategy != .move {
       // COPY gives every from-space page back as the GC passes it (now in 2 MiB steps); MOVE

@@ -328,7 +328,13 @@ final class ServerCore: @unchecked Sendable {
       // One page: any progress is the whole page.
       counters.resolved.wrappingAdd(1, ordering: .relaxed)
     case .alreadyPresent:
-      counters.alreadyResolved.wrappingAdd(1, ordering: .relaxed)
+      // A MOVE that emptied its source resolved the fault even though the kernel answered EEXIST
+      // (Linux 6.18, sources in transparent huge pages being split): count it as resolved.
+      if case .move(let source) = resolution, isHole(source.rawValue) {
+        counters.resolved.wrappingAdd(1, ordering: .relaxed)
+      } else {
+        counters.alreadyResolved.wrappingAdd(1, ordering: .relaxed)
+      }
       _ = uffd.wakeCore(target, length: page)
     case .retryAfterEvents:
       return .retryAfterEvents
@@ -364,14 +370,20 @@ final class ServerCore: @unchecked Sendable {
     return copied
   }
 
-  /// Whether `address` is a missing page in a range registered with this handle: reading it would
-  /// raise a userfault that only this thread could resolve.
-  private func isMissingRegisteredPage(_ address: UInt) -> Bool {
-    guard uffd.faultsWhenMissing(at: address), pagemap >= 0 else { return false }
+  /// Whether the page at `address` is neither present nor swapped (false when the pagemap cannot
+  /// be read). One pread, no allocation.
+  private func isHole(_ address: UInt) -> Bool {
+    guard pagemap >= 0 else { return false }
     var entry: UInt64 = 0
     let offset = off_t(address / UInt(PageSize.base)) * 8
     guard pread(pagemap, &entry, 8, offset) == 8 else { return false }
     return entry & (1 << 63 | 1 << 62) == 0
+  }
+
+  /// Whether `address` is a missing page in a range registered with this handle: reading it would
+  /// raise a userfault that only this thread could resolve.
+  private func isMissingRegisteredPage(_ address: UInt) -> Bool {
+    uffd.faultsWhenMissing(at: address) && isHole(address)
   }
 
   /// Fails a fault: poisons or zero-fills its page (`page` bytes at `target`), counts it and
