@@ -85,6 +85,8 @@ public final class FaultServer: Sendable {
   public let uffd: Userfaultfd
   /// Every event the server read, faults included (after they were resolved), for code that wants
   /// Swift concurrency. Fed by the delivery thread, buffering the newest 4096; finishes on stop.
+  /// Other events arrive at once; resolved faults in batches, within 100 ms (the serving thread
+  /// does not wake the delivery thread for each fault: that would double the fault's round trip).
   public let events: AsyncStream<Event>
   /// What an unresolvable fault gets on this kernel (``UnresolvableFaultAction/poison`` becomes
   /// ``UnresolvableFaultAction/zeroPage`` where the kernel has no UFFDIO_POISON).
