@@ -19,6 +19,15 @@ public final class ChunkBuffer: Sendable {
     address = UInt(bitPattern: pointer)
   }
 
+  /// `capacity` bytes, not yet written (nil when memory cannot be had): a chunk received in
+  /// pieces (``fill(at:from:count:)``), published only once every byte is in.
+  init?(capacity: Int) {
+    var pointer: UnsafeMutableRawPointer?
+    guard capacity >= 0, posix_memalign(&pointer, 4096, max(capacity, 1)) == 0, let pointer else { return nil }
+    count = capacity
+    address = UInt(bitPattern: pointer)
+  }
+
   /// `count` zero bytes (nil when memory cannot be had): a huge page assembled from pieces.
   init?(zeroed count: Int) {
     var pointer: UnsafeMutableRawPointer?

@@ -11,6 +11,14 @@ import Userfaultfd
 /// (`s3-cold`); then 64 clones at once from the local file (`fleet-64-local`) and from nginx with
 /// 1 ms (`fleet-64`, each chunk's GETs counted in nginx's own access log); and a `pack` row: a
 /// diff snapshot with 5% of its pages changed, its bytes against the base's.
+///
+/// The `-recorded` rows restore with a recorded working set (`uffd serve --record/--replay`): a
+/// first clone's working set is recorded by one pager, then a second pager (an empty chunk cache)
+/// replays it into the next clone, which reads the same working set: `local-recorded` from the
+/// file, `http-recorded` from nginx with 1 ms per request, where the working set's chunks are
+/// fetched ahead in recorded order from the handshake on; `http-recorded-64k` the same from a
+/// pack of the snapshot in 64 KiB chunks (a working set of scattered 64 KiB runs needs a tenth
+/// of those, against every 2 MiB chunk).
 package struct RemoteBenchmark {
   /// One row (medians over the runs).
   package struct Row: Encodable, Sendable {
@@ -61,6 +69,8 @@ package struct RemoteBenchmark {
   package let latency: Duration
   package let servers: Servers
   package static let chunkBytes = 2 << 20
+  /// The chunk size of the `http-recorded-64k` row's pack.
+  package static let smallChunkBytes = 64 << 10
 
   package init(mib: Int, runs: Int, clones: Int, latency: Duration, servers: Servers) {
     self.mib = mib
@@ -93,7 +103,11 @@ package struct RemoteBenchmark {
     guard let httpPort = Self.port(servers.http), let s3Port = Self.port(servers.s3Endpoint) else {
       throw ToolError("the servers must be http://127.0.0.1:PORT addresses (loopback only)")
     }
+    _ = try await SnapshotPacker.pack(file: raw, into: folder + "/store/small", chunkSize: Self.smallChunkBytes)
+    let smallManifest = try await SnapshotTransfer.push(manifestPath: folder + "/store/small/manifest.json",
+                                                        to: "\(servers.http)/\(prefix)-64k").manifestURL
     let single = Self.chunksNeeded(size: size, seeds: [1000])
+    let singleSmall = Self.chunksNeeded(size: size, seeds: [1000], chunkBytes: Self.smallChunkBytes)
     let fleet = Self.chunksNeeded(size: size, seeds: (0..<clones).map { UInt64(1000 + $0) })
     var samples: [String: [Sample]] = [:]
     for run in 1...runs {
@@ -102,12 +116,18 @@ package struct RemoteBenchmark {
       samples["cache-warm", default: []].append(try measure(snapshot: httpManifest, clones: 1, warm: true))
       samples["http-cold", default: []].append(try measure(snapshot: httpManifest, clones: 1, through: (servers.http, httpPort)))
       samples["s3-cold", default: []].append(try measure(snapshot: s3Manifest, clones: 1, through: (servers.s3Endpoint, s3Port)))
+      progress("run \(run)/\(runs): recorded working sets: local, http (2 MiB and 64 KiB chunks)")
+      samples["local-recorded", default: []].append(try measure(snapshot: raw, clones: 1, recorded: true))
+      samples["http-recorded", default: []].append(try measure(snapshot: httpManifest, clones: 1, through: (servers.http, httpPort), recorded: true))
+      samples["http-recorded-64k", default: []].append(
+        try measure(snapshot: smallManifest, clones: 1, through: (servers.http, httpPort), recorded: true))
       progress("run \(run)/\(runs): \(clones) clones from the local file, then from nginx")
       samples["fleet-\(clones)-local", default: []].append(try measure(snapshot: raw, clones: clones))
       samples["fleet-\(clones)", default: []].append(try measure(snapshot: httpManifest, clones: clones, through: (servers.http, httpPort)))
     }
     var rows: [Row] = []
     for (source, count, needed) in [("local", 1, single), ("cache-warm", 1, single), ("http-cold", 1, single), ("s3-cold", 1, single),
+                                     ("local-recorded", 1, single), ("http-recorded", 1, single), ("http-recorded-64k", 1, singleSmall),
                                      ("fleet-\(clones)-local", clones, fleet), ("fleet-\(clones)", clones, fleet)] {
       let list = samples[source] ?? []
       func m(_ value: (Sample) -> Double) -> Double { median(list.map(value)) }
@@ -124,7 +144,8 @@ package struct RemoteBenchmark {
 
   /// One restore: a pager in this process serving `snapshot` (through a proxy adding `latency`
   /// when `through` names a server), `clones` clones reading their working sets.
-  private func measure(snapshot: String, clones: Int, warm: Bool = false, through: (url: String, port: Int)? = nil) throws -> Sample {
+  private func measure(snapshot: String, clones: Int, warm: Bool = false, through: (url: String, port: Int)? = nil,
+                       recorded: Bool = false) throws -> Sample {
     // No latency asked: straight to the server, no proxy in between.
     let proxy = latency == .zero ? nil : try through.map { try FaultInjectingProxy(upstreamPort: $0.port) }
     defer { proxy?.stop() }
@@ -137,6 +158,23 @@ package struct RemoteBenchmark {
       ?? servers.s3Endpoint
     var logger = Logger(label: "uffd.bench.remote")
     logger.logLevel = .error
+    let workingSets = NSTemporaryDirectory() + "uffd-bench-remote-ws-\(getpid())"
+    defer { if recorded { try? FileManager.default.removeItem(atPath: workingSets) } }
+    if recorded {
+      // A first pager records the clone's working set (written as its session ends, before
+      // `waitUntilFinished` returns); the measured pager below starts with an empty cache.
+      try? FileManager.default.removeItem(atPath: workingSets)
+      try FileManager.default.createDirectory(atPath: workingSets, withIntermediateDirectories: true)
+      var recording = configuration
+      recording.workingSets = WorkingSetSettings(recordDirectory: workingSets, traces: 1)
+      let recorder = try SnapshotPagerHost(configuration: recording, logger: logger)
+      try recorder.start()
+      let outcome = Result { try FleetBenchmark(mib: mib, clients: [], runs: 1, daemonExecutable: "").runClones(1, size: mib << 20, seed: 1) { _ in socket } }
+      recorder.stop()
+      _ = recorder.waitUntilFinished(timeout: .seconds(30))
+      _ = try outcome.get()
+      configuration.workingSets = WorkingSetSettings(replayDirectory: workingSets)
+    }
     let pager = try SnapshotPagerHost(configuration: configuration, logger: logger)
     try pager.start()
     defer {
@@ -184,7 +222,7 @@ package struct RemoteBenchmark {
 
   /// Distinct 2 MiB chunks the clones' working sets touch (the pages `cuffd_ref_fleet_client`
   /// reads for each seed: a tenth of the pages in 64 KiB runs).
-  static func chunksNeeded(size: Int, seeds: [UInt64]) -> Int {
+  static func chunksNeeded(size: Int, seeds: [UInt64], chunkBytes: Int = chunkBytes) -> Int {
     let pages = size / 4096, run = 16, slots = pages / run, count = pages / 10
     var chunks = Set<Int>()
     for seed in seeds {
