@@ -162,9 +162,9 @@ public final class ChunkCache: Sendable {
   private let metrics: ChunkCacheMetrics
   /// Called when a chunk arrives or fails (the pager wakes its loops to retry waiting faults).
   private let arrival = Mutex<(@Sendable () -> Void)?>(nil)
-  /// The most fetches at once: beyond it a fault's lookup answers "pending" without starting one
-  /// (its retry starts it once a fetch ends) and read-ahead is dropped, so a flood of distinct
-  /// chunks cannot start unbounded work or overrun the memory bound with chunks in flight.
+  /// The most fetches at once: beyond it a chunk waits in a queue (a fault's first) and starts as
+  /// a fetch ends, so a flood of distinct chunks cannot start unbounded work or overrun the memory
+  /// bound with chunks in flight.
   public static let maxInFlight = 32
   /// The most chunks each queue (faults' chunks, read-ahead) holds; beyond it read-ahead is dropped
   /// (a fault's chunk is asked for again by the fault's next retry).

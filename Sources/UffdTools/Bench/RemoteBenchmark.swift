@@ -2,6 +2,7 @@ import CUserfaultfdReference
 import Foundation
 import Logging
 import SnapshotPager
+import Synchronization
 import Userfaultfd
 
 /// `uffd bench remote`: one snapshot and one working set (a tenth of the pages in 64 KiB runs,
@@ -30,6 +31,9 @@ package struct RemoteBenchmark {
     package var chunksNeeded: Int
     package var bytesFetched: Int
     package var faultP99Us: Double
+    /// The clones' faults (pages they waited for) and the pages replay copied ahead of them.
+    package var faults: Int
+    package var replayedPages: Int
     /// The most GETs nginx logged for one chunk during the row (fleet-64; nil elsewhere).
     package var maxServerGetsPerChunk: Int?
     /// The pack row's numbers.
@@ -83,6 +87,7 @@ package struct RemoteBenchmark {
   struct Sample {
     var completeMs = 0.0, gbps = 0.0, p99 = 0.0
     var chunksFetched = 0, bytesFetched = 0
+    var faults = 0, replayedPages = 0
     var serverGets: Int?
   }
 
@@ -134,7 +139,8 @@ package struct RemoteBenchmark {
       rows.append(Row(
         source: source, clones: count, completeMs: m(\.completeMs), gbps: m(\.gbps),
         chunksFetched: Int(m { Double($0.chunksFetched) }), chunksNeeded: needed, bytesFetched: Int(m { Double($0.bytesFetched) }),
-        faultP99Us: m(\.p99), maxServerGetsPerChunk: list.compactMap(\.serverGets).max()))
+        faultP99Us: m(\.p99), faults: Int(m { Double($0.faults) }), replayedPages: Int(m { Double($0.replayedPages) }),
+        maxServerGetsPerChunk: list.compactMap(\.serverGets).max()))
     }
     progress("pack: a diff with 5% of the pages changed")
     rows.append(try await packRow(raw: raw, folder: folder, base: base))
@@ -175,7 +181,8 @@ package struct RemoteBenchmark {
       _ = try outcome.get()
       configuration.workingSets = WorkingSetSettings(replayDirectory: workingSets)
     }
-    let pager = try SnapshotPagerHost(configuration: configuration, logger: logger)
+    let ended = Mutex<[SnapshotServer.Statistics]>([])
+    let pager = try SnapshotPagerHost(configuration: configuration, logger: logger) { statistics in ended.withLock { $0.append(statistics) } }
     try pager.start()
     defer {
       pager.stop()
@@ -187,8 +194,16 @@ package struct RemoteBenchmark {
     let logStart = servers.httpAccessLog.flatMap { try? FileManager.default.attributesOfItem(atPath: $0)[.size] as? Int } ?? 0
     let result = try fleet.runClones(clones, size: mib << 20, seed: 1) { _ in socket }
     let after = pager.chunkCache?.statistics ?? .init()
+    // The sessions' summaries arrive as they end (the clones have exited: bounded).
+    let deadline = ContinuousClock.now + .seconds(10)
+    while ended.withLock({ $0.count }) < clones + (warm ? 1 : 0), ContinuousClock.now < deadline { usleep(1000) }
+    let sessions = ended.withLock { $0.dropFirst(warm ? 1 : 0) }
     var sample = Sample(completeMs: result.wallMs, gbps: result.gbps, p99: result.p99,
-                        chunksFetched: after.chunksFetched - before.chunksFetched, bytesFetched: after.bytesFetched - before.bytesFetched)
+                        chunksFetched: after.chunksFetched - before.chunksFetched, bytesFetched: after.bytesFetched - before.bytesFetched,
+                        faults: sessions.reduce(0) { $0 + $1.faults }, replayedPages: sessions.reduce(0) { $0 + $1.pagesByReplay })
+    if ProcessInfo.processInfo.environment["UFFD_BENCH_REMOTE_DEBUG"] != nil {
+      FileHandle.standardError.write(Data("\(address): \(after)\n".utf8))
+    }
     if clones > 1, through?.url == servers.http, let log = servers.httpAccessLog {
       sample.serverGets = Self.maxGetsPerChunk(log: log, from: logStart)
     }
@@ -216,7 +231,7 @@ package struct RemoteBenchmark {
     let elapsed = clock.now - start
     return Row(source: "pack", clones: 0, completeMs: Double(elapsed.nanosecondsValue) / 1e6,
                gbps: Double(mib << 20) / Double(max(1, elapsed.nanosecondsValue)), chunksFetched: 0, chunksNeeded: 0,
-               bytesFetched: 0, faultP99Us: 0, baseBytes: base.layerBytes, diffBytes: diff.layerBytes + diff.manifestBytes,
+               bytesFetched: 0, faultP99Us: 0, faults: 0, replayedPages: 0, baseBytes: base.layerBytes, diffBytes: diff.layerBytes + diff.manifestBytes,
                changedFraction: Double(diff.changedPages) / Double(pages))
   }
 
@@ -260,9 +275,9 @@ package struct RemoteBenchmark {
   /// A table of the rows.
   package static func table(_ report: Report) -> String {
     var lines = ["\(report.mib) MiB snapshot, 2 MiB chunks, \(report.latencyMs) ms injected per request, medians of \(report.runs) (\(report.machine))",
-                 "source           clones  complete_ms     GB/s  chunks fetched/needed  bytes_fetched  fault_p99_us"]
+                 "source             clones  complete_ms     GB/s  chunks fetched/needed  bytes_fetched  fault_p99_us   faults  replayed"]
     for row in report.rows where row.source != "pack" {
-      lines.append("\(row.source.padding(toLength: 16, withPad: " ", startingAt: 0)) \(String(format: "%6d %12.1f %8.2f %10d/%-10d %14d %13.1f", row.clones, row.completeMs, row.gbps, row.chunksFetched, row.chunksNeeded, row.bytesFetched, row.faultP99Us))"
+      lines.append("\(row.source.padding(toLength: 18, withPad: " ", startingAt: 0)) \(String(format: "%6d %12.1f %8.2f %10d/%-10d %14d %13.1f %8d %9d", row.clones, row.completeMs, row.gbps, row.chunksFetched, row.chunksNeeded, row.bytesFetched, row.faultP99Us, row.faults, row.replayedPages))"
                    + (row.maxServerGetsPerChunk.map { "  (nginx: at most \($0) GET per chunk)" } ?? ""))
     }
     for row in report.rows where row.source == "pack" {
