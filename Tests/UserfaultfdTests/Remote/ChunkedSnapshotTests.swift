@@ -201,22 +201,22 @@ extension ChunkedSnapshotTests {
     try TestSnapshots.write([1], to: directory + "/\(digests[0]).tmp-\(gone)")
     let source = LocalFileSource(directory: store)
     func fetch(_ digest: String) -> ChunkFetch { ChunkFetch(source: source, path: digest, bytes: 2 << 20) }
-    let configuration = RemoteSnapshotConfiguration(cacheBytes: 64 << 20, cacheDirectory: directory, diskCacheBytes: 16 << 20,
+    let configuration = RemoteSnapshotConfiguration(cacheBytes: 64 << 20, cacheDirectory: directory, diskCacheBytes: 20 << 20,
                                                     attemptTimeout: .seconds(5), attempts: 2, backoff: .milliseconds(1))
     let cache = try ChunkCache(configuration: configuration, logger: PagerFixture.quietLogger)
     #expect(FileManager.default.fileExists(atPath: directory + "/notes.txt"))
     if deadWriter { #expect(!FileManager.default.fileExists(atPath: directory + "/\(digests[0]).tmp-\(gone)")) }
-    // Twelve 2 MiB chunks through a 16 MiB disk tier: never more than 16 MiB of chunk files, the
+    // Twelve 2 MiB chunks through a 20 MiB disk tier: never more than 20 MiB of chunk files, the
     // least recently used deleted first.
     for (index, digest) in digests.enumerated() {
       _ = cache.chunk(digest, fetch: fetch(digest))
       try await waitUntil { cache.contains(digest) && cache.statistics.diskBytes + cache.statistics.diskEvictions * (2 << 20) == (index + 1) * (2 << 20) }
       let onDisk = try FileManager.default.contentsOfDirectory(atPath: directory).filter(ChunkDiskTier.isChunkName)
       let bytes = try onDisk.reduce(0) { $0 + (try FileManager.default.attributesOfItem(atPath: directory + "/" + $1)[.size] as? Int ?? 0) }
-      #expect(bytes <= 16 << 20 && bytes == cache.statistics.diskBytes, "after chunk \(index): \(bytes) bytes on disk")
+      #expect(bytes <= 20 << 20 && bytes == cache.statistics.diskBytes, "after chunk \(index): \(bytes) bytes on disk")
     }
     var statistics = cache.statistics
-    #expect(statistics.diskEvictions >= 4 && statistics.chunksFetched == 12)
+    #expect(statistics.diskEvictions >= 2 && statistics.chunksFetched == 12)
     #expect(!FileManager.default.fileExists(atPath: directory + "/" + digests[0]))
     #expect(FileManager.default.fileExists(atPath: directory + "/" + digests[11]))
     // Memory dropped: the last chunk comes from disk, not the store.
@@ -233,9 +233,9 @@ extension ChunkedSnapshotTests {
     guard case .ready(let buffer) = cache.chunk(digests[10], fetch: fetch(digests[10])) else { Issue.record("not ready"); return }
     #expect(ChunkCache.digest(Array(buffer.bytes)) == digests[10] && cache.statistics.chunksFetched == 13)
     // A pager started again with a smaller bound trims the folder to it at once, oldest first.
-    let smaller = try ChunkCache(configuration: RemoteSnapshotConfiguration(cacheDirectory: directory, diskCacheBytes: 8 << 20),
+    let smaller = try ChunkCache(configuration: RemoteSnapshotConfiguration(cacheDirectory: directory, diskCacheBytes: 16 << 20),
                                  logger: PagerFixture.quietLogger)
-    #expect(smaller.statistics.diskBytes <= 8 << 20 && FileManager.default.fileExists(atPath: directory + "/notes.txt"))
+    #expect(smaller.statistics.diskBytes <= 16 << 20 && smaller.statistics.diskEvictions >= 1 && FileManager.default.fileExists(atPath: directory + "/notes.txt"))
     #expect(throws: SnapshotSourceError.self) { try ChunkCache(configuration: RemoteSnapshotConfiguration(diskCacheBytes: 1 << 20)) }
   }
 
