@@ -12,6 +12,11 @@ import UffdTools
 /// byte checked; then the failures a network brings (a killed server, 500s, a slow server, wrong
 /// bytes) injected by a proxy on loopback: no fault hangs past its deadline, no wrong byte reaches
 /// a client, and a session of another snapshot keeps being served.
+///
+/// Nested in the kernel suite: these tests fork clients (which must not run beside another test's
+/// UFFDIO_MOVE) and hold HTTP connections open (which must not run beside a test counting the
+/// process's descriptors).
+extension KernelTests {
 @Suite(.serialized) struct RemoteSnapshotServingTests {
   /// A packed snapshot in a local folder: its raw file (what clients compare with) and manifest.
   struct Packed {
@@ -248,7 +253,9 @@ import UffdTools
   }
 }
 
-extension RemoteSnapshotServingTests {
+}  // extension KernelTests
+
+extension KernelTests.RemoteSnapshotServingTests {
   @Test(.enabled(if: RemoteServers.httpAvailable, RemoteServers.httpMissing))
   func theEndSessionPolicyEndsOnlyThatSession() async throws {
     let http = try RemoteServers.requireHTTP()
@@ -293,7 +300,7 @@ extension RemoteSnapshotServingTests {
   }
 }
 
-extension RemoteSnapshotServingTests {
+extension KernelTests.RemoteSnapshotServingTests {
   @Test(.enabled(if: HugePages.canReserve, "needs 2 MiB hugetlb pages: none could be reserved (vm.nr_hugepages)"))
   func aChunkedSnapshotAndADiffServeHugetlbfsClients() async throws {
     // 2 MiB chunks hold whole huge pages: each is copied from one chunk in one ioctl.
