@@ -201,9 +201,6 @@ package struct RemoteBenchmark {
     var sample = Sample(completeMs: result.wallMs, gbps: result.gbps, p99: result.p99,
                         chunksFetched: after.chunksFetched - before.chunksFetched, bytesFetched: after.bytesFetched - before.bytesFetched,
                         faults: sessions.reduce(0) { $0 + $1.faults }, replayedPages: sessions.reduce(0) { $0 + $1.pagesByReplay })
-    if ProcessInfo.processInfo.environment["UFFD_BENCH_REMOTE_DEBUG"] != nil {
-      FileHandle.standardError.write(Data("\(address): \(after)\n".utf8))
-    }
     if clones > 1, through?.url == servers.http, let log = servers.httpAccessLog {
       sample.serverGets = Self.maxGetsPerChunk(log: log, from: logStart)
     }
