@@ -85,22 +85,24 @@ extension HTTPExchange {
     } catch {
       throw .badConfiguration("\(what): \(error)")
     }
-    let received = try await withTimeout(timeout, what) { () async throws(SnapshotSourceError) -> Received in
-      let task = client.execute(request: request, delegate: ChunkReceiver(expected: bytes, what: what),
-                                deadline: .now() + .nanoseconds(timeout.nanosecondsClamped))
-      do {
-        return try await withTaskCancellationHandler {
-          try await task.futureResult.get()
-        } onCancel: {
-          task.cancel()
-        }
-      } catch let error as SnapshotSourceError {
-        throw error
-      } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout || error == .connectTimeout {
-        throw .timedOut("\(what): \(error)")
-      } catch {
-        throw .transport("\(what): \(error)")
+    // The request's own deadline bounds it, head and body (async-http-client fails it with
+    // `deadlineExceeded` on its event loop): no racing timer task, whose set-up and cancellation
+    // would cost each chunk several more hand-offs between threads.
+    let task = client.execute(request: request, delegate: ChunkReceiver(expected: bytes, what: what),
+                              deadline: .now() + .nanoseconds(timeout.nanosecondsClamped))
+    let received: Received
+    do {
+      received = try await withTaskCancellationHandler {
+        try await task.futureResult.get()
+      } onCancel: {
+        task.cancel()
       }
+    } catch let error as SnapshotSourceError {
+      throw error
+    } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout || error == .connectTimeout {
+      throw .timedOut("\(what): \(error)")
+    } catch {
+      throw .transport("\(what): \(error)")
     }
     let head = Head(status: received.status, headers: received.headers)
     switch received.status {
