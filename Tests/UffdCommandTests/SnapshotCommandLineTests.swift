@@ -37,14 +37,17 @@ import Testing
   @Test func serveTakesURLsAndRemoteOptions() throws {
     let serve = try #require(try UffdCommand.parseAsRoot([
       "serve", "--listen", "/run/a.sock=s3://bucket/base/manifest.json", "--listen", "/run/b.sock=http://127.0.0.1:8080/m.json",
-      "--cache-size", "4GiB", "--cache-dir", "/var/cache/uffd", "--endpoint", "http://127.0.0.1:9000",
+      "--cache-size", "4GiB", "--cache-dir", "/var/cache/uffd", "--cache-dir-size", "64GiB", "--endpoint", "http://127.0.0.1:9000",
       "--fetch-timeout", "0.5", "--fetch-attempts", "5", "--fault-deadline", "2", "--read-ahead", "0", "--on-fetch-failure", "end-session",
     ]) as? ServeCommand)
     let remote = serve.remote.configuration
     #expect(remote.cacheBytes == 4 << 30 && remote.cacheDirectory == "/var/cache/uffd" && remote.attempts == 5)
+    #expect(remote.diskCacheBytes == 64 << 30)
+    #expect(try #require(try UffdCommand.parseAsRoot(["serve", "--listen", "/a=s3://b/m.json"]) as? ServeCommand)
+      .remote.configuration.diskCacheBytes == 8 << 30)
     #expect(remote.attemptTimeout == .milliseconds(500) && remote.faultDeadline == .seconds(2) && remote.readAheadChunks == 0)
     #expect(remote.onFailure == .endSession && remote.endpoint == "http://127.0.0.1:9000")
-    for bad in [["--cache-size", "1MiB"], ["--fetch-attempts", "0"], ["--fetch-timeout", "0"], ["--fault-deadline", "nan"],
+    for bad in [["--cache-size", "1MiB"], ["--cache-dir-size", "1MiB"], ["--fetch-attempts", "0"], ["--fetch-timeout", "0"], ["--fault-deadline", "nan"],
                 ["--read-ahead", "65"], ["--on-fetch-failure", "zeros"]] {
       #expect(throws: (any Error).self, "\(bad)") { try UffdCommand.parseAsRoot(["serve", "--listen", "/a=s3://b/m.json"] + bad) }
     }

@@ -34,12 +34,17 @@ public struct ChunkFetch: Sendable {
 ///
 /// Lookups never block: a serving loop asks, and gets the chunk, "pending" (its fetch runs on
 /// Swift concurrency's threads, never the loop's) or "failed" (after every retry).
+///
+/// At most ``maxInFlight`` fetches run at once. A chunk asked for beyond that waits in a bounded
+/// queue (``maxQueued``): a fault's chunk first, then read-ahead and working-set chunks in the
+/// order they were asked for; each fetch that ends starts the next queued one.
 public final class ChunkCache: Sendable {
   /// What a lookup found.
   public enum Lookup: Sendable {
     /// The chunk, verified.
     case ready(ChunkBuffer)
-    /// Being fetched (`started`: by this lookup).
+    /// Being fetched, or waiting for a fetch slot (`started`: this lookup was the chunk's miss,
+    /// which started or queued its fetch).
     case pending(started: Bool)
     /// Its fetch failed (every attempt), for this reason.
     case failed(String)
@@ -71,6 +76,12 @@ public final class ChunkCache: Sendable {
     public var evictions = 0
     /// Bytes held in memory now (in-flight chunks included).
     public var bytesCached = 0
+    /// Bytes of chunk files in the on-disk tier now.
+    public var diskBytes = 0
+    /// Chunk files deleted to keep the on-disk tier within its bound.
+    public var diskEvictions = 0
+    /// Read-ahead and working-set chunks that waited in the queue for a free fetch.
+    public var queued = 0
 
     /// All zero.
     public init() {}
@@ -83,6 +94,9 @@ public final class ChunkCache: Sendable {
       case bytesFetched = "bytes_fetched"
       case digestMismatches = "digest_mismatches"
       case bytesCached = "bytes_cached"
+      case diskBytes = "disk_bytes"
+      case diskEvictions = "disk_evictions"
+      case queued
     }
   }
 
@@ -101,6 +115,44 @@ public final class ChunkCache: Sendable {
     var loadingBytes = 0
     var tick: UInt64 = 0
     var statistics = Statistics()
+    /// Chunks a fault waits for that could not start (every fetch slot busy), oldest first.
+    var urgent = FetchQueue()
+    /// Read-ahead and working-set chunks waiting for a fetch slot, in the order asked.
+    var ahead = FetchQueue()
+  }
+
+  /// Fetches waiting for a slot, without duplicates.
+  struct FetchQueue {
+    private var items: [(digest: String, fetch: ChunkFetch)] = []
+    private var head = 0
+    private var members = Set<String>()
+
+    var count: Int { items.count - head }
+
+    /// Adds `digest` unless it waits already or the queue holds `limit`; whether it was added.
+    mutating func append(_ digest: String, _ fetch: ChunkFetch, limit: Int) -> Bool {
+      guard count < limit, members.insert(digest).inserted else { return false }
+      items.append((digest, fetch))
+      return true
+    }
+
+    mutating func popFirst() -> (digest: String, fetch: ChunkFetch)? {
+      guard head < items.count else { return nil }
+      let first = items[head]
+      head += 1
+      members.remove(first.digest)
+      if head == items.count {
+        items.removeAll(keepingCapacity: true)
+        head = 0
+      } else if head >= 1024 && head * 2 >= items.count {
+        items.removeFirst(head)
+        head = 0
+      }
+      return first
+    }
+
+    /// The first waiting fetch, left in place.
+    var first: (digest: String, fetch: ChunkFetch)? { head < items.count ? items[head] : nil }
   }
 
   /// The settings.
@@ -110,10 +162,15 @@ public final class ChunkCache: Sendable {
   private let metrics: ChunkCacheMetrics
   /// Called when a chunk arrives or fails (the pager wakes its loops to retry waiting faults).
   private let arrival = Mutex<(@Sendable () -> Void)?>(nil)
-  /// The most fetches at once: beyond it a fault's lookup answers "pending" without starting one
-  /// (its retry starts it once a fetch ends) and read-ahead is dropped, so a flood of distinct
-  /// chunks cannot start unbounded work or overrun the memory bound with chunks in flight.
+  /// The most fetches at once: beyond it a chunk waits in a queue (a fault's first) and starts as
+  /// a fetch ends, so a flood of distinct chunks cannot start unbounded work or overrun the memory
+  /// bound with chunks in flight.
   public static let maxInFlight = 32
+  /// The most chunks each queue (faults' chunks, read-ahead) holds; beyond it read-ahead is dropped
+  /// (a fault's chunk is asked for again by the fault's next retry).
+  public static let maxQueued = 4096
+  /// The on-disk tier, when configured.
+  private let disk: ChunkDiskTier?
   /// How long a failed chunk answers "failed" before a new fault tries again.
   private let failureHold: Duration = .seconds(1)
 
@@ -122,8 +179,8 @@ public final class ChunkCache: Sendable {
   public init(configuration: RemoteSnapshotConfiguration = .init(), logger: Logger = Logger(label: "uffd.chunk-cache"),
               metricsFactory: (any MetricsFactory)? = nil) throws(SnapshotSourceError) {
     try configuration.validate()
-    if let directory = configuration.cacheDirectory {
-      try LocalFileSource.makeDirectories(forFile: directory + "/x")
+    disk = try configuration.cacheDirectory.map { (directory) throws(SnapshotSourceError) in
+      try ChunkDiskTier(directory: directory, bound: configuration.diskCacheBytes)
     }
     self.configuration = configuration
     self.logger = logger
@@ -136,9 +193,16 @@ public final class ChunkCache: Sendable {
     lookup(digest, fetch: fetch, counted: true)
   }
 
-  /// Starts fetching `digest` if it is neither cached nor in flight (read-ahead); never blocks.
+  /// Starts fetching `digest` if it is neither cached nor in flight (read-ahead), or queues it
+  /// when every fetch slot is busy; never blocks.
   public func prefetch(_ digest: String, fetch: ChunkFetch) {
     _ = lookup(digest, fetch: fetch, counted: false)
+  }
+
+  /// ``prefetch(_:fetch:)`` for each chunk of `chunks` in order (a working set's chunks in the
+  /// order it was recorded): fetched as slots free, in that order, behind any fault's chunk.
+  public func prefetch(_ chunks: [(digest: String, fetch: ChunkFetch)]) {
+    for chunk in chunks { prefetch(chunk.digest, fetch: chunk.fetch) }
   }
 
   /// Calls `wake` (on a fetching thread) each time a chunk arrives or fails for good, so faults
@@ -151,7 +215,14 @@ public final class ChunkCache: Sendable {
   }
 
   /// The counters now.
-  public var statistics: Statistics { state.withLock { $0.statistics } }
+  public var statistics: Statistics {
+    var statistics = state.withLock { $0.statistics }
+    if let usage = disk?.usage {
+      statistics.diskBytes = usage.bytes
+      statistics.diskEvictions = usage.evictions
+    }
+    return statistics
+  }
 
   /// Drops every chunk from memory (the disk tier stays): a benchmark's cold start.
   public func removeAll() {
@@ -177,29 +248,74 @@ public final class ChunkCache: Sendable {
       case .failed(let why, let until, let origin) where now < until && origin == fetch.origin:
         return (.failed(why), false)
       case .failed, nil:
-        // Chunks in flight cannot be evicted: they alone must fit the bound.
-        guard state.inFlight < Self.maxInFlight, state.loadingBytes + fetch.bytes <= configuration.cacheBytes || state.inFlight == 0 else {
-          return (.pending(started: false), false)
+        guard claim(&state, digest, fetch) else {
+          // Every slot busy: queued, a fault's chunk ahead of read-ahead. The first lookup of a
+          // fault counts as its miss; its retries find it queued and start nothing more.
+          guard counted else {
+            if state.ahead.append(digest, fetch, limit: Self.maxQueued) { state.statistics.queued += 1 }
+            return (.pending(started: false), false)
+          }
+          let added = state.urgent.append(digest, fetch, limit: Self.maxQueued)
+          if added { state.statistics.misses += 1 }
+          return (.pending(started: added), false)
         }
-        state.inFlight += 1
-        state.loadingBytes += fetch.bytes
         if counted { state.statistics.misses += 1 }
-        state.entries[digest] = .loading(bytes: fetch.bytes)
-        state.bytes += fetch.bytes
-        state.statistics.fetches += 1
-        evict(&state)
-        state.statistics.bytesCached = state.bytes
         return (.pending(started: true), true)
       }
     }
     if counted {
       if case .ready = answer { metrics.hits.increment() } else if start { metrics.misses.increment() }
     }
-    if start {
-      // On the fetch threads, never the shared pool the application may be blocking.
-      Task(executorPreference: FetchExecutor.shared) { [self] in await run(digest, fetch) }
-    }
+    if start { launch(digest, fetch) }
     return answer
+  }
+
+  /// Marks `digest` as loading when a fetch slot is free and its bytes fit the memory bound
+  /// (chunks in flight cannot be evicted: they alone must fit); whether it did.
+  private func claim(_ state: inout State, _ digest: String, _ fetch: ChunkFetch) -> Bool {
+    guard state.inFlight < Self.maxInFlight,
+          state.loadingBytes + fetch.bytes <= configuration.cacheBytes || state.inFlight == 0 else { return false }
+    state.inFlight += 1
+    state.loadingBytes += fetch.bytes
+    state.entries[digest] = .loading(bytes: fetch.bytes)
+    state.bytes += fetch.bytes
+    state.statistics.fetches += 1
+    evict(&state)
+    state.statistics.bytesCached = state.bytes
+    return true
+  }
+
+  /// Starts the queued fetches the free slots allow (a fault's chunks first), after a fetch ends.
+  private func startQueued() {
+    let started = state.withLock { state -> [(String, ChunkFetch)] in
+      var started: [(String, ChunkFetch)] = []
+      let now = ContinuousClock.now
+      while state.inFlight < Self.maxInFlight {
+        guard let next = state.urgent.first ?? state.ahead.first else { break }
+        switch state.entries[next.digest] {
+        case .ready, .loading:
+          _ = state.urgent.first != nil ? state.urgent.popFirst() : state.ahead.popFirst()
+          continue  // arrived meanwhile, or started by a lookup
+        case .failed(_, let until, let origin) where now < until && origin == next.fetch.origin:
+          _ = state.urgent.first != nil ? state.urgent.popFirst() : state.ahead.popFirst()
+          continue
+        case .failed, nil:
+          guard claim(&state, next.digest, next.fetch) else { return started }  // memory bound: wait for more to end
+          _ = state.urgent.first != nil ? state.urgent.popFirst() : state.ahead.popFirst()
+          started.append((next.digest, next.fetch))
+        }
+      }
+      return started
+    }
+    for (digest, fetch) in started { launch(digest, fetch) }
+  }
+
+  private func launch(_ digest: String, _ fetch: ChunkFetch) {
+    // On the fetch threads, never the shared pool the application may be blocking.
+    Task(executorPreference: FetchExecutor.shared) { [self] in
+      await run(digest, fetch)
+      startQueued()
+    }
   }
 
   /// Evicts least recently used chunks until the memory bound holds (in-flight chunks stay).
@@ -221,28 +337,26 @@ public final class ChunkCache: Sendable {
   private func run(_ digest: String, _ fetch: ChunkFetch) async {
     let clock = ContinuousClock()
     let started = clock.now
-    if let directory = configuration.cacheDirectory,
-       let bytes = try? await LocalFileSource(directory: directory).read(digest, range: nil, expecting: nil, timeout: configuration.attemptTimeout),
-       Self.digest(bytes) == digest, let buffer = ChunkBuffer(bytes) {
-      publish(digest, buffer, fromNetwork: false, elapsed: clock.now - started)
-      return
+    if let disk, let bytes = await disk.read(digest, timeout: configuration.attemptTimeout) {
+      if Self.digest(bytes) == digest, let buffer = ChunkBuffer(bytes) {
+        publish(digest, buffer, fromNetwork: false, elapsed: clock.now - started)
+        return
+      }
+      disk.discard(digest)  // damaged on disk: never served, fetched again below
     }
     var lastError = "no attempt"
     var delay = configuration.backoff
     for attempt in 1...configuration.attempts {
       do {
-        let bytes = try await fetch.source.read(fetch.path, range: 0..<fetch.bytes, expecting: nil, timeout: configuration.attemptTimeout)
-        guard Self.digest(bytes) == digest else {
+        let buffer = try await fetch.source.readChunk(fetch.path, bytes: fetch.bytes, timeout: configuration.attemptTimeout)
+        guard Self.digest(buffer.bytes) == digest else {
           // A wrong chunk (a misbehaving server or a damaged object): never served; tried again.
           state.withLock { $0.statistics.digestMismatches += 1 }
           metrics.digestMismatches.increment()
           throw SnapshotSourceError.badResponse("\(fetch.path): the bytes do not hash to the chunk's digest")
         }
-        guard let buffer = ChunkBuffer(bytes) else { throw SnapshotSourceError.transport("out of memory for a chunk") }
         publish(digest, buffer, fromNetwork: true, elapsed: clock.now - started)
-        if let directory = configuration.cacheDirectory {
-          try? await LocalFileSource(directory: directory).write(digest, bytes: bytes, timeout: configuration.attemptTimeout)
-        }
+        if let disk { await disk.write(digest, bytes: Array(buffer.bytes), timeout: configuration.attemptTimeout) }
         return
       } catch {
         lastError = "\(error)"
@@ -298,6 +412,12 @@ public final class ChunkCache: Sendable {
   }
 
   static func digest(_ bytes: [UInt8]) -> String { SigV4Signer.hex(SHA256.hash(data: bytes)) }
+
+  static func digest(_ bytes: UnsafeRawBufferPointer) -> String {
+    var hasher = SHA256()
+    hasher.update(bufferPointer: bytes)
+    return SigV4Signer.hex(hasher.finalize())
+  }
 }
 
 /// The cache's metrics (hits, misses, fetch latency, bytes, failures).

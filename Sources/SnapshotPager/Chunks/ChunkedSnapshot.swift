@@ -132,6 +132,38 @@ public final class ChunkedSnapshot: Sendable {
     return waiting ? .pending : .ready(address: buffer.address(at: 0), bytes: bytes, keep: buffer)
   }
 
+  /// The chunks holding the snapshot bytes at `offsets`, each once, in the order first named (a
+  /// working set's chunks in its recorded order), at most `maxBytes` of them; holes (zero pages)
+  /// and offsets past the end name none.
+  package func chunks(covering offsets: some Sequence<Int>, maxBytes: Int) -> [(digest: String, fetch: ChunkFetch)] {
+    var seen = Set<Int>()
+    var chunks: [(digest: String, fetch: ChunkFetch)] = []
+    var bytes = 0
+    for offset in offsets {
+      let page = offset / manifest.pageSize
+      guard offset >= 0, page < table.pages, let entry = table.index(ofPage: page) else { continue }
+      let extent = table.extents[entry]
+      guard seen.insert(extent.layer << 32 | extent.chunk).inserted else { continue }
+      let chunk = fetches[extent.layer][extent.chunk]
+      guard bytes + chunk.fetch.bytes <= maxBytes else { break }
+      bytes += chunk.fetch.bytes
+      chunks.append(chunk)
+    }
+    return chunks
+  }
+
+  /// Starts fetching the chunks a session's working set needs, in its recorded order, ahead of
+  /// the faults and the replay that will want them (at most half the memory cache's bound: more
+  /// would evict the first before they are used). Never blocks: the chunks are queued in the cache.
+  package func prefetch(_ workingSet: WorkingSet) {
+    let granule = workingSet.granule
+    let offsets = workingSet.pages.lazy.compactMap { page -> Int? in
+      let (offset, overflow) = page.multipliedReportingOverflow(by: UInt64(granule))
+      return overflow || offset > UInt64(Int.max) ? nil : Int(offset)
+    }
+    cache.prefetch(chunks(covering: offsets, maxBytes: cache.configuration.cacheBytes / 2))
+  }
+
   /// Starts fetching the chunks of the extents after `extentIndex` (the next of a sequential run).
   private func readAhead(after extentIndex: Int) {
     var remaining = cache.configuration.readAheadChunks

@@ -131,10 +131,14 @@ final class ServingLoop: Sendable {
       // A prefetcher waiting for a remote chunk polls every millisecond rather than spinning.
       let stalled = prefetching && sessions.values.allSatisfy { !$0.prefetching.load(ordering: .relaxed) || $0.server.prefetchStalled.load(ordering: .relaxed) }
       epoll.wait(into: &ready, milliseconds: deferred || stalled ? 1 : prefetching ? 0 : 1000)
+      // Wake-ups (a chunk arrived) are not work: replay and prefetch still get their turn below,
+      // or a stream of arrivals would keep a replay waiting for those very chunks from running.
+      var work = ready.count
       for slot in 0..<ready.count {
         let token = ready.tokens[slot]
         if token == Epoll.wakeToken {
           epoll.drainWake()
+          work -= 1
           continue
         }
         guard let session = sessions[token >> 1] else { continue }
@@ -155,7 +159,7 @@ final class ServingLoop: Sendable {
           if case .ended(let reason) = session.server.serviceEvents(buffer: buffer) { end(session, reason) }
         }
       }
-      if ready.count == 0 && prefetching {
+      if work == 0 && prefetching {
         // Nothing is ready: one prefetch copy, sessions taking turns.
         let candidates = sessions.values.filter { $0.prefetching.load(ordering: .relaxed) }.sorted { $0.number < $1.number }
         if !candidates.isEmpty {

@@ -13,8 +13,9 @@ public struct HTTPRangeSource: SnapshotSource {
   public let baseURL: String
   private let client: HTTPClient
 
-  /// A source under `baseURL` (`http://host:port/prefix`), using `client` (default: the shared one).
-  public init(baseURL: String, client: HTTPClient = .shared) throws(SnapshotSourceError) {
+  /// A source under `baseURL` (`http://host:port/prefix`), using `client` (default: the one every
+  /// remote source of the process shares, ``HTTPExchange/client``).
+  public init(baseURL: String, client: HTTPClient = HTTPExchange.client) throws(SnapshotSourceError) {
     guard baseURL.hasPrefix("http://") || baseURL.hasPrefix("https://") else {
       throw .badConfiguration("not an http(s) URL: \(baseURL)")
     }
@@ -50,6 +51,15 @@ public struct HTTPRangeSource: SnapshotSource {
     let (head, body) = try await HTTPExchange.perform(
       client, request, what: "GET \(address)", timeout: timeout, maxBody: range?.count ?? HTTPExchange.maxObject)
     return try HTTPExchange.checkedBody(head, body, range: range, expecting: expecting, what: address)
+  }
+
+  /// `GET` with `Range`, received straight into the chunk buffer.
+  public func readChunk(_ path: String, bytes: Int, timeout: Duration) async throws(SnapshotSourceError) -> ChunkBuffer {
+    let address = url(path)
+    var headers = HTTPHeaders()
+    HTTPExchange.addPreconditions(&headers, range: 0..<bytes, expecting: nil)
+    return try await HTTPExchange.receiveChunk(client, url: address, headers: headers, bytes: bytes, what: "GET \(address)",
+                                               timeout: timeout).1
   }
 
   /// `PUT` of the whole object.
@@ -108,9 +118,19 @@ enum ObjectPath {
 
 /// The HTTP exchange both HTTP sources share: one request, bounded in time and size, with its
 /// status mapped to ``SnapshotSourceError``.
-enum HTTPExchange {
+public enum HTTPExchange {
   /// The largest whole object read without a range (a manifest).
   static let maxObject = 256 << 20
+
+  /// The HTTP client remote sources share unless given one: the process's event loops (as
+  /// `HTTPClient.shared`), with up to ``ChunkCache/maxInFlight`` connections per server rather
+  /// than the shared client's 8, so the cache's concurrent fetches are not queued behind each
+  /// other's round trips. It lives as long as the process.
+  public static let client: HTTPClient = {
+    var configuration = HTTPClient.Configuration.singletonConfiguration
+    configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = ChunkCache.maxInFlight
+    return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
+  }()
 
   struct Head: Sendable {
     var status: Int

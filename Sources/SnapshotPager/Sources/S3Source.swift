@@ -26,7 +26,7 @@ public struct S3Source: SnapshotSource {
   /// them (see the type's documentation); `endpoint` overrides the environment's.
   public init(bucket: String, prefix: String, endpoint: String? = nil, credentials: AWSCredentials? = nil,
               region: String? = nil, environment: [String: String] = ProcessEnvironment.current,
-              client: HTTPClient = .shared) throws(SnapshotSourceError) {
+              client: HTTPClient = HTTPExchange.client) throws(SnapshotSourceError) {
     guard !bucket.isEmpty, !bucket.contains("/") else { throw .badConfiguration("bad bucket name '\(bucket)'") }
     let region = region ?? AWSCredentials.region(environment: environment)
     let custom = endpoint ?? environment["AWS_ENDPOINT_URL_S3"] ?? environment["AWS_ENDPOINT_URL"]
@@ -74,6 +74,15 @@ public struct S3Source: SnapshotSource {
     let (head, body) = try await HTTPExchange.perform(client, request, what: what, timeout: timeout,
                                                       maxBody: range?.count ?? HTTPExchange.maxObject)
     return try HTTPExchange.checkedBody(head, body, range: range, expecting: expecting, what: what)
+  }
+
+  /// `GET` with `Range`, signed, received straight into the chunk buffer.
+  public func readChunk(_ path: String, bytes: Int, timeout: Duration) async throws(SnapshotSourceError) -> ChunkBuffer {
+    var extra = HTTPHeaders()
+    HTTPExchange.addPreconditions(&extra, range: 0..<bytes, expecting: nil)
+    let request = signed("GET", key(path), headers: extra.map { ($0.name, $0.value) }, payloadHash: SigV4Signer.emptyPayloadHash, body: nil)
+    return try await HTTPExchange.receiveChunk(client, url: request.url, headers: request.headers, bytes: bytes,
+                                               what: "GET \(location(of: path))", timeout: timeout).1
   }
 
   /// `PUT` of the whole object, its payload hash signed.

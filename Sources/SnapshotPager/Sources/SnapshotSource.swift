@@ -19,6 +19,20 @@ public protocol SnapshotSource: Sendable {
 
   /// Stores `bytes` as object `path` (creating or replacing it).
   func write(_ path: String, bytes: [UInt8], timeout: Duration) async throws(SnapshotSourceError)
+
+  /// The first `bytes` bytes of object `path` (a chunk, read whole), in page-aligned memory the
+  /// chunk cache serves from. The default reads them with ``read(_:range:expecting:timeout:)``
+  /// and copies them; the HTTP sources receive them in place.
+  func readChunk(_ path: String, bytes: Int, timeout: Duration) async throws(SnapshotSourceError) -> ChunkBuffer
+}
+
+extension SnapshotSource {
+  /// ``read(_:range:expecting:timeout:)``, copied into a chunk buffer.
+  public func readChunk(_ path: String, bytes: Int, timeout: Duration) async throws(SnapshotSourceError) -> ChunkBuffer {
+    let read = try await self.read(path, range: 0..<bytes, expecting: nil, timeout: timeout)
+    guard let buffer = ChunkBuffer(read) else { throw .transport("out of memory for a chunk") }
+    return buffer
+  }
 }
 
 /// What identifies one version of an object: a changed object has a different identity.

@@ -6,6 +6,10 @@ import Glibc
 /// new file at the same path has a new inode, so a working set recorded for another snapshot
 /// generation is refused rather than replayed into the wrong memory. A snapshot copied to another
 /// file or host gets a new identity too: its working set is recorded again.
+///
+/// A chunked snapshot (served from a manifest) has no file to `stat`: its identity is its content,
+/// ``init(manifest:)``, so a working set recorded on one host replays on every host serving the
+/// same snapshot, and never into another.
 public struct SnapshotIdentity: Sendable, Hashable, Codable, CustomStringConvertible {
   /// The file's length in bytes.
   public var size: UInt64
@@ -31,6 +35,17 @@ public struct SnapshotIdentity: Sendable, Hashable, Codable, CustomStringConvert
     var info = stat()
     guard stat(path, &info) == 0 else { throw .unreadable(path: path, errno: errno) }
     self.init(info)
+  }
+
+  /// The identity of a chunked snapshot: its length, device 0 (no file), and the first 16 bytes
+  /// of its manifest's content digest (`identity`, the SHA-256 of the whole snapshot) as the
+  /// inode and modification fields.
+  package init(manifest: SnapshotManifest) {
+    let hex = Array(manifest.identity.split(separator: ":").last.map(String.init) ?? manifest.identity).compactMap(\.hexDigitValue)
+    func word(_ from: Int) -> UInt64 {
+      hex.dropFirst(from).prefix(16).reduce(UInt64(0)) { $0 << 4 | UInt64($1) }
+    }
+    self.init(size: UInt64(max(0, manifest.length)), device: 0, inode: word(0), modifiedNanoseconds: word(16))
   }
 
   /// The identity of an open file.

@@ -99,6 +99,8 @@ extension SnapshotServer {
         return !queue.isFinished
       }
       queue.scratch.sort()
+      let replayedBefore = queue.replayed
+      if snapshot.chunked != nil { prefetchStalled.store(false, ordering: .relaxed) }
       var index = 0
       let clock = ContinuousClock()
       while index < queue.scratch.count {
@@ -112,15 +114,41 @@ extension SnapshotServer {
         }
         let fileOffset = serving.map.fileOffset(ofPage: first, in: region)
         var source = snapshot.address(at: fileOffset).rawValue
+        var ownPage = false
         if let overlay {
           if let own = overlay.source(at: fileOffset) {
             source = own
             count = 1
+            ownPage = true
           } else {
             count = overlay.pagesBeforeOverlay(from: fileOffset, pages: count, pageSize: pageSize)
           }
         }
-        let answer = RangeIoctl.copy(uffd.coreDescriptor, serving.map.address(ofPage: first, in: region), from: source, length: count * pageSize)
+        // A chunked snapshot's pages come from the chunk cache; the run ends where its chunk does.
+        var keep: ChunkBuffer?
+        if let chunked = snapshot.chunked, !ownPage {
+          switch chunked.content(at: fileOffset, maxBytes: count * pageSize, minBytes: pageSize) {
+          case .ready(let address, let bytes, let buffer):
+            source = address
+            count = min(count, bytes / pageSize)
+            keep = buffer
+          case .pending:
+            // Its chunk is on its way (asked for in recorded order when replay began): this and
+            // the step's later pages are tried again, the loop polling meanwhile, not spinning.
+            queue.retry.append(contentsOf: queue.scratch[index...].reversed())
+            if queue.replayed == replayedBefore { prefetchStalled.store(true, ordering: .relaxed) }
+            index = queue.scratch.count
+            continue
+          case .failed:
+            // Left to a demand fault, which applies the snapshot's failure policy.
+            serving.statistics.prefetchErrors += 1
+            index += count
+            continue
+          }
+        }
+        let answer = withExtendedLifetime(keep) {
+          RangeIoctl.copy(uffd.coreDescriptor, serving.map.address(ofPage: first, in: region), from: source, length: count * pageSize)
+        }
         let done = answer.bytesDone / pageSize
         if done > 0 {
           serving.map.mark(first..<(first + done), .served)

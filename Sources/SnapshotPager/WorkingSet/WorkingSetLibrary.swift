@@ -11,6 +11,10 @@ import Userfaultfd
 /// Files: `<replay or record folder>/<snapshot file name>.wset` (the merged working set) and
 /// `<record folder>/<snapshot file name>.<session>.trace.wset` (each recorded session). A file
 /// for another snapshot that happens to share the name is refused by its identity, never replayed.
+/// A chunked snapshot (a manifest's URL or path) is named by its whole address, its characters
+/// other than letters, digits, `-` and `.` turned into `_` (every manifest is `manifest.json`),
+/// and bound to its manifest's content identity (``SnapshotIdentity/init(manifest:)``); replaying
+/// one also fetches its chunks ahead, in recorded order.
 ///
 /// Files are written by one writer thread from a bounded queue, never on a serving loop or the
 /// acceptor (a write takes milliseconds a fault must not wait for).
@@ -46,7 +50,8 @@ package final class WorkingSetLibrary: Sendable {
   /// one) and starts the writer thread (when recording).
   func start(snapshots: [String]) throws(UserfaultfdError) {
     if let directory = settings.replayDirectory {
-      for snapshot in snapshots {
+      // A chunked snapshot's identity is its manifest's: read at its first session, not here.
+      for snapshot in snapshots where !RemoteSnapshots.isManifest(snapshot) {
         if let identity = identity(of: snapshot) { _ = workingSet(in: directory, of: snapshot, identity: identity, logger: logger) }
       }
     }
@@ -69,16 +74,27 @@ package final class WorkingSetLibrary: Sendable {
   var tracesWritten: Int { written.load(ordering: .acquiring) }
 
   static func fileName(of snapshotPath: String) -> String {
-    String(snapshotPath.split(separator: "/").last ?? Substring(snapshotPath))
+    guard RemoteSnapshots.isManifest(snapshotPath) else {
+      return String(snapshotPath.split(separator: "/").last ?? Substring(snapshotPath))
+    }
+    let name = String(snapshotPath.map { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == ".") ? $0 : "_" })
+    return name.count > 200 ? String(name.suffix(200)) : name  // within NAME_MAX with the suffixes
   }
 
   func workingSetPath(directory: String, snapshotPath: String) -> String {
     "\(directory)/\(Self.fileName(of: snapshotPath)).wset"
   }
 
-  private func identity(of snapshotPath: String) -> SnapshotIdentity? {
+  private func identity(of snapshotPath: String, chunked: ChunkedSnapshot? = nil) -> SnapshotIdentity? {
     if let known = identities.withLock({ $0[snapshotPath] }) { return known }
-    guard let identity = try? SnapshotIdentity(path: snapshotPath) else { return nil }
+    let identity: SnapshotIdentity
+    if let chunked {
+      identity = SnapshotIdentity(manifest: chunked.manifest)
+    } else if !RemoteSnapshots.isManifest(snapshotPath), let file = try? SnapshotIdentity(path: snapshotPath) {
+      identity = file
+    } else {
+      return nil
+    }
     identities.withLock { $0[snapshotPath] = $0[snapshotPath] ?? identity }
     return identity
   }
@@ -105,13 +121,16 @@ package final class WorkingSetLibrary: Sendable {
   /// records and the working set still gathers traces. Runs on the acceptor (a `stat` and,
   /// when the file changed, one read).
   func prepare(_ server: SnapshotServer, snapshotPath: String, logger: Logger, recording: Bool = true) {
-    guard settings.isActive, let identity = identity(of: snapshotPath) else { return }
+    guard settings.isActive, let identity = identity(of: snapshotPath, chunked: server.snapshot.chunked) else { return }
     var traces = 0
     if let directory = settings.replayDirectory,
        let set = workingSet(in: directory, of: snapshotPath, identity: identity, logger: logger) {
       traces = set.traces
       if !set.pages.isEmpty {
         server.startReplay(set)
+        // A remote snapshot's chunks are asked for now, in recorded order: the network's round
+        // trips overlap each other and the guest's start instead of following its faults.
+        server.snapshot.chunked?.prefetch(set)
         logger.info("replaying working set", metadata: [
           "pages": "\(set.pages.count)", "mib": "\(set.bytes >> 20)", "traces": "\(set.traces)"])
         return  // a replayed session's faults are not its working set: it is not recorded

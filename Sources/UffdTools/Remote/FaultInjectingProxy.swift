@@ -175,9 +175,13 @@ package final class FaultInjectingProxy: Sendable {
   }
 
   fileprivate static func send(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+    bytes.withUnsafeBytes { send(fd, $0) }
+  }
+
+  fileprivate static func send(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Bool {
     var done = 0
     while done < bytes.count {
-      let wrote = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress.map { $0 + done }, bytes.count - done, Int32(MSG_NOSIGNAL)) }
+      let wrote = Glibc.send(fd, bytes.baseAddress.map { $0 + done }, bytes.count - done, Int32(MSG_NOSIGNAL))
       if wrote > 0 { done += wrote } else if wrote < 0 && errno == EINTR { continue } else { return false }
     }
     return true
@@ -221,18 +225,35 @@ package final class FaultInjectingProxy: Sendable {
     }
 
     /// Sends the body of `message` to `fd` as it arrives (one byte in the middle flipped when
-    /// asked); false when either side fails.
+    /// asked); false when either side fails. Past the bytes read with the head, the body goes
+    /// from `recv` to `send` through one reused buffer (no copy per piece: the proxy must not be
+    /// what a benchmark through it measures).
     mutating func forwardBody(of message: Head, to fd: Int32, flippingMiddleByte: Bool) -> Bool {
       var sent = 0
       let middle = message.length / 2
-      while message.toEnd || sent < message.length {
-        if buffer.isEmpty, !fill() { return message.toEnd }
-        let take = message.toEnd ? buffer.count : min(buffer.count, message.length - sent)
+      if !buffer.isEmpty {
+        let take = message.toEnd ? buffer.count : min(buffer.count, message.length)
         var piece = Array(buffer[0..<take])
         buffer.removeFirst(take)
-        if flippingMiddleByte, !message.toEnd, middle >= sent, middle < sent + take { piece[middle - sent] ^= 0xFF }
+        if flippingMiddleByte, !message.toEnd, middle < take { piece[middle] ^= 0xFF }
         guard FaultInjectingProxy.send(fd, piece) else { return false }
-        sent += take
+        sent = take
+      }
+      guard message.toEnd || sent < message.length else { return true }
+      let capacity = 256 << 10
+      let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 4096)
+      defer { scratch.deallocate() }
+      guard let base = scratch.baseAddress else { return false }
+      while message.toEnd || sent < message.length {
+        let want = message.toEnd ? capacity : min(capacity, message.length - sent)
+        let got = recv(self.fd, base, want, 0)
+        if got < 0 && errno == EINTR { continue }
+        guard got > 0 else { return message.toEnd && got == 0 }
+        if flippingMiddleByte, !message.toEnd, middle >= sent, middle < sent + got {
+          base.storeBytes(of: base.load(fromByteOffset: middle - sent, as: UInt8.self) ^ 0xFF, toByteOffset: middle - sent, as: UInt8.self)
+        }
+        guard FaultInjectingProxy.send(fd, UnsafeRawBufferPointer(start: base, count: got)) else { return false }
+        sent += got
       }
       return true
     }

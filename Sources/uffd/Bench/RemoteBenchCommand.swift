@@ -6,16 +6,19 @@ import UffdTools
 struct RemoteBenchCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "remote",
-    abstract: "Restore one snapshot's working set from the local file, the warm chunk cache, nginx and S3 (1 ms injected), and 64 clones at once.",
+    abstract: "Restore one snapshot's working set from the local file, the warm chunk cache, nginx and S3 (1 ms injected), with a recorded working set, and 64 clones at once.",
     discussion: """
       Needs nginx and an S3-compatible server on loopback: `source .ci/remote-servers` starts both \
       and exports UFFD_TEST_HTTP_URL, UFFD_TEST_HTTP_ACCESS_LOG, UFFD_TEST_S3_ENDPOINT and \
       UFFD_TEST_S3_BUCKET, which the options default to. Latency is injected by a proxy on \
       127.0.0.1 in front of each server. JSON: mib, runs, chunk_bytes, latency_ms, machine, rows[]: \
-      source (local, cache-warm, http-cold, s3-cold, fleet-64-local, fleet-64, pack), clones, \
-      complete_ms, gbps, chunks_fetched, chunks_needed, bytes_fetched, fault_p99_us, \
-      max_server_gets_per_chunk (fleet rows, from nginx's access log); the pack row: base_bytes, \
-      diff_bytes, changed_fraction.
+      source (local, cache-warm, http-cold, s3-cold, local-recorded, http-recorded, \
+      http-recorded-64k, fleet-64-local, fleet-64, pack), clones, complete_ms, gbps, chunks_fetched, \
+      chunks_needed, bytes_fetched, fault_p99_us, faults, replayed_pages, max_server_gets_per_chunk \
+      (fleet rows, from nginx's access log); the pack row: base_bytes, diff_bytes, changed_fraction. \
+      The -recorded rows record the clone's working set with one pager, then restore the same clone \
+      from a second pager (an empty cache) that replays it; http-recorded-64k from a pack in 64 KiB \
+      chunks.
       """)
 
   static let environment = ProcessInfo.processInfo.environment

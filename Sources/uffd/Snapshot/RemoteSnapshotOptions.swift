@@ -8,6 +8,10 @@ struct RemoteSnapshotOptions: ParsableArguments {
   var cacheSize = ByteCount(bytes: 1 << 30)
   @Option(help: "A folder for the chunk cache's on-disk tier (chunks by digest).")
   var cacheDir: String?
+  @Option(help: ArgumentHelp(
+    "The on-disk tier's bound (16MiB to 1PiB; default 8GiB): past it, the least recently used chunk files are deleted.",
+    valueName: "size"))
+  var cacheDirSize = ByteCount(bytes: 8 << 30)
   @Option(help: "An S3 endpoint (overrides AWS_ENDPOINT_URL_S3 and AWS_ENDPOINT_URL; addressed path-style).")
   var endpoint: String?
   @Option(parsing: .unconditional, help: "Seconds one chunk request may take (0.01-600).")
@@ -26,7 +30,7 @@ struct RemoteSnapshotOptions: ParsableArguments {
   /// The configuration these options give.
   var configuration: RemoteSnapshotConfiguration {
     RemoteSnapshotConfiguration(
-      cacheBytes: cacheSize.bytes, cacheDirectory: cacheDir, endpoint: endpoint,
+      cacheBytes: cacheSize.bytes, cacheDirectory: cacheDir, diskCacheBytes: cacheDirSize.bytes, endpoint: endpoint,
       attemptTimeout: .milliseconds(Int64(fetchTimeout * 1000)), attempts: fetchAttempts,
       faultDeadline: .milliseconds(Int64(faultDeadline * 1000)), readAheadChunks: readAhead,
       onFailure: RemoteSnapshotConfiguration.FailurePolicy(rawValue: onFetchFailure) ?? .poison)
@@ -35,6 +39,9 @@ struct RemoteSnapshotOptions: ParsableArguments {
   func check(once: Bool, snapshots: [String]) throws {
     guard RemoteSnapshotConfiguration.cacheBytesRange.contains(cacheSize.bytes) else {
       throw ValidationError("--cache-size must be 16MiB to 1TiB, got \(cacheSize.bytes) bytes")
+    }
+    guard RemoteSnapshotConfiguration.diskCacheBytesRange.contains(cacheDirSize.bytes) else {
+      throw ValidationError("--cache-dir-size must be 16MiB to 1PiB, got \(cacheDirSize.bytes) bytes")
     }
     for (value, option) in [(fetchTimeout, "--fetch-timeout"), (faultDeadline, "--fault-deadline")] {
       guard value.isFinite, value >= 0.01, value <= 600 else { throw ValidationError("\(option) must be 0.01 to 600 seconds, got \(value)") }

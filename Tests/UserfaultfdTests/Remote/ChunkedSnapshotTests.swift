@@ -175,6 +175,87 @@ import Testing
   }
 }
 
+extension ChunkedSnapshotTests {
+  /// `count` chunks of `pages` pages each, written to `folder` under their digests.
+  static func chunks(_ count: Int, pages: Int, in folder: String, seed: UInt64) throws -> [String] {
+    try (0..<count).map { index in
+      let bytes = TestSnapshots.bytes(pages: pages, seed: seed + UInt64(index), zeroEvery: 0)
+      let digest = ChunkCache.digest(bytes)
+      try TestSnapshots.write(bytes, to: folder + "/" + digest)
+      return digest
+    }
+  }
+
+  @Test func theOnDiskTierStaysWithinItsBoundOldestFirstAndServesOnlyGoodChunks() async throws {
+    let store = try TestSnapshots.folder("disk-store")
+    let directory = try TestSnapshots.folder("disk-tier")
+    defer {
+      try? FileManager.default.removeItem(atPath: store)
+      try? FileManager.default.removeItem(atPath: directory)
+    }
+    let digests = try Self.chunks(12, pages: 512, in: store, seed: 300)  // 2 MiB each
+    // Left alone: a file that is not a chunk. Deleted: a temporary file of a writer long gone.
+    try TestSnapshots.write([1, 2, 3], to: directory + "/notes.txt")
+    let gone: pid_t = 4_194_303
+    let deadWriter = kill(gone, 0) != 0 && errno == ESRCH
+    try TestSnapshots.write([1], to: directory + "/\(digests[0]).tmp-\(gone)")
+    let source = LocalFileSource(directory: store)
+    func fetch(_ digest: String) -> ChunkFetch { ChunkFetch(source: source, path: digest, bytes: 2 << 20) }
+    let configuration = RemoteSnapshotConfiguration(cacheBytes: 64 << 20, cacheDirectory: directory, diskCacheBytes: 20 << 20,
+                                                    attemptTimeout: .seconds(5), attempts: 2, backoff: .milliseconds(1))
+    let cache = try ChunkCache(configuration: configuration, logger: PagerFixture.quietLogger)
+    #expect(FileManager.default.fileExists(atPath: directory + "/notes.txt"))
+    if deadWriter { #expect(!FileManager.default.fileExists(atPath: directory + "/\(digests[0]).tmp-\(gone)")) }
+    // Twelve 2 MiB chunks through a 20 MiB disk tier: never more than 20 MiB of chunk files, the
+    // least recently used deleted first.
+    for (index, digest) in digests.enumerated() {
+      _ = cache.chunk(digest, fetch: fetch(digest))
+      try await waitUntil { cache.contains(digest) && cache.statistics.diskBytes + cache.statistics.diskEvictions * (2 << 20) == (index + 1) * (2 << 20) }
+      let onDisk = try FileManager.default.contentsOfDirectory(atPath: directory).filter(ChunkDiskTier.isChunkName)
+      let bytes = try onDisk.reduce(0) { $0 + (try FileManager.default.attributesOfItem(atPath: directory + "/" + $1)[.size] as? Int ?? 0) }
+      #expect(bytes <= 20 << 20 && bytes == cache.statistics.diskBytes, "after chunk \(index): \(bytes) bytes on disk")
+    }
+    var statistics = cache.statistics
+    #expect(statistics.diskEvictions >= 2 && statistics.chunksFetched == 12)
+    #expect(!FileManager.default.fileExists(atPath: directory + "/" + digests[0]))
+    #expect(FileManager.default.fileExists(atPath: directory + "/" + digests[11]))
+    // Memory dropped: the last chunk comes from disk, not the store.
+    cache.removeAll()
+    _ = cache.chunk(digests[11], fetch: fetch(digests[11]))
+    try await waitUntil { cache.contains(digests[11]) }
+    statistics = cache.statistics
+    #expect(statistics.diskHits == 1 && statistics.chunksFetched == 12)
+    // A chunk file damaged on disk is never served: deleted, fetched from the store again.
+    try TestSnapshots.write(TestSnapshots.bytes(pages: 512, seed: 1, zeroEvery: 0), to: directory + "/" + digests[10])
+    cache.removeAll()
+    _ = cache.chunk(digests[10], fetch: fetch(digests[10]))
+    try await waitUntil { cache.contains(digests[10]) }
+    guard case .ready(let buffer) = cache.chunk(digests[10], fetch: fetch(digests[10])) else { Issue.record("not ready"); return }
+    #expect(ChunkCache.digest(Array(buffer.bytes)) == digests[10] && cache.statistics.chunksFetched == 13)
+    // A pager started again with a smaller bound trims the folder to it at once, oldest first.
+    let smaller = try ChunkCache(configuration: RemoteSnapshotConfiguration(cacheDirectory: directory, diskCacheBytes: 16 << 20),
+                                 logger: PagerFixture.quietLogger)
+    #expect(smaller.statistics.diskBytes <= 16 << 20 && smaller.statistics.diskEvictions >= 1 && FileManager.default.fileExists(atPath: directory + "/notes.txt"))
+    #expect(throws: SnapshotSourceError.self) { try ChunkCache(configuration: RemoteSnapshotConfiguration(diskCacheBytes: 1 << 20)) }
+  }
+
+  @Test func chunksAskedForBeyondTheFetchSlotsWaitInOrderAndAllArrive() async throws {
+    let store = try TestSnapshots.folder("queue-store")
+    defer { try? FileManager.default.removeItem(atPath: store) }
+    let count = ChunkCache.maxInFlight * 2 + 5
+    let digests = try Self.chunks(count, pages: 16, in: store, seed: 500)  // 64 KiB each
+    let source = LocalFileSource(directory: store)
+    let cache = try ChunkCache(configuration: .init(cacheBytes: 16 << 20, attemptTimeout: .seconds(5)), logger: PagerFixture.quietLogger)
+    cache.prefetch(digests.map { ($0, ChunkFetch(source: source, path: $0, bytes: 64 << 10)) })
+    // A fault's chunk asked for meanwhile is not lost behind them.
+    let late = try Self.chunks(1, pages: 16, in: store, seed: 900)[0]
+    _ = cache.chunk(late, fetch: ChunkFetch(source: source, path: late, bytes: 64 << 10))
+    try await waitUntil { (digests + [late]).allSatisfy(cache.contains) }
+    let statistics = cache.statistics
+    #expect(statistics.fetches == count + 1 && statistics.chunksFetched == count + 1 && statistics.failures == 0, "\(statistics)")
+  }
+}
+
 /// Polls `condition` every 5 ms for at most `seconds`; fails when it never holds.
 func waitUntil(seconds: Double = 20, _ condition: () -> Bool) async throws {
   let deadline = ContinuousClock.now + .milliseconds(Int64(seconds * 1000))

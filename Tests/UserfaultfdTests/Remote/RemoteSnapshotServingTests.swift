@@ -1,10 +1,10 @@
 import CUserfaultfdTestSupport
 import Foundation
 import Glibc
-import SnapshotPager
 import Synchronization
 import Testing
 import UffdTools
+@testable import SnapshotPager
 @testable import Userfaultfd
 
 /// Remote snapshots against the real servers `.ci/run` starts (nginx for HTTP ranges, moto's S3
@@ -12,6 +12,11 @@ import UffdTools
 /// byte checked; then the failures a network brings (a killed server, 500s, a slow server, wrong
 /// bytes) injected by a proxy on loopback: no fault hangs past its deadline, no wrong byte reaches
 /// a client, and a session of another snapshot keeps being served.
+///
+/// Nested in the kernel suite: these tests fork clients (which must not run beside another test's
+/// UFFDIO_MOVE) and hold HTTP connections open (which must not run beside a test counting the
+/// process's descriptors).
+extension KernelTests {
 @Suite(.serialized) struct RemoteSnapshotServingTests {
   /// A packed snapshot in a local folder: its raw file (what clients compare with) and manifest.
   struct Packed {
@@ -193,6 +198,52 @@ import UffdTools
   }
 
   @Test(.enabled(if: RemoteServers.httpAvailable, RemoteServers.httpMissing))
+  func aWorkingSetRecordedFromHTTPIsReplayedWithItsChunksFetchedAhead() async throws {
+    let http = try RemoteServers.requireHTTP()
+    let packed = try await Self.pack("ws-remote", pages: 2048, chunk: 64 << 10)
+    let directory = try TestSnapshots.folder("ws-remote-sets")
+    defer {
+      try? FileManager.default.removeItem(atPath: packed.folder)
+      try? FileManager.default.removeItem(atPath: directory)
+    }
+    let pushed = try await SnapshotTransfer.push(manifestPath: packed.manifest, to: http + "/" + RemoteServers.prefix("ws-remote"))
+    let socket = PagerFixture.socketPath("ws-remote")
+    let ended = Mutex<[SnapshotServer.Statistics]>([])
+    // Two pagers one after the other: the first records the clone's working set, the second (an
+    // empty chunk cache) replays it into the next clone.
+    func run(_ settings: WorkingSetSettings) throws -> (SnapshotServer.Statistics?, ChunkCache.Statistics?) {
+      var configuration = PagerConfiguration(listens: [.init(socketPath: socket, snapshotPath: pushed.manifestURL)], loops: 2)
+      configuration.handshakeTimeout = .seconds(5)
+      configuration.workingSets = settings
+      let pager = try SnapshotPagerHost(configuration: configuration, logger: PagerFixture.quietLogger) { statistics in
+        ended.withLock { $0.append(statistics) }
+      }
+      try pager.start()
+      let pid = cuffd_test_restore_client(socket, packed.raw, packed.pages * 4096, 0, Int32(CUFFD_TEST_RESTORE_WORKING_SET.rawValue), nil, 0)
+      let status = pid > 0 ? cuffd_test_wait(pid, 60_000) : -1
+      #expect(status == 0, "the client read every byte of its working set right (status \(status))")
+      let cache = pager.chunkCache?.statistics
+      pager.stop()
+      #expect(pager.waitUntilFinished(timeout: .seconds(20)), "the pager stopped within 20 s")
+      return (ended.withLock { $0.last }, cache)
+    }
+    let (recorded, _) = try run(WorkingSetSettings(recordDirectory: directory, traces: 1, settle: SettleDetector(window: .milliseconds(300))))
+    let file = directory + "/" + WorkingSetLibrary.fileName(of: pushed.manifestURL) + ".wset"
+    #expect(FileManager.default.fileExists(atPath: file), "the working set was written as \(file)")
+    let manifest = try JSONDecoder().decode(SnapshotManifest.self, from: Data(contentsOf: URL(fileURLWithPath: packed.manifest)))
+    let set = try WorkingSet.read(from: file, expecting: SnapshotIdentity(manifest: manifest))
+    #expect(!set.pages.isEmpty)
+    let (replayed, cache) = try run(WorkingSetSettings(replayDirectory: directory))
+    let first = try #require(recorded)
+    let second = try #require(replayed)
+    #expect(second.pagesByReplay > 0 && second.failedFaults == 0 && first.failedFaults == 0)
+    #expect(second.faults < first.faults, "replay took faults off the clone (\(second.faults) against \(first.faults))")
+    let statistics = try #require(cache)
+    // Every chunk once: the working set's, asked for in recorded order, joined by the faults.
+    #expect(statistics.chunksFetched <= pushed.chunks && statistics.failures == 0 && statistics.digestMismatches == 0, "\(statistics)")
+  }
+
+  @Test(.enabled(if: RemoteServers.httpAvailable, RemoteServers.httpMissing))
   func aWrongChunkIsNeverServed() async throws {
     try await withInjectedFault(.wrongBytes, name: "wrong") { failing, healthy, elapsed, cache in
       Self.expectFailedCleanly(failing, elapsed, within: .seconds(10))
@@ -202,7 +253,9 @@ import UffdTools
   }
 }
 
-extension RemoteSnapshotServingTests {
+}  // extension KernelTests
+
+extension KernelTests.RemoteSnapshotServingTests {
   @Test(.enabled(if: RemoteServers.httpAvailable, RemoteServers.httpMissing))
   func theEndSessionPolicyEndsOnlyThatSession() async throws {
     let http = try RemoteServers.requireHTTP()
@@ -247,7 +300,7 @@ extension RemoteSnapshotServingTests {
   }
 }
 
-extension RemoteSnapshotServingTests {
+extension KernelTests.RemoteSnapshotServingTests {
   @Test(.enabled(if: HugePages.canReserve, "needs 2 MiB hugetlb pages: none could be reserved (vm.nr_hugepages)"))
   func aChunkedSnapshotAndADiffServeHugetlbfsClients() async throws {
     // 2 MiB chunks hold whole huge pages: each is copied from one chunk in one ioctl.
