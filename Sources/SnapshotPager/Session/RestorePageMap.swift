@@ -123,6 +123,12 @@ struct RestorePageMap {
     }
   }
 
+  /// Settles the pages of `pages` still in flight to `state` (a prefetch copy's end); a page
+  /// that changed meanwhile keeps its state.
+  mutating func settle(_ pages: Range<Int>, _ state: State) {
+    for page in pages where states[page] == .inFlight { mark(page..<(page + 1), state) }
+  }
+
   /// Marks every page overlapping `start ..< end` released; returns how many were.
   mutating func release(start: UInt, end: UInt) -> Int {
     guard start < end else { return 0 }

@@ -131,8 +131,10 @@ extension SnapshotServer {
     let (step, waiting) = state.withLock { serving -> (PrefetchStep, Bool) in
       let end = claim.first + claim.pages
       let done = claim.first + copies.done
-      serving.map.mark(claim.first..<done, .served)
-      serving.map.mark(done..<end, .untouched)
+      // Only pages still in flight: none can have been released meanwhile (events are read with
+      // no copy in flight), but a state is never overwritten on that belief alone.
+      serving.map.settle(claim.first..<done, .served)
+      serving.map.settle(done..<end, .untouched)
       if claim.overlaid {
         serving.statistics.overlayPages += copies.copied
       } else {

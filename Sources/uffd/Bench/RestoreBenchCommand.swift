@@ -20,6 +20,7 @@ struct RestoreBenchCommand: ParsableCommand {
     try check(mib, in: RestoreBenchmark.mibRange, "--mib")
     try check(runs, in: 1...100, "--runs")
     let known: Set<String> = ["demand", "fault-around", "prefetch", "fault-all", "recorded", "restart"]
+    if let only, only.split(separator: ",").isEmpty { throw ValidationError("--only needs at least one strategy") }
     for name in only?.split(separator: ",").map(String.init) ?? [] where !known.contains(name) {
       throw ValidationError("--only: unknown strategy '\(name)' (one of \(known.sorted().joined(separator: ", ")))")
     }
