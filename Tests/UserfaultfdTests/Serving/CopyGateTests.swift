@@ -8,11 +8,18 @@ import Testing
 /// wait is bounded.
 @Suite("Copy gate")
 struct CopyGateTests {
+  /// A flag the reader thread sets (a class: an atomic cannot be captured by an escaping closure).
+  final class Flag: Sendable {
+    private let value = Atomic<Bool>(false)
+    func set() { value.store(true, ordering: .releasing) }
+    var isSet: Bool { value.load(ordering: .acquiring) }
+  }
+
   @Test func aReaderWaitsForTheCopyInFlightAndNewCopiesBackOffMeanwhile() throws {
     let gate = CopyGate()
     #expect(gate.enter(), "an open gate lets a copy in")
-    let readerDone = Atomic<Bool>(false)
-    let reader = try DedicatedThread { gate.exclusive { readerDone.store(true, ordering: .releasing) } }
+    let readerDone = Flag()
+    let reader = try DedicatedThread { gate.exclusive { readerDone.set() } }
     // Once the reader waits, a new copy backs off (and the reader cannot run: one is in flight).
     let waiting = eventually(seconds: 10) {
       guard gate.enter() else { return true }
@@ -20,9 +27,9 @@ struct CopyGateTests {
       return false
     }
     #expect(waiting, "a copy backs off while a reader waits")
-    #expect(!readerDone.load(ordering: .acquiring), "the reader does not run beside the copy in flight")
+    #expect(!readerDone.isSet, "the reader does not run beside the copy in flight")
     gate.leave()
-    #expect(eventually(seconds: 10) { readerDone.load(ordering: .acquiring) }, "the reader runs once the copy is over")
+    #expect(eventually(seconds: 10) { readerDone.isSet }, "the reader runs once the copy is over")
     reader.join()
     #expect(gate.enter(), "the gate opens again after the reader")
     gate.leave()
@@ -31,17 +38,17 @@ struct CopyGateTests {
   @Test func twoCopiesRunTogetherAndTheReaderWaitsForBoth() throws {
     let gate = CopyGate()
     #expect(gate.enter() && gate.enter(), "copies do not exclude each other")
-    let readerDone = Atomic<Bool>(false)
-    let reader = try DedicatedThread { gate.exclusive { readerDone.store(true, ordering: .releasing) } }
+    let readerDone = Flag()
+    let reader = try DedicatedThread { gate.exclusive { readerDone.set() } }
     gate.leave()
     #expect(eventually(seconds: 10) {
       guard gate.enter() else { return true }
       gate.leave()
       return false
     })
-    #expect(!readerDone.load(ordering: .acquiring), "one copy is still in flight")
+    #expect(!readerDone.isSet, "one copy is still in flight")
     gate.leave()
-    #expect(eventually(seconds: 10) { readerDone.load(ordering: .acquiring) })
+    #expect(eventually(seconds: 10) { readerDone.isSet })
     reader.join()
   }
 }
