@@ -58,6 +58,24 @@ static void client(const char *socket_path, const char *snapshot_path, size_t si
   unsigned char *expected = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (expected == MAP_FAILED) _exit(E_SCRATCH);
   size_t pages = size / page;
+  if (script == CUFFD_TEST_VMM_BALLOON) {
+    size_t block = 16;  // pages: 64 KiB
+    for (size_t first = 0; first + block <= pages; first += 4 * block) {
+      if (madvise(guest + first * page, block * page, MADV_DONTNEED) < 0) _exit(E_RELEASE);
+      usleep(100);
+    }
+    for (size_t index = 0; index < pages; index++) {
+      unsigned char *at = guest + index * page;
+      if (index / block % 4 == 0) {
+        for (size_t offset = 0; offset < page; offset += 8)
+          if (*(volatile unsigned long *)(at + offset) != 0) _exit(E_NOT_ZERO);
+      } else {
+        if (pread(snapshot, expected, page, (off_t)(index * page)) != (ssize_t)page) _exit(E_SNAPSHOT);
+        if (!compare_page(at, expected, page)) _exit(E_USER_READ);
+      }
+    }
+    _exit(0);
+  }
   size_t checked = script == CUFFD_TEST_VMM_DIE ? (pages < 4 ? pages : 4) : pages;
   int pipes[2];
   if (pipe(pipes) < 0) _exit(E_PIPE);

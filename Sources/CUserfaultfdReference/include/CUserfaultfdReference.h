@@ -52,6 +52,7 @@ enum cuffd_ref_restore_pattern {
   CUFFD_REF_SEQUENTIAL = 0,     ///< every page, in order
   CUFFD_REF_RANDOM_10PCT = 1,   ///< a tenth of the pages as randomly placed 64 KiB runs, in random order
   CUFFD_REF_SCATTERED_10PCT = 2, ///< a tenth of the pages, each alone, scattered (no locality at all)
+  CUFFD_REF_SEQUENTIAL_HUGE = 3,  ///< every 4 KiB in order, the memory in 2 MiB hugetlb pages
 };
 
 /// What the restore client measured, written to its report pipe.
@@ -67,6 +68,8 @@ struct cuffd_ref_restore_result {
 /// `socket_path`, sends the JSON array with its region and the userfaultfd in one message
 /// (Firecracker's handshake), reads one byte of every page of `pattern`, writes a
 /// `cuffd_ref_restore_result` to `report_fd` and exits. Returns its pid or -1.
+/// With `CUFFD_REF_SEQUENTIAL_HUGE` the guest memory is hugetlbfs 2 MiB pages (MAP_HUGETLB: the
+/// caller reserves them) and the region says so; it still reads one byte of every 4 KiB.
 pid_t cuffd_ref_restore_client(const char *socket_path, size_t size, int pattern, int report_fd);
 
 /// A page server doing what Firecracker's example handler does: accepts one client on
@@ -76,6 +79,21 @@ pid_t cuffd_ref_restore_client(const char *socket_path, size_t size, int pattern
 /// `capacity`) and the fault count in `*faults`. Returns 0 or -errno.
 int cuffd_ref_restore_server(int listener, const char *snapshot, size_t snapshot_length, int64_t *latencies_ns,
                              size_t capacity, size_t *faults);
+
+/// The kernel's own ceiling for a whole-snapshot restore, as Firecracker's `fault_all` example
+/// handler does it: accepts one client on `listener`, and at its first fault copies the whole
+/// region with UFFDIO_COPY from `snapshot`, split into `threads` contiguous parts (1: one ioctl of
+/// the whole region, as Firecracker does; 2: two ioctls in parallel on two threads), then answers
+/// any later fault with a wake until the client hangs up. `*faults` counts the faults read.
+/// Returns 0 or -errno.
+int cuffd_ref_restore_server_fault_all(int listener, const char *snapshot, size_t snapshot_length, int threads,
+                                       size_t *faults);
+
+/// The kernel's UFFDIO_COPY rate with no client and no faults: maps `length` bytes of fresh
+/// anonymous memory (base pages), registers it with a new userfaultfd (MISSING) and copies `source`
+/// into all of it in ioctls of `batch` bytes, split into `threads` contiguous parts copied in
+/// parallel (1 to 8). Returns the nanoseconds the copies took, or -errno.
+int64_t cuffd_ref_copy_ceiling(const char *source, size_t length, size_t batch, int threads);
 
 #include "CUserfaultfdRecordedReference.h"
 

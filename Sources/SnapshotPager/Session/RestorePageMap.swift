@@ -1,11 +1,18 @@
 import Userfaultfd
 
 /// What a snapshot server knows about every page it serves: untouched (its content is still in the
-/// snapshot only), served, released by the client (`MADV_DONTNEED`, a balloon: the next fault gets
-/// zeros, never stale snapshot data), or zero-filled. Regions are validated once and kept sorted.
+/// snapshot only), being copied by a prefetcher (in flight), served, released by the client
+/// (`MADV_DONTNEED`, a balloon: the next fault gets zeros, never stale snapshot data), or
+/// zero-filled. Regions are validated once and kept sorted.
 struct RestorePageMap {
   enum State: UInt8 {
     case untouched, served, released, zeroFilled
+    /// Claimed by a prefetch copy running outside the session lock: no one else copies it, and a
+    /// fault on it waits for that copy (which wakes the faulting thread).
+    case inFlight
+
+    /// Not resident yet and not released: untouched or in flight.
+    var isPending: Bool { self == .untouched || self == .inFlight }
   }
 
   /// One validated region: addresses, page size and file offset as plain integers.
@@ -22,7 +29,7 @@ struct RestorePageMap {
 
   private(set) var regions: [Region] = []
   private(set) var states: [State] = []
-  /// Pages still untouched: 0 means every page is resident or released.
+  /// Pages still untouched or in flight: 0 means every page is resident or released.
   private(set) var untouched = 0
 
   /// Validates `regions` against a snapshot of `snapshotLength` bytes: page sizes that are powers
@@ -108,10 +115,18 @@ struct RestorePageMap {
   }
 
   mutating func mark(_ pages: Range<Int>, _ state: State) {
+    let pending = state.isPending
     for page in pages {
-      if states[page] == .untouched && state != .untouched { untouched -= 1 }
+      let was = states[page].isPending
+      if was != pending { untouched += pending ? 1 : -1 }
       states[page] = state
     }
+  }
+
+  /// Settles the pages of `pages` still in flight to `state` (a prefetch copy's end); a page
+  /// that changed meanwhile keeps its state.
+  mutating func settle(_ pages: Range<Int>, _ state: State) {
+    for page in pages where states[page] == .inFlight { mark(page..<(page + 1), state) }
   }
 
   /// Marks every page overlapping `start ..< end` released; returns how many were.

@@ -14,8 +14,9 @@ import SystemPackage
 /// fault up to ``Configuration/faultAroundPages`` and falls back to one page on a jump). A page
 /// the client released (`MADV_DONTNEED`, a balloon: a REMOVE event) is served as zeros next time,
 /// never as stale snapshot data: every batch of events is applied before the faults read with it,
-/// and a copy that meets a pending REMOVE (EAGAIN) waits for it to be read. An optional background
-/// thread streams the untouched rest while faults keep priority.
+/// and a copy that meets a pending REMOVE (EAGAIN) waits for it to be read. An optional pool of
+/// background threads streams the untouched rest in parallel copies while faults keep priority
+/// (SnapshotServer+Prefetch.swift).
 ///
 /// ```swift
 /// let listener = try UnixSocket.listen(at: path)
@@ -30,8 +31,13 @@ public final class SnapshotServer: Sendable {
     public var faultAroundPages: Int
     /// Stream every untouched page in the background, faults first.
     public var prefetch: Bool
-    /// Pages the prefetcher copies per ioctl (1 to 4096). Default 64 (256 KiB of base pages).
+    /// Pages the prefetcher copies per ioctl (1 to 4096; at most 2 MiB a copy). Default 512
+    /// (2 MiB of base pages).
     public var prefetchPages: Int
+    /// Threads that prefetch in parallel beside the serving thread (1 to 8; a chunked snapshot
+    /// uses one). Default: one less than the CPUs, at most 2, at least 1 (a CPU is left to the
+    /// client and the serving thread: on a 2-CPU machine a second copier made restores slower).
+    public var prefetchThreads: Int
     /// What a fault that cannot be served gets (the snapshot page could not be copied).
     public var onUnresolvable: UnresolvableFaultAction
     /// How a faulting page's content is installed.
@@ -52,11 +58,13 @@ public final class SnapshotServer: Sendable {
     }
 
     /// A configuration.
-    public init(faultAroundPages: Int = 16, prefetch: Bool = false, prefetchPages: Int = 64,
+    public init(faultAroundPages: Int = 16, prefetch: Bool = false, prefetchPages: Int = 512,
+                prefetchThreads: Int = Configuration.defaultPrefetchThreads,
                 onUnresolvable: UnresolvableFaultAction = .poison, install: Install = .copyFromMapping) {
       self.faultAroundPages = faultAroundPages
       self.prefetch = prefetch
       self.prefetchPages = prefetchPages
+      self.prefetchThreads = prefetchThreads
       self.onUnresolvable = onUnresolvable
       self.install = install
     }
@@ -65,6 +73,13 @@ public final class SnapshotServer: Sendable {
     public static let faultAroundRange = 1...4096
     /// The valid prefetch chunk.
     public static let prefetchRange = 1...4096
+    /// The valid prefetch pool.
+    public static let prefetchThreadsRange = 1...8
+    /// The default prefetch pool: one less than the CPUs, 1 to 2.
+    public static var defaultPrefetchThreads: Int {
+      let cpus = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+      return max(1, min(2, cpus - 1))
+    }
   }
 
   /// The handle of the memory being served.
@@ -77,10 +92,14 @@ public final class SnapshotServer: Sendable {
   public let configuration: Configuration
 
   let state: Mutex<ServingState>
-  private let faultsWaiting = Atomic<Int>(0)
+  /// Faults read and not answered yet, save those left to a prefetch copy in flight: the
+  /// prefetch pool steps aside while there are any.
+  let faultsWaiting = Atomic<Int>(0)
   /// Whether the prefetcher waits for a chunk on its way (a loop then polls instead of spinning).
   package let prefetchStalled = Atomic<Bool>(false)
-  private let stopping = Atomic<Bool>(false)
+  let stopping = Atomic<Bool>(false)
+  /// Orders prefetch copies running outside the session lock against event reads.
+  let gate = CopyGate()
   private let wakeup: (read: Int32, write: Int32)
   /// Zeros in the largest page size, for zero-filling pages ZEROPAGE cannot (hugetlbfs).
   private let zeros: AnonymousMemory
@@ -114,6 +133,10 @@ public final class SnapshotServer: Sendable {
     guard Configuration.prefetchRange.contains(configuration.prefetchPages) else {
       throw .invalidArgument(.serve, .outOfRange(
         parameter: "prefetchPages", value: configuration.prefetchPages, valid: Configuration.prefetchRange))
+    }
+    guard Configuration.prefetchThreadsRange.contains(configuration.prefetchThreads) else {
+      throw .invalidArgument(.serve, .outOfRange(
+        parameter: "prefetchThreads", value: configuration.prefetchThreads, valid: Configuration.prefetchThreadsRange))
     }
     let map = try RestorePageMap(regions, snapshotLength: snapshot.length)
     if let overlay { try overlay.check(against: map) }
@@ -191,8 +214,14 @@ public final class SnapshotServer: Sendable {
   /// Asks a running ``run(client:progress:)`` to finish (from any thread).
   public func stop() {
     stopping.store(true, ordering: .releasing)
+    wakeServingThread()
+  }
+
+  /// Wakes ``run(client:progress:)``'s poll, from any thread. (An event loop driving the server
+  /// copies its prefetch on its own thread: no other thread has anything to tell it.)
+  func wakeServingThread() {
     var byte: UInt8 = 1
-    _ = write(wakeup.write, &byte, 1)
+    _ = write(wakeup.write, &byte, 1)  // a full pipe has a wake-up pending already
   }
 
   /// A snapshot of the counters (any thread, any time).
@@ -205,15 +234,18 @@ public final class SnapshotServer: Sendable {
     let clock = ContinuousClock()
     let start = clock.now
     state.withLock { $0.start = start }
-    // The prefetcher starts once the first fault is served (or after 5 ms without one), so a
-    // restore's first byte never waits behind its start-up or its first copy.
-    var prefetcher: DedicatedThread?
+    // The prefetchers start once the first fault is served (or after 5 ms without one), so a
+    // restore's first byte never waits behind their start-up or their first copy.
+    var prefetchers: [DedicatedThread] = []
     var prefetchDue = configuration.prefetch
     guard let buffer = try? EventBuffer(capacity: 256) else {
       stop()
       return finish(clock: clock, start: start, reason: .failed)
     }
-    var deferred: [(fault: PageFault, readAt: ContinuousClock.Instant)] = []
+    // Deferred faults, each with whether it still counts in `faultsWaiting` (one left to a
+    // prefetch copy in flight does not: the copy wakes its thread).
+    var deferred: [(fault: PageFault, readAt: ContinuousClock.Instant, counted: Bool)] = []
+    var drain = [UInt8](repeating: 0, count: 64)
     var lastReport = start
     var reason = Statistics.EndReason.stopped
     loop: while !stopping.load(ordering: .acquiring) {
@@ -229,21 +261,23 @@ public final class SnapshotServer: Sendable {
         break
       }
       if entries[0].revents & Int16(POLLERR | POLLHUP) != 0 { reason = .processGone; break }
+      if entries[1].revents != 0 { _ = drain.withUnsafeMutableBytes { read(wakeup.read, $0.baseAddress, $0.count) } }
       // Every event read in this batch is applied before any fault: a REMOVE that precedes a
       // fault causally may arrive after it (faults are read first).
       var faults = deferred
       deferred.removeAll(keepingCapacity: true)
-      // Read under the session's lock, which the prefetcher copies under: the kernel zaps a
-      // REMOVE's range only after its event is read, so a prefetch copy between the read and the
-      // marking below could land after the zap and put snapshot bytes where the client released
-      // its pages (they must read zero).
-      state.withLock { serving in
+      // Read with no prefetch copy in flight (the gate) and under the session's lock, which a
+      // chunked snapshot's prefetcher copies under: the kernel zaps a REMOVE's range only after
+      // its event is read, so a prefetch copy between the read and the marking below could land
+      // after the zap and put snapshot bytes where the client released its pages (they must
+      // read zero).
+      gate.exclusive { state.withLock { serving in
         while let count = try? uffd.readEvents(into: buffer), count > 0 {
           let readAt = clock.now
           for index in 0..<count {
             switch buffer.event(at: index, of: uffd) {
             case .pageFault(let fault):
-              faults.append((fault, readAt))
+              faults.append((fault, readAt, true))
               faultsWaiting.add(1, ordering: .relaxed)
             case .remove(let start, let end), .unmap(let start, let end):
               serving.release(start: start.rawValue, end: end.rawValue)
@@ -254,11 +288,14 @@ public final class SnapshotServer: Sendable {
             }
           }
         }
-      }
+      } }
       for item in faults {
         switch serve(item.fault, readAt: item.readAt, clock: clock) {
         case .done:
-          faultsWaiting.subtract(1, ordering: .relaxed)
+          if item.counted { faultsWaiting.subtract(1, ordering: .relaxed) }
+        case .awaitingCopy:
+          if item.counted { faultsWaiting.subtract(1, ordering: .relaxed) }
+          deferred.append((item.fault, item.readAt, false))
         case .retry:
           deferred.append(item)
         case .gone:
@@ -271,7 +308,10 @@ public final class SnapshotServer: Sendable {
       }
       if prefetchDue, state.withLock({ $0.statistics.faults > 0 }) || clock.now - start >= .milliseconds(5) {
         prefetchDue = false
-        prefetcher = try? DedicatedThread { [self] in prefetch() }
+        let threads = prefetchesInParallel ? configuration.prefetchThreads : 1
+        for _ in 0..<threads {
+          if let thread = try? DedicatedThread({ [self] in prefetch() }) { prefetchers.append(thread) }
+        }
       }
       if let progress, clock.now - lastReport >= .seconds(1) {
         lastReport = clock.now
@@ -279,7 +319,7 @@ public final class SnapshotServer: Sendable {
       }
     }
     stop()
-    prefetcher?.join()
+    for thread in prefetchers { thread.join() }
     return finish(clock: clock, start: start, reason: reason)
   }
 
@@ -295,33 +335,38 @@ public final class SnapshotServer: Sendable {
   }
 
   /// What serving one fault came to (`endSession`: a chunk could not be had and the policy ends
-  /// the session).
-  enum Served { case done, retry, gone, endSession }
+  /// the session; `awaitingCopy`: the page is in a prefetch copy in flight, whose end wakes the
+  /// faulting thread: the fault is looked at again then, for its bookkeeping).
+  enum Served { case done, retry, awaitingCopy, gone, endSession }
 
   /// Serves one fault: from the snapshot with fault-around, zeros for a released page, a wake for
   /// a page the prefetcher filled meanwhile.
   private func serve(_ fault: PageFault, readAt: ContinuousClock.Instant, clock: ContinuousClock) -> Served {
     let address = fault.address.rawValue
     return state.withLock { serving in
-      let map = serving.map
-      guard let region = map.region(containing: address) else {
+      // The page map is read in place: a local copy would make the marks below copy its states
+      // (copy-on-write), a byte per guest page per fault.
+      guard let region = serving.map.region(containing: address) else {
         // Not a page of any region: the client registered more than it described. Fail it.
         serving.fail(address: fault.pageAddress.rawValue, errno: .invalidArgument, uffd: uffd, zeros: zeros)
         return .done
       }
-      let page = map.page(of: address, in: region)
-      let pageSize = map.regions[region].pageSize
-      let target = map.address(ofPage: page, in: region)
+      let page = serving.map.page(of: address, in: region)
+      let pageSize = serving.map.regions[region].pageSize
+      let target = serving.map.address(ofPage: page, in: region)
       let answer: KernelAnswer
       var pages = 1
       var fromSnapshot = false
-      switch map.states[page] {
+      switch serving.map.states[page] {
       case .served, .zeroFilled:
         // Filled meanwhile (by the prefetcher, or a fault-around): the thread only needs waking.
         _ = RangeIoctl.wake(uffd.coreDescriptor, target, length: pageSize)
         serving.statistics.wakes += 1
         observe(serving.recordLatency(since: readAt, clock: clock))
         return .done
+      case .inFlight:
+        serving.faultsOnCopies = true
+        return .awaitingCopy
       case .released:
         answer = serving.zeroFill(target, pageSize: pageSize, uffd: uffd, zeros: zeros)
         if answer.outcome == .failed, answer.errno == .noSuchFileOrDirectory, serving.handedBack > 0 {
@@ -331,8 +376,8 @@ public final class SnapshotServer: Sendable {
         }
       case .untouched:
         pages = serving.window(for: target, pageSize: pageSize, limit: configuration.faultAroundPages)
-        pages = max(1, map.untouchedRun(from: page, in: region, limit: pages))
-        let fileOffset = map.fileOffset(ofPage: page, in: region)
+        pages = max(1, serving.map.untouchedRun(from: page, in: region, limit: pages))
+        let fileOffset = serving.map.fileOffset(ofPage: page, in: region)
         if let overlay, let source = overlay.source(at: fileOffset) {
           // This session's own content for the page: one page, never the snapshot's.
           let copied = RangeIoctl.copy(uffd.coreDescriptor, target, from: source, length: pageSize)
@@ -374,7 +419,7 @@ public final class SnapshotServer: Sendable {
         serving.map.mark(page..<(page + done), fromSnapshot ? .served : .zeroFilled)
         if fromSnapshot { serving.statistics.pagesByFault += done } else { serving.statistics.zeroPages += done }
         if fromSnapshot, serving.trace != nil {
-          serving.trace?.record(fileOffset: map.fileOffset(ofPage: page, in: region), pages: done, pageSize: pageSize, at: readAt)
+          serving.trace?.record(fileOffset: serving.map.fileOffset(ofPage: page, in: region), pages: done, pageSize: pageSize, at: readAt)
         }
         serving.statistics.bytesServed += done * pageSize
       }
@@ -421,16 +466,20 @@ public final class SnapshotServer: Sendable {
     return RangeIoctl.copy(fd, target + UInt(moved.bytesDone), from: from + UInt(moved.bytesDone), length: length - moved.bytesDone)
   }
 
-  /// The background prefetcher: walks every region in order, copying runs of untouched pages, and
-  /// steps aside whenever a fault is waiting.
+  /// One background prefetcher of the pool: copies runs of untouched pages from the prefetch
+  /// cursor on (in parallel with the others for a local snapshot; alone, under the session lock,
+  /// for a chunked one), and steps aside whenever a fault is waiting.
   private func prefetch() {
+    let parallel = prefetchesInParallel
+    // At the serving thread's priority: it waits for the copies in flight before it reads events
+    // (``CopyGate``), so a copier held back by a lower priority would hold back its faults.
     var backOff = 0
     while !stopping.load(ordering: .acquiring) {
       if faultsWaiting.load(ordering: .relaxed) > 0 {
         usleep(50)
         continue
       }
-      switch prefetchStep() {
+      switch parallel ? prefetchChunk() : prefetchStep() {
       case .finished: return
       case .copied: backOff = 0
       case .wait:
@@ -440,20 +489,20 @@ public final class SnapshotServer: Sendable {
     }
   }
 
-  /// Copies one run (at most ``Configuration/prefetchPages``) of the next untouched pages.
+  /// Copies one run (at most ``Configuration/prefetchPages``) of the next untouched pages of a
+  /// chunked snapshot, under the session lock.
   private func prefetchStep() -> PrefetchStep {
     let clock = ContinuousClock()
     return state.withLock { serving in
-      let map = serving.map
       var next = serving.prefetchNext
       defer { serving.prefetchNext = next }
-      while next < map.states.count && map.states[next] != .untouched { next += 1 }
-      guard next < map.states.count, let region = map.regions.lastIndex(where: { $0.firstPage <= next }) else {
+      while next < serving.map.states.count && serving.map.states[next] != .untouched { next += 1 }
+      guard next < serving.map.states.count, let region = serving.map.regions.lastIndex(where: { $0.firstPage <= next }) else {
         return .finished
       }
-      let pageSize = map.regions[region].pageSize
-      var pages = max(1, map.untouchedRun(from: next, in: region, limit: configuration.prefetchPages))
-      let fileOffset = map.fileOffset(ofPage: next, in: region)
+      let pageSize = serving.map.regions[region].pageSize
+      var pages = max(1, serving.map.untouchedRun(from: next, in: region, limit: configuration.prefetchPages))
+      let fileOffset = serving.map.fileOffset(ofPage: next, in: region)
       var source = snapshot.address(at: fileOffset).rawValue
       var keep: ChunkBuffer?
       var overlaid = false
@@ -482,7 +531,7 @@ public final class SnapshotServer: Sendable {
           return .copied
         }
       }
-      let target = map.address(ofPage: next, in: region)
+      let target = serving.map.address(ofPage: next, in: region)
       let answer = withExtendedLifetime(keep) { RangeIoctl.copy(uffd.coreDescriptor, target, from: source, length: pages * pageSize) }
       let done = answer.bytesDone / pageSize
       if done > 0 {
@@ -514,8 +563,6 @@ public final class SnapshotServer: Sendable {
     }
   }
 
-  private enum PrefetchStep { case copied, wait, finished }
-
   private func observe(_ nanoseconds: UInt64) { observer?.faultServed(nanoseconds: nanoseconds) }
 
   // MARK: Driven by an event loop (the pager)
@@ -544,12 +591,16 @@ public final class SnapshotServer: Sendable {
       return pending
     }
     var batches = 0
-    while batches < maxBatches {
+    var gone = false
+    // Read with no prefetch copy in flight (``CopyGate``): a copy still running when a REMOVE is
+    // read could land after the kernel zapped the range.
+    gate.exclusive { while batches < maxBatches {
       let count: Int
       do {
         count = try uffd.readEvents(into: buffer)
       } catch {
-        return .ended(.processGone)
+        gone = true
+        return
       }
       guard count > 0 else { break }
       batches += 1
@@ -569,12 +620,13 @@ public final class SnapshotServer: Sendable {
           state.withLock { $0.statistics.otherEvents += 1 }
         }
       }
-    }
+    } }
+    if gone { return .ended(.processGone) }
     var retry: [(fault: PageFault, readAt: ContinuousClock.Instant)] = []
     for item in faults {
       switch serve(item.fault, readAt: item.readAt, clock: clock) {
       case .done: break
-      case .retry: retry.append(item)
+      case .retry, .awaitingCopy: retry.append(item)
       case .gone: return .ended(.processGone)
       case .endSession: return .ended(.failed)
       }
@@ -587,11 +639,12 @@ public final class SnapshotServer: Sendable {
   package var hasDeferredFaults: Bool { loopDeferred.withLock { !$0.isEmpty } }
 
   /// One replay step of the session's working set while it has one, then one prefetch copy when
-  /// the configuration asks for prefetching; false once nothing is left (or neither is on). A loop calls it only when no fault of any session is ready.
+  /// the configuration asks for prefetching; false once nothing is left (or neither is on). A loop
+  /// calls it only when no fault of any session is ready.
   package func prefetchOnce() -> Bool {
     if replayStep() { return true }  // a working set first, in its recorded order
     guard configuration.prefetch else { return false }
-    return prefetchStep() != .finished
+    return (prefetchesInParallel ? prefetchChunk() : prefetchStep()) != .finished
   }
 
   /// Ends serving for `reason` and returns the summary.

@@ -26,6 +26,8 @@ extension SnapshotServer {
     public var pagesByFault = 0
     /// Pages brought in by the background prefetcher.
     public var pagesByPrefetch = 0
+    /// Of ``pagesByPrefetch``, all-zero snapshot pages mapped with UFFDIO_ZEROPAGE (nothing copied).
+    public var zeroPagesByPrefetch = 0
     /// Pages brought in by replaying the snapshot's recorded working set.
     public var pagesByReplay = 0
     /// Pages served from the session's overlay instead of the snapshot.
@@ -81,6 +83,9 @@ extension SnapshotServer {
     var replay: ReplayQueue?
     /// Released ranges unregistered (handed back to the kernel's zero-fill).
     var handedBack = 0
+    /// A fault was left to a prefetch copy in flight: the copier wakes the serving thread when it
+    /// is done, so the fault's bookkeeping does not wait for the next poll.
+    var faultsOnCopies = false
     var latency = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .two)
 
     init(map: RestorePageMap, action: UnresolvableFaultAction, window: Int) {

@@ -13,7 +13,13 @@ import Userfaultfd
 /// the same run, by a C handler doing what Firecracker's example handler does (one UFFDIO_COPY per
 /// 4 KiB fault). Three access patterns: every page in order; a working set of a tenth of the
 /// pages in randomly placed 64 KiB runs; a tenth of the pages scattered with no locality at all.
-/// The bound: one memcpy of the snapshot from the page cache.
+/// The bound: one memcpy of the snapshot from the page cache into resident memory, measured in
+/// every repetition beside the rows (the median; a shared machine's load moves it). Beside it, the
+/// kernel's own ceiling for a whole restore: the C handler copying the whole region with
+/// UFFDIO_COPY at the first fault (`fault-all`, what Firecracker's `fault_all` example handler
+/// does; `fault-all-2` in two halves on two threads), and UFFDIO_COPY with no client at all.
+/// Every row times the client: from sending its handshake to reading the last page of its pattern
+/// (one byte of every page it touches), so a row's bytes are the pattern's pages.
 package struct RestoreBenchmark {
   /// One benchmark row (medians over the repetitions).
   package struct Row: Encodable, Sendable {
@@ -43,11 +49,25 @@ package struct RestoreBenchmark {
     package var mib: Int
     package var reps: Int
     package var memcpyGbps: Double
+    /// memcpy of the snapshot into memory never touched before (every page allocated by the
+    /// copy's own faults): what a restore into fresh memory pays before any userfaultfd cost.
+    package var memcpyFreshGbps: Double
+    /// UFFDIO_COPY of the whole snapshot into fresh registered memory in this process, 2 MiB
+    /// ioctls, no client and no faults (the kernel's own rate): on one thread, and on two in parallel.
+    package var copyCeilingGbps: Double
+    package var copyCeilingTwoThreadsGbps: Double
     package var rows: [Row]
   }
 
   package enum Strategy: String, CaseIterable, Sendable {
     case demand, faultAround = "fault-around", prefetch
+    /// The C handler only: the whole region in one UFFDIO_COPY at the first fault.
+    case faultAll = "fault-all"
+    /// The C handler only: the whole region in two UFFDIO_COPYs on two threads at the first fault.
+    case faultAllParallel = "fault-all-2"
+
+    /// The strategies the Swift server runs.
+    static let served: [Strategy] = [.demand, .faultAround, .prefetch]
   }
 
   /// How the client reads its memory.
@@ -58,12 +78,19 @@ package struct RestoreBenchmark {
     case random10pct = "random-10pct"
     /// A tenth of the pages, each alone and scattered: no locality at all (fault-around's worst case).
     case scattered10pct = "scattered-10pct"
+    /// Every 4 KiB in order, the client's memory in 2 MiB hugetlb pages (reserved for the rows and
+    /// given back after).
+    case sequentialHuge = "sequential-2m"
+
+    /// The patterns on base pages.
+    static let basePages: [Pattern] = [.sequential, .random10pct, .scattered10pct]
 
     var reference: Int32 {
       switch self {
       case .sequential: Int32(CUFFD_REF_SEQUENTIAL.rawValue)
       case .random10pct: Int32(CUFFD_REF_RANDOM_10PCT.rawValue)
       case .scattered10pct: Int32(CUFFD_REF_SCATTERED_10PCT.rawValue)
+      case .sequentialHuge: Int32(CUFFD_REF_SEQUENTIAL_HUGE.rawValue)
       }
     }
   }
@@ -73,6 +100,9 @@ package struct RestoreBenchmark {
   /// The `uffd` executable whose `serve` the restart row kills and starts again (no restart row
   /// when nil).
   package var daemonExecutable: String?
+  /// Only the rows of these strategies (`demand`, `fault-around`, `prefetch`, `fault-all`,
+  /// `recorded`, `restart`; nil: every row).
+  package var strategies: Set<String>?
 
   /// Snapshot sizes the benchmark accepts, in MiB.
   package static let mibRange = 4...65536
@@ -89,26 +119,49 @@ package struct RestoreBenchmark {
     try Self.writeSnapshot(path: path, size: size)
     defer { unlink(path) }
     let snapshot = try SnapshotFile(path: path)
-    let memcpy = try memcpyBound(snapshot)
-    progress(String(format: "memcpy from the page cache: %.2f GB/s", memcpy))
+    var memcpySamples: [Double] = [], memcpyFreshSamples: [Double] = []
+    let ceiling = try copyCeiling(snapshot, threads: 1), ceilingTwo = try copyCeiling(snapshot, threads: 2)
+    progress(String(format: "UFFDIO_COPY, no client: %.2f GB/s on one thread, %.2f GB/s on two", ceiling, ceilingTwo))
     var samples: [String: [Sample]] = [:]
     typealias Install = SnapshotServer.Configuration.Install
     let installs: [Install] = PageMover.moveVerdict.isUsable ? Install.allCases : [.copyFromMapping, .readAndCopy]
     if !PageMover.moveVerdict.isUsable { progress("read+move rows unavailable here (\(PageMover.moveVerdict))") }
-    let rows: [(handler: String, strategy: Strategy, install: Install, pattern: Pattern)] =
-      Pattern.allCases.flatMap { pattern in
-        Strategy.allCases.map { ("swift", $0, Install.copyFromMapping, pattern) }
-          + [("swift-daemon", .demand, .copyFromMapping, pattern), ("c-reference", .demand, .copyFromMapping, pattern)]
-      }
-      + [Pattern.sequential, .random10pct].flatMap { pattern in
-        installs.map { ("swift-in-process", Strategy.faultAround, $0, pattern) }
-      }
-      // The daemon's own prefetch (one serving loop, copies between faults, no second thread).
-      + [("swift-daemon", Strategy.prefetch, Install.copyFromMapping, Pattern.sequential)]
+    typealias RowKey = (handler: String, strategy: Strategy, install: Install, pattern: Pattern)
+    var rows: [RowKey] = Pattern.basePages.flatMap { pattern -> [RowKey] in
+      Strategy.served.map { ("swift", $0, Install.copyFromMapping, pattern) }
+        + [("swift-daemon", .demand, .copyFromMapping, pattern), ("c-reference", .demand, .copyFromMapping, pattern)]
+    }
+    rows += [Pattern.sequential, .random10pct].flatMap { pattern -> [RowKey] in
+      installs.map { ("swift-in-process", Strategy.faultAround, $0, pattern) }
+    }
+    // The daemon's prefetch (its serving loops copy between faults, no thread of their own).
+    rows.append(("swift-daemon", .prefetch, .copyFromMapping, .sequential))
+    // The kernel's ceiling for a whole restore, beside the prefetch rows.
+    rows.append(("c-reference", .faultAll, .copyFromMapping, .sequential))
+    rows.append(("c-reference", .faultAllParallel, .copyFromMapping, .sequential))
+    // The same on 2 MiB hugetlb pages, where the kernel's cost per byte is not the base page's.
+    rows.append(("swift", .prefetch, .copyFromMapping, .sequentialHuge))
+    rows.append(("swift-daemon", .prefetch, .copyFromMapping, .sequentialHuge))
+    rows.append(("c-reference", .faultAll, .copyFromMapping, .sequentialHuge))
+    if let strategies {
+      rows.removeAll { !strategies.contains($0.strategy.rawValue) && !(strategies.contains("fault-all") && $0.strategy == .faultAllParallel) }
+    }
+    // Huge pages for the 2 MiB rows, given back when the rows are done (none to be had: no rows).
+    let hugePages = size >> 21
+    let reserved = rows.contains { $0.pattern == .sequentialHuge } ? HugePageReservation(hugePages) : nil
+    defer { reserved?.giveBack() }
+    if rows.contains(where: { $0.pattern == .sequentialHuge }) && reserved == nil {
+      progress("no \(hugePages) huge pages of 2 MiB could be reserved (vm.nr_hugepages): no sequential-2m rows")
+      rows.removeAll { $0.pattern == .sequentialHuge }
+    }
     func key(_ row: (handler: String, strategy: Strategy, install: Install, pattern: Pattern)) -> String {
       "\(row.handler)/\(row.strategy.rawValue)/\(row.install.rawValue)/\(row.pattern.rawValue)"
     }
     for rep in 1...reps {
+      let (resident, fresh) = try memcpyOnce(snapshot)
+      memcpySamples.append(resident)
+      memcpyFreshSamples.append(fresh)
+      progress(String(format: "rep \(rep)/\(reps): memcpy from the page cache %.2f GB/s (into fresh memory %.2f GB/s)", resident, fresh))
       for row in rows {  // interleaved: every row once per repetition
         progress("rep \(rep)/\(reps): \(key(row))")
         let sample = row.handler == "swift-in-process"
@@ -119,7 +172,10 @@ package struct RestoreBenchmark {
         samples[key(row), default: []].append(sample)
       }
     }
-    var report = Report(mib: mib, reps: reps, memcpyGbps: memcpy, rows: rows.map { row in
+    let memcpy = median(memcpySamples)
+    var report = Report(
+      mib: mib, reps: reps, memcpyGbps: memcpy, memcpyFreshGbps: median(memcpyFreshSamples), copyCeilingGbps: ceiling,
+      copyCeilingTwoThreadsGbps: ceilingTwo, rows: rows.map { row in
       let key = key(row)
       let runs = samples[key] ?? []
       let complete = median(runs.map(\.completeMs))
@@ -131,14 +187,19 @@ package struct RestoreBenchmark {
         faults: Int(median(runs.map { Double($0.faults) })),
         faultP50Us: median(runs.map(\.p50Us)), faultP99Us: median(runs.map(\.p99Us)))
     })
-    report.rows += try workingSetRows(path: path, snapshot: snapshot, progress: progress)  // RecordedRestoreBenchmark.swift
+    if strategies.map({ !$0.isDisjoint(with: ["recorded", "restart"]) }) ?? true {
+      report.rows += try workingSetRows(path: path, snapshot: snapshot, progress: progress)  // RecordedRestoreBenchmark.swift
+    }
     return report
   }
 
   /// The rows as the tool prints them.
   package static func table(_ report: Report) -> String {
     "Snapshot restore into another process, \(report.mib) MiB, medians of \(report.reps) (memcpy bound "
-      + String(format: "%.2f GB/s", report.memcpyGbps) + ")\n"
+      + String(format: "%.2f GB/s; into fresh memory %.2f GB/s", report.memcpyGbps, report.memcpyFreshGbps) + ")\n"
+      + String(format: "UFFDIO_COPY of the whole snapshot, 2 MiB ioctls, no client: %.2f GB/s (%.2fx memcpy) on one thread, %.2f GB/s (%.2fx) on two\n",
+               report.copyCeilingGbps, report.memcpyGbps > 0 ? report.copyCeilingGbps / report.memcpyGbps : 0,
+               report.copyCeilingTwoThreadsGbps, report.memcpyGbps > 0 ? report.copyCeilingTwoThreadsGbps / report.memcpyGbps : 0)
       + formatTable(
         ["handler", "strategy", "install", "pattern", "first byte µs", "complete ms", "GB/s", "x memcpy", "faults", "fault p50 µs", "p99 µs"],
         report.rows.map {
@@ -205,6 +266,15 @@ package struct RestoreBenchmark {
       guard status == 0 else { throw ToolError("the restore client failed (status \(status))") }
       return try finish(report[0], faults: statistics.faults, p50: statistics.faultLatencyP50.microseconds,
                         p99: statistics.faultLatencyP99.microseconds)
+    } else if strategy == .faultAll || strategy == .faultAllParallel {
+      var count = 0
+      let result = snapshot.bytes.baseAddress.map { base in
+        cuffd_ref_restore_server_fault_all(listener.fileDescriptor.rawValue, base.assumingMemoryBound(to: CChar.self),
+                                           snapshot.length, strategy == .faultAll ? 1 : 2, &count)
+      } ?? -EINVAL
+      let status = cuffd_ref_wait(child, 60_000)
+      guard result == 0, status == 0 else { throw ToolError("the C fault-all restore failed (\(result), client \(status))") }
+      return try finish(report[0], faults: count, p50: 0, p99: 0)
     } else {
       let (result, count) = Self.serveWithCReference(listener, snapshot: snapshot, latencies: &latencies)
       let status = cuffd_ref_wait(child, 60_000)
@@ -313,16 +383,61 @@ package struct RestoreBenchmark {
     }
   }
 
-  /// One memcpy of the whole snapshot from the page cache into resident memory: the best of 3.
-  private func memcpyBound(_ snapshot: SnapshotFile) throws -> Double {
-    let target = try AnonymousMemory(length: snapshot.length, populate: true)
+  /// UFFDIO_COPY of the whole snapshot into fresh registered memory, 2 MiB ioctls on `threads`
+  /// threads, in GB/s: the median of 5.
+  private func copyCeiling(_ snapshot: SnapshotFile, threads: Int32) throws -> Double {
     guard let source = snapshot.bytes.baseAddress else { return 0 }
-    var best = Double.infinity
-    for _ in 0..<3 {
-      let start = cuffd_ref_now_ns()
-      memcpy(target.baseAddress, source, snapshot.length)
-      best = min(best, Double(cuffd_ref_now_ns() - start))
+    var rates: [Double] = []
+    for _ in 0..<5 {
+      let nanoseconds = cuffd_ref_copy_ceiling(source.assumingMemoryBound(to: CChar.self), snapshot.length, 2 << 20, threads)
+      guard nanoseconds > 0 else { throw ToolError("UFFDIO_COPY ceiling: \(String(cString: strerror(Int32(-nanoseconds))))") }
+      rates.append(Double(snapshot.length) / Double(nanoseconds))
     }
-    return Double(snapshot.length) / best
+    return median(rates)
+  }
+
+  /// memcpy of the whole snapshot from the page cache, in GB/s: into resident memory (the bound
+  /// the rows are measured against; the destination written once before, untimed) and into memory
+  /// never touched before.
+  private func memcpyOnce(_ snapshot: SnapshotFile) throws -> (resident: Double, fresh: Double) {
+    guard let source = snapshot.bytes.baseAddress else { return (0, 0) }
+    let target = try AnonymousMemory(length: snapshot.length, populate: true)
+    memcpy(target.baseAddress, source, snapshot.length)
+    var start = cuffd_ref_now_ns()
+    memcpy(target.baseAddress, source, snapshot.length)
+    let resident = Double(snapshot.length) / Double(cuffd_ref_now_ns() - start)
+    let untouched = try AnonymousMemory(length: snapshot.length)
+    start = cuffd_ref_now_ns()
+    memcpy(untouched.baseAddress, source, snapshot.length)
+    let fresh = Double(snapshot.length) / Double(cuffd_ref_now_ns() - start)
+    return (resident, fresh)
+  }
+}
+
+/// `vm.nr_hugepages` raised by a count for the benchmark's hugetlb rows and set back afterwards
+/// (a machine setting: always restored).
+final class HugePageReservation {
+  private let before: Int
+
+  /// Nil when the pool could not grow by `count` (no memory, no permission).
+  init?(_ count: Int) {
+    guard let before = Self.read(), Self.write(before + count), let now = Self.read(), now >= before + count else {
+      if let before = Self.read() { _ = Self.write(before) }
+      return nil
+    }
+    self.before = before
+  }
+
+  func giveBack() { _ = Self.write(before) }
+
+  private static let path = "/proc/sys/vm/nr_hugepages"
+
+  private static func read() -> Int? {
+    guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
+    return Int(text.trimmingCharacters(in: .whitespacesAndNewlines))
+  }
+
+  private static func write(_ count: Int) -> Bool {
+    (try? "\(count)\n".write(toFile: path, atomically: false, encoding: .utf8)) != nil
   }
 }

@@ -63,8 +63,8 @@ struct ServeCommand: AsyncParsableCommand {
   var faultAround = 16
   @Flag(help: "Stream every untouched page in the background while faults keep priority.")
   var prefetch = false
-  @Option(parsing: .unconditional, help: "Pages per prefetch copy, in pages of the region's page size (1-4096).")
-  var prefetchPages = 64
+  @Option(parsing: .unconditional, help: "Pages per prefetch copy, in pages of the region's page size (1-4096; at most 2 MiB a copy).")
+  var prefetchPages = 512
   @Option(parsing: .unconditional, help: "With --once: seconds to wait for the client (default: as long as it takes).")
   var acceptTimeout: Double?
   @Option(help: ArgumentHelp("Record sessions' working sets into this folder (<snapshot name>.wset, merged across the first --record-traces sessions).", valueName: "dir"))

@@ -13,6 +13,10 @@ enum cuffd_test_vmm_script {
   CUFFD_TEST_VMM_FULL = 0,
   /// Check a few pages, then die of SIGKILL mid-restore.
   CUFFD_TEST_VMM_DIE = 1,
+  /// A balloon racing the prefetch (base pages): right after the handshake, release every fourth
+  /// 64 KiB block with MADV_DONTNEED, front to back, 100 µs apart (while a prefetch streams the
+  /// snapshot in); then check every page: released blocks read zero, the rest the snapshot's.
+  CUFFD_TEST_VMM_BALLOON = 2,
 };
 
 /// Forks the client. It maps `size` bytes of guest memory (anonymous private, or hugetlbfs 2 MiB

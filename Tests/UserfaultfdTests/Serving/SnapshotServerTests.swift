@@ -13,18 +13,22 @@ import Testing
 extension KernelTests {
 @Suite("Snapshot server")
 struct SnapshotServerTests {
-  /// A snapshot file of `pages` pages of `pageSize` bytes, each page's bytes derived from its index.
+  /// A snapshot file of `pages` pages of `pageSize` bytes, each page's bytes derived from its index;
+  /// with `zeroRuns`, the first half of every run of that many pages is all zeros instead.
   final class Snapshot {
     let path: String
-    init(pages: Int, pageSize: Int, name: String) throws {
+    init(pages: Int, pageSize: Int, name: String, zeroRuns: Int? = nil) throws {
       path = "/tmp/uffd-test-\(getpid())-\(name).snap"
       let fd = try FileDescriptor.open(FilePath(path), .writeOnly, options: [.create, .truncate], permissions: .ownerReadWrite)
       defer { try? fd.close() }
       var page = [UInt8](repeating: 0, count: pageSize)
       for index in 0..<pages {
-        for offset in stride(from: 0, to: pageSize, by: 8) {
-          let word = UInt64(index) &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(offset)
-          withUnsafeBytes(of: word) { page.replaceSubrange(offset..<(offset + 8), with: $0) }
+        let zero = zeroRuns.map { index % $0 < $0 / 2 } ?? false
+        page.withUnsafeMutableBytes { bytes in
+          for offset in stride(from: 0, to: pageSize, by: 8) {
+            let word = zero ? 0 : UInt64(index) &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(offset)
+            bytes.storeBytes(of: word, toByteOffset: offset, as: UInt64.self)
+          }
         }
         _ = try page.withUnsafeBytes { try fd.writeAll(toAbsoluteOffset: Int64(index * pageSize), $0) }
       }
@@ -36,10 +40,10 @@ struct SnapshotServerTests {
   /// exit status and the server's summary. Every wait is bounded.
   func restore(
     pages: Int, huge: Bool = false, script: cuffd_test_vmm_script = CUFFD_TEST_VMM_FULL,
-    configuration: SnapshotServer.Configuration = .init(), name: String
+    configuration: SnapshotServer.Configuration = .init(), name: String, zeroRuns: Int? = nil
   ) throws -> (status: Int32, statistics: SnapshotServer.Statistics?) {
     let pageSize = huge ? PageSize.huge : PageSize.base
-    let snapshot = try Snapshot(pages: pages, pageSize: pageSize, name: name)
+    let snapshot = try Snapshot(pages: pages, pageSize: pageSize, name: name, zeroRuns: zeroRuns)
     let socketPath = "/tmp/uffd-test-\(getpid())-\(name).sock"
     unlink(socketPath)
     defer { unlink(socketPath) }
@@ -90,6 +94,35 @@ struct SnapshotServerTests {
     #expect(status == 0)
     let s = try #require(statistics)
     #expect(s.pagesByFault + s.pagesByPrefetch == 512, "each page came in exactly once")
+    #expect(s.zeroPages == 4)
+  }
+
+  /// The prefetch pool copies outside the session lock, on two threads: a balloon releasing
+  /// blocks while it streams (a copy may be in flight over a block as its REMOVE is read) must
+  /// still find zeros in every released block, and the snapshot's bytes everywhere else.
+  @Test(arguments: 1...3)
+  func parallelPrefetchNeverCopiesOverReleasedPages(attempt: Int) throws {
+    let pages = 4096
+    let (status, statistics) = try restore(
+      pages: pages, script: CUFFD_TEST_VMM_BALLOON,
+      configuration: .init(faultAroundPages: 16, prefetch: true, prefetchPages: 512, prefetchThreads: 2),
+      name: "balloon-\(attempt)")
+    #expect(status == 0, "released blocks read zero, the others the snapshot (exit code names the failing check)")
+    let s = try #require(statistics)
+    #expect(s.releasedPages == pages / 4, "every fourth 64 KiB block was released once")
+    #expect(s.failedFaults == 0 && s.prefetchErrors == 0)
+  }
+
+  /// All-zero snapshot pages are mapped with ZEROPAGE (nothing copied); the client still reads
+  /// every byte right, and releasing a zero-mapped page still reads zero.
+  @Test func prefetchMapsZeroPagesWithoutCopying() throws {
+    let (status, statistics) = try restore(
+      pages: 1024, configuration: .init(faultAroundPages: 16, prefetch: true, prefetchPages: 512, prefetchThreads: 2),
+      name: "prefetch-zeros", zeroRuns: 64)
+    #expect(status == 0)
+    let s = try #require(statistics)
+    #expect(s.pagesByFault + s.pagesByPrefetch == 1024, "each page came in exactly once")
+    #expect(s.zeroPagesByPrefetch > 0 && s.zeroPagesByPrefetch <= 512, "zero pages were mapped, never more than there are")
     #expect(s.zeroPages == 4)
   }
 
