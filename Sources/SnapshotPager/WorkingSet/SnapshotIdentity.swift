@@ -8,7 +8,7 @@ import Glibc
 /// file or host gets a new identity too: its working set is recorded again.
 ///
 /// A chunked snapshot (served from a manifest) has no file to `stat`: its identity is its content,
-/// ``init(manifest:)``, so a working set recorded on one host replays on every host serving the
+/// `init(manifest:)`, so a working set recorded on one host replays on every host serving the
 /// same snapshot, and never into another.
 public struct SnapshotIdentity: Sendable, Hashable, Codable, CustomStringConvertible {
   /// The file's length in bytes.

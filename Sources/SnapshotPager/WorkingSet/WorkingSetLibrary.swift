@@ -13,7 +13,7 @@ import Userfaultfd
 /// for another snapshot that happens to share the name is refused by its identity, never replayed.
 /// A chunked snapshot (a manifest's URL or path) is named by its whole address, its characters
 /// other than letters, digits, `-` and `.` turned into `_` (every manifest is `manifest.json`),
-/// and bound to its manifest's content identity (``SnapshotIdentity/init(manifest:)``); replaying
+/// and bound to its manifest's content identity (`SnapshotIdentity.init(manifest:)`); replaying
 /// one also fetches its chunks ahead, in recorded order.
 ///
 /// Files are written by one writer thread from a bounded queue, never on a serving loop or the
