@@ -126,6 +126,20 @@ func eventually(seconds: Double = 5, _ condition: () -> Bool) -> Bool {
   return true
 }
 
+/// Waits up to `seconds` for `condition`, calling nothing that allocates (the monotonic clock and
+/// usleep): for a thread that waits while a fork holds malloc's locks.
+func waitWithoutAllocating(seconds: Int, _ condition: () -> Bool) -> Bool {
+  var now = timespec()
+  clock_gettime(CLOCK_MONOTONIC, &now)
+  let deadline = now.tv_sec + seconds
+  while !condition() {
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    if now.tv_sec >= deadline { return false }
+    usleep(1000)
+  }
+  return true
+}
+
 /// Whether an event is waiting to be read on `uffd` (poll(2) with no wait).
 func hasPendingEvent(_ uffd: Userfaultfd) -> Bool {
   var descriptor = pollfd(fd: uffd.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0)

@@ -49,8 +49,15 @@ extension Userfaultfd {
     let capacity = buffer.count - buffer.count % Self.eventSize
     switch valueOrErrno(retryOnInterrupt: true, { Glibc.read(fd, buffer.baseAddress, capacity) }) {
     case .success(let bytes): return bytes / Self.eventSize
-    case .failure(.resourceTemporarilyUnavailable): return 0
-    case .failure(let error): throw .systemCallFailed("read(userfaultfd)", error)
+    case .failure(let error):
+      // Compared by raw value, never as the pattern `.failure(.resourceTemporarilyUnavailable)`:
+      // that resolves to swift-system's `Errno.~=(Errno, any Error)`, which boxes the errno in an
+      // existential (swift_allocError: malloc, then free) on every read that finds nothing. With
+      // EVENT_FORK that read can meet a fork holding malloc's locks whose event is not queued yet
+      // (the kernel queues it only after copying the address space), and the fork then waits for
+      // a reader blocked in malloc: the hang seen on Linux 5.10 under load.
+      if error.rawValue == EAGAIN { return 0 }
+      throw .systemCallFailed("read(userfaultfd)", error)
     }
   }
 

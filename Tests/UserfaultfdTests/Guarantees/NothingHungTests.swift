@@ -260,6 +260,68 @@ struct NothingHungTests {
     }
   }
 
+  /// Issue: a read that found nothing pending boxed its EAGAIN in an existential (swift-system's
+  /// `Errno.~=(Errno, any Error)` behind the pattern `.failure(.resourceTemporarilyUnavailable)`:
+  /// malloc, then free). The kernel queues a fork event only after copying the address space,
+  /// while glibc's fork already holds malloc's locks, so an empty read in that window blocked in
+  /// malloc and the fork waited for that very reader (Linux 5.10 under qemu, host loaded: 3 of 28
+  /// runs of the two fork tests above hung). Here a fork is held on purpose (its event waits on a
+  /// handle nobody reads until the end), and meanwhile a loop of empty reads on another handle
+  /// must finish and a server must resolve a fault. Their threads are fresh: a thread's first
+  /// malloc sets up its cache under the arena lock, so any allocation there blocks for sure. In a
+  /// child with an alarm; the fork is released either way, so a failure ends instead of hanging.
+  @Test func emptyReadsAndServingNeedNoMallocWhileAForkHoldsItsLocks() async {
+    await #expect(processExitsWith: .success) {
+      alarm(60)
+      guard let held = try? Userfaultfd(features: [.eventFork], options: .nonBlocking),
+            let heldArea = try? AnonymousMemory(length: PageSize.base),
+            (try? held.register(heldArea.baseAddress, length: heldArea.length, mode: .missing)) != nil,
+            let heldBuffer = try? EventBuffer(capacity: 4),
+            let quiet = try? Userfaultfd(options: .nonBlocking),
+            let buffer = try? EventBuffer(capacity: 4),
+            let served = try? Userfaultfd(options: .nonBlocking),
+            let area = try? AnonymousMemory(length: PageSize.base),
+            let server = try? FaultServer(uffd: served, resolver: { _ in .zeroPage }),
+            (try? server.register(area.baseAddress, length: area.length)) != nil else { exit(3) }
+      // The read path's runtime metadata is instantiated once per process, here, not under the fork.
+      _ = try? quiet.readEvents(into: buffer)
+      let go = Atomic<Bool>(false)
+      let emptyReads = Atomic<Int>(0)
+      let touched = Atomic<Bool>(false)
+      let target = Address(area.baseAddress)
+      guard let reader = try? DedicatedThread({
+              while !go.load(ordering: .acquiring) { sched_yield() }
+              var count = 0
+              while count < 100 {
+                guard let read = try? quiet.readEvents(into: buffer), read == 0 else { return }
+                count += 1
+              }
+              emptyReads.store(count, ordering: .releasing)
+            }),
+            let toucher = try? DedicatedThread({
+              while !go.load(ordering: .acquiring) { sched_yield() }
+              _ = target.mapped.load(as: UInt8.self)
+              touched.store(true, ordering: .releasing)
+            }) else { exit(4) }
+      guard let forker = try? DedicatedThread({ _ = cuffd_test_fork_and_reap() }) else { exit(4) }
+      // Once its event is pending the fork sits in the kernel holding malloc's locks.
+      let forkHeld = waitWithoutAllocating(seconds: 20) { hasPendingEvent(held) }
+      go.store(true, ordering: .releasing)
+      let readsDone = forkHeld && waitWithoutAllocating(seconds: 5) { emptyReads.load(ordering: .acquiring) == 100 }
+      let faultServed = forkHeld && waitWithoutAllocating(seconds: 5) { touched.load(ordering: .acquiring) }
+      // Release the fork (and whoever waited for malloc meanwhile).
+      if let count = try? held.readEvents(into: heldBuffer), count > 0, let child = heldBuffer.forkedDescriptor(at: 0) {
+        _ = close(child.rawValue)
+      }
+      forker.join()
+      reader.join()
+      toucher.join()
+      server.stop()
+      guard forkHeld else { exit(5) }
+      exit(readsDone ? (faultServed ? 0 : 7) : 6)
+    }
+  }
+
   @Test func forksUnderEventForkNeverDeadlockTheServer() throws {
     let pages = 64
     let (server, area) = try serve(pages: pages, features: [.eventFork]) { _ in .zeroPage }
