@@ -70,19 +70,9 @@ extension SnapshotServer {
       let region = Self.region(of: next, in: serving.map)
       let pageSize = serving.map.regions[region].pageSize
       let limit = max(1, min(configuration.prefetchPages, Self.prefetchIoctlBytes / pageSize))
-      var pages = max(1, serving.map.untouchedRun(from: next, in: region, limit: limit))
       let fileOffset = serving.map.fileOffset(ofPage: next, in: region)
-      var source = snapshot.address(at: fileOffset).rawValue
-      var overlaid = false
-      if let overlay {
-        if let own = overlay.source(at: fileOffset) {
-          source = own
-          pages = 1
-          overlaid = true
-        } else {
-          pages = overlay.pagesBeforeOverlay(from: fileOffset, pages: pages, pageSize: pageSize)
-        }
-      }
+      let (source, pages, overlaid) = copySource(
+        at: fileOffset, pages: max(1, serving.map.untouchedRun(from: next, in: region, limit: limit)), pageSize: pageSize)
       serving.map.mark(next..<(next + pages), .inFlight)
       serving.prefetchNext = next + pages
       return PrefetchClaim(

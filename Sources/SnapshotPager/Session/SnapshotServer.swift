@@ -503,18 +503,9 @@ public final class SnapshotServer: Sendable {
       let pageSize = serving.map.regions[region].pageSize
       var pages = max(1, serving.map.untouchedRun(from: next, in: region, limit: configuration.prefetchPages))
       let fileOffset = serving.map.fileOffset(ofPage: next, in: region)
-      var source = snapshot.address(at: fileOffset).rawValue
       var keep: ChunkBuffer?
-      var overlaid = false
-      if let overlay {
-        if let own = overlay.source(at: fileOffset) {
-          source = own
-          pages = 1
-          overlaid = true
-        } else {
-          pages = overlay.pagesBeforeOverlay(from: fileOffset, pages: pages, pageSize: pageSize)
-        }
-      }
+      var (source, overlaid) = (UInt(0), false)
+      (source, pages, overlaid) = copySource(at: fileOffset, pages: pages, pageSize: pageSize)
       if let chunked = snapshot.chunked, !overlaid {
         switch chunked.content(at: fileOffset, maxBytes: pages * pageSize, minBytes: pageSize) {
         case .ready(let address, let bytes, let buffer):
@@ -661,5 +652,17 @@ public final class SnapshotServer: Sendable {
     } catch {
       throw .invalidArgument(.serve, .badRegions("not a JSON array of regions: \(error)"))
     }
+  }
+}
+
+extension SnapshotServer {
+  /// Where a run of `pages` pages from snapshot offset `fileOffset` is copied from: this session's
+  /// own overlay page (alone, `overlaid`), or the snapshot mapping for the run cut short before the
+  /// next overlay page. The one rule for prefetch, replay and the prefetch pool.
+  func copySource(at fileOffset: Int, pages: Int, pageSize: Int) -> (source: UInt, pages: Int, overlaid: Bool) {
+    guard let overlay else { return (snapshot.address(at: fileOffset).rawValue, pages, false) }
+    if let own = overlay.source(at: fileOffset) { return (own, 1, true) }
+    return (snapshot.address(at: fileOffset).rawValue,
+            overlay.pagesBeforeOverlay(from: fileOffset, pages: pages, pageSize: pageSize), false)
   }
 }

@@ -113,17 +113,8 @@ extension SnapshotServer {
           count += 1
         }
         let fileOffset = serving.map.fileOffset(ofPage: first, in: region)
-        var source = snapshot.address(at: fileOffset).rawValue
-        var ownPage = false
-        if let overlay {
-          if let own = overlay.source(at: fileOffset) {
-            source = own
-            count = 1
-            ownPage = true
-          } else {
-            count = overlay.pagesBeforeOverlay(from: fileOffset, pages: count, pageSize: pageSize)
-          }
-        }
+        var (source, ownPage) = (UInt(0), false)
+        (source, count, ownPage) = copySource(at: fileOffset, pages: count, pageSize: pageSize)
         // A chunked snapshot's pages come from the chunk cache; the run ends where its chunk does.
         var keep: ChunkBuffer?
         if let chunked = snapshot.chunked, !ownPage {
